@@ -1,1 +1,113 @@
-//! placeholder
+//! Storage for fleetd: the [`Store`] trait and its backends.
+//!
+//! The processor writes one [`WriteBatch`] per micro-batch and partition; the
+//! API reads latest positions, areas and history. Both talk to an
+//! `Arc<dyn Store>`, so a backend is chosen once at start-up:
+//!
+//! * [`FjallStore`]: the embedded default, an LSM tree in a local directory
+//!   (fjall). All fjall calls run on tokio's blocking pool, never on the
+//!   async runtime's workers.
+//! * ScyllaDB (planned): the clustered backend with the same contract.
+//!
+//! Area queries ([`AreaQuery`]) are answered from an index of latest
+//! positions keyed by their H3 cell at [`H3Cells::AREA_RES`]
+//! (see [`fleetd_schemas::H3Cells`]).
+
+mod area;
+mod error;
+mod fjall_store;
+mod keys;
+
+use async_trait::async_trait;
+use fleetd_schemas::{DeviceId, EnrichedPosition};
+
+pub use area::{AreaQuery, BBox};
+pub use error::StoreError;
+pub use fjall_store::FjallStore;
+
+/// What one micro-batch of one processor partition writes.
+#[derive(Debug, Default, Clone)]
+pub struct WriteBatch {
+    /// Every accepted position of the batch, for history (late ones included).
+    /// A position with the same device and `ts_ms` as a stored one replaces it.
+    pub history: Vec<EnrichedPosition>,
+    /// New latest positions: at most one per device, each newer (by `ts_ms`)
+    /// than the device's previous latest.
+    pub latest: Vec<LatestUpdate>,
+}
+
+/// A device's new latest position.
+#[derive(Debug, Clone)]
+pub struct LatestUpdate {
+    /// The new latest position.
+    pub position: EnrichedPosition,
+    /// The area cell (`h3.area`) of the latest position this one replaces, so
+    /// the backend can move the device in its area index without reading the
+    /// old row first. `None` when the device had no latest position.
+    pub previous_area_cell: Option<u64>,
+}
+
+/// A page of history, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    /// Positions in ascending `ts_ms` order.
+    pub items: Vec<EnrichedPosition>,
+    /// Pass to [`HistoryQuery::cursor`] for the next page; `None` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A history range query for one device.
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    /// Inclusive lower bound of `ts_ms`.
+    pub from_ms: i64,
+    /// Inclusive upper bound of `ts_ms`.
+    pub to_ms: i64,
+    /// Maximum number of items in the page (≥ 1).
+    pub limit: usize,
+    /// Opaque cursor from a previous page of the same query.
+    pub cursor: Option<String>,
+}
+
+/// The storage contract shared by all backends.
+///
+/// Callers: the processor (writes, and [`Store::all_latest`] once at start to
+/// restore its state) and the API (reads). Implementations are shared as
+/// `Arc<dyn Store>` and must be safe to call concurrently.
+///
+/// Consistency: after `write_batch` returns `Ok`, every read sees the batch.
+/// A batch is applied atomically where the backend allows it (fjall: one
+/// atomic write batch); otherwise idempotently, so a retried batch is safe.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Writes one micro-batch: history rows, latest positions and the area
+    /// index. Called by one processor partition at a time per device, so a
+    /// device's writes never race each other.
+    async fn write_batch(&self, batch: WriteBatch) -> Result<(), StoreError>;
+
+    /// The latest position of `device`, or `None` if it never reported.
+    async fn latest(&self, device: &DeviceId) -> Result<Option<EnrichedPosition>, StoreError>;
+
+    /// Latest positions inside `area`, at most `limit`, in no particular order.
+    async fn latest_in_area(
+        &self,
+        area: &AreaQuery,
+        limit: usize,
+    ) -> Result<Vec<EnrichedPosition>, StoreError>;
+
+    /// Every device's latest position, for restoring processor state at start.
+    async fn all_latest(&self) -> Result<Vec<EnrichedPosition>, StoreError>;
+
+    /// A page of `device`'s history in `[from_ms, to_ms]`, oldest first.
+    async fn history(
+        &self,
+        device: &DeviceId,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, StoreError>;
+
+    /// Makes every completed `write_batch` durable (called at shutdown).
+    async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Whether the backend can serve requests now (for `/readyz`).
+    async fn ready(&self) -> Result<(), StoreError>;
+}

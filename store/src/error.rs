@@ -1,0 +1,22 @@
+//! Store errors.
+
+/// Errors of a [`crate::Store`] backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The embedded engine failed (I/O, corruption).
+    #[error("embedded store: {0}")]
+    Fjall(#[from] fjall::Error),
+    /// A stored value could not be decoded.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+    /// A query parameter is invalid (e.g. a malformed cursor).
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// The backend is not reachable or not ready.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A blocking storage task panicked or was cancelled.
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
