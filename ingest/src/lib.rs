@@ -1,1 +1,27 @@
-//! placeholder
+//! Ingest for fleetd: MQTT in, validated [`PositionReport`]s out.
+//!
+//! * [`EmbeddedBroker`] runs rumqttd inside the fleetd process and gives the
+//!   ingest link (subscribed to [`topic::SUBSCRIPTIONS`]).
+//! * [`Ingestor`] decodes one MQTT message (protobuf, JSON or OwnTracks JSON,
+//!   see [`decode`]), validates it ([`Limits`]) and records every rejection
+//!   in the shared [`fleetd_schemas::RejectionLog`].
+//! * [`run_embedded`] is the ingest task: link → [`Ingestor`] → chunks on a
+//!   bounded channel to the processor, with backpressure; it drains the link
+//!   on shutdown.
+//!
+//! This is the only crate that knows MQTT.
+//!
+//! [`PositionReport`]: fleetd_schemas::PositionReport
+
+mod broker;
+pub mod decode;
+mod error;
+mod pipeline;
+pub mod topic;
+mod validate;
+
+pub use broker::{BrokerSettings, EmbeddedBroker};
+pub use decode::{Decoder, Outcome, Reject};
+pub use error::IngestError;
+pub use pipeline::{Ingestor, MAX_CHUNK, run_embedded};
+pub use validate::{Limits, RawPosition};

@@ -27,7 +27,9 @@ pub enum InvalidDeviceId {
     #[error("device id is {0} bytes long, the limit is 128")]
     TooLong(usize),
     /// The id contains a character outside `[A-Za-z0-9._:-]`.
-    #[error("device id contains {0:?}; allowed are A-Z a-z 0-9 . _ : - (and one / for OwnTracks ids)")]
+    #[error(
+        "device id contains {0:?}; allowed are A-Z a-z 0-9 . _ : - (and one / for OwnTracks ids)"
+    )]
     BadChar(char),
 }
 

@@ -16,6 +16,9 @@ pub enum RejectReason {
     /// Latitude/longitude missing, not finite or out of range; or another
     /// numeric field is not finite.
     BadCoordinates,
+    /// An optional numeric field (speed, heading, accuracy, ...) is not
+    /// finite or out of its range.
+    BadField,
     /// The device id (topic or payload) is not a valid id.
     BadDeviceId,
     /// The device timestamp is too far in the future.
@@ -32,9 +35,10 @@ pub enum RejectReason {
 
 impl RejectReason {
     /// Every reason, for pre-registering metrics so that dashboards see zeros.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         Self::Malformed,
         Self::BadCoordinates,
+        Self::BadField,
         Self::BadDeviceId,
         Self::FutureTimestamp,
         Self::StaleTimestamp,
@@ -48,6 +52,7 @@ impl RejectReason {
         match self {
             Self::Malformed => "malformed",
             Self::BadCoordinates => "bad_coordinates",
+            Self::BadField => "bad_field",
             Self::BadDeviceId => "bad_device_id",
             Self::FutureTimestamp => "future_timestamp",
             Self::StaleTimestamp => "stale_timestamp",
@@ -171,7 +176,14 @@ mod tests {
     #[test]
     fn payload_head_is_escaped_and_bounded() {
         let log = RejectionLog::new(1);
-        log.record(RejectReason::Oversize, "t", None, String::new(), &[0xff; 1000], 0);
+        log.record(
+            RejectReason::Oversize,
+            "t",
+            None,
+            String::new(),
+            &[0xff; 1000],
+            0,
+        );
         let r = &log.recent(1)[0];
         assert_eq!(r.payload_len, 1000);
         assert_eq!(r.payload_head, "\\xff".repeat(64));

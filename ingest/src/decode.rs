@@ -1,0 +1,283 @@
+//! Payload decoders: protobuf and JSON `fleet.v1` positions, OwnTracks JSON.
+//!
+//! Decoding and validation never fail loudly: every problem becomes a
+//! [`Reject`] with a reason code, and the caller counts it.
+
+use fleetd_schemas::proto;
+use fleetd_schemas::{DeviceId, PositionReport, RejectReason};
+use prost::Message;
+use serde::Deserialize;
+
+use crate::topic::TopicRoute;
+use crate::validate::{Limits, RawPosition};
+
+/// One rejected input with its reason and a human-readable explanation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reject {
+    /// The reason code.
+    pub reason: RejectReason,
+    /// What exactly was wrong, for `GET /v1/rejections`.
+    pub detail: String,
+}
+
+impl Reject {
+    pub(crate) fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What decoding one message produced besides accepted positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Positions (possibly none, if all were rejected) were decoded.
+    Decoded,
+    /// The message is not input (e.g. an OwnTracks `_type` other than
+    /// `location`); the label says which kind, for `fleetd_ignored_total`.
+    Ignored(&'static str),
+}
+
+/// Turns MQTT messages into validated [`PositionReport`]s.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    limits: Limits,
+}
+
+impl Decoder {
+    /// A decoder enforcing `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self { limits }
+    }
+
+    /// The limits this decoder enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Decodes one message on a routed topic. Accepted positions are appended
+    /// to `accepted`, rejections to `rejects`; both are caller-owned buffers
+    /// so the hot path does not allocate per message.
+    pub fn decode(
+        &self,
+        route: &TopicRoute,
+        payload: &[u8],
+        received_ms: i64,
+        accepted: &mut Vec<PositionReport>,
+        rejects: &mut Vec<Reject>,
+    ) -> Outcome {
+        if payload.len() > self.limits.max_payload_bytes {
+            rejects.push(Reject::new(
+                RejectReason::Oversize,
+                format!(
+                    "payload is {} bytes, the limit is {}",
+                    payload.len(),
+                    self.limits.max_payload_bytes
+                ),
+            ));
+            return Outcome::Decoded;
+        }
+        let mut push = |device: &DeviceId, raw: Result<RawPosition, Reject>| match raw
+            .and_then(|raw| self.limits.validate(device, raw, received_ms))
+        {
+            Ok(report) => accepted.push(report),
+            Err(reject) => rejects.push(reject),
+        };
+        match route {
+            TopicRoute::Position(device) => push(device, decode_position(payload)),
+            TopicRoute::PositionBatch(device) => match decode_batch(payload) {
+                Ok(batch) if batch.len() > self.limits.max_batch_positions => {
+                    rejects.push(Reject::new(
+                        RejectReason::BatchTooLarge,
+                        format!(
+                            "batch holds {} positions, the limit is {}",
+                            batch.len(),
+                            self.limits.max_batch_positions
+                        ),
+                    ));
+                }
+                Ok(batch) => {
+                    for raw in batch {
+                        push(device, Ok(raw));
+                    }
+                }
+                Err(reject) => rejects.push(reject),
+            },
+            TopicRoute::OwnTracks(device) => match decode_owntracks(payload) {
+                Ok(Some(raw)) => push(device, Ok(raw)),
+                Ok(None) => return Outcome::Ignored("owntracks_non_location"),
+                Err(reject) => rejects.push(reject),
+            },
+            TopicRoute::Ignored => return Outcome::Ignored("output_topic"),
+            TopicRoute::BadDeviceId(e) => {
+                rejects.push(Reject::new(RejectReason::BadDeviceId, e.to_string()));
+            }
+            TopicRoute::Unknown => {
+                rejects.push(Reject::new(
+                    RejectReason::UnknownTopic,
+                    "expected fleet/{device_id}/pos, fleet/{device_id}/pos/batch or owntracks/{user}/{device}",
+                ));
+            }
+        }
+        Outcome::Decoded
+    }
+}
+
+/// A payload whose first non-blank byte is `{` or `[` is JSON; anything else
+/// is protobuf.
+fn is_json(payload: &[u8]) -> bool {
+    matches!(
+        payload.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    )
+}
+
+fn decode_position(payload: &[u8]) -> Result<RawPosition, Reject> {
+    if is_json(payload) {
+        serde_json::from_slice::<JsonPosition>(payload)
+            .map(RawPosition::from)
+            .map_err(|e| {
+                Reject::new(
+                    RejectReason::Malformed,
+                    format!("invalid JSON position: {e}"),
+                )
+            })
+    } else {
+        proto::Position::decode(payload)
+            .map(RawPosition::from)
+            .map_err(|e| {
+                Reject::new(
+                    RejectReason::Malformed,
+                    format!("invalid protobuf Position: {e}"),
+                )
+            })
+    }
+}
+
+fn decode_batch(payload: &[u8]) -> Result<Vec<RawPosition>, Reject> {
+    if is_json(payload) {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum JsonBatch {
+            Array(Vec<JsonPosition>),
+            Object { positions: Vec<JsonPosition> },
+        }
+        let batch = serde_json::from_slice::<JsonBatch>(payload).map_err(|e| {
+            Reject::new(
+                RejectReason::Malformed,
+                format!("invalid JSON batch (expected an array of positions or {{\"positions\": [...]}}): {e}"),
+            )
+        })?;
+        let positions = match batch {
+            JsonBatch::Array(p) | JsonBatch::Object { positions: p } => p,
+        };
+        Ok(positions.into_iter().map(RawPosition::from).collect())
+    } else {
+        proto::PositionBatch::decode(payload)
+            .map(|b| b.positions.into_iter().map(RawPosition::from).collect())
+            .map_err(|e| {
+                Reject::new(
+                    RejectReason::Malformed,
+                    format!("invalid protobuf PositionBatch: {e}"),
+                )
+            })
+    }
+}
+
+/// Decodes an OwnTracks message: `Ok(None)` for `_type`s other than
+/// `location` (they are not errors).
+fn decode_owntracks(payload: &[u8]) -> Result<Option<RawPosition>, Reject> {
+    let msg = serde_json::from_slice::<OwnTracksMessage>(payload).map_err(|e| {
+        Reject::new(
+            RejectReason::Malformed,
+            format!("invalid OwnTracks JSON: {e}"),
+        )
+    })?;
+    match msg.kind.as_deref() {
+        Some("location") => Ok(Some(RawPosition {
+            ts_ms: msg.tst.map(|s| s.saturating_mul(1000)),
+            lat: msg.lat,
+            lon: msg.lon,
+            accuracy_m: msg.acc,
+            altitude_m: msg.alt,
+            // OwnTracks reports velocity in km/h.
+            speed_mps: msg.vel.map(|kmh| kmh / 3.6),
+            heading_deg: msg.cog,
+            battery_pct: msg.batt,
+            seq: None,
+        })),
+        Some(_) => Ok(None),
+        None => Err(Reject::new(
+            RejectReason::Malformed,
+            "OwnTracks message without \"_type\"",
+        )),
+    }
+}
+
+/// JSON form of `fleet.v1.Position` (same field names as the protobuf).
+#[derive(Debug, Deserialize)]
+struct JsonPosition {
+    ts_ms: Option<i64>,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    accuracy_m: Option<f64>,
+    altitude_m: Option<f64>,
+    speed_mps: Option<f64>,
+    heading_deg: Option<f64>,
+    battery_pct: Option<f64>,
+    seq: Option<u64>,
+}
+
+impl From<JsonPosition> for RawPosition {
+    fn from(p: JsonPosition) -> Self {
+        Self {
+            ts_ms: p.ts_ms,
+            lat: p.lat,
+            lon: p.lon,
+            accuracy_m: p.accuracy_m,
+            altitude_m: p.altitude_m,
+            speed_mps: p.speed_mps,
+            heading_deg: p.heading_deg,
+            battery_pct: p.battery_pct,
+            seq: p.seq,
+        }
+    }
+}
+
+impl From<proto::Position> for RawPosition {
+    fn from(p: proto::Position) -> Self {
+        // proto3 cannot tell an absent scalar from zero: ts_ms 0 and the
+        // (0, 0) "no fix" position are treated as missing by validation.
+        Self {
+            ts_ms: Some(p.ts_ms),
+            lat: Some(p.lat),
+            lon: Some(p.lon),
+            accuracy_m: p.accuracy_m.map(f64::from),
+            altitude_m: p.altitude_m.map(f64::from),
+            speed_mps: p.speed_mps.map(f64::from),
+            heading_deg: p.heading_deg.map(f64::from),
+            battery_pct: p.battery_pct.map(f64::from),
+            seq: p.seq,
+        }
+    }
+}
+
+/// The OwnTracks fields fleetd uses; others are ignored.
+#[derive(Debug, Deserialize)]
+struct OwnTracksMessage {
+    #[serde(rename = "_type")]
+    kind: Option<String>,
+    tst: Option<i64>,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    acc: Option<f64>,
+    alt: Option<f64>,
+    vel: Option<f64>,
+    cog: Option<f64>,
+    batt: Option<f64>,
+}
+
+#[cfg(test)]
+#[path = "decode_tests.rs"]
+mod tests;

@@ -1,0 +1,205 @@
+//! The ingest loop: broker link → decode/validate → bounded processor queue.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetd_schemas::{PositionReport, RejectionLog, now_ms};
+use futures::FutureExt;
+use rumqttd::Notification;
+use rumqttd::local::LinkRx;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::decode::{Decoder, Outcome, Reject};
+use crate::error::IngestError;
+use crate::topic;
+
+/// Most positions per chunk sent to the processor. Chunks amortise channel
+/// overhead; the queue's memory bound is `queue capacity × this × ~200 B`.
+pub const MAX_CHUNK: usize = 512;
+
+/// How ingest drains the broker link at shutdown: it keeps reading until the
+/// link has been quiet this long (or [`DRAIN_DEADLINE`] passes), so that
+/// publishes the broker already acknowledged are not dropped.
+const DRAIN_QUIET: Duration = Duration::from_millis(300);
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Turns one MQTT message at a time into positions for the processor and
+/// counts everything it drops. Transport-independent: the embedded link and
+/// an external broker client both feed it.
+pub struct Ingestor {
+    decoder: Decoder,
+    rejections: Arc<RejectionLog>,
+    rejects: Vec<Reject>,
+}
+
+impl Ingestor {
+    /// An ingestor that records rejections in `rejections`.
+    pub fn new(decoder: Decoder, rejections: Arc<RejectionLog>) -> Self {
+        Self {
+            decoder,
+            rejections,
+            rejects: Vec::new(),
+        }
+    }
+
+    /// Decodes one message, appending accepted positions to `chunk`.
+    pub fn handle(&mut self, topic: &[u8], payload: &[u8], chunk: &mut Vec<PositionReport>) {
+        let received_ms = now_ms();
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            // MQTT requires UTF-8 topics; the broker should not let this through.
+            self.rejections.record(
+                fleetd_schemas::RejectReason::UnknownTopic,
+                "<non-utf8>",
+                None,
+                "topic is not UTF-8".into(),
+                payload,
+                received_ms,
+            );
+            return;
+        };
+        let route = topic::route(topic);
+        let before = chunk.len();
+        let outcome = self
+            .decoder
+            .decode(&route, payload, received_ms, chunk, &mut self.rejects);
+        let accepted = chunk.len() - before;
+        if accepted > 0 {
+            metrics::counter!("fleetd_received_total").increment(accepted as u64);
+        }
+        if let Outcome::Ignored(kind) = outcome {
+            metrics::counter!("fleetd_ignored_total", "kind" => kind).increment(1);
+        }
+        for reject in self.rejects.drain(..) {
+            let device = match &route {
+                topic::TopicRoute::Position(d)
+                | topic::TopicRoute::PositionBatch(d)
+                | topic::TopicRoute::OwnTracks(d) => Some(d.as_str()),
+                _ => None,
+            };
+            tracing::debug!(topic, reason = reject.reason.code(), detail = %reject.detail, "rejected input");
+            self.rejections.record(
+                reject.reason,
+                topic,
+                device,
+                reject.detail,
+                payload,
+                received_ms,
+            );
+        }
+    }
+}
+
+/// Runs ingest from the embedded broker's link until `cancel`, then drains
+/// the link and returns; dropping `output` tells the processor to flush.
+///
+/// Backpressure: `output` is bounded and sends are awaited. When the
+/// processor falls behind, ingest stops reading the link and rumqttd holds
+/// unread publishes in its in-RAM commit log, up to its segment bound; past
+/// that the broker drops the oldest unread data (it logs a cursor jump).
+pub async fn run_embedded(
+    mut link_rx: LinkRx,
+    mut ingestor: Ingestor,
+    output: mpsc::Sender<Vec<PositionReport>>,
+    cancel: CancellationToken,
+) -> Result<(), IngestError> {
+    let mut chunk = Vec::with_capacity(MAX_CHUNK);
+    loop {
+        let notification = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            n = link_rx.next() => n,
+        };
+        let notification =
+            notification.map_err(|e| IngestError::Broker(format!("ingest link failed: {e}")))?;
+        handle_notification(&mut link_rx, notification, &mut ingestor, &mut chunk).await?;
+        // Take whatever else is already buffered without waiting, so one
+        // channel send carries many positions under load and none waits idle.
+        while chunk.len() < MAX_CHUNK {
+            match link_rx.next().now_or_never() {
+                Some(n) => {
+                    let n =
+                        n.map_err(|e| IngestError::Broker(format!("ingest link failed: {e}")))?;
+                    handle_notification(&mut link_rx, n, &mut ingestor, &mut chunk).await?;
+                }
+                None => break,
+            }
+        }
+        if !chunk.is_empty() && !send(&output, &mut chunk).await {
+            return Ok(());
+        }
+    }
+    drain(link_rx, ingestor, &output, chunk).await
+}
+
+async fn drain(
+    mut link_rx: LinkRx,
+    mut ingestor: Ingestor,
+    output: &mpsc::Sender<Vec<PositionReport>>,
+    mut chunk: Vec<PositionReport>,
+) -> Result<(), IngestError> {
+    let deadline = Instant::now() + DRAIN_DEADLINE;
+    let mut drained = 0usize;
+    while Instant::now() < deadline {
+        match tokio::time::timeout(DRAIN_QUIET, link_rx.next()).await {
+            Ok(Ok(n)) => {
+                let before = chunk.len();
+                handle_notification(&mut link_rx, n, &mut ingestor, &mut chunk).await?;
+                drained += chunk.len() - before;
+                if chunk.len() >= MAX_CHUNK && !send(output, &mut chunk).await {
+                    return Ok(());
+                }
+            }
+            Ok(Err(e)) => return Err(IngestError::Broker(format!("ingest link failed: {e}"))),
+            Err(_quiet) => break,
+        }
+    }
+    if !chunk.is_empty() {
+        send(output, &mut chunk).await;
+    }
+    tracing::info!(drained, "ingest stopped");
+    Ok(())
+}
+
+async fn handle_notification(
+    link_rx: &mut LinkRx,
+    notification: Option<Notification>,
+    ingestor: &mut Ingestor,
+    chunk: &mut Vec<PositionReport>,
+) -> Result<(), IngestError> {
+    match notification {
+        Some(Notification::Forward(forward)) => {
+            ingestor.handle(&forward.publish.topic, &forward.publish.payload, chunk);
+        }
+        // The router pauses a link whose buffer filled up and forwards
+        // nothing more until the link asks again; without this ingest stalls.
+        Some(Notification::Unschedule) => link_rx
+            .wake()
+            .await
+            .map_err(|e| IngestError::Broker(format!("cannot wake ingest link: {e}")))?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Sends the chunk, measuring time spent blocked by a full queue. Returns
+/// false when the processor is gone.
+async fn send(output: &mpsc::Sender<Vec<PositionReport>>, chunk: &mut Vec<PositionReport>) -> bool {
+    let full = std::mem::replace(chunk, Vec::with_capacity(MAX_CHUNK));
+    let started = Instant::now();
+    let result = match output.try_send(full) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(full)) => {
+            let r = output.send(full).await;
+            metrics::histogram!("fleetd_ingest_blocked_seconds")
+                .record(started.elapsed().as_secs_f64());
+            r.map_err(|_| ())
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+    };
+    if result.is_err() {
+        tracing::warn!("processor queue closed; ingest stops");
+        return false;
+    }
+    true
+}
