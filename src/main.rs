@@ -1,1 +1,41 @@
-fn main() {}
+//! `fleetd`: the real-time location backend for fleets.
+//!
+//! This file is wiring only: parse the command line, load settings, run a
+//! subcommand. `serve` lives in `serve.rs`, the simulator front-end in
+//! `simulate.rs`.
+
+// A binary exports nothing; `pub` marks what modules offer each other.
+#![allow(unreachable_pub)]
+
+mod cli;
+mod config;
+mod serve;
+mod simulate;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    telemetry::init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fleetd")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

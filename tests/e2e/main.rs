@@ -1,1 +1,14 @@
-//! e2e
+//! End-to-end tests: each starts the real `fleetd` binary on loopback ports
+//! with a temporary data directory and talks to it over MQTT (rumqttc and
+//! mosquitto_pub) and HTTP.
+
+// A test crate exports nothing; `pub` marks what modules share.
+#![allow(unreachable_pub)]
+
+mod api;
+mod cli;
+mod fleet;
+mod formats;
+mod garbage;
+mod restart;
+mod util;

@@ -1,0 +1,157 @@
+//! One partition worker: gathers its micro-batch, processes it off the async
+//! runtime, writes it to the store, and keeps its devices' state.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetd_schemas::{PositionReport, now_ms};
+use fleetd_store::{Store, WriteBatch};
+use tokio::sync::mpsc;
+
+use crate::batch::{BatchOutcome, process_batch};
+use crate::settings::ProcessorSettings;
+use crate::state::PartitionState;
+
+type Flush = Pin<Box<dyn Future<Output = PartitionState> + Send>>;
+
+/// Runs one partition until its input closes, then flushes what it holds.
+///
+/// At most one batch per partition is being processed or written at a time,
+/// which keeps per-device order; the next batch gathers meanwhile, up to
+/// `max_batch` positions, after which input waits (backpressure).
+pub(crate) async fn run_partition(
+    partition: usize,
+    mut input: mpsc::Receiver<Vec<PositionReport>>,
+    state: PartitionState,
+    store: Arc<dyn Store>,
+    settings: ProcessorSettings,
+) {
+    let mut ticker = tokio::time::interval(settings.window);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state = Some(state);
+    let mut pending: Vec<PositionReport> = Vec::new();
+    let mut in_flight: Option<Flush> = None;
+    let mut input_open = true;
+    let mut window_due = false;
+    loop {
+        tokio::select! {
+            chunk = input.recv(), if input_open && pending.len() < settings.max_batch => {
+                match chunk {
+                    Some(chunk) => pending.extend(chunk),
+                    None => input_open = false,
+                }
+            }
+            _ = ticker.tick() => window_due = true,
+            done = async {
+                match in_flight.as_mut() {
+                    Some(flush) => flush.await,
+                    None => std::future::pending().await,
+                }
+            }, if in_flight.is_some() => {
+                state = Some(done);
+                in_flight = None;
+            }
+        }
+        let due = window_due || pending.len() >= settings.max_batch || !input_open;
+        if due && !pending.is_empty() {
+            if let Some(s) = state.take() {
+                let batch = std::mem::take(&mut pending);
+                in_flight = Some(Box::pin(flush(partition, s, batch, Arc::clone(&store), settings.clone())));
+                window_due = false;
+            }
+        } else if due {
+            window_due = false;
+        }
+        if !input_open && pending.is_empty() && in_flight.is_none() {
+            break;
+        }
+    }
+    tracing::debug!(partition, "partition worker stopped");
+}
+
+/// Processes and stores one batch; returns the partition state.
+async fn flush(
+    partition: usize,
+    mut state: PartitionState,
+    batch: Vec<PositionReport>,
+    store: Arc<dyn Store>,
+    settings: ProcessorSettings,
+) -> PartitionState {
+    let started = Instant::now();
+    let n_in = batch.len();
+    let enrich = settings.enrich;
+    let processed = tokio::task::spawn_blocking(move || {
+        let outcome = process_batch(&mut state, batch, &enrich);
+        (state, outcome)
+    })
+    .await;
+    let (state, outcome) = match processed {
+        Ok(done) => done,
+        Err(e) => {
+            // A panic in processing is a bug; the partition's state is lost
+            // with it, so start afresh rather than stop ingesting.
+            tracing::error!(partition, error = %e, "batch processing failed; partition state reset");
+            return PartitionState::default();
+        }
+    };
+    let processed_at = started.elapsed();
+    let BatchOutcome {
+        write,
+        duplicates,
+        late,
+    } = outcome;
+    metrics::counter!("fleetd_duplicates_total").increment(duplicates);
+    metrics::counter!("fleetd_late_positions_total").increment(late);
+    metrics::histogram!("fleetd_batch_positions").record(n_in as f64);
+    let write = Arc::new(write);
+    write_with_retry(partition, &*store, &write, settings.store_retry_max).await;
+    let stored_ms = now_ms();
+    for p in &write.history {
+        metrics::histogram!("fleetd_ingest_to_store_seconds")
+            .record((stored_ms - p.report.received_ms).max(0) as f64 / 1000.0);
+    }
+    for u in &write.latest {
+        metrics::histogram!("fleetd_event_lag_seconds")
+            .record((stored_ms - u.position.report.ts_ms).max(0) as f64 / 1000.0);
+    }
+    metrics::counter!("fleetd_positions_stored_total").increment(write.history.len() as u64);
+    metrics::histogram!("fleetd_batch_process_seconds").record(processed_at.as_secs_f64());
+    metrics::histogram!("fleetd_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+    tracing::debug!(
+        partition,
+        positions = n_in,
+        stored = write.history.len(),
+        latest = write.latest.len(),
+        duplicates,
+        late,
+        ms = started.elapsed().as_millis() as u64,
+        "batch written"
+    );
+    state
+}
+
+/// Writes a batch, retrying with exponential backoff (writes are
+/// idempotent). While it retries, the partition takes no new batches, so
+/// the bounded queues push back on ingest instead of growing.
+/// After `max_attempts` failures the batch is dropped and counted.
+async fn write_with_retry(partition: usize, store: &dyn Store, batch: &Arc<WriteBatch>, max_attempts: u32) {
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=max_attempts {
+        match store.write_batch(WriteBatch::clone(batch)).await {
+            Ok(()) => return,
+            Err(e) if attempt < max_attempts => {
+                metrics::counter!("fleetd_store_write_retries_total").increment(1);
+                tracing::warn!(partition, attempt, error = %e, "store write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                metrics::counter!("fleetd_store_dropped_positions_total")
+                    .increment(batch.history.len() as u64);
+                tracing::error!(partition, attempt, error = %e, positions = batch.history.len(), "store write failed; batch dropped");
+            }
+        }
+    }
+}

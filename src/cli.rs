@@ -1,0 +1,129 @@
+//! The command line (contract: see ARCHITECTURE.md, "Command line").
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DEFAULT_CONFIG, FileConfig};
+
+/// fleetd: real-time location backend for fleets of phones and vehicles.
+#[derive(Debug, Parser)]
+#[command(name = "fleetd", version, about)]
+pub struct Cli {
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run fleetd: embedded MQTT broker, processor, store and HTTP API.
+    Serve(ServeArgs),
+    /// Drive simulated vehicles publishing positions to an MQTT broker.
+    Simulate(crate::simulate::SimulateArgs),
+    /// Print the commented default configuration file.
+    GenerateConfig,
+}
+
+/// Flags of `fleetd serve`. Each overrides the config file; each also reads a
+/// `FLEETD_*` environment variable.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Configuration file (TOML); see `fleetd generate-config`.
+    #[arg(long, env = "FLEETD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// MQTT listen address of the embedded broker [default: 0.0.0.0:1883].
+    #[arg(long, env = "FLEETD_MQTT")]
+    pub mqtt: Option<String>,
+    /// HTTP API listen address [default: 0.0.0.0:8080].
+    #[arg(long, env = "FLEETD_HTTP")]
+    pub http: Option<String>,
+    /// Data directory of the embedded store [default: ./fleetd-data].
+    #[arg(long, env = "FLEETD_DATA")]
+    pub data: Option<PathBuf>,
+    /// Micro-batch window in milliseconds [default: 1000].
+    #[arg(long, env = "FLEETD_WINDOW_MS")]
+    pub window_ms: Option<u64>,
+    /// Storage backend: fjall (embedded) or scylla [default: fjall].
+    #[arg(long, env = "FLEETD_STORE")]
+    pub store: Option<String>,
+    /// ScyllaDB contact points, host:port[,host:port...].
+    #[arg(long, env = "FLEETD_SCYLLA_URI")]
+    pub scylla_uri: Option<String>,
+    /// Also run N simulated vehicles in-process (a moving demo fleet).
+    #[arg(long, env = "FLEETD_DEMO")]
+    pub demo: Option<usize>,
+}
+
+impl ServeArgs {
+    /// The config file (if any) with these flags applied on top.
+    pub fn resolve(&self) -> anyhow::Result<FileConfig> {
+        let mut config = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        if let Some(v) = &self.mqtt {
+            config.ingest.mqtt = v.clone();
+        }
+        if let Some(v) = &self.http {
+            config.api.http = v.clone();
+        }
+        if let Some(v) = &self.data {
+            config.store.data = v.clone();
+        }
+        if let Some(v) = self.window_ms {
+            config.processor.window_ms = v;
+        }
+        if let Some(v) = &self.store {
+            config.store.backend = v.clone();
+        }
+        if let Some(v) = &self.scylla_uri {
+            config.store.scylla_uri = v.clone();
+        }
+        if let Some(v) = self.demo {
+            config.demo.vehicles = v;
+        }
+        Ok(config)
+    }
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Serve(args) => {
+                let settings = args.resolve()?.validate()?;
+                crate::serve::run(settings).await
+            }
+            Command::Simulate(args) => crate::simulate::run(args).await,
+            Command::GenerateConfig => {
+                print!("{DEFAULT_CONFIG}");
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.toml");
+        std::fs::write(&path, "[api]\nhttp = \"127.0.0.1:1\"\n[processor]\nwindow_ms = 200\n")
+            .expect("write");
+        let args = ServeArgs {
+            config: Some(path),
+            window_ms: Some(300),
+            ..Default::default()
+        };
+        let c = args.resolve().expect("resolves");
+        assert_eq!(c.api.http, "127.0.0.1:1");
+        assert_eq!(c.processor.window_ms, 300);
+    }
+}

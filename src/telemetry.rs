@@ -1,0 +1,39 @@
+//! Logging and the Prometheus metrics recorder.
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+/// Logs to stderr; `RUST_LOG` overrides the level chosen by `-v`.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info,rumqttd=warn",
+        1 => "debug,rumqttd=info",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Installs the global metrics recorder and returns the handle `/metrics`
+/// renders. Latencies are Prometheus histograms (aggregatable across
+/// instances), with buckets from 1 ms to 60 s.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    const SECONDS: &[f64] = &[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0,
+        10.0, 30.0, 60.0,
+    ];
+    const POSITIONS: &[f64] = &[
+        1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 25_000.0, 50_000.0, 100_000.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+        .context("metric buckets")?
+        .set_buckets_for_metric(Matcher::Suffix("_positions".into()), POSITIONS)
+        .context("metric buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")
+}

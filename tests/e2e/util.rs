@@ -1,0 +1,243 @@
+//! Helpers: start the real `fleetd` binary on free loopback ports with a
+//! temporary data directory, talk to it over HTTP and MQTT, stop it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A fleetd process started by a test. Killed on drop if still running.
+pub struct Fleetd {
+    child: Option<Child>,
+    pub mqtt_port: u16,
+    pub http: String,
+    log: PathBuf,
+    pub client: reqwest::Client,
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Fleetd {
+    /// Starts `fleetd serve` on fresh ports with `data` as its directory and
+    /// waits until `/readyz` answers 200. Retries with other ports if one was
+    /// taken in between (tests run in parallel).
+    pub async fn start(data: &Path, extra: &[&str]) -> Fleetd {
+        let mut last_log = String::new();
+        for _attempt in 0..3 {
+            let (mqtt_port, http_port) = (free_port(), free_port());
+            let log = data.with_extension(format!("{http_port}.log"));
+            let log_file = std::fs::File::create(&log).expect("log file");
+            let child = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+                .arg("serve")
+                .args(["--mqtt", &format!("127.0.0.1:{mqtt_port}")])
+                .args(["--http", &format!("127.0.0.1:{http_port}")])
+                .arg("--data")
+                .arg(data)
+                .args(extra)
+                .env("RUST_LOG", "info,fleetd_processor=debug,rumqttd=warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file)
+                .spawn()
+                .expect("spawn fleetd");
+            let mut server = Fleetd {
+                child: Some(child),
+                mqtt_port,
+                http: format!("http://127.0.0.1:{http_port}"),
+                log,
+                client: reqwest::Client::new(),
+            };
+            if server.wait_ready(Duration::from_secs(30)).await {
+                return server;
+            }
+            last_log = server.log();
+            server.kill();
+        }
+        panic!("fleetd did not become ready; its log:\n{last_log}");
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                return false;
+            }
+            if let Ok(r) = self.client.get(format!("{}/readyz", self.http)).send().await
+                && r.status() == 200
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGINT and waits (up to 30 s) for a clean exit.
+    pub fn interrupt(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -INT failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("fleetd did not stop within 30 s of SIGINT; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// GET a path; returns status and JSON body (Null if not JSON).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{}", self.http, path))
+            .send()
+            .await
+            .expect("http request");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// GET a text path (e.g. /metrics).
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(format!("{}{}", self.http, path))
+            .send()
+            .await
+            .expect("http request")
+            .text()
+            .await
+            .expect("body")
+    }
+
+    /// The value of a Prometheus counter/gauge line, e.g.
+    /// `metric("fleetd_rejected_total{reason=\"oversize\"}")`; 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.get_text("/metrics").await;
+        parse_metric(&text, series)
+    }
+
+    /// Polls until `f` returns Some or `timeout` passes.
+    pub async fn wait_for<T, F, Fut>(&self, timeout: Duration, mut f: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f().await {
+                return Some(v);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A connected rumqttc client; its event loop runs in a task.
+    pub async fn mqtt_client(&self, id: &str) -> rumqttc::AsyncClient {
+        mqtt_client(self.mqtt_port, id).await
+    }
+}
+
+impl Drop for Fleetd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Parses one series out of Prometheus text (0 if absent).
+pub fn parse_metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(series)?;
+            rest.starts_with(' ').then(|| rest.trim().parse::<f64>().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// A rumqttc client connected to 127.0.0.1:`port`, with its event loop
+/// polled in a background task; waits for the CONNACK.
+pub async fn mqtt_client(port: u16, id: &str) -> rumqttc::AsyncClient {
+    let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 1000);
+    let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut connected_tx = Some(connected_tx);
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    if let Some(tx) = connected_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), connected_rx)
+        .await
+        .expect("MQTT connect timed out")
+        .expect("MQTT event loop ended before CONNACK");
+    client
+}
+
+/// Runs `mosquitto_pub` (the third-party client) once.
+pub fn mosquitto_pub(port: u16, topic: &str, message: &[u8]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("payload");
+    std::fs::write(&file, message).expect("write payload");
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic])
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("mosquitto_pub is not installed: run scripts/test, which installs mosquitto-clients");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Current Unix time in ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
