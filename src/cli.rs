@@ -24,6 +24,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Drive simulated vehicles publishing positions to an MQTT broker.
     Simulate(crate::simulate::SimulateArgs),
+    /// End-to-end load test: starts fleetd (or targets a running one), drives
+    /// a simulated fleet and reports throughput, loss, latency, CPU and RSS.
+    Bench(crate::bench::BenchArgs),
     /// Print the commented default configuration file.
     GenerateConfig,
 }
@@ -99,6 +102,7 @@ impl Cli {
                 crate::serve::run(settings).await
             }
             Command::Simulate(args) => crate::simulate::run(args).await,
+            Command::Bench(args) => crate::bench::run(args).await,
             Command::GenerateConfig => {
                 print!("{DEFAULT_CONFIG}");
                 Ok(())
@@ -115,8 +119,11 @@ mod tests {
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f.toml");
-        std::fs::write(&path, "[api]\nhttp = \"127.0.0.1:1\"\n[processor]\nwindow_ms = 200\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "[api]\nhttp = \"127.0.0.1:1\"\n[processor]\nwindow_ms = 200\n",
+        )
+        .expect("write");
         let args = ServeArgs {
             config: Some(path),
             window_ms: Some(300),

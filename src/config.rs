@@ -199,21 +199,38 @@ impl FileConfig {
             bail!("ingest.max_future_s must be >= 0 and ingest.max_age_h > 0");
         }
         if !(10..=60_000).contains(&p.window_ms) {
-            bail!("processor.window_ms (--window-ms) must be in 10..=60000, got {}", p.window_ms);
+            bail!(
+                "processor.window_ms (--window-ms) must be in 10..=60000, got {}",
+                p.window_ms
+            );
         }
-        if p.max_batch == 0 || p.queue_chunks == 0 || p.partition_queue_chunks == 0 || p.store_retry_max == 0 {
-            bail!("processor.max_batch, queue_chunks, partition_queue_chunks and store_retry_max must be > 0");
+        if p.max_batch == 0
+            || p.queue_chunks == 0
+            || p.partition_queue_chunks == 0
+            || p.store_retry_max == 0
+        {
+            bail!(
+                "processor.max_batch, queue_chunks, partition_queue_chunks and store_retry_max must be > 0"
+            );
         }
         let detail_res = h3o::Resolution::try_from(p.h3_detail_res).map_err(|_| {
-            anyhow::anyhow!("processor.h3_detail_res must be in 0..=15, got {}", p.h3_detail_res)
+            anyhow::anyhow!(
+                "processor.h3_detail_res must be in 0..=15, got {}",
+                p.h3_detail_res
+            )
         })?;
         let store = match self.store.backend.as_str() {
             "fjall" => StoreBackend::Fjall(self.store.data.clone()),
             "scylla" => StoreBackend::Scylla(self.store.scylla_uri.clone()),
-            other => bail!("store.backend (--store) must be \"fjall\" or \"scylla\", got {other:?}"),
+            other => {
+                bail!("store.backend (--store) must be \"fjall\" or \"scylla\", got {other:?}")
+            }
         };
         if !(self.demo.rate_hz > 0.0 && self.demo.rate_hz <= 100.0) {
-            bail!("demo.rate_hz must be in (0, 100], got {}", self.demo.rate_hz);
+            bail!(
+                "demo.rate_hz must be in (0, 100], got {}",
+                self.demo.rate_hz
+            );
         }
         let defaults = fleetd_processor::ProcessorSettings::default();
         Ok(ServeSettings {

@@ -51,7 +51,10 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let broker = EmbeddedBroker::start(&settings.broker)
         .await
         .context("cannot start the embedded MQTT broker")?;
-    let ingestor = Ingestor::new(Decoder::new(settings.limits.clone()), Arc::clone(&rejections));
+    let ingestor = Ingestor::new(
+        Decoder::new(settings.limits.clone()),
+        Arc::clone(&rejections),
+    );
     let ingest_cancel = CancellationToken::new();
     let ingest = tokio::spawn(fleetd_ingest::run_embedded(
         broker.link_rx,
@@ -95,7 +98,9 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         if let Some(demo) = demo {
             demo_cancel.cancel();
             match demo.await {
-                Ok(Ok(report)) => tracing::info!(published = report.published, "demo fleet stopped"),
+                Ok(Ok(report)) => {
+                    tracing::info!(published = report.published, "demo fleet stopped")
+                }
                 Ok(Err(e)) => tracing::warn!(error = %e, "demo fleet failed"),
                 Err(e) => tracing::warn!(error = %e, "demo fleet task failed"),
             }

@@ -12,10 +12,18 @@ async fn http_errors_are_json_with_the_right_status() {
         ("/v1/vehicles?bbox=1,2,3", 400, "bad_request"),
         ("/v1/vehicles?bbox=0,95,1,96", 400, "bad_request"),
         ("/v1/vehicles?near=52.5,13.4", 400, "bad_request"),
-        ("/v1/vehicles?near=52.5,13.4&radius_m=-5", 400, "bad_request"),
+        (
+            "/v1/vehicles?near=52.5,13.4&radius_m=-5",
+            400,
+            "bad_request",
+        ),
         ("/v1/vehicles?cell=zzz", 400, "bad_request"),
         ("/v1/vehicles", 400, "bad_request"),
-        ("/v1/vehicles?bbox=0,0,1,1&cell=871f1d489ffffff", 400, "bad_request"),
+        (
+            "/v1/vehicles?bbox=0,0,1,1&cell=871f1d489ffffff",
+            400,
+            "bad_request",
+        ),
         ("/v1/vehicles/x/track?from=10&to=5", 400, "bad_request"),
         ("/v1/vehicles/x/track?limit=abc", 400, "bad_request"),
         ("/v1/nothing-here", 404, "not_found"),
@@ -25,7 +33,9 @@ async fn http_errors_are_json_with_the_right_status() {
         assert_eq!(got, status, "{path}: {body}");
         assert_eq!(body["error"]["code"], code, "{path}: {body}");
         assert!(
-            body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
             "{path}: {body}"
         );
     }
@@ -44,7 +54,13 @@ async fn http_errors_are_json_with_the_right_status() {
     let (status, _) = server.get("/readyz").await;
     assert_eq!(status, 200);
     let metrics = server.get_text("/metrics").await;
-    for series in ["fleetd_rejected_total{reason=\"malformed\"}", "fleetd_http_requests_total"] {
-        assert!(metrics.contains(series), "/metrics lacks {series}:\n{metrics}");
+    for series in [
+        "fleetd_rejected_total{reason=\"malformed\"}",
+        "fleetd_http_requests_total",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "/metrics lacks {series}:\n{metrics}"
+        );
     }
 }

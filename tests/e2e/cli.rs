@@ -23,14 +23,32 @@ fn bad_flags_and_config_fail_clearly() {
     let cases: [(&[&str], &str); 5] = [
         (&["serve", "--bogus"], "--bogus"),
         (&["serve", "--data", data, "--window-ms", "0"], "window_ms"),
-        (&["serve", "--data", data, "--store", "cassandra"], "store.backend"),
-        (&["serve", "--data", data, "--http", "not-an-address"], "api.http"),
-        (&["serve", "--data", data, "--config", "/nonexistent/fleetd.toml"], "cannot read config file"),
+        (
+            &["serve", "--data", data, "--store", "cassandra"],
+            "store.backend",
+        ),
+        (
+            &["serve", "--data", data, "--http", "not-an-address"],
+            "api.http",
+        ),
+        (
+            &[
+                "serve",
+                "--data",
+                data,
+                "--config",
+                "/nonexistent/fleetd.toml",
+            ],
+            "cannot read config file",
+        ),
     ];
     for (args, needle) in cases {
         let (ok, _, stderr) = fleetd(args);
         assert!(!ok, "{args:?} must fail");
-        assert!(stderr.contains(needle), "{args:?}: stderr lacks {needle:?}:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: stderr lacks {needle:?}:\n{stderr}"
+        );
     }
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[processor]\nwindow = 5\n").expect("write");

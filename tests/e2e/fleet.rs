@@ -46,21 +46,43 @@ async fn thousand_vehicles_nothing_lost() {
 
     for vehicle in &report.vehicles {
         let last = vehicle.last.as_ref().expect("each vehicle published");
-        let (status, latest) = server.get(&format!("/v1/vehicles/{}", vehicle.device_id)).await;
+        let (status, latest) = server
+            .get(&format!("/v1/vehicles/{}", vehicle.device_id))
+            .await;
         assert_eq!(status, 200, "{}: {latest}", vehicle.device_id);
         assert_eq!(latest["ts_ms"], last.ts_ms, "{}", vehicle.device_id);
-        assert_eq!(latest["lat"].as_f64(), Some(last.lat), "{}", vehicle.device_id);
-        assert_eq!(latest["lon"].as_f64(), Some(last.lon), "{}", vehicle.device_id);
+        assert_eq!(
+            latest["lat"].as_f64(),
+            Some(last.lat),
+            "{}",
+            vehicle.device_id
+        );
+        assert_eq!(
+            latest["lon"].as_f64(),
+            Some(last.lon),
+            "{}",
+            vehicle.device_id
+        );
         assert_eq!(latest["seq"].as_u64(), last.seq, "{}", vehicle.device_id);
 
         let (status, track) = server
-            .get(&format!("/v1/vehicles/{}/track?limit=10000", vehicle.device_id))
+            .get(&format!(
+                "/v1/vehicles/{}/track?limit=10000",
+                vehicle.device_id
+            ))
             .await;
         assert_eq!(status, 200);
         let items = track["items"].as_array().expect("items");
-        assert_eq!(items.len() as u64, vehicle.published, "{} history", vehicle.device_id);
+        assert_eq!(
+            items.len() as u64,
+            vehicle.published,
+            "{} history",
+            vehicle.device_id
+        );
         assert!(
-            items.windows(2).all(|w| w[0]["ts_ms"].as_i64() < w[1]["ts_ms"].as_i64()),
+            items
+                .windows(2)
+                .all(|w| w[0]["ts_ms"].as_i64() < w[1]["ts_ms"].as_i64()),
             "history in time order"
         );
     }

@@ -33,7 +33,12 @@ fn reference(name: &str) -> RefPoint {
 
 /// Polls the vehicle until it reports `ts_ms`; returns the body and how long
 /// it took from `published`.
-async fn wait_vehicle(server: &Fleetd, id: &str, ts_ms: i64, published: Instant) -> (Value, Duration) {
+async fn wait_vehicle(
+    server: &Fleetd,
+    id: &str,
+    ts_ms: i64,
+    published: Instant,
+) -> (Value, Duration) {
     // OwnTracks ids contain a '/', which a path segment carries as %2F.
     let path = format!("/v1/vehicles/{}", id.replace('/', "%2F"));
     let body = server
@@ -77,7 +82,12 @@ async fn each_input_format_is_queryable_within_window_plus_one_second() {
     let client = server.mqtt_client("e2e-pb").await;
     let published = Instant::now();
     client
-        .publish("fleet/pb-1/pos", rumqttc::QoS::AtLeastOnce, false, position.encode_to_vec())
+        .publish(
+            "fleet/pb-1/pos",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            position.encode_to_vec(),
+        )
         .await
         .expect("publish");
     let (body, took) = wait_vehicle(&server, "pb-1", ts_pb, published).await;
@@ -85,7 +95,10 @@ async fn each_input_format_is_queryable_within_window_plus_one_second() {
     assert_eq!(body["device_id"], "pb-1");
     assert_eq!(body["speed_mps"].as_f64(), Some(8.5));
     assert_eq!(body["seq"], 1);
-    assert!(took <= window + Duration::from_secs(1), "protobuf took {took:?}");
+    assert!(
+        took <= window + Duration::from_secs(1),
+        "protobuf took {took:?}"
+    );
 
     // 2. mosquitto_pub, JSON.
     let sf = reference("san_francisco_ferry_building");
@@ -99,7 +112,10 @@ async fn each_input_format_is_queryable_within_window_plus_one_second() {
     let (body, took) = wait_vehicle(&server, "json-1", ts_json, published).await;
     assert_cells(&body, &sf);
     assert_eq!(body["accuracy_m"].as_f64(), Some(6.5));
-    assert!(took <= window + Duration::from_secs(1), "JSON took {took:?}");
+    assert!(
+        took <= window + Duration::from_secs(1),
+        "JSON took {took:?}"
+    );
 
     // 3. OwnTracks JSON (tst in seconds, vel in km/h).
     let sydney = reference("sydney_opera_house");
@@ -109,15 +125,26 @@ async fn each_input_format_is_queryable_within_window_plus_one_second() {
         sydney.lat, sydney.lon
     );
     let published = Instant::now();
-    mosquitto_pub(server.mqtt_port, "owntracks/alice/phone", owntracks.as_bytes());
+    mosquitto_pub(
+        server.mqtt_port,
+        "owntracks/alice/phone",
+        owntracks.as_bytes(),
+    );
     let (body, took) = wait_vehicle(&server, "alice/phone", tst * 1000, published).await;
     assert_cells(&body, &sydney);
     assert_eq!(body["speed_mps"].as_f64(), Some(20.0), "72 km/h");
     assert_eq!(body["heading_deg"].as_f64(), Some(180.0));
-    assert!(took <= window + Duration::from_secs(1), "OwnTracks took {took:?}");
+    assert!(
+        took <= window + Duration::from_secs(1),
+        "OwnTracks took {took:?}"
+    );
 
     // Non-location OwnTracks messages are ignored, not rejected.
-    mosquitto_pub(server.mqtt_port, "owntracks/alice/phone", br#"{"_type":"lwt","tst":1}"#);
+    mosquitto_pub(
+        server.mqtt_port,
+        "owntracks/alice/phone",
+        br#"{"_type":"lwt","tst":1}"#,
+    );
     let ignored = server
         .wait_for(Duration::from_secs(5), || async {
             let v = server
@@ -127,11 +154,19 @@ async fn each_input_format_is_queryable_within_window_plus_one_second() {
         })
         .await;
     assert_eq!(ignored, Some(1.0));
-    assert_eq!(server.metric("fleetd_rejected_total{reason=\"malformed\"}").await, 0.0);
+    assert_eq!(
+        server
+            .metric("fleetd_rejected_total{reason=\"malformed\"}")
+            .await,
+        0.0
+    );
 
     // The area queries find them, in JSON and GeoJSON.
     let (status, body) = server
-        .get(&format!("/v1/vehicles?near={},{}&radius_m=500", berlin.lat, berlin.lon))
+        .get(&format!(
+            "/v1/vehicles?near={},{}&radius_m=500",
+            berlin.lat, berlin.lon
+        ))
         .await;
     assert_eq!(status, 200, "{body}");
     let ids: Vec<&str> = body["vehicles"]
@@ -142,7 +177,9 @@ async fn each_input_format_is_queryable_within_window_plus_one_second() {
         .collect();
     assert_eq!(ids, ["pb-1"]);
     let cell = sf.cells["9"].as_str().expect("cell");
-    let (status, body) = server.get(&format!("/v1/vehicles?cell={cell}&format=geojson")).await;
+    let (status, body) = server
+        .get(&format!("/v1/vehicles?cell={cell}&format=geojson"))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["type"], "FeatureCollection");
     assert_eq!(body["features"][0]["properties"]["device_id"], "json-1");

@@ -26,9 +26,14 @@ async fn garbage_is_rejected_while_valid_traffic_flows() {
                 lon: -3.7038,
                 ..Default::default()
             };
-            good.publish("fleet/good-1/pos", QoS::AtLeastOnce, false, p.encode_to_vec())
-                .await
-                .expect("publish good");
+            good.publish(
+                "fleet/good-1/pos",
+                QoS::AtLeastOnce,
+                false,
+                p.encode_to_vec(),
+            )
+            .await
+            .expect("publish good");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
@@ -51,14 +56,23 @@ async fn garbage_is_rejected_while_valid_traffic_flows() {
     let corpus: Vec<(&str, Vec<u8>)> = vec![
         ("fleet/bad-1/pos", valid[..valid.len() - 4].to_vec()),
         ("fleet/bad-1/pos", br#"{"lat": 1, "lon":"#.to_vec()),
-        ("fleet/bad-1/pos", format!(r#"{{"ts_ms": {now}, "lat": NaN, "lon": 1}}"#).into_bytes()),
+        (
+            "fleet/bad-1/pos",
+            format!(r#"{{"ts_ms": {now}, "lat": NaN, "lon": 1}}"#).into_bytes(),
+        ),
         ("fleet/bad-1/pos", nan),
-        ("fleet/bad-1/pos", format!(r#"{{"ts_ms": {now}, "lat": 999, "lon": 999}}"#).into_bytes()),
+        (
+            "fleet/bad-1/pos",
+            format!(r#"{{"ts_ms": {now}, "lat": 999, "lon": 999}}"#).into_bytes(),
+        ),
         ("fleet/bad-1/pos", vec![b'x'; 1024 * 1024]),
         ("fleet/bad id/pos", valid.clone()),
         ("fleet/bad-1/unknown", valid.clone()),
         ("owntracks/bad/phone", br#"{"lat": 1, "lon": 2}"#.to_vec()),
-        ("fleet/bad-1/pos", format!(r#"{{"ts_ms": {}, "lat": 1, "lon": 2}}"#, now + 86_400_000).into_bytes()),
+        (
+            "fleet/bad-1/pos",
+            format!(r#"{{"ts_ms": {}, "lat": 1, "lon": 2}}"#, now + 86_400_000).into_bytes(),
+        ),
     ];
     let garbage = server.mqtt_client("e2e-garbage").await;
     for (topic, payload) in corpus {
@@ -85,7 +99,15 @@ async fn garbage_is_rejected_while_valid_traffic_flows() {
             let text = server.get_text("/metrics").await;
             let counts: HashMap<&str, f64> = expected
                 .keys()
-                .map(|r| (*r, crate::util::parse_metric(&text, &format!("fleetd_rejected_total{{reason=\"{r}\"}}"))))
+                .map(|r| {
+                    (
+                        *r,
+                        crate::util::parse_metric(
+                            &text,
+                            &format!("fleetd_rejected_total{{reason=\"{r}\"}}"),
+                        ),
+                    )
+                })
                 .collect();
             (counts.values().sum::<f64>() >= total).then_some(counts)
         })
@@ -99,9 +121,15 @@ async fn garbage_is_rejected_while_valid_traffic_flows() {
     let samples = body["rejections"].as_array().expect("rejections");
     assert_eq!(samples.len(), total as usize);
     for reason in expected.keys() {
-        assert!(samples.iter().any(|s| s["reason"] == *reason), "sample for {reason}");
+        assert!(
+            samples.iter().any(|s| s["reason"] == *reason),
+            "sample for {reason}"
+        );
     }
-    let oversize = samples.iter().find(|s| s["reason"] == "oversize").expect("oversize");
+    let oversize = samples
+        .iter()
+        .find(|s| s["reason"] == "oversize")
+        .expect("oversize");
     assert_eq!(oversize["payload_len"], 1024 * 1024);
     assert!(oversize["payload_head"].as_str().map(str::len) <= Some(64 * 4));
 
@@ -112,7 +140,11 @@ async fn garbage_is_rejected_while_valid_traffic_flows() {
             (track["items"].as_array().map(Vec::len) == Some(40)).then_some(())
         })
         .await;
-    assert!(stored.is_some(), "all 40 good points stored; log:\n{}", server.log());
+    assert!(
+        stored.is_some(),
+        "all 40 good points stored; log:\n{}",
+        server.log()
+    );
     let (status, latest) = server.get("/v1/vehicles/good-1").await;
     assert_eq!(status, 200);
     assert_eq!(latest["ts_ms"], t0 + 39 * 100);

@@ -7,6 +7,7 @@
 
 mod api;
 mod cli;
+mod demo;
 mod fleet;
 mod formats;
 mod garbage;

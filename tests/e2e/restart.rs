@@ -27,7 +27,12 @@ async fn sigint_writes_the_batch_in_flight_and_data_survives_restart() {
             ..Default::default()
         };
         client
-            .publish("fleet/restart-1/pos", rumqttc::QoS::AtLeastOnce, false, p.encode_to_vec())
+            .publish(
+                "fleet/restart-1/pos",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                p.encode_to_vec(),
+            )
             .await
             .expect("publish");
     }
@@ -59,7 +64,12 @@ async fn sigint_writes_the_batch_in_flight_and_data_survives_restart() {
         ..Default::default()
     };
     client
-        .publish("fleet/restart-1/pos", rumqttc::QoS::AtLeastOnce, false, old.encode_to_vec())
+        .publish(
+            "fleet/restart-1/pos",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            old.encode_to_vec(),
+        )
         .await
         .expect("publish");
     let grown = server

@@ -72,7 +72,11 @@ impl Fleetd {
             {
                 return false;
             }
-            if let Ok(r) = self.client.get(format!("{}/readyz", self.http)).send().await
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/readyz", self.http))
+                .send()
+                .await
                 && r.status() == 200
             {
                 return true;
@@ -102,7 +106,10 @@ impl Fleetd {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("fleetd did not stop within 30 s of SIGINT; log:\n{}", self.log());
+                panic!(
+                    "fleetd did not stop within 30 s of SIGINT; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -182,7 +189,8 @@ pub fn parse_metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| {
             let rest = line.strip_prefix(series)?;
-            rest.starts_with(' ').then(|| rest.trim().parse::<f64>().ok())?
+            rest.starts_with(' ')
+                .then(|| rest.trim().parse::<f64>().ok())?
         })
         .unwrap_or(0.0)
 }
@@ -222,11 +230,22 @@ pub fn mosquitto_pub(port: u16, topic: &str, message: &[u8]) {
     let file = dir.path().join("payload");
     std::fs::write(&file, message).expect("write payload");
     let out = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+        ])
         .arg("-f")
         .arg(&file)
         .output()
-        .expect("mosquitto_pub is not installed: run scripts/test, which installs mosquitto-clients");
+        .expect(
+            "mosquitto_pub is not installed: run scripts/test, which installs mosquitto-clients",
+        );
     assert!(
         out.status.success(),
         "mosquitto_pub failed: {}",
