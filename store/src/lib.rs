@@ -14,6 +14,9 @@
 //! (see [`fleetd_schemas::H3Cells`]).
 
 mod area;
+mod codec;
+mod cover;
+mod cursor;
 mod error;
 mod fjall_store;
 mod keys;
@@ -39,7 +42,9 @@ pub struct WriteBatch {
 /// A device's new latest position.
 #[derive(Debug, Clone)]
 pub struct LatestUpdate {
-    /// The new latest position.
+    /// The new latest position. Its `h3.area` must be the res-7 cell of its
+    /// lat/lon: the area index is keyed by it (a position without a valid
+    /// res-7 cell is stored but left out of area queries, with a warning).
     pub position: EnrichedPosition,
     /// The area cell (`h3.area`) of the latest position this one replaces, so
     /// the backend can move the device in its area index without reading the
@@ -89,6 +94,9 @@ pub trait Store: Send + Sync + 'static {
     async fn latest(&self, device: &DeviceId) -> Result<Option<EnrichedPosition>, StoreError>;
 
     /// Latest positions inside `area`, at most `limit`, in no particular order.
+    ///
+    /// An invalid area (coordinates out of range, negative radius, invalid
+    /// cell index) is a [`StoreError::InvalidQuery`].
     async fn latest_in_area(
         &self,
         area: &AreaQuery,
@@ -99,6 +107,9 @@ pub trait Store: Send + Sync + 'static {
     async fn all_latest(&self) -> Result<Vec<EnrichedPosition>, StoreError>;
 
     /// A page of `device`'s history in `[from_ms, to_ms]`, oldest first.
+    ///
+    /// A malformed cursor or a zero limit is a [`StoreError::InvalidQuery`];
+    /// `from_ms > to_ms` is an empty page.
     async fn history(
         &self,
         device: &DeviceId,

@@ -1,0 +1,321 @@
+//! The embedded backend: three fjall keyspaces in one local database.
+//!
+//! | keyspace  | key                                   | value            |
+//! |-----------|---------------------------------------|------------------|
+//! | `latest`  | `device_id`                           | `StoredPosition` |
+//! | `history` | `device_id 0x00 ts_ms` (sortable)     | `StoredPosition` |
+//! | `area`    | res-7 cell (u64 BE) `device_id`       | `StoredPosition` |
+//!
+//! `area` holds a full copy of each latest position, so an area read is a
+//! few range scans and no second lookup (see [`crate::cover`]). Key layouts
+//! are in [`crate::keys`].
+//!
+//! fjall's calls block on disk I/O and locks, so every one of them runs on
+//! tokio's blocking pool through [`FjallStore::blocking`], never on an async
+//! worker thread.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fleetd_schemas::{DeviceId, EnrichedPosition, H3Cells};
+use tracing::warn;
+
+use crate::cover::{self, ScanPlan};
+use crate::{
+    AreaQuery, HistoryPage, HistoryQuery, Store, StoreError, WriteBatch, codec, cursor, keys,
+};
+
+/// The embedded [`Store`]: a fjall database in a local directory.
+///
+/// Cheap to clone; clones share the database. Only one process may open a
+/// directory at a time (fjall locks it).
+#[derive(Clone)]
+pub struct FjallStore {
+    inner: Arc<Inner>,
+}
+
+/// The database and its keyspaces; fjall handles are reference-counted, so
+/// blocking tasks share this behind an `Arc`.
+struct Inner {
+    path: PathBuf,
+    db: Database,
+    latest: Keyspace,
+    history: Keyspace,
+    area: Keyspace,
+}
+
+impl FjallStore {
+    /// Opens the store in `path`, creating the directory and keyspaces if
+    /// missing and recovering whatever a previous run left.
+    ///
+    /// Blocks on disk I/O (journal recovery); call it at start-up, before the
+    /// runtime is busy, or from a blocking task.
+    pub fn open(path: &Path) -> Result<FjallStore, StoreError> {
+        std::fs::create_dir_all(path).map_err(fjall::Error::from)?;
+        let db = Database::builder(path).open()?;
+        let latest = db.keyspace("latest", KeyspaceCreateOptions::default)?;
+        let history = db.keyspace("history", KeyspaceCreateOptions::default)?;
+        let area = db.keyspace("area", KeyspaceCreateOptions::default)?;
+        Ok(FjallStore {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                db,
+                latest,
+                history,
+                area,
+            }),
+        })
+    }
+
+    /// Runs `f` on tokio's blocking pool with the shared handles.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|err| StoreError::Task(err.to_string()))?
+    }
+}
+
+impl fmt::Debug for FjallStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FjallStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Store for FjallStore {
+    async fn write_batch(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let (history_rows, latest_rows) = self.blocking(move |inner| inner.write(&batch)).await?;
+        metrics::histogram!("fleetd_store_write_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("fleetd_store_rows_written_total", "table" => "history")
+            .increment(history_rows as u64);
+        metrics::counter!("fleetd_store_rows_written_total", "table" => "latest")
+            .increment(latest_rows as u64);
+        Ok(())
+    }
+
+    async fn latest(&self, device: &DeviceId) -> Result<Option<EnrichedPosition>, StoreError> {
+        let key = keys::latest_key(device);
+        self.blocking(move |inner| match inner.latest.get(&key)? {
+            Some(value) => codec::decode(&value).map(Some),
+            None => Ok(None),
+        })
+        .await
+    }
+
+    async fn latest_in_area(
+        &self,
+        area: &AreaQuery,
+        limit: usize,
+    ) -> Result<Vec<EnrichedPosition>, StoreError> {
+        area.validate()?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let area = *area;
+        // Planning is CPU work proportional to the area (bounded), so it
+        // runs off the async workers too.
+        self.blocking(move |inner| inner.in_area(&area, limit))
+            .await
+    }
+
+    async fn all_latest(&self) -> Result<Vec<EnrichedPosition>, StoreError> {
+        self.blocking(|inner| {
+            inner
+                .latest
+                .iter()
+                .map(|guard| codec::decode(&guard.value()?))
+                .collect()
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        device: &DeviceId,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, StoreError> {
+        if query.limit == 0 {
+            return Err(StoreError::InvalidQuery(
+                "history limit must be at least 1".into(),
+            ));
+        }
+        let resume_ms = query.cursor.as_deref().map(cursor::decode).transpose()?;
+        let from_ms = resume_ms.map_or(query.from_ms, |ts| ts.max(query.from_ms));
+        let (to_ms, limit, device) = (query.to_ms, query.limit, device.clone());
+        if from_ms > to_ms {
+            return Ok(HistoryPage::default());
+        }
+        self.blocking(move |inner| inner.history_page(&device, from_ms, to_ms, limit))
+            .await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.blocking(|inner| Ok(inner.db.persist(PersistMode::SyncAll)?))
+            .await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        // Handing buffered journal bytes to the OS is cheap, and it is the
+        // public call that reports fjall's poisoned state (set after a failed
+        // fsync or a panicked background worker, when writes stop).
+        self.blocking(|inner| {
+            inner
+                .db
+                .persist(PersistMode::Buffer)
+                .map_err(|err| StoreError::Unavailable(format!("embedded store: {err}")))
+        })
+        .await
+    }
+}
+
+/// A pending write of one key within a batch.
+enum Op {
+    Put(Vec<u8>),
+    Delete,
+}
+
+impl Inner {
+    /// Applies one [`WriteBatch`] as one atomic fjall batch; returns the
+    /// number of history and latest rows written.
+    ///
+    /// Every item of a fjall batch gets the same sequence number, so two
+    /// writes of one key in one batch would have no defined order. The
+    /// batch is therefore collapsed per key first, later entries winning, as
+    /// they would if written one after another.
+    fn write(&self, batch: &WriteBatch) -> Result<(usize, usize), StoreError> {
+        let mut history: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(batch.history.len());
+        for position in &batch.history {
+            let key = keys::history_key(&position.report.device_id, position.report.ts_ms);
+            history.insert(key, codec::encode(position));
+        }
+
+        let mut latest: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(batch.latest.len());
+        let mut area: HashMap<Vec<u8>, Op> = HashMap::with_capacity(batch.latest.len() * 2);
+        for update in &batch.latest {
+            let position = &update.position;
+            let device = &position.report.device_id;
+            let value = codec::encode(position);
+            let new_cell = position.h3.area;
+            if let Some(old_cell) = update.previous_area_cell.filter(|&old| old != new_cell) {
+                area.insert(keys::area_key(old_cell, device), Op::Delete);
+            }
+            if is_area_cell(new_cell) {
+                area.insert(keys::area_key(new_cell, device), Op::Put(value.clone()));
+            } else {
+                // Without a valid cell the key would sit outside every range
+                // scan; say so rather than index it where nothing looks.
+                warn!(
+                    device_id = %device,
+                    cell = format_args!("{new_cell:#x}"),
+                    "latest position has no valid res-7 area cell; left out of area queries"
+                );
+            }
+            latest.insert(keys::latest_key(device), value);
+        }
+
+        let counts = (history.len(), latest.len());
+        let mut fjall_batch = self.db.batch();
+        for (key, value) in history {
+            fjall_batch.insert(&self.history, key, value);
+        }
+        for (key, value) in latest {
+            fjall_batch.insert(&self.latest, key, value);
+        }
+        for (key, op) in area {
+            match op {
+                Op::Put(value) => fjall_batch.insert(&self.area, key, value),
+                Op::Delete => fjall_batch.remove(&self.area, key),
+            }
+        }
+        fjall_batch.commit()?;
+        Ok(counts)
+    }
+
+    /// Latest positions selected by `area` (already validated), at most
+    /// `limit` (≥ 1).
+    fn in_area(&self, area: &AreaQuery, limit: usize) -> Result<Vec<EnrichedPosition>, StoreError> {
+        let mut found = Vec::new();
+        match cover::plan(area)? {
+            ScanPlan::Ranges(ranges) => {
+                for cells in &ranges {
+                    let (start, end) = keys::area_scan_bounds(cells);
+                    let rows = self.area.range(start..end);
+                    if collect_matching(rows, area, limit, &mut found)? {
+                        break;
+                    }
+                }
+            }
+            ScanPlan::FullScan => {
+                collect_matching(self.latest.iter(), area, limit, &mut found)?;
+            }
+        }
+        Ok(found)
+    }
+
+    /// One page of `device`'s history in `[from_ms, to_ms]` (`from_ms ≤
+    /// to_ms`, `limit ≥ 1`).
+    fn history_page(
+        &self,
+        device: &DeviceId,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        let start = keys::history_key(device, from_ms);
+        let end = keys::history_key(device, to_ms);
+        let prefix_len = keys::history_prefix_len(device);
+        let mut page = HistoryPage::default();
+        for guard in self.history.range(start..=end) {
+            if page.items.len() == limit {
+                // One row beyond the page: it exists, so there is a next
+                // page, and it starts exactly there.
+                let key = guard.key()?;
+                let ts_ms = keys::history_key_ts(&key, prefix_len).ok_or_else(|| {
+                    StoreError::Corrupt(format!("history key of {device} has no timestamp"))
+                })?;
+                page.next_cursor = Some(cursor::encode(ts_ms));
+                break;
+            }
+            page.items.push(codec::decode(&guard.value()?)?);
+        }
+        Ok(page)
+    }
+}
+
+/// Decodes `rows` and keeps those inside `area` until `found` holds `limit`;
+/// returns whether it does.
+fn collect_matching(
+    rows: fjall::Iter,
+    area: &AreaQuery,
+    limit: usize,
+    found: &mut Vec<EnrichedPosition>,
+) -> Result<bool, StoreError> {
+    for guard in rows {
+        let position = codec::decode(&guard.value()?)?;
+        if area.contains(position.report.lat, position.report.lon) {
+            found.push(position);
+            if found.len() >= limit {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `raw` is an H3 cell at the area index resolution.
+fn is_area_cell(raw: u64) -> bool {
+    h3o::CellIndex::try_from(raw).is_ok_and(|cell| u8::from(cell.resolution()) == H3Cells::AREA_RES)
+}
