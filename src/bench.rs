@@ -202,10 +202,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ));
     }
     stop.store(true, Ordering::Relaxed);
+    let publish_elapsed = started.elapsed();
     for p in publishers.into_iter().chain(probes) {
         p.await.context("bench task")?;
     }
-    let publish_elapsed = started.elapsed();
     let published = published.load(Ordering::Relaxed);
     progress.finish_and_clear();
 

@@ -115,8 +115,10 @@ fn broker_config(settings: &BrokerSettings) -> Config {
     }
 }
 
-/// Polls until something accepts TCP connections on `listen`, since rumqttd
-/// binds on its own thread and reports nothing back.
+/// Polls until the broker answers an MQTT CONNECT on `listen`, since rumqttd
+/// binds on its own thread and reports nothing back. A real CONNECT (and a
+/// clean DISCONNECT) rather than a bare TCP probe keeps the broker from
+/// logging an aborted connection at every start.
 async fn wait_listening(listen: SocketAddr) -> Result<(), IngestError> {
     let probe = if listen.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], listen.port()))
@@ -124,7 +126,7 @@ async fn wait_listening(listen: SocketAddr) -> Result<(), IngestError> {
         listen
     };
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(probe).await.is_ok() {
+        if mqtt_handshake(probe).await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -132,4 +134,29 @@ async fn wait_listening(listen: SocketAddr) -> Result<(), IngestError> {
     Err(IngestError::Broker(format!(
         "MQTT listener on {listen} did not come up (port in use?)"
     )))
+}
+
+/// One MQTT 3.1.1 CONNECT → CONNACK → DISCONNECT exchange.
+async fn mqtt_handshake(addr: SocketAddr) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CLIENT_ID: &[u8] = b"fleetd-startup-probe";
+    let mut connect = vec![0x10, (10 + 2 + CLIENT_ID.len()) as u8];
+    // Protocol "MQTT", level 4, clean session, keep-alive 10 s.
+    connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10]);
+    connect.extend_from_slice(&[0, CLIENT_ID.len() as u8]);
+    connect.extend_from_slice(CLIENT_ID);
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(&connect).await?;
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack).await?;
+        if connack[0] != 0x20 || connack[3] != 0 {
+            return Err(std::io::Error::other("broker refused the probe connection"));
+        }
+        stream.write_all(&[0xe0, 0x00]).await?;
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .map_err(|_| std::io::Error::other("broker did not answer"))?
 }
