@@ -234,7 +234,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (rss, peak) = pid.map(memory_mb).unwrap_or((None, None));
     let latency = {
         let h = latencies.lock().unwrap_or_else(|e| e.into_inner());
-        (h.len() > 0).then(|| Latency {
+        (!h.is_empty()).then(|| Latency {
             samples: h.len(),
             p50: h.value_at_quantile(0.5) as f64 / 1000.0,
             p90: h.value_at_quantile(0.9) as f64 / 1000.0,
@@ -397,7 +397,7 @@ async fn publish_loop(
     let grid = CityGrid::new(52.52, 13.405);
     let mut fleet: Vec<(String, Vehicle, i64, u64)> = vehicles
         .iter()
-        .map(|&i| (format!("bench-{i}"), Vehicle::new(grid.clone(), 1, i), 0, 0))
+        .map(|&i| (format!("bench-{i}"), Vehicle::new(grid, 1, i), 0, 0))
         .collect();
     let started = Instant::now();
     let mut sent = 0u64;
