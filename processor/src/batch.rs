@@ -72,7 +72,9 @@ pub fn process_batch(
         let mut prev_ts = None;
         for report in &reports[start..end] {
             if prev_ts == Some(report.ts_ms)
-                || previous.as_ref().is_some_and(|p| p.last_ts_ms == report.ts_ms)
+                || previous
+                    .as_ref()
+                    .is_some_and(|p| p.last_ts_ms == report.ts_ms)
             {
                 outcome.duplicates += 1;
                 continue;

@@ -54,7 +54,12 @@ fn sorts_dedupes_and_picks_latest_per_device() {
     assert_eq!(order, [("a", 1000), ("a", 2000), ("b", 1000), ("b", 3000)]);
     assert_eq!(latest_ts(&out, "a"), Some(2000));
     assert_eq!(latest_ts(&out, "b"), Some(3000));
-    assert!(out.write.latest.iter().all(|u| u.previous_area_cell.is_none()));
+    assert!(
+        out.write
+            .latest
+            .iter()
+            .all(|u| u.previous_area_cell.is_none())
+    );
 }
 
 #[test]
@@ -64,13 +69,19 @@ fn late_points_go_to_history_without_regressing_latest() {
     let area = first.write.latest[0].position.h3.area;
     let out = run(
         &mut state,
-        vec![report("a", 5_000, 52.1, 13.1), report("a", 10_000, 52.0, 13.0)],
+        vec![
+            report("a", 5_000, 52.1, 13.1),
+            report("a", 10_000, 52.0, 13.0),
+        ],
     );
     assert_eq!(out.late, 1);
     assert_eq!(out.duplicates, 1, "same ts as the stored latest");
     assert_eq!(out.write.history.len(), 1);
     assert!(out.write.latest.is_empty(), "latest must not regress");
-    assert_eq!(state.devices[&DeviceId::parse("a").expect("id")].last_ts_ms, 10_000);
+    assert_eq!(
+        state.devices[&DeviceId::parse("a").expect("id")].last_ts_ms,
+        10_000
+    );
 
     let out = run(&mut state, vec![report("a", 11_000, 52.0001, 13.0)]);
     assert_eq!(latest_ts(&out, "a"), Some(11_000));
@@ -83,7 +94,10 @@ fn derives_speed_and_heading_when_absent() {
     // 0.001° of latitude north in 10 s: 111.195 m → 11.12 m/s, heading 0.
     let out = run(
         &mut state,
-        vec![report("a", 0 + 1_000_000, 52.0, 13.0), report("a", 1_010_000, 52.001, 13.0)],
+        vec![
+            report("a", 1_000_000, 52.0, 13.0),
+            report("a", 1_010_000, 52.001, 13.0),
+        ],
     );
     let p = &out.write.history[1];
     assert!(p.speed_derived && p.heading_derived);
@@ -109,7 +123,11 @@ fn h3_cells_have_the_configured_resolutions() {
     let settings = EnrichSettings {
         detail_res: Resolution::Eleven,
     };
-    let out = process_batch(&mut state, vec![report("a", 1, 37.7749, -122.4194)], &settings);
+    let out = process_batch(
+        &mut state,
+        vec![report("a", 1, 37.7749, -122.4194)],
+        &settings,
+    );
     let h3 = out.write.history[0].h3;
     let area = h3o::CellIndex::try_from(h3.area).expect("cell");
     let detail = h3o::CellIndex::try_from(h3.detail).expect("cell");
@@ -127,13 +145,23 @@ fn h3_cells_match_the_reference_implementation() {
     let points = reference["points"].as_array().expect("points");
     assert!(points.len() >= 5);
     for point in points {
-        let (lat, lon) = (point["lat"].as_f64().expect("lat"), point["lon"].as_f64().expect("lon"));
+        let (lat, lon) = (
+            point["lat"].as_f64().expect("lat"),
+            point["lon"].as_f64().expect("lon"),
+        );
         for (res, want) in point["cells"].as_object().expect("cells") {
             let res: u8 = res.parse().expect("resolution");
             let detail_res = Resolution::try_from(res).expect("resolution");
             let got = cells(lat, lon, detail_res).expect("valid point");
-            let got = h3o::CellIndex::try_from(got.detail).expect("cell").to_string();
-            assert_eq!(&got, want.as_str().expect("hex"), "{} res {res}", point["name"]);
+            let got = h3o::CellIndex::try_from(got.detail)
+                .expect("cell")
+                .to_string();
+            assert_eq!(
+                &got,
+                want.as_str().expect("hex"),
+                "{} res {res}",
+                point["name"]
+            );
         }
     }
 }

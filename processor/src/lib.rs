@@ -53,11 +53,17 @@ impl Processor {
         let devices = latest.len();
         for position in &latest {
             let p = dispatch::partition_of(&position.report.device_id, partitions);
-            states[p]
-                .devices
-                .insert(position.report.device_id.clone(), DeviceState::from(position));
+            states[p].devices.insert(
+                position.report.device_id.clone(),
+                DeviceState::from(position),
+            );
         }
-        tracing::info!(devices, partitions, window_ms = settings.window.as_millis() as u64, "processor state restored");
+        tracing::info!(
+            devices,
+            partitions,
+            window_ms = settings.window.as_millis() as u64,
+            "processor state restored"
+        );
         let mut tasks = JoinSet::new();
         let mut senders = Vec::with_capacity(partitions);
         for (partition, state) in states.into_iter().enumerate() {

@@ -58,7 +58,13 @@ pub(crate) async fn run_partition(
         if due && !pending.is_empty() {
             if let Some(s) = state.take() {
                 let batch = std::mem::take(&mut pending);
-                in_flight = Some(Box::pin(flush(partition, s, batch, Arc::clone(&store), settings.clone())));
+                in_flight = Some(Box::pin(flush(
+                    partition,
+                    s,
+                    batch,
+                    Arc::clone(&store),
+                    settings.clone(),
+                )));
                 window_due = false;
             }
         } else if due {
@@ -136,7 +142,12 @@ async fn flush(
 /// idempotent). While it retries, the partition takes no new batches, so
 /// the bounded queues push back on ingest instead of growing.
 /// After `max_attempts` failures the batch is dropped and counted.
-async fn write_with_retry(partition: usize, store: &dyn Store, batch: &Arc<WriteBatch>, max_attempts: u32) {
+async fn write_with_retry(
+    partition: usize,
+    store: &dyn Store,
+    batch: &Arc<WriteBatch>,
+    max_attempts: u32,
+) {
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=max_attempts {
         match store.write_batch(WriteBatch::clone(batch)).await {
