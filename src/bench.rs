@@ -74,6 +74,8 @@ pub struct BenchReport {
     /// published - stored (negative would mean double counting).
     pub lost: i64,
     pub rejected: u64,
+    /// Publishes the broker dropped because ingest fell behind (server metric).
+    pub broker_dropped: u64,
     pub latency_ms: Option<Latency>,
     /// Probes that never became visible within 10 s.
     pub probes_timed_out: u64,
@@ -140,6 +142,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let http_client = reqwest::Client::new();
     let stored_before = scrape(&http_client, &http, "fleetd_positions_stored_total").await?;
     let rejected_before = rejected_total(&http_client, &http).await?;
+    let dropped_before = scrape(&http_client, &http, "fleetd_broker_dropped_total").await?;
     let cpu_before = pid.and_then(cpu_seconds);
     let self_cpu_before = cpu_seconds_self();
 
@@ -256,6 +259,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         stored_rate: stored as f64 / elapsed_total.as_secs_f64(),
         lost: published as i64 - stored as i64,
         rejected: rejected_total(&http_client, &http).await? - rejected_before,
+        broker_dropped: scrape(&http_client, &http, "fleetd_broker_dropped_total").await?
+            - dropped_before,
         latency_ms: latency,
         probes_timed_out: timed_out.load(Ordering::Relaxed),
         server_cpu_cores: cores(cpu_before, pid.and_then(cpu_seconds)),
@@ -282,7 +287,10 @@ fn print_human(r: &BenchReport) {
         r.published, r.publish_rate, r.duration_s
     );
     println!("  stored     {:>10}  ({:.0}/s)", r.stored, r.stored_rate);
-    println!("  lost       {:>10}   rejected {}", r.lost, r.rejected);
+    println!(
+        "  lost       {:>10}   (broker dropped {}, rejected {})",
+        r.lost, r.broker_dropped, r.rejected
+    );
     match &r.latency_ms {
         Some(l) => println!(
             "  publish→queryable ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  ({} probes, {} timed out)",

@@ -31,6 +31,9 @@ pub struct Ingestor {
     decoder: Decoder,
     rejections: Arc<RejectionLog>,
     rejects: Vec<Reject>,
+    /// Last commit-log offset seen per broker subscription, to count what
+    /// the broker dropped because ingest fell too far behind.
+    last_offsets: [Option<u64>; 2],
 }
 
 impl Ingestor {
@@ -40,7 +43,27 @@ impl Ingestor {
             decoder,
             rejections,
             rejects: Vec::new(),
+            last_offsets: [None; 2],
         }
+    }
+
+    /// Notes the broker commit-log offset of a forwarded publish. Offsets
+    /// of one subscription are consecutive; a jump means the broker dropped
+    /// unread publishes (its in-RAM log is bounded), counted in
+    /// `fleetd_broker_dropped_total`.
+    pub fn note_offset(&mut self, topic: &[u8], offset: u64) {
+        let log = usize::from(!topic.starts_with(b"fleet/"));
+        if let Some(last) = self.last_offsets[log]
+            && offset > last + 1
+        {
+            let dropped = offset - last - 1;
+            metrics::counter!("fleetd_broker_dropped_total").increment(dropped);
+            tracing::warn!(
+                dropped,
+                "broker dropped unread publishes: ingest fell behind its buffer"
+            );
+        }
+        self.last_offsets[log] = Some(offset);
     }
 
     /// Decodes one message, appending accepted positions to `chunk`.
@@ -169,6 +192,9 @@ async fn handle_notification(
 ) -> Result<(), IngestError> {
     match notification {
         Some(Notification::Forward(forward)) => {
+            if let Some((_segment, offset)) = forward.cursor {
+                ingestor.note_offset(&forward.publish.topic, offset);
+            }
             ingestor.handle(&forward.publish.topic, &forward.publish.payload, chunk);
         }
         // The router pauses a link whose buffer filled up and forwards
