@@ -111,7 +111,6 @@ async fn flush(
     metrics::counter!("fleetd_duplicates_total").increment(duplicates);
     metrics::counter!("fleetd_late_positions_total").increment(late);
     metrics::histogram!("fleetd_batch_positions").record(n_in as f64);
-    let write = Arc::new(write);
     write_with_retry(partition, &*store, &write, settings.store_retry_max).await;
     let stored_ms = now_ms();
     for p in &write.history {
@@ -150,7 +149,7 @@ async fn write_with_retry(
 ) {
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=max_attempts {
-        match store.write_batch(WriteBatch::clone(batch)).await {
+        match store.write_batch(batch.clone()).await {
             Ok(()) => return,
             Err(e) if attempt < max_attempts => {
                 metrics::counter!("fleetd_store_write_retries_total").increment(1);
