@@ -1,1 +1,103 @@
-//! placeholder
+//! The HTTP API of fleetd (axum): vehicles, history, rejections and operations.
+//!
+//! This is the only crate that knows HTTP and JSON. It reads from the store
+//! through an `Arc<dyn Store>` and never writes; the API is stateless over
+//! the store, so several nodes can serve the same backend.
+//!
+//! Main pieces:
+//!
+//! * [`ApiState`]: what handlers share (store, rejection log, Prometheus
+//!   handle, readiness flag). The binary builds it once and passes it to
+//!   [`serve`] (or to [`router`] in tests, with `oneshot` and no sockets).
+//! * [`ApiError`]: the one error type of every handler. It renders as
+//!   `{"error": {"code": "...", "message": "..."}}` with the matching status,
+//!   and so do unknown routes (404), wrong methods (405) and axum's own
+//!   extractor rejections (400).
+//! * A middleware that counts requests (`fleetd_http_requests_total{route,status}`),
+//!   times them (`fleetd_http_request_seconds{route}`), opens a debug-level
+//!   tracing span per request, logs 5xx causes once, and bounds each request
+//!   with a timeout so that graceful shutdown cannot hang on a slow request.
+//!
+//! # Routes
+//!
+//! | route | handler |
+//! |---|---|
+//! | `GET /v1/vehicles/{id}` | latest position of one vehicle |
+//! | `GET /v1/vehicles?bbox=…` / `?near=…&radius_m=…` / `?cell=…` | vehicles in an area (`format=json|geojson`) |
+//! | `GET /v1/vehicles/{id}/track?from=&to=&limit=&cursor=` | history, paginated (`format=json|geojson`) |
+//! | `GET /v1/rejections?limit=` | recent rejected inputs, newest first |
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | operations |
+//!
+//! Device ids containing `/` (OwnTracks `user/device`) must be
+//! percent-encoded in paths: `/v1/vehicles/alice%2Fphone`.
+//!
+//! The JSON shapes are documented in the `dto` module (vehicle, GeoJSON) and
+//! on each handler.
+
+mod dto;
+mod error;
+mod extract;
+mod middleware;
+mod params;
+mod routes;
+mod state;
+
+#[cfg(test)]
+mod router_tests;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+pub use state::ApiState;
+
+/// Default bound on the time one request may take ([`ApiState::request_timeout`]).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds the complete router: every route, the JSON fallbacks for unknown
+/// routes (404) and wrong methods (405), and the request middleware.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/vehicles", get(routes::vehicles::in_area))
+        .route("/v1/vehicles/{id}", get(routes::vehicles::latest))
+        .route("/v1/vehicles/{id}/track", get(routes::vehicles::track))
+        .route("/v1/rejections", get(routes::rejections::recent))
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics))
+        // Must come after the routes: it applies to the routes added so far.
+        .method_not_allowed_fallback(routes::fallback::method_not_allowed)
+        .fallback(routes::fallback::not_found)
+        // Layers run bottom-up on the way in: `observe` sees the response of
+        // `timeout`, so timed-out requests are counted and logged too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.request_timeout,
+            middleware::timeout,
+        ))
+        .layer(axum::middleware::from_fn(middleware::observe))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then stops
+/// accepting connections and waits for in-flight requests to finish.
+///
+/// Every request is bounded by [`ApiState::request_timeout`], so the wait
+/// after cancellation is bounded too (plus the time to write a response).
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "http api listening");
+    }
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    tracing::info!("http api stopped");
+    Ok(())
+}

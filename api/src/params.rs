@@ -1,0 +1,486 @@
+//! Query parameters: raw strings as sent, validated into store queries.
+//!
+//! Parameters are deserialized as strings and parsed here rather than by
+//! serde, so that every 400 names the parameter and says what was expected.
+//! Unknown parameters are ignored.
+
+use fleetd_schemas::DeviceId;
+use fleetd_store::{AreaQuery, BBox, HistoryQuery};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+/// Default `limit` of area and track queries.
+pub(crate) const DEFAULT_LIMIT: usize = 1000;
+/// Largest `limit` of area and track queries.
+pub(crate) const MAX_LIMIT: usize = 10_000;
+/// Default `limit` of `GET /v1/rejections`.
+pub(crate) const DEFAULT_REJECTIONS_LIMIT: usize = 100;
+/// Largest `limit` of `GET /v1/rejections`.
+pub(crate) const MAX_REJECTIONS_LIMIT: usize = 1000;
+/// Largest `radius_m` of a `near` query (1000 km).
+pub(crate) const MAX_RADIUS_M: f64 = 1_000_000.0;
+/// How far past "now" the default `to` of a track query reaches, so that
+/// positions from devices with fast clocks are included.
+const DEFAULT_TO_AHEAD_MS: i64 = 24 * 60 * 60 * 1000;
+/// How much of an offending value an error message echoes.
+const ECHO_CHARS: usize = 64;
+
+/// Response format of list endpoints (`format=json|geojson`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Format {
+    /// Plain JSON (the default).
+    #[default]
+    Json,
+    /// A GeoJSON `FeatureCollection`, served as `application/geo+json`.
+    GeoJson,
+}
+
+/// Raw parameters of `GET /v1/vehicles`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AreaParams {
+    bbox: Option<String>,
+    near: Option<String>,
+    radius_m: Option<String>,
+    cell: Option<String>,
+    limit: Option<String>,
+    format: Option<String>,
+}
+
+/// A validated area query.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AreaRequest {
+    pub(crate) area: AreaQuery,
+    pub(crate) limit: usize,
+    pub(crate) format: Format,
+}
+
+impl AreaParams {
+    /// Validates the parameters: exactly one of `bbox`, `near` (with
+    /// `radius_m`) or `cell`, plus `limit` and `format`.
+    pub(crate) fn validate(self) -> Result<AreaRequest, ApiError> {
+        let given: Vec<&str> = [
+            ("bbox", self.bbox.is_some()),
+            ("near", self.near.is_some()),
+            ("cell", self.cell.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+        .collect();
+        if given.len() != 1 {
+            let got = if given.is_empty() {
+                "none".to_owned()
+            } else {
+                given.join(" and ")
+            };
+            return Err(bad(format!(
+                "exactly one of bbox, near or cell is required, got {got}"
+            )));
+        }
+        if self.radius_m.is_some() && self.near.is_none() {
+            return Err(bad("radius_m is only valid together with near"));
+        }
+        let area = if let Some(bbox) = &self.bbox {
+            AreaQuery::BBox(parse_bbox(bbox)?)
+        } else if let Some(near) = &self.near {
+            parse_near(near, self.radius_m.as_deref())?
+        } else if let Some(cell) = &self.cell {
+            AreaQuery::Cell(parse_cell(cell)?)
+        } else {
+            // Unreachable: exactly one of the three is present.
+            return Err(bad("exactly one of bbox, near or cell is required"));
+        };
+        Ok(AreaRequest {
+            area,
+            limit: parse_limit(self.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?,
+            format: parse_format(self.format.as_deref())?,
+        })
+    }
+}
+
+/// Raw parameters of `GET /v1/vehicles/{id}/track`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct TrackParams {
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+    format: Option<String>,
+}
+
+/// A validated track query.
+#[derive(Debug, Clone)]
+pub(crate) struct TrackRequest {
+    pub(crate) query: HistoryQuery,
+    pub(crate) format: Format,
+}
+
+impl TrackParams {
+    /// Validates the parameters. `from` defaults to 0 and `to` to one day
+    /// after `now_ms`; an empty `cursor` counts as none.
+    pub(crate) fn validate(self, now_ms: i64) -> Result<TrackRequest, ApiError> {
+        let from_ms = match self.from.as_deref() {
+            Some(raw) => parse_epoch_ms("from", raw)?,
+            None => 0,
+        };
+        let to_ms = match self.to.as_deref() {
+            Some(raw) => parse_epoch_ms("to", raw)?,
+            None => now_ms.saturating_add(DEFAULT_TO_AHEAD_MS),
+        };
+        if from_ms > to_ms {
+            return Err(bad(format!(
+                "from ({from_ms}) must not be after to ({to_ms})"
+            )));
+        }
+        Ok(TrackRequest {
+            query: HistoryQuery {
+                from_ms,
+                to_ms,
+                limit: parse_limit(self.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?,
+                cursor: self.cursor.filter(|c| !c.is_empty()),
+            },
+            format: parse_format(self.format.as_deref())?,
+        })
+    }
+}
+
+/// Raw parameters of `GET /v1/rejections`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RejectionsParams {
+    limit: Option<String>,
+}
+
+impl RejectionsParams {
+    /// The validated `limit`.
+    pub(crate) fn limit(&self) -> Result<usize, ApiError> {
+        parse_limit(
+            self.limit.as_deref(),
+            DEFAULT_REJECTIONS_LIMIT,
+            MAX_REJECTIONS_LIMIT,
+        )
+    }
+}
+
+/// Validates the `{id}` path segment.
+pub(crate) fn parse_device_id(raw: &str) -> Result<DeviceId, ApiError> {
+    DeviceId::parse(raw).map_err(|err| bad(format!("invalid vehicle id: {err}")))
+}
+
+fn parse_bbox(raw: &str) -> Result<BBox, ApiError> {
+    let parts: Vec<&str> = raw.split(',').collect();
+    let [min_lon, min_lat, max_lon, max_lat] = parts.as_slice() else {
+        return Err(bad(format!(
+            "bbox must be four comma-separated numbers minLon,minLat,maxLon,maxLat, got {}",
+            echo(raw)
+        )));
+    };
+    let bbox = BBox {
+        min_lon: parse_lon("bbox minLon", min_lon)?,
+        min_lat: parse_lat("bbox minLat", min_lat)?,
+        max_lon: parse_lon("bbox maxLon", max_lon)?,
+        max_lat: parse_lat("bbox maxLat", max_lat)?,
+    };
+    // min_lon > max_lon is allowed: the box crosses the antimeridian.
+    if bbox.min_lat > bbox.max_lat {
+        return Err(bad(format!(
+            "bbox minLat ({}) must not be greater than maxLat ({})",
+            bbox.min_lat, bbox.max_lat
+        )));
+    }
+    Ok(bbox)
+}
+
+fn parse_near(raw: &str, radius: Option<&str>) -> Result<AreaQuery, ApiError> {
+    let parts: Vec<&str> = raw.split(',').collect();
+    let [lat, lon] = parts.as_slice() else {
+        return Err(bad(format!(
+            "near must be two comma-separated numbers lat,lon, got {}",
+            echo(raw)
+        )));
+    };
+    let lat = parse_lat("near lat", lat)?;
+    let lon = parse_lon("near lon", lon)?;
+    let Some(radius) = radius else {
+        return Err(bad("near requires radius_m (metres)"));
+    };
+    let radius_m = parse_finite("radius_m", radius)?;
+    if !(radius_m > 0.0 && radius_m <= MAX_RADIUS_M) {
+        return Err(bad(format!(
+            "radius_m must be in (0, {MAX_RADIUS_M}] metres, got {radius_m}"
+        )));
+    }
+    Ok(AreaQuery::Near { lat, lon, radius_m })
+}
+
+fn parse_cell(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<h3o::CellIndex>().map(u64::from).map_err(|err| {
+        bad(format!(
+            "cell must be an H3 cell index in hex, got {}: {err}",
+            echo(raw)
+        ))
+    })
+}
+
+fn parse_lat(name: &str, raw: &str) -> Result<f64, ApiError> {
+    let value = parse_finite(name, raw)?;
+    if !(-90.0..=90.0).contains(&value) {
+        return Err(bad(format!("{name} must be in [-90, 90], got {value}")));
+    }
+    Ok(value)
+}
+
+fn parse_lon(name: &str, raw: &str) -> Result<f64, ApiError> {
+    let value = parse_finite(name, raw)?;
+    if !(-180.0..=180.0).contains(&value) {
+        return Err(bad(format!("{name} must be in [-180, 180], got {value}")));
+    }
+    Ok(value)
+}
+
+fn parse_finite(name: &str, raw: &str) -> Result<f64, ApiError> {
+    match raw.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() => Ok(value),
+        _ => Err(bad(format!(
+            "{name} must be a finite number, got {}",
+            echo(raw)
+        ))),
+    }
+}
+
+fn parse_epoch_ms(name: &str, raw: &str) -> Result<i64, ApiError> {
+    raw.trim().parse::<i64>().map_err(|_| {
+        bad(format!(
+            "{name} must be an integer (Unix epoch milliseconds), got {}",
+            echo(raw)
+        ))
+    })
+}
+
+fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    match raw.trim().parse::<usize>() {
+        Ok(limit) if (1..=max).contains(&limit) => Ok(limit),
+        _ => Err(bad(format!(
+            "limit must be an integer in [1, {max}], got {}",
+            echo(raw)
+        ))),
+    }
+}
+
+fn parse_format(raw: Option<&str>) -> Result<Format, ApiError> {
+    match raw {
+        None | Some("json") => Ok(Format::Json),
+        Some("geojson") => Ok(Format::GeoJson),
+        Some(other) => Err(bad(format!(
+            "format must be json or geojson, got {}",
+            echo(other)
+        ))),
+    }
+}
+
+/// An offending value for an error message: quoted, and cut short so that a
+/// huge parameter does not make a huge response.
+fn echo(raw: &str) -> String {
+    if raw.chars().count() <= ECHO_CHARS {
+        format!("{raw:?}")
+    } else {
+        let head: String = raw.chars().take(ECHO_CHARS).collect();
+        format!("{head:?}…")
+    }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(message.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn area(pairs: &[(&str, &str)]) -> Result<AreaRequest, String> {
+        let query: String = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let params: AreaParams = serde_urlencoded_from(&query);
+        params.validate().map_err(|e| e.to_string())
+    }
+
+    /// Parses a query string the way axum's `Query` does (its error case is
+    /// covered by the router tests).
+    fn serde_urlencoded_from<T: serde::de::DeserializeOwned>(query: &str) -> T {
+        let uri: axum::http::Uri = format!("/?{query}").parse().expect("uri");
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::try_from_uri(&uri).expect("query");
+        value
+    }
+
+    #[test]
+    fn bbox_is_parsed_and_may_cross_the_antimeridian() {
+        let req = area(&[("bbox", "170,-10,-170,10")]).expect("valid");
+        assert_eq!(
+            req.area,
+            AreaQuery::BBox(BBox {
+                min_lon: 170.0,
+                min_lat: -10.0,
+                max_lon: -170.0,
+                max_lat: 10.0
+            })
+        );
+        assert_eq!(req.limit, DEFAULT_LIMIT);
+        assert_eq!(req.format, Format::Json);
+    }
+
+    #[test]
+    fn near_and_cell_are_parsed() {
+        let req =
+            area(&[("near", "52.5,13.4"), ("radius_m", "500"), ("limit", "7")]).expect("valid");
+        assert_eq!(
+            req.area,
+            AreaQuery::Near {
+                lat: 52.5,
+                lon: 13.4,
+                radius_m: 500.0
+            }
+        );
+        assert_eq!(req.limit, 7);
+        let req = area(&[("cell", "87194e69dffffff"), ("format", "geojson")]).expect("valid");
+        assert_eq!(req.area, AreaQuery::Cell(0x87194e69dffffff));
+        assert_eq!(req.format, Format::GeoJson);
+    }
+
+    #[test]
+    fn bad_area_parameters_name_the_parameter() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "exactly one of bbox, near or cell"),
+            (
+                &[("bbox", "1,2,3,4"), ("cell", "87194e69dffffff")],
+                "bbox and cell",
+            ),
+            (&[("bbox", "1,2,3")], "bbox must be four"),
+            (
+                &[("bbox", "a,2,3,4")],
+                "bbox minLon must be a finite number",
+            ),
+            (
+                &[("bbox", "NaN,2,3,4")],
+                "bbox minLon must be a finite number",
+            ),
+            (
+                &[("bbox", "1,inf,3,4")],
+                "bbox minLat must be a finite number",
+            ),
+            (
+                &[("bbox", "1,2,181,4")],
+                "bbox maxLon must be in [-180, 180]",
+            ),
+            (&[("bbox", "1,2,3,91")], "bbox maxLat must be in [-90, 90]"),
+            (
+                &[("bbox", "1,5,3,4")],
+                "bbox minLat (5) must not be greater than maxLat (4)",
+            ),
+            (&[("near", "1")], "near must be two"),
+            (
+                &[("near", "91,0"), ("radius_m", "5")],
+                "near lat must be in [-90, 90]",
+            ),
+            (
+                &[("near", "0,-181"), ("radius_m", "5")],
+                "near lon must be in [-180, 180]",
+            ),
+            (&[("near", "0,0")], "near requires radius_m"),
+            (
+                &[("near", "0,0"), ("radius_m", "0")],
+                "radius_m must be in (0, 1000000]",
+            ),
+            (
+                &[("near", "0,0"), ("radius_m", "1000001")],
+                "radius_m must be in",
+            ),
+            (
+                &[("near", "0,0"), ("radius_m", "x")],
+                "radius_m must be a finite number",
+            ),
+            (
+                &[("cell", "87194e69dffffff"), ("radius_m", "5")],
+                "radius_m is only valid",
+            ),
+            (&[("cell", "zz")], "cell must be an H3 cell index"),
+            (&[("cell", "0")], "cell must be an H3 cell index"),
+            (
+                &[("cell", "87194e69dffffff"), ("limit", "0")],
+                "limit must be an integer in [1, 10000]",
+            ),
+            (
+                &[("cell", "87194e69dffffff"), ("limit", "10001")],
+                "limit must be an integer",
+            ),
+            (
+                &[("cell", "87194e69dffffff"), ("limit", "-1")],
+                "limit must be an integer",
+            ),
+            (
+                &[("cell", "87194e69dffffff"), ("format", "csv")],
+                "format must be json or geojson",
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let err = area(pairs).expect_err(expected);
+            assert!(
+                err.contains(expected),
+                "{pairs:?}: {err:?} lacks {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn track_defaults_and_errors() {
+        let req = TrackParams::default().validate(1_000).expect("valid");
+        assert_eq!(req.query.from_ms, 0);
+        assert_eq!(req.query.to_ms, 1_000 + DEFAULT_TO_AHEAD_MS);
+        assert_eq!(req.query.limit, DEFAULT_LIMIT);
+        assert_eq!(req.query.cursor, None);
+
+        let track = |q: &str| {
+            serde_urlencoded_from::<TrackParams>(q)
+                .validate(0)
+                .map_err(|e| e.to_string())
+        };
+        let req = track("from=5&to=9&limit=3&cursor=abc&format=geojson").expect("valid");
+        assert_eq!(
+            (req.query.from_ms, req.query.to_ms, req.query.limit),
+            (5, 9, 3)
+        );
+        assert_eq!(req.query.cursor.as_deref(), Some("abc"));
+        assert_eq!(req.format, Format::GeoJson);
+        assert_eq!(track("cursor=").expect("valid").query.cursor, None);
+
+        for (q, expected) in [
+            ("from=x", "from must be an integer"),
+            ("to=1.5", "to must be an integer"),
+            ("from=10&to=9", "from (10) must not be after to (9)"),
+            ("limit=0", "limit must be an integer in [1, 10000]"),
+            ("format=gpx", "format must be json or geojson"),
+        ] {
+            let err = track(q).expect_err(q);
+            assert!(err.contains(expected), "{q}: {err:?} lacks {expected:?}");
+        }
+    }
+
+    #[test]
+    fn rejections_limit() {
+        let limit = |q: &str| serde_urlencoded_from::<RejectionsParams>(q).limit();
+        assert_eq!(limit("").ok(), Some(DEFAULT_REJECTIONS_LIMIT));
+        assert_eq!(limit("limit=1000").ok(), Some(1000));
+        assert!(limit("limit=1001").is_err());
+    }
+
+    #[test]
+    fn long_values_are_cut_in_messages() {
+        let long = "x".repeat(1000);
+        assert!(echo(&long).len() < 80);
+    }
+}

@@ -1,0 +1,712 @@
+//! Router tests: requests through [`crate::router`] with `oneshot`, against a
+//! real [`FjallStore`] in a temporary directory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::header::{ALLOW, CONTENT_TYPE};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use fleetd_schemas::{
+    DeviceId, EnrichedPosition, H3Cells, PositionReport, RejectReason, RejectionLog,
+};
+use fleetd_store::{
+    AreaQuery, FjallStore, HistoryPage, HistoryQuery, LatestUpdate, Store, StoreError, WriteBatch,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+use crate::{ApiState, router};
+
+/// A router over a fresh store; keeps the directory alive.
+struct Harness {
+    _dir: TempDir,
+    store: Arc<FjallStore>,
+    state: ApiState,
+}
+
+impl Harness {
+    async fn new() -> Self {
+        Self::with_metrics(PrometheusBuilder::new().build_recorder().handle()).await
+    }
+
+    async fn with_metrics(metrics: PrometheusHandle) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(FjallStore::open(dir.path()).expect("open store"));
+        let state = ApiState::new(
+            store.clone(),
+            Arc::new(RejectionLog::new(16)),
+            metrics,
+            Arc::new(AtomicBool::new(true)),
+        );
+        Self {
+            _dir: dir,
+            store,
+            state,
+        }
+    }
+
+    /// Writes `positions` as one batch: all into history, and each device's
+    /// newest one as its latest (the devices must be new).
+    async fn write(&self, positions: &[EnrichedPosition]) {
+        let mut latest: Vec<EnrichedPosition> = Vec::new();
+        for p in positions {
+            match latest
+                .iter_mut()
+                .find(|l| l.report.device_id == p.report.device_id)
+            {
+                Some(l) if l.report.ts_ms < p.report.ts_ms => *l = p.clone(),
+                Some(_) => {}
+                None => latest.push(p.clone()),
+            }
+        }
+        let batch = WriteBatch {
+            history: positions.to_vec(),
+            latest: latest
+                .into_iter()
+                .map(|position| LatestUpdate {
+                    position,
+                    previous_area_cell: None,
+                })
+                .collect(),
+        };
+        self.store.write_batch(batch).await.expect("write batch");
+    }
+
+    async fn request(&self, method: Method, uri: &str) -> Reply {
+        send(router(self.state.clone()), method, uri).await
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.request(Method::GET, uri).await
+    }
+}
+
+/// A response, with the body parsed as JSON when it is JSON.
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    fn content_type(&self) -> &str {
+        self.headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// Asserts the error shape, status and code; returns the message.
+    fn assert_error(&self, status: StatusCode, code: &str) -> String {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        assert_eq!(self.content_type(), "application/json", "{}", self.text);
+        let body = self.json();
+        let error = body["error"].as_object().expect("error object");
+        assert_eq!(error.len(), 2, "{body}");
+        assert_eq!(error["code"], code, "{body}");
+        error["message"].as_str().expect("message").to_owned()
+    }
+}
+
+async fn send(app: Router, method: Method, uri: &str) -> Reply {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .expect("request");
+    let response = app.oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    Reply {
+        status,
+        headers,
+        text: String::from_utf8(bytes.to_vec()).expect("utf-8 body"),
+    }
+}
+
+fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
+    let ll = h3o::LatLng::new(lat, lon).expect("valid coordinates");
+    EnrichedPosition {
+        report: PositionReport {
+            device_id: DeviceId::parse(device).expect("valid id"),
+            ts_ms,
+            lat,
+            lon,
+            accuracy_m: Some(4.5),
+            altitude_m: None,
+            speed_mps: Some(10.0),
+            heading_deg: Some(90.0),
+            battery_pct: None,
+            seq: Some(ts_ms as u64),
+            received_ms: ts_ms + 100,
+        },
+        h3: H3Cells {
+            area: ll.to_cell(h3o::Resolution::Seven).into(),
+            detail: ll.to_cell(h3o::Resolution::Nine).into(),
+        },
+        speed_derived: false,
+        heading_derived: true,
+    }
+}
+
+fn cell_hex(raw: u64) -> String {
+    h3o::CellIndex::try_from(raw).expect("cell").to_string()
+}
+
+/// Sorted device ids of a vehicle list.
+fn ids(vehicles: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = vehicles
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v["device_id"].as_str().expect("id").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+// Berlin, Potsdam (≈ 27 km away) and Fiji (next to the antimeridian).
+const BERLIN: (f64, f64) = (52.5200, 13.4050);
+const POTSDAM: (f64, f64) = (52.3906, 13.0645);
+const FIJI: (f64, f64) = (-17.0, 179.9);
+
+async fn fleet() -> Harness {
+    let h = Harness::new().await;
+    h.write(&[
+        position("berlin-1", 1_000, BERLIN.0, BERLIN.1),
+        position("berlin-2", 1_000, BERLIN.0 + 0.001, BERLIN.1 + 0.001),
+        position("potsdam", 1_000, POTSDAM.0, POTSDAM.1),
+        position("fiji", 1_000, FIJI.0, FIJI.1),
+        position("alice/phone", 1_000, BERLIN.0, BERLIN.1),
+    ])
+    .await;
+    h
+}
+
+#[tokio::test]
+async fn latest_vehicle_json() {
+    let h = fleet().await;
+    let p = position("berlin-1", 1_000, BERLIN.0, BERLIN.1);
+    let reply = h.get("/v1/vehicles/berlin-1").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.content_type(), "application/json");
+    assert_eq!(
+        reply.json(),
+        json!({
+            "device_id": "berlin-1", "ts_ms": 1000, "lat": BERLIN.0, "lon": BERLIN.1,
+            "accuracy_m": 4.5, "speed_mps": 10.0, "heading_deg": 90.0, "seq": 1000,
+            "speed_derived": false, "heading_derived": true, "received_ms": 1100,
+            "h3": {"7": cell_hex(p.h3.area), "9": cell_hex(p.h3.detail)},
+        })
+    );
+    // OwnTracks ids carry a slash, percent-encoded in the path.
+    let reply = h.get("/v1/vehicles/alice%2Fphone").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json()["device_id"], "alice/phone");
+}
+
+#[tokio::test]
+async fn unknown_and_invalid_vehicles() {
+    let h = fleet().await;
+    let message = h
+        .get("/v1/vehicles/nobody")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    assert!(message.contains("nobody"), "{message}");
+
+    let message = h
+        .get("/v1/vehicles/bad%20id")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    assert!(message.contains("vehicle id"), "{message}");
+
+    // Invalid UTF-8 in the path: axum's own rejection, as our JSON.
+    h.get("/v1/vehicles/%FF")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+
+    let message = h
+        .get("/v1/vehicles/nobody/track")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    assert!(message.contains("nobody"), "{message}");
+    h.get("/v1/vehicles/a%20b/track")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+}
+
+#[tokio::test]
+async fn unknown_route_and_wrong_method() {
+    let h = Harness::new().await;
+    let message = h
+        .get("/v2/nothing")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    assert!(message.contains("/v2/nothing"), "{message}");
+    h.get("/v1/vehicles/x/track/more")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+
+    let reply = h.request(Method::POST, "/v1/vehicles/x").await;
+    reply.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let allow = reply.headers.get(ALLOW).and_then(|v| v.to_str().ok());
+    assert!(allow.is_some_and(|a| a.contains("GET")), "{allow:?}");
+    h.request(Method::DELETE, "/healthz")
+        .await
+        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn area_parameter_errors() {
+    let h = Harness::new().await;
+    let cases = [
+        ("", "exactly one of bbox, near or cell"),
+        ("limit=5", "exactly one of bbox, near or cell"),
+        ("bbox=1,2,3,4&near=1,2&radius_m=5", "bbox and near"),
+        ("near=1,2&radius_m=5&cell=87194e69dffffff", "near and cell"),
+        ("bbox=1,2,3", "bbox"),
+        ("bbox=x,2,3,4", "bbox minLon"),
+        ("bbox=1,NaN,3,4", "bbox minLat"),
+        ("bbox=1,2,inf,4", "bbox maxLon"),
+        ("bbox=-181,2,3,4", "bbox minLon"),
+        ("bbox=1,-91,3,4", "bbox minLat"),
+        ("bbox=1,2,3,90.5", "bbox maxLat"),
+        ("bbox=1,5,3,4", "minLat"),
+        ("near=1", "near"),
+        ("near=abc,1&radius_m=1", "near lat"),
+        ("near=95,1&radius_m=1", "near lat"),
+        ("near=1,200&radius_m=1", "near lon"),
+        ("near=1,2", "radius_m"),
+        ("near=1,2&radius_m=0", "radius_m"),
+        ("near=1,2&radius_m=-5", "radius_m"),
+        ("near=1,2&radius_m=1000000.5", "radius_m"),
+        ("near=1,2&radius_m=NaN", "radius_m"),
+        ("cell=87194e69dffffff&radius_m=5", "radius_m"),
+        ("cell=nothex", "cell"),
+        ("cell=1", "cell"),
+        ("cell=87194e69dffffff&limit=0", "limit"),
+        ("cell=87194e69dffffff&limit=10001", "limit"),
+        ("cell=87194e69dffffff&limit=many", "limit"),
+        ("cell=87194e69dffffff&format=kml", "format"),
+        // Duplicate parameters fail in axum's `Query` itself.
+        ("cell=87194e69dffffff&limit=1&limit=2", "limit"),
+    ];
+    for (query, param) in cases {
+        let uri = format!("/v1/vehicles?{query}");
+        let message = h
+            .get(&uri)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+        assert!(
+            message.contains(param),
+            "{uri}: {message:?} lacks {param:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn track_and_rejection_parameter_errors() {
+    let h = fleet().await;
+    let cases = [
+        ("from=yesterday", "from"),
+        ("to=1.5", "to"),
+        ("from=10&to=9", "from"),
+        ("limit=0", "limit"),
+        ("limit=10001", "limit"),
+        ("format=gpx", "format"),
+        ("cursor=%00garbage", "cursor"),
+    ];
+    for (query, param) in cases {
+        let uri = format!("/v1/vehicles/berlin-1/track?{query}");
+        let message = h
+            .get(&uri)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+        assert!(
+            message.contains(param),
+            "{uri}: {message:?} lacks {param:?}"
+        );
+    }
+    for query in ["limit=0", "limit=1001", "limit=x"] {
+        let message = h
+            .get(&format!("/v1/rejections?{query}"))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+        assert!(message.contains("limit"), "{query}: {message:?}");
+    }
+}
+
+#[tokio::test]
+async fn vehicles_in_bbox_near_and_cell() {
+    let h = fleet().await;
+
+    let reply = h.get("/v1/vehicles?bbox=13.0,52.3,13.5,52.6").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(
+        ids(&body["vehicles"]),
+        ["alice/phone", "berlin-1", "berlin-2", "potsdam"]
+    );
+    assert_eq!(body["count"], 4);
+    assert_eq!(body["truncated"], false);
+    assert_eq!(body.as_object().map(|o| o.len()), Some(3));
+    let berlin = body["vehicles"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["device_id"] == "berlin-1"))
+        .expect("berlin-1");
+    assert_eq!(berlin["lat"], BERLIN.0);
+    assert!(berlin["h3"]["7"].is_string());
+
+    // Across the antimeridian: min_lon > max_lon.
+    let body = h.get("/v1/vehicles?bbox=179,-18,-179,-16").await.json();
+    assert_eq!(ids(&body["vehicles"]), ["fiji"]);
+
+    // 5 km around Berlin: not Potsdam.
+    let uri = format!("/v1/vehicles?near={},{}&radius_m=5000", BERLIN.0, BERLIN.1);
+    let body = h.get(&uri).await.json();
+    assert_eq!(
+        ids(&body["vehicles"]),
+        ["alice/phone", "berlin-1", "berlin-2"]
+    );
+    let uri = format!("/v1/vehicles?near={},{}&radius_m=50000", BERLIN.0, BERLIN.1);
+    assert_eq!(h.get(&uri).await.json()["count"], 4);
+
+    let cell = cell_hex(position("x", 0, FIJI.0, FIJI.1).h3.area);
+    let body = h.get(&format!("/v1/vehicles?cell={cell}")).await.json();
+    assert_eq!(ids(&body["vehicles"]), ["fiji"]);
+
+    // An area with nobody in it.
+    let body = h.get("/v1/vehicles?bbox=0,0,1,1").await.json();
+    assert_eq!(
+        body,
+        json!({"vehicles": [], "count": 0, "truncated": false})
+    );
+}
+
+#[tokio::test]
+async fn area_limit_truncates() {
+    let h = fleet().await;
+    let body = h
+        .get("/v1/vehicles?bbox=13.0,52.3,13.5,52.6&limit=3")
+        .await
+        .json();
+    assert_eq!(body["count"], 3);
+    assert_eq!(body["vehicles"].as_array().map(Vec::len), Some(3));
+    assert_eq!(body["truncated"], true);
+    // Exactly as many as the limit: not truncated.
+    let body = h
+        .get("/v1/vehicles?bbox=13.0,52.3,13.5,52.6&limit=4")
+        .await
+        .json();
+    assert_eq!(body["count"], 4);
+    assert_eq!(body["truncated"], false);
+}
+
+#[tokio::test]
+async fn vehicles_as_geojson() {
+    let h = fleet().await;
+    let reply = h
+        .get("/v1/vehicles?bbox=179,-18,-179,-16&format=geojson")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.content_type(), "application/geo+json");
+    let body = reply.json();
+    assert_eq!(body["type"], "FeatureCollection");
+    assert_eq!(body["count"], 1);
+    assert_eq!(body["truncated"], false);
+    let features = body["features"].as_array().expect("features");
+    assert_eq!(features.len(), 1);
+    let feature = &features[0];
+    assert_eq!(feature["type"], "Feature");
+    assert_eq!(
+        feature["geometry"],
+        json!({"type": "Point", "coordinates": [FIJI.1, FIJI.0]})
+    );
+    let props = feature["properties"].as_object().expect("properties");
+    assert_eq!(props["device_id"], "fiji");
+    assert!(!props.contains_key("lat") && !props.contains_key("lon"));
+    assert!(props.contains_key("h3") && props.contains_key("ts_ms"));
+}
+
+/// Writes one device's track of `n` points, one per second from `t0`.
+async fn track_fixture(h: &Harness, device: &str, t0: i64, n: i64) {
+    let points: Vec<_> = (0..n)
+        .map(|i| position(device, t0 + i * 1000, BERLIN.0 + i as f64 * 1e-4, BERLIN.1))
+        .collect();
+    h.write(&points).await;
+}
+
+#[tokio::test]
+async fn track_pages_with_cursor() {
+    let h = Harness::new().await;
+    track_fixture(&h, "truck", 10_000, 5).await;
+
+    let reply = h.get("/v1/vehicles/truck/track?limit=2").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["device_id"], "truck");
+    let ts = |body: &Value| -> Vec<i64> {
+        body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| i["ts_ms"].as_i64().expect("ts"))
+            .collect()
+    };
+    assert_eq!(ts(&body), [10_000, 11_000]);
+    assert!(body["items"][0]["lat"].is_number());
+
+    let mut seen = ts(&body);
+    let mut body = body;
+    while let Some(cursor) = body["next_cursor"].as_str() {
+        let uri = format!("/v1/vehicles/truck/track?limit=2&cursor={}", encode(cursor));
+        body = h.get(&uri).await.json();
+        seen.extend(ts(&body));
+    }
+    assert_eq!(seen, [10_000, 11_000, 12_000, 13_000, 14_000]);
+    assert!(body["next_cursor"].is_null());
+    assert_eq!(body.as_object().map(|o| o.len()), Some(3));
+
+    // A time window, inclusive at both ends.
+    let body = h
+        .get("/v1/vehicles/truck/track?from=11000&to=13000")
+        .await
+        .json();
+    assert_eq!(ts(&body), [11_000, 12_000, 13_000]);
+    assert!(body["next_cursor"].is_null());
+}
+
+#[tokio::test]
+async fn track_as_geojson() {
+    let h = Harness::new().await;
+    track_fixture(&h, "truck", 10_000, 3).await;
+    let reply = h
+        .get("/v1/vehicles/truck/track?format=geojson&limit=2")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.content_type(), "application/geo+json");
+    let body = reply.json();
+    assert_eq!(body["type"], "FeatureCollection");
+    assert_eq!(body["device_id"], "truck");
+    assert!(body["next_cursor"].is_string(), "{body}");
+    let features = body["features"].as_array().expect("features");
+    assert_eq!(features.len(), 2);
+    assert_eq!(
+        features[0]["geometry"]["coordinates"],
+        json!([BERLIN.1, BERLIN.0])
+    );
+    assert_eq!(features[1]["properties"]["ts_ms"], 11_000);
+
+    let body = h
+        .get("/v1/vehicles/truck/track?format=geojson")
+        .await
+        .json();
+    assert!(body["next_cursor"].is_null(), "{body}");
+    assert_eq!(body["features"].as_array().map(Vec::len), Some(3));
+}
+
+#[tokio::test]
+async fn rejections_newest_first() {
+    let h = Harness::new().await;
+    for i in 0..3 {
+        h.state.rejections.record(
+            RejectReason::BadCoordinates,
+            "fleet/x/pos",
+            Some("x"),
+            format!("sample {i}"),
+            b"{}",
+            i,
+        );
+    }
+    let body = h.get("/v1/rejections?limit=2").await.json();
+    let rejections = body["rejections"].as_array().expect("rejections");
+    assert_eq!(rejections.len(), 2);
+    assert_eq!(rejections[0]["detail"], "sample 2");
+    assert_eq!(rejections[0]["reason"], "bad_coordinates");
+    assert_eq!(rejections[1]["detail"], "sample 1");
+    assert_eq!(
+        h.get("/v1/rejections").await.json()["rejections"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let h = Harness::new().await;
+    let reply = h.get("/healthz").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json(), json!({"status": "ok"}));
+
+    let reply = h.get("/readyz").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json(), json!({"status": "ready"}));
+
+    h.state.ready.store(false, Ordering::Release);
+    let message = h
+        .get("/readyz")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "not_ready");
+    assert!(message.contains("processor"), "{message}");
+}
+
+/// A backend that fails every call, for the 5xx paths.
+struct BrokenStore;
+
+#[async_trait::async_trait]
+impl Store for BrokenStore {
+    async fn write_batch(&self, _: WriteBatch) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn latest(&self, _: &DeviceId) -> Result<Option<EnrichedPosition>, StoreError> {
+        Err(StoreError::Corrupt("secret detail".into()))
+    }
+    async fn latest_in_area(
+        &self,
+        _: &AreaQuery,
+        _: usize,
+    ) -> Result<Vec<EnrichedPosition>, StoreError> {
+        Err(StoreError::Unavailable("node 10.0.0.7 unreachable".into()))
+    }
+    async fn all_latest(&self) -> Result<Vec<EnrichedPosition>, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn history(&self, _: &DeviceId, _: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn ready(&self) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+}
+
+#[tokio::test]
+async fn store_failures_hide_their_cause() {
+    let state = ApiState::new(
+        Arc::new(BrokenStore),
+        Arc::new(RejectionLog::new(1)),
+        PrometheusBuilder::new().build_recorder().handle(),
+        Arc::new(AtomicBool::new(true)),
+    );
+    let app = router(state);
+    let message = send(app.clone(), Method::GET, "/v1/vehicles/x")
+        .await
+        .assert_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    assert!(!message.contains("secret"), "{message}");
+    let message = send(app.clone(), Method::GET, "/v1/vehicles?bbox=0,0,1,1")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(!message.contains("10.0.0.7"), "{message}");
+    let message = send(app, Method::GET, "/readyz")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "not_ready");
+    assert!(message.contains("store"), "{message}");
+    assert!(!message.contains("processor"), "{message}");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    // A thread-local recorder: the current-thread test runtime runs every
+    // handler on this thread, and no global recorder is installed.
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let h = Harness::with_metrics(recorder.handle()).await;
+    h.get("/v1/vehicles/a").await;
+    h.get("/v1/vehicles/b").await;
+    h.get("/no/such/route").await;
+
+    let reply = h.get("/metrics").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.content_type(), "text/plain; version=0.0.4");
+    let text = &reply.text;
+    assert!(
+        text.contains(r#"fleetd_http_requests_total{route="/v1/vehicles/{id}",status="404"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"fleetd_http_requests_total{route="unmatched",status="404"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("fleetd_http_request_seconds"), "{text}");
+    assert!(
+        !text.contains("/v1/vehicles/a"),
+        "raw paths leak into labels: {text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_requests_time_out_as_json() {
+    let app = Router::new()
+        .route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "late"
+            }),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            Duration::from_secs(1),
+            crate::middleware::timeout,
+        ));
+    send(app, Method::GET, "/slow")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "timeout");
+}
+
+#[tokio::test]
+async fn serve_stops_when_cancelled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let h = Harness::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(crate::serve(listener, h.state.clone(), shutdown.clone()));
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with(r#"{"status":"ok"}"#), "{response}");
+
+    shutdown.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve stops promptly")
+        .expect("task");
+    assert!(result.is_ok(), "{result:?}");
+}
+
+/// Percent-encodes a cursor for a query string.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

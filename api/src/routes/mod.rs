@@ -1,0 +1,24 @@
+//! Route handlers, one module per resource.
+
+pub(crate) mod fallback;
+pub(crate) mod ops;
+pub(crate) mod rejections;
+pub(crate) mod vehicles;
+
+use axum::Json;
+use axum::http::HeaderValue;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Media type of GeoJSON responses (RFC 7946).
+const GEOJSON: &str = "application/geo+json";
+
+/// `body` as JSON, labelled `application/geo+json`.
+fn geojson(body: impl Serialize) -> Response {
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static(GEOJSON))],
+        Json(body),
+    )
+        .into_response()
+}

@@ -1,0 +1,106 @@
+//! Vehicle routes: latest position, vehicles in an area, and history.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use fleetd_schemas::DeviceId;
+use fleetd_store::StoreError;
+
+use super::geojson;
+use crate::dto::{AreaMembers, FeatureCollection, Track, TrackMembers, Vehicle, VehicleList};
+use crate::error::ApiError;
+use crate::extract::{Path, Query};
+use crate::params::{AreaParams, Format, TrackParams, parse_device_id};
+use crate::state::ApiState;
+
+/// `GET /v1/vehicles/{id}`: the vehicle JSON of the device's latest position.
+///
+/// 400 if `id` is not a valid device id, 404 if the device never reported.
+pub(crate) async fn latest(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let device = parse_device_id(&id)?;
+    let position = state
+        .store
+        .latest(&device)
+        .await?
+        .ok_or_else(|| unknown(&device))?;
+    Ok(Json(Vehicle::new(&position)).into_response())
+}
+
+/// `GET /v1/vehicles?bbox=|near=&radius_m=|cell=[&limit=][&format=]`: latest
+/// positions inside an area.
+///
+/// JSON: `{"vehicles": [vehicle...], "count": N, "truncated": bool}`;
+/// GeoJSON: a `FeatureCollection` with the same `count` and `truncated` as
+/// foreign members. `truncated` is true when more than `limit` vehicles matched.
+pub(crate) async fn in_area(
+    State(state): State<ApiState>,
+    Query(params): Query<AreaParams>,
+) -> Result<Response, ApiError> {
+    let request = params.validate()?;
+    // One extra row tells whether the answer was cut at `limit`.
+    let mut positions = state
+        .store
+        .latest_in_area(&request.area, request.limit.saturating_add(1))
+        .await?;
+    let truncated = positions.len() > request.limit;
+    positions.truncate(request.limit);
+    Ok(match request.format {
+        Format::Json => Json(VehicleList::new(&positions, truncated)).into_response(),
+        Format::GeoJson => {
+            let members = AreaMembers {
+                count: positions.len(),
+                truncated,
+            };
+            geojson(FeatureCollection::new(&positions, members))
+        }
+    })
+}
+
+/// `GET /v1/vehicles/{id}/track?from=&to=&limit=&cursor=&format=`: a page of
+/// the device's history, oldest first.
+///
+/// JSON: `{"device_id": "...", "items": [vehicle...], "next_cursor": "..." | null}`;
+/// GeoJSON: a `FeatureCollection` with `device_id` and `next_cursor` as
+/// foreign members. 404 if the device has no latest position; 400 for a bad
+/// parameter or cursor.
+pub(crate) async fn track(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(params): Query<TrackParams>,
+) -> Result<Response, ApiError> {
+    let device = parse_device_id(&id)?;
+    let request = params.validate(fleetd_schemas::now_ms())?;
+    if state.store.latest(&device).await?.is_none() {
+        return Err(unknown(&device));
+    }
+    let has_cursor = request.query.cursor.is_some();
+    let page = match state.store.history(&device, &request.query).await {
+        Ok(page) => page,
+        // The cursor is the only part of a validated query the store can reject.
+        Err(StoreError::InvalidQuery(msg)) if has_cursor => {
+            return Err(ApiError::BadRequest(format!("invalid cursor: {msg}")));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let cursor = page.next_cursor.as_deref();
+    Ok(match request.format {
+        Format::Json => Json(Track::new(device.as_str(), &page.items, cursor)).into_response(),
+        Format::GeoJson => {
+            let members = TrackMembers {
+                device_id: device.as_str(),
+                next_cursor: cursor,
+            };
+            geojson(FeatureCollection::new(&page.items, members))
+        }
+    })
+}
+
+fn unknown(device: &DeviceId) -> ApiError {
+    ApiError::NotFound(format!(
+        "no position known for vehicle {:?}",
+        device.as_str()
+    ))
+}

@@ -1,0 +1,63 @@
+//! The state shared by all handlers.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use fleetd_schemas::RejectionLog;
+use fleetd_store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// What every handler can reach. Cheap to clone (shared pointers only); axum
+/// clones it per request.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Where positions are read from. The API only reads.
+    pub store: Arc<dyn Store>,
+    /// Recent rejected inputs, written by ingest, served by `GET /v1/rejections`.
+    pub rejections: Arc<RejectionLog>,
+    /// Renders the process's metrics for `GET /metrics`. The binary installs
+    /// the recorder; the API only renders.
+    pub metrics: PrometheusHandle,
+    /// Set by the binary once the processor has restored its state from the
+    /// store; until then `GET /readyz` answers 503.
+    pub ready: Arc<AtomicBool>,
+    /// Upper bound on the time one request may take. It keeps graceful
+    /// shutdown from waiting forever on a slow request; a request that runs
+    /// out of time gets a 503 `timeout` error.
+    pub request_timeout: Duration,
+}
+
+impl ApiState {
+    /// State with the default request timeout ([`crate::DEFAULT_REQUEST_TIMEOUT`]).
+    pub fn new(
+        store: Arc<dyn Store>,
+        rejections: Arc<RejectionLog>,
+        metrics: PrometheusHandle,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            store,
+            rejections,
+            metrics,
+            ready,
+            request_timeout: crate::DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Replaces the request timeout (from configuration).
+    #[must_use]
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("ready", &self.ready)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
