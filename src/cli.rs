@@ -56,6 +56,18 @@ pub struct ServeArgs {
     /// ScyllaDB contact points, host:port[,host:port...].
     #[arg(long, env = "FLEETD_SCYLLA_URI")]
     pub scylla_uri: Option<String>,
+    /// ScyllaDB keyspace [default: fleetd].
+    #[arg(long, env = "FLEETD_SCYLLA_KEYSPACE")]
+    pub scylla_keyspace: Option<String>,
+    /// ScyllaDB username (PasswordAuthenticator).
+    #[arg(long, env = "FLEETD_SCYLLA_USERNAME")]
+    pub scylla_username: Option<String>,
+    /// ScyllaDB password; prefer the environment variable to the flag.
+    #[arg(long, env = "FLEETD_SCYLLA_PASSWORD", hide_env_values = true)]
+    pub scylla_password: Option<String>,
+    /// Create the ScyllaDB keyspace and tables (idempotent) before starting.
+    #[arg(long, env = "FLEETD_SCYLLA_MIGRATE")]
+    pub scylla_migrate: bool,
     /// Also run N simulated vehicles in-process (a moving demo fleet).
     #[arg(long, env = "FLEETD_DEMO")]
     pub demo: Option<usize>,
@@ -85,6 +97,18 @@ impl ServeArgs {
         }
         if let Some(v) = &self.scylla_uri {
             config.store.scylla_uri = v.clone();
+        }
+        if let Some(v) = &self.scylla_keyspace {
+            config.store.scylla_keyspace = v.clone();
+        }
+        if let Some(v) = &self.scylla_username {
+            config.store.scylla_username = v.clone();
+        }
+        if let Some(v) = &self.scylla_password {
+            config.store.scylla_password = v.clone();
+        }
+        if self.scylla_migrate {
+            config.store.scylla_migrate = true;
         }
         if let Some(v) = self.demo {
             config.demo.vehicles = v;

@@ -97,6 +97,18 @@ pub struct StoreConfig {
     pub backend: String,
     pub data: PathBuf,
     pub scylla_uri: String,
+    pub scylla_keyspace: String,
+    pub scylla_replication_factor: u32,
+    pub scylla_consistency: String,
+    pub scylla_local_dc: String,
+    pub scylla_username: String,
+    pub scylla_password: String,
+    pub scylla_tls: bool,
+    pub scylla_migrate: bool,
+    pub scylla_max_inflight: usize,
+    pub scylla_retry_max: u32,
+    pub scylla_request_timeout_ms: u64,
+    pub scylla_area_minutes: u32,
 }
 
 impl Default for StoreConfig {
@@ -105,7 +117,61 @@ impl Default for StoreConfig {
             backend: "fjall".into(),
             data: PathBuf::from("./fleetd-data"),
             scylla_uri: "127.0.0.1:9042".into(),
+            scylla_keyspace: "fleetd".into(),
+            scylla_replication_factor: 3,
+            scylla_consistency: "local_quorum".into(),
+            scylla_local_dc: String::new(),
+            scylla_username: String::new(),
+            scylla_password: String::new(),
+            scylla_tls: false,
+            scylla_migrate: false,
+            scylla_max_inflight: 256,
+            scylla_retry_max: 3,
+            scylla_request_timeout_ms: 5000,
+            scylla_area_minutes: 2,
         }
+    }
+}
+
+impl StoreConfig {
+    /// The ScyllaDB settings of this section.
+    fn scylla_settings(&self) -> anyhow::Result<fleetd_store::ScyllaSettings> {
+        use fleetd_store::scylla::{Consistency, Credentials};
+        if self.scylla_tls {
+            // The driver supports TLS through rustls or openssl features;
+            // fleetd does not wire certificates yet. Refuse rather than
+            // connect in plain text when TLS was asked for.
+            bail!("store.scylla_tls: TLS to ScyllaDB is not supported in this build yet");
+        }
+        let credentials = match (
+            self.scylla_username.is_empty(),
+            self.scylla_password.is_empty(),
+        ) {
+            (true, true) => None,
+            (false, _) => Some(Credentials {
+                username: self.scylla_username.clone(),
+                password: self.scylla_password.clone(),
+            }),
+            (true, false) => bail!("store.scylla_password is set without store.scylla_username"),
+        };
+        let settings = fleetd_store::ScyllaSettings {
+            contact_points: fleetd_store::ScyllaSettings::parse_contact_points(&self.scylla_uri)
+                .context("store.scylla_uri (--scylla-uri)")?,
+            keyspace: self.scylla_keyspace.clone(),
+            replication_factor: self.scylla_replication_factor,
+            consistency: Consistency::parse(&self.scylla_consistency)
+                .context("store.scylla_consistency")?,
+            local_datacenter: (!self.scylla_local_dc.is_empty())
+                .then(|| self.scylla_local_dc.clone()),
+            credentials,
+            max_inflight: self.scylla_max_inflight,
+            retry_max: self.scylla_retry_max,
+            request_timeout: Duration::from_millis(self.scylla_request_timeout_ms.max(1)),
+            area_minutes: self.scylla_area_minutes,
+            ..Default::default()
+        };
+        settings.validate().context("[store] scylla settings")?;
+        Ok(settings)
     }
 }
 
@@ -158,7 +224,12 @@ pub enum StoreBackend {
     /// Embedded fjall store in a directory.
     Fjall(PathBuf),
     /// ScyllaDB cluster.
-    Scylla(String),
+    Scylla {
+        /// Connection and behaviour.
+        settings: fleetd_store::ScyllaSettings,
+        /// Apply the CQL schema (idempotently) before starting.
+        migrate: bool,
+    },
 }
 
 /// Validated settings for `fleetd serve`.
@@ -221,7 +292,10 @@ impl FileConfig {
         })?;
         let store = match self.store.backend.as_str() {
             "fjall" => StoreBackend::Fjall(self.store.data.clone()),
-            "scylla" => StoreBackend::Scylla(self.store.scylla_uri.clone()),
+            "scylla" => StoreBackend::Scylla {
+                settings: self.store.scylla_settings()?,
+                migrate: self.store.scylla_migrate,
+            },
             other => {
                 bail!("store.backend (--store) must be \"fjall\" or \"scylla\", got {other:?}")
             }
@@ -295,5 +369,37 @@ mod tests {
         let mut c = FileConfig::default();
         c.api.http = "nope".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn scylla_settings_are_validated() {
+        let mut c = FileConfig::default();
+        c.store.backend = "scylla".into();
+        c.store.scylla_uri = "a:9042,b:9042".into();
+        c.store.scylla_consistency = "QUORUM".into();
+        match c.validate().expect("valid").store {
+            StoreBackend::Scylla { settings, migrate } => {
+                assert_eq!(settings.contact_points, ["a:9042", "b:9042"]);
+                assert!(!migrate);
+            }
+            other => panic!("not scylla: {other:?}"),
+        }
+        for (field, bad) in [
+            ("uri", "nohost"),
+            ("consistency", "two"),
+            ("keyspace", "bad-name"),
+        ] {
+            let mut c = c.clone();
+            match field {
+                "uri" => c.store.scylla_uri = bad.into(),
+                "consistency" => c.store.scylla_consistency = bad.into(),
+                _ => c.store.scylla_keyspace = bad.into(),
+            }
+            assert!(c.validate().is_err(), "{field} = {bad}");
+        }
+        let mut tls = c.clone();
+        tls.store.scylla_tls = true;
+        let err = format!("{:#}", tls.validate().expect_err("tls refused"));
+        assert!(err.contains("TLS"), "{err}");
     }
 }

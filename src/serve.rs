@@ -10,7 +10,7 @@ use fleetd_api::ApiState;
 use fleetd_ingest::{Decoder, EmbeddedBroker, Ingestor};
 use fleetd_processor::Processor;
 use fleetd_schemas::RejectionLog;
-use fleetd_store::{FjallStore, Store};
+use fleetd_store::{FjallStore, ScyllaStore, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -144,9 +144,13 @@ async fn open_store(backend: &StoreBackend) -> anyhow::Result<Arc<dyn Store>> {
             .context("store open task failed")??;
             Ok(Arc::new(store))
         }
-        StoreBackend::Scylla(uri) => bail!(
-            "the ScyllaDB backend (--store scylla, {uri}) is not available in this build yet; use --store fjall"
-        ),
+        StoreBackend::Scylla { settings, migrate } => {
+            let points = settings.contact_points.join(",");
+            let store = ScyllaStore::connect(settings.clone(), *migrate)
+                .await
+                .with_context(|| format!("cannot open the ScyllaDB store at {points}"))?;
+            Ok(Arc::new(store))
+        }
     }
 }
 

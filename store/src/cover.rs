@@ -58,12 +58,25 @@ pub(crate) enum ScanPlan {
 /// Plans the scans for `query`, which must be valid
 /// ([`AreaQuery::validate`]).
 pub(crate) fn plan(query: &AreaQuery) -> Result<ScanPlan, StoreError> {
+    Ok(match cover(query)? {
+        Some(cells) => ScanPlan::Ranges(ranges(cells)),
+        None => ScanPlan::FullScan,
+    })
+}
+
+/// The cover of `query` (valid, see [`AreaQuery::validate`]): cells of one
+/// resolution between 1 and 7 whose res-7 descendants hold every candidate,
+/// or `None` when the area is too large for a cover to help.
+///
+/// The ScyllaDB backend expands these to their res-7 children, one
+/// `devices_by_cell` partition each; the fjall backend scans them as ranges.
+pub(crate) fn cover(query: &AreaQuery) -> Result<Option<Vec<CellIndex>>, StoreError> {
     match *query {
-        AreaQuery::Cell(raw) => Ok(cell_plan(parse_cell(raw)?)),
-        AreaQuery::BBox(bbox) => bbox_plan(&bbox),
+        AreaQuery::Cell(raw) => Ok(Some(cell_cover(parse_cell(raw)?))),
+        AreaQuery::BBox(bbox) => bbox_cover(&bbox),
         AreaQuery::Near { lat, lon, radius_m } => match circle_bbox(lat, lon, radius_m) {
-            Some(bbox) => bbox_plan(&bbox),
-            None => Ok(ScanPlan::FullScan),
+            Some(bbox) => bbox_cover(&bbox),
+            None => Ok(None),
         },
     }
 }
@@ -74,16 +87,16 @@ pub(crate) fn plan(query: &AreaQuery) -> Result<ScanPlan, StoreError> {
 /// * res < 7: the cell and its neighbours, since a point inside the cell may
 ///   be stored under a res-7 cell whose logical ancestor is a neighbour.
 /// * res > 7: the res-7 ancestor and its neighbours, for the same reason.
-fn cell_plan(cell: CellIndex) -> ScanPlan {
+fn cell_cover(cell: CellIndex) -> Vec<CellIndex> {
     let area_res = keys::area_resolution();
     let base = cell.parent(area_res).unwrap_or(cell);
     let ring = if cell.resolution() == area_res { 0 } else { 1 };
-    ScanPlan::Ranges(ranges(base.grid_disk::<Vec<_>>(ring)))
+    base.grid_disk::<Vec<_>>(ring)
 }
 
 /// Box queries: the finest resolution whose cover stays within
 /// [`MAX_COVER_CELLS`], coarsening one step at a time.
-fn bbox_plan(bbox: &BBox) -> Result<ScanPlan, StoreError> {
+fn bbox_cover(bbox: &BBox) -> Result<Option<Vec<CellIndex>>, StoreError> {
     let area_res = keys::area_resolution();
     // Res 0 is skipped: its 122 cells cover a quarter of the earth each
     // pass, no better than a full scan.
@@ -100,10 +113,10 @@ fn bbox_plan(bbox: &BBox) -> Result<ScanPlan, StoreError> {
             }
         }
         if cover.len() <= MAX_COVER_CELLS {
-            return Ok(ScanPlan::Ranges(ranges(cover)));
+            return Ok(Some(cover.into_iter().collect()));
         }
     }
-    Ok(ScanPlan::FullScan)
+    Ok(None)
 }
 
 /// The distinct res-`res` cells of a sample grid over `bbox`, or `None` when

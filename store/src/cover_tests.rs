@@ -169,7 +169,7 @@ fn cell_plans_cover_every_inside_point() {
         for _ in 0..50 {
             let (lat, lon) = random_point(&mut rng);
             let cell = cell_at(lat, lon, res(r));
-            let plan = cell_plan(cell);
+            let plan = ScanPlan::Ranges(ranges(cell_cover(cell)));
             // Sample the cell densely around its centre and along its edges.
             let center = LatLng::from(cell);
             let boundary: Vec<LatLng> = cell.boundary().iter().copied().collect();

@@ -16,6 +16,13 @@ pub enum StoreError {
     /// The backend is not reachable or not ready.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// ScyllaDB rejected a statement for a reason retrying cannot fix
+    /// (invalid query, missing table, unauthorized, a type mismatch).
+    #[error("scylla: {0}")]
+    Scylla(String),
+    /// A backend setting is invalid.
+    #[error("store configuration: {0}")]
+    Config(String),
     /// A blocking storage task panicked or was cancelled.
     #[error("storage task failed: {0}")]
     Task(String),

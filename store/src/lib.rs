@@ -7,7 +7,8 @@
 //! * [`FjallStore`]: the embedded default, an LSM tree in a local directory
 //!   (fjall). All fjall calls run on tokio's blocking pool, never on the
 //!   async runtime's workers.
-//! * ScyllaDB (planned): the clustered backend with the same contract.
+//! * [`ScyllaStore`]: the clustered backend with the same contract, over a
+//!   ScyllaDB cluster (module [`scylla`]; schema in `schemas/cql/`).
 //!
 //! Area queries ([`AreaQuery`]) are answered from an index of latest
 //! positions keyed by their H3 cell at [`H3Cells::AREA_RES`]
@@ -20,6 +21,7 @@ mod cursor;
 mod error;
 mod fjall_store;
 mod keys;
+pub mod scylla;
 
 use async_trait::async_trait;
 use fleetd_schemas::{DeviceId, EnrichedPosition};
@@ -27,6 +29,7 @@ use fleetd_schemas::{DeviceId, EnrichedPosition};
 pub use area::{AreaQuery, BBox};
 pub use error::StoreError;
 pub use fjall_store::FjallStore;
+pub use scylla::{ScyllaSettings, ScyllaStore};
 
 /// What one micro-batch of one processor partition writes.
 #[derive(Debug, Default, Clone)]

@@ -1,0 +1,173 @@
+//! The CQL fleetd runs, prepared once per session.
+//!
+//! One prepared statement per write kind and per read. Every statement names
+//! exactly one partition (all of its partition key columns are bound), so the
+//! driver's token-aware load balancing sends it straight to a replica; only
+//! `all_latest` scans a table, paged. Writes are marked idempotent: their
+//! keys are device + device time, so executing one twice stores the same
+//! thing, which is what lets the driver and fleetd retry them.
+
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+
+use super::values::POSITION_COLUMNS;
+use crate::StoreError;
+
+/// A prepared statement and the name its metrics and errors carry.
+#[derive(Debug, Clone)]
+pub(crate) struct Stmt {
+    pub(crate) name: &'static str,
+    pub(crate) prepared: PreparedStatement,
+}
+
+/// Every statement of the backend.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub(crate) insert_position: Stmt,
+    pub(crate) insert_position_day: Stmt,
+    pub(crate) insert_latest: Stmt,
+    pub(crate) insert_cell: Stmt,
+    pub(crate) delete_cell: Stmt,
+    pub(crate) select_latest: Stmt,
+    pub(crate) select_all_latest: Stmt,
+    pub(crate) select_days: Stmt,
+    pub(crate) select_history: Stmt,
+    pub(crate) select_cell: Stmt,
+    pub(crate) ready: Stmt,
+}
+
+/// Named bind markers for every position column, in [`POSITION_COLUMNS`]
+/// order.
+fn position_markers() -> String {
+    POSITION_COLUMNS
+        .split(',')
+        .map(|c| format!(":{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The CQL text of every statement for keyspace `ks`, by name; the
+/// contract tests check these against the schema file.
+pub fn cql(ks: &str) -> Vec<(&'static str, String)> {
+    let cols = POSITION_COLUMNS;
+    let marks = position_markers();
+    vec![
+        (
+            "insert_position",
+            format!("INSERT INTO {ks}.positions (day, {cols}) VALUES (:day, {marks})"),
+        ),
+        (
+            "insert_position_day",
+            format!("INSERT INTO {ks}.position_days (device_id, day) VALUES (:device_id, :day)"),
+        ),
+        (
+            "insert_latest",
+            format!(
+                "INSERT INTO {ks}.latest_position ({cols}) VALUES ({marks}) \
+                 USING TIMESTAMP :write_time"
+            ),
+        ),
+        (
+            "insert_cell",
+            format!(
+                "INSERT INTO {ks}.devices_by_cell (cell, minute, {cols}) \
+                 VALUES (:cell, :minute, {marks}) USING TIMESTAMP :write_time"
+            ),
+        ),
+        (
+            "delete_cell",
+            format!(
+                "DELETE FROM {ks}.devices_by_cell USING TIMESTAMP :write_time \
+                 WHERE cell = :cell AND minute = :minute AND device_id = :device_id"
+            ),
+        ),
+        (
+            "select_latest",
+            format!("SELECT {cols} FROM {ks}.latest_position WHERE device_id = :device_id"),
+        ),
+        (
+            "select_all_latest",
+            format!("SELECT {cols} FROM {ks}.latest_position"),
+        ),
+        (
+            "select_days",
+            format!(
+                "SELECT day FROM {ks}.position_days WHERE device_id = :device_id \
+                 AND day >= :from_day AND day <= :to_day"
+            ),
+        ),
+        (
+            "select_history",
+            format!(
+                "SELECT {cols} FROM {ks}.positions WHERE device_id = :device_id AND day = :day \
+                 AND ts >= :from_ts AND ts <= :to_ts ORDER BY ts ASC LIMIT :row_limit"
+            ),
+        ),
+        (
+            "select_cell",
+            format!(
+                "SELECT {cols} FROM {ks}.devices_by_cell WHERE cell = :cell AND minute = :minute"
+            ),
+        ),
+        (
+            // One partition read of a key no device can have (`#` is not a
+            // device id character): proves the table exists and enough
+            // replicas answer, without scanning.
+            "ready",
+            format!("SELECT device_id FROM {ks}.latest_position WHERE device_id = '#ready'"),
+        ),
+    ]
+}
+
+/// Statements whose repetition is harmless.
+const IDEMPOTENT: &[&str] = &[
+    "insert_position",
+    "insert_position_day",
+    "insert_latest",
+    "insert_cell",
+    "delete_cell",
+    "select_latest",
+    "select_all_latest",
+    "select_days",
+    "select_history",
+    "select_cell",
+    "ready",
+];
+
+impl Statements {
+    /// Prepares every statement; a failure names the statement.
+    pub(crate) async fn prepare(session: &Session, ks: &str) -> Result<Self, StoreError> {
+        let mut prepared = std::collections::HashMap::new();
+        for (name, text) in cql(ks) {
+            let mut statement = session.prepare(text).await.map_err(|err| {
+                StoreError::Unavailable(format!("cannot prepare scylla statement {name}: {err}"))
+            })?;
+            statement.set_is_idempotent(IDEMPOTENT.contains(&name));
+            prepared.insert(
+                name,
+                Stmt {
+                    name,
+                    prepared: statement,
+                },
+            );
+        }
+        let mut take = |name: &'static str| {
+            prepared
+                .remove(name)
+                .ok_or_else(|| StoreError::Scylla(format!("statement {name} was not prepared")))
+        };
+        Ok(Self {
+            insert_position: take("insert_position")?,
+            insert_position_day: take("insert_position_day")?,
+            insert_latest: take("insert_latest")?,
+            insert_cell: take("insert_cell")?,
+            delete_cell: take("delete_cell")?,
+            select_latest: take("select_latest")?,
+            select_all_latest: take("select_all_latest")?,
+            select_days: take("select_days")?,
+            select_history: take("select_history")?,
+            select_cell: take("select_cell")?,
+            ready: take("ready")?,
+        })
+    }
+}

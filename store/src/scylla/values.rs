@@ -1,0 +1,176 @@
+//! Bound values and result rows: the only place that maps
+//! [`EnrichedPosition`] to and from CQL columns.
+//!
+//! Statements use named bind markers (`:device_id`, `:write_time`, ...), and
+//! [`Bind`] serializes by the names the server reports for a prepared
+//! statement, so one value type serves every statement and a column added
+//! to a statement without a value here fails loudly instead of shifting.
+
+use fleetd_schemas::{DeviceId, EnrichedPosition, H3Cells, PositionReport};
+use scylla::DeserializeRow;
+use scylla::serialize::SerializationError;
+use scylla::serialize::row::{RowSerializationContext, SerializeRow};
+use scylla::serialize::value::SerializeValue;
+use scylla::serialize::writers::RowWriter;
+use scylla::value::CqlTimestamp;
+
+use crate::StoreError;
+
+/// The position columns every SELECT returns, in [`PositionRow`]'s order.
+pub(crate) const POSITION_COLUMNS: &str = "device_id, ts, lat, lon, accuracy_m, altitude_m, \
+     speed_mps, heading_deg, battery_pct, seq, h3_area, h3_detail, speed_derived, \
+     heading_derived, received_at";
+
+/// Values for one execution of a prepared statement, looked up by bind
+/// marker name. Fields a statement does not name are ignored.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Bind<'a> {
+    /// Supplies `device_id` and every position column.
+    pub(crate) position: Option<&'a EnrichedPosition>,
+    /// `device_id` for statements without a position (reads, deletes).
+    pub(crate) device_id: Option<&'a str>,
+    /// `day`: days since the epoch (history partition).
+    pub(crate) day: Option<i32>,
+    /// `from_day`, `to_day`: a range of history days.
+    pub(crate) from_day: Option<i32>,
+    /// See `from_day`.
+    pub(crate) to_day: Option<i32>,
+    /// `cell`: a res-7 H3 cell (area partition).
+    pub(crate) cell: Option<i64>,
+    /// `minute`: minutes since the epoch, server clock (area partition).
+    pub(crate) minute: Option<i32>,
+    /// `write_time`: the `USING TIMESTAMP` value, microseconds.
+    pub(crate) write_time: Option<i64>,
+    /// `from_ts`, `to_ts`: an inclusive history time range, Unix ms.
+    pub(crate) from_ts: Option<i64>,
+    /// See `from_ts`.
+    pub(crate) to_ts: Option<i64>,
+    /// `row_limit`: a LIMIT.
+    pub(crate) row_limit: Option<i32>,
+}
+
+/// A bind marker [`Bind`] has no value for.
+#[derive(Debug, thiserror::Error)]
+#[error("no value for bind marker {0:?}")]
+struct MissingValue(String);
+
+impl SerializeRow for Bind<'_> {
+    fn serialize(
+        &self,
+        ctx: &RowSerializationContext<'_>,
+        writer: &mut RowWriter,
+    ) -> Result<(), SerializationError> {
+        for spec in ctx.columns() {
+            let (name, typ) = (spec.name(), spec.typ());
+            let cell = writer.make_cell_writer();
+            let missing = || SerializationError::new(MissingValue(name.to_owned()));
+            let p = self.position.map(|p| (&p.report, p));
+            // Each arm serializes one value; `?` on the Option reports a
+            // marker whose value this Bind was not given.
+            match name {
+                "device_id" => {
+                    let id = match (self.device_id, p) {
+                        (Some(id), _) => id,
+                        (None, Some((r, _))) => r.device_id.as_str(),
+                        (None, None) => return Err(missing()),
+                    };
+                    id.serialize(typ, cell)?
+                }
+                "day" => self.day.ok_or_else(missing)?.serialize(typ, cell)?,
+                "from_day" => self.from_day.ok_or_else(missing)?.serialize(typ, cell)?,
+                "to_day" => self.to_day.ok_or_else(missing)?.serialize(typ, cell)?,
+                "cell" => self.cell.ok_or_else(missing)?.serialize(typ, cell)?,
+                "minute" => self.minute.ok_or_else(missing)?.serialize(typ, cell)?,
+                "write_time" => self.write_time.ok_or_else(missing)?.serialize(typ, cell)?,
+                "from_ts" => {
+                    CqlTimestamp(self.from_ts.ok_or_else(missing)?).serialize(typ, cell)?
+                }
+                "to_ts" => CqlTimestamp(self.to_ts.ok_or_else(missing)?).serialize(typ, cell)?,
+                "row_limit" => self.row_limit.ok_or_else(missing)?.serialize(typ, cell)?,
+                column => {
+                    let (r, p) = p.ok_or_else(missing)?;
+                    match column {
+                        "ts" => CqlTimestamp(r.ts_ms).serialize(typ, cell)?,
+                        "lat" => r.lat.serialize(typ, cell)?,
+                        "lon" => r.lon.serialize(typ, cell)?,
+                        "accuracy_m" => r.accuracy_m.serialize(typ, cell)?,
+                        "altitude_m" => r.altitude_m.serialize(typ, cell)?,
+                        "speed_mps" => r.speed_mps.serialize(typ, cell)?,
+                        "heading_deg" => r.heading_deg.serialize(typ, cell)?,
+                        "battery_pct" => r.battery_pct.serialize(typ, cell)?,
+                        // CQL has no unsigned integers: u64 values are
+                        // stored bit for bit in a bigint and cast back.
+                        "seq" => r.seq.map(|s| s as i64).serialize(typ, cell)?,
+                        "h3_area" => (p.h3.area as i64).serialize(typ, cell)?,
+                        "h3_detail" => (p.h3.detail as i64).serialize(typ, cell)?,
+                        "speed_derived" => p.speed_derived.serialize(typ, cell)?,
+                        "heading_derived" => p.heading_derived.serialize(typ, cell)?,
+                        "received_at" => CqlTimestamp(r.received_ms).serialize(typ, cell)?,
+                        _ => return Err(missing()),
+                    }
+                }
+            };
+        }
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// One row of [`POSITION_COLUMNS`], as any position table returns it.
+#[derive(Debug, DeserializeRow)]
+pub(crate) struct PositionRow {
+    device_id: String,
+    ts: CqlTimestamp,
+    lat: f64,
+    lon: f64,
+    accuracy_m: Option<f32>,
+    altitude_m: Option<f32>,
+    speed_mps: Option<f32>,
+    heading_deg: Option<f32>,
+    battery_pct: Option<f32>,
+    seq: Option<i64>,
+    h3_area: Option<i64>,
+    h3_detail: Option<i64>,
+    speed_derived: Option<bool>,
+    heading_derived: Option<bool>,
+    received_at: Option<CqlTimestamp>,
+}
+
+impl PositionRow {
+    /// The domain position; a row whose device id is no longer valid is
+    /// corrupt rather than skipped (as in the embedded backend).
+    pub(crate) fn into_position(self) -> Result<EnrichedPosition, StoreError> {
+        let device_id = DeviceId::parse(&self.device_id)
+            .map_err(|err| StoreError::Corrupt(format!("position row: {err}")))?;
+        Ok(EnrichedPosition {
+            report: PositionReport {
+                device_id,
+                ts_ms: self.ts.0,
+                lat: self.lat,
+                lon: self.lon,
+                accuracy_m: self.accuracy_m,
+                altitude_m: self.altitude_m,
+                speed_mps: self.speed_mps,
+                heading_deg: self.heading_deg,
+                battery_pct: self.battery_pct,
+                seq: self.seq.map(|s| s as u64),
+                received_ms: self.received_at.map_or(0, |t| t.0),
+            },
+            h3: H3Cells {
+                area: self.h3_area.map_or(0, |c| c as u64),
+                detail: self.h3_detail.map_or(0, |c| c as u64),
+            },
+            speed_derived: self.speed_derived.unwrap_or(false),
+            heading_derived: self.heading_derived.unwrap_or(false),
+        })
+    }
+}
+
+/// The `days` column of `position_days`.
+#[derive(Debug, DeserializeRow)]
+pub(crate) struct DayRow {
+    pub(crate) day: i32,
+}
