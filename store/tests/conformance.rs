@@ -1,0 +1,409 @@
+//! The store contract, run against every backend: always the embedded
+//! fjall store, and ScyllaDB when `SCYLLA_URI` (or `FLEETD_SCYLLA_URI`) names
+//! a cluster (`host:9042[,host2:9042]`); each ScyllaDB test then migrates
+//! a fresh keyspace `fleetd_conformance_<pid>_<n>` with RF 1.
+//!
+//! Without the variable the ScyllaDB half prints a skip message.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use fleetd_schemas::{DeviceId, EnrichedPosition, H3Cells, PositionReport, now_ms};
+use fleetd_store::{
+    AreaQuery, BBox, FjallStore, HistoryQuery, LatestUpdate, ScyllaSettings, ScyllaStore, Store,
+    StoreError, WriteBatch,
+};
+use h3o::{LatLng, Resolution};
+
+/// A backend under test; `_dir` keeps fjall's directory alive.
+struct Backend {
+    name: &'static str,
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fjall = FjallStore::open(dir.path()).expect("open fjall");
+    let mut all = vec![Backend {
+        name: "fjall",
+        store: Arc::new(fjall),
+        _dir: Some(dir),
+    }];
+    let uri = std::env::var("SCYLLA_URI").or_else(|_| std::env::var("FLEETD_SCYLLA_URI"));
+    match uri {
+        Ok(uri) => {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let settings = ScyllaSettings {
+                contact_points: ScyllaSettings::parse_contact_points(&uri).expect("SCYLLA_URI"),
+                keyspace: format!(
+                    "fleetd_conformance_{}_{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ),
+                replication_factor: 1,
+                consistency: fleetd_store::scylla::Consistency::One,
+                ..ScyllaSettings::default()
+            };
+            let store = ScyllaStore::connect(settings, true)
+                .await
+                .expect("connect to SCYLLA_URI and migrate");
+            all.push(Backend {
+                name: "scylla",
+                store: Arc::new(store),
+                _dir: None,
+            });
+        }
+        Err(_) => eprintln!("conformance: SCYLLA_URI is not set; skipping the ScyllaDB backend"),
+    }
+    all
+}
+
+fn id(s: &str) -> DeviceId {
+    DeviceId::parse(s).expect("valid id")
+}
+
+fn cell(lat: f64, lon: f64, res: Resolution) -> u64 {
+    u64::from(LatLng::new(lat, lon).expect("finite").to_cell(res))
+}
+
+/// A position received now (area reads of ScyllaDB look at recent writes).
+fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
+    EnrichedPosition {
+        report: PositionReport {
+            device_id: id(device),
+            ts_ms,
+            lat,
+            lon,
+            accuracy_m: Some(4.5),
+            altitude_m: Some(34.0),
+            speed_mps: Some(12.25),
+            heading_deg: Some(270.0),
+            battery_pct: Some(81.0),
+            seq: Some(ts_ms.unsigned_abs()),
+            received_ms: now_ms(),
+        },
+        h3: H3Cells {
+            area: cell(lat, lon, Resolution::Seven),
+            detail: cell(lat, lon, Resolution::Nine),
+        },
+        speed_derived: true,
+        heading_derived: false,
+    }
+}
+
+fn latest_of(positions: &[EnrichedPosition]) -> WriteBatch {
+    WriteBatch {
+        history: positions.to_vec(),
+        latest: positions
+            .iter()
+            .map(|p| LatestUpdate {
+                position: p.clone(),
+                previous_area_cell: None,
+            })
+            .collect(),
+    }
+}
+
+fn ids(positions: &[EnrichedPosition]) -> BTreeSet<String> {
+    positions
+        .iter()
+        .map(|p| p.report.device_id.to_string())
+        .collect()
+}
+
+fn query(from_ms: i64, to_ms: i64, limit: usize, cursor: Option<String>) -> HistoryQuery {
+    HistoryQuery {
+        from_ms,
+        to_ms,
+        limit,
+        cursor,
+    }
+}
+
+#[tokio::test]
+async fn latest_round_trips_every_field() {
+    for b in backends().await {
+        let store = &*b.store;
+        let truck = position("truck-1", 1_700_000_000_000, 52.52, 13.405);
+        let phone = position("alice/phone", 1_700_000_001_000, -33.86, 151.21);
+        store
+            .write_batch(latest_of(&[truck.clone(), phone.clone()]))
+            .await
+            .expect("write");
+        assert_eq!(
+            store.latest(&id("truck-1")).await.expect("read"),
+            Some(truck.clone()),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            store.latest(&id("alice/phone")).await.expect("read"),
+            Some(phone.clone()),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            store.latest(&id("nobody")).await.expect("read"),
+            None,
+            "{}",
+            b.name
+        );
+        let all = store.all_latest().await.expect("all latest");
+        assert_eq!(ids(&all), ids(&[truck, phone]), "{}", b.name);
+        store.flush().await.expect("flush");
+        store.ready().await.expect("ready");
+    }
+}
+
+#[tokio::test]
+async fn history_pages_cover_every_row_once_across_days() {
+    for b in backends().await {
+        let store = &*b.store;
+        let day_ms = 86_400_000;
+        let start = 1_700_000_000_000 - 1_700_000_000_000 % day_ms;
+        // 30 rows spread over three days, written in two batches.
+        let rows: Vec<EnrichedPosition> = (0..30)
+            .map(|i| position("bus-7", start + i * (day_ms / 10), 48.1, 11.5))
+            .collect();
+        store
+            .write_batch(latest_of(&rows[..15]))
+            .await
+            .expect("write");
+        store
+            .write_batch(WriteBatch {
+                history: rows[15..].to_vec(),
+                latest: vec![],
+            })
+            .await
+            .expect("write");
+
+        let (from, to) = (start, start + 3 * day_ms);
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        let mut pages = 0;
+        loop {
+            let page = store
+                .history(&id("bus-7"), &query(from, to, 7, cursor))
+                .await
+                .expect("page");
+            assert!(page.items.len() <= 7);
+            seen.extend(page.items.iter().map(|p| p.report.ts_ms));
+            pages += 1;
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let expected: Vec<i64> = rows.iter().map(|p| p.report.ts_ms).collect();
+        assert_eq!(seen, expected, "{}: ascending, each once", b.name);
+        assert_eq!(pages, 5, "{}", b.name);
+
+        // Inclusive bounds inside one day and across a day boundary.
+        let inner = store
+            .history(
+                &id("bus-7"),
+                &query(rows[3].report.ts_ms, rows[12].report.ts_ms, 100, None),
+            )
+            .await
+            .expect("range");
+        assert_eq!(inner.items.len(), 10, "{}", b.name);
+        assert_eq!(inner.items[0], rows[3], "{}", b.name);
+        assert!(inner.next_cursor.is_none());
+        let empty = store
+            .history(&id("bus-7"), &query(to, from, 10, None))
+            .await
+            .expect("empty");
+        assert!(
+            empty.items.is_empty() && empty.next_cursor.is_none(),
+            "{}",
+            b.name
+        );
+        let other = store
+            .history(&id("bus-8"), &query(from, to, 10, None))
+            .await
+            .expect("none");
+        assert!(other.items.is_empty(), "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn rewriting_a_timestamp_replaces_the_row() {
+    for b in backends().await {
+        let store = &*b.store;
+        let first = position("taxi-2", 1_700_000_000_000, 40.0, -3.7);
+        let mut again = first.clone();
+        again.report.lat = 40.001;
+        store
+            .write_batch(WriteBatch {
+                history: vec![first],
+                latest: vec![],
+            })
+            .await
+            .expect("write");
+        store
+            .write_batch(WriteBatch {
+                history: vec![again.clone()],
+                latest: vec![],
+            })
+            .await
+            .expect("write");
+        let page = store
+            .history(&id("taxi-2"), &query(0, i64::MAX, 10, None))
+            .await
+            .expect("history");
+        assert_eq!(page.items, vec![again], "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn invalid_queries_are_rejected() {
+    for b in backends().await {
+        let store = &*b.store;
+        let zero = store.history(&id("x"), &query(0, 10, 0, None)).await;
+        assert!(
+            matches!(zero, Err(StoreError::InvalidQuery(_))),
+            "{}: {zero:?}",
+            b.name
+        );
+        let bad_cursor = store
+            .history(&id("x"), &query(0, 10, 5, Some("nope".into())))
+            .await;
+        assert!(
+            matches!(bad_cursor, Err(StoreError::InvalidQuery(_))),
+            "{}",
+            b.name
+        );
+        let bad_area = store
+            .latest_in_area(
+                &AreaQuery::Near {
+                    lat: 95.0,
+                    lon: 0.0,
+                    radius_m: 10.0,
+                },
+                10,
+            )
+            .await;
+        assert!(
+            matches!(bad_area, Err(StoreError::InvalidQuery(_))),
+            "{}",
+            b.name
+        );
+        let bad_cell = store.latest_in_area(&AreaQuery::Cell(0), 10).await;
+        assert!(
+            matches!(bad_cell, Err(StoreError::InvalidQuery(_))),
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn area_queries_find_exactly_the_devices_inside() {
+    for b in backends().await {
+        let store = &*b.store;
+        let ts = 1_700_000_000_000;
+        // A few devices around Berlin's centre, one in Potsdam, one in Sydney.
+        let fleet = vec![
+            position("a", ts, 52.5200, 13.4050),
+            position("b", ts, 52.5210, 13.4100),
+            position("c", ts, 52.5300, 13.3900),
+            position("d", ts, 52.3900, 13.0650),
+            position("e", ts, -33.8600, 151.2100),
+        ];
+        store.write_batch(latest_of(&fleet)).await.expect("write");
+        let near = AreaQuery::Near {
+            lat: 52.52,
+            lon: 13.405,
+            radius_m: 500.0,
+        };
+        let found = store.latest_in_area(&near, 100).await.expect("near");
+        assert_eq!(ids(&found), ids(&fleet[..2]), "{}: near", b.name);
+
+        let bbox = AreaQuery::BBox(BBox {
+            min_lon: 13.0,
+            min_lat: 52.3,
+            max_lon: 13.5,
+            max_lat: 52.6,
+        });
+        let found = store.latest_in_area(&bbox, 100).await.expect("bbox");
+        assert_eq!(ids(&found), ids(&fleet[..4]), "{}: bbox", b.name);
+
+        for res in [Resolution::Five, Resolution::Seven, Resolution::Nine] {
+            let query = AreaQuery::Cell(cell(52.5200, 13.4050, res));
+            let found = store.latest_in_area(&query, 100).await.expect("cell");
+            let expected: Vec<_> = fleet
+                .iter()
+                .filter(|p| query.contains(p.report.lat, p.report.lon))
+                .cloned()
+                .collect();
+            assert_eq!(ids(&found), ids(&expected), "{}: cell res {res}", b.name);
+        }
+
+        // The whole world: larger than any cover, answered by a scan.
+        let world = AreaQuery::BBox(BBox {
+            min_lon: -180.0,
+            min_lat: -90.0,
+            max_lon: 180.0,
+            max_lat: 90.0,
+        });
+        let found = store.latest_in_area(&world, 100).await.expect("world");
+        assert_eq!(ids(&found), ids(&fleet), "{}: world", b.name);
+        let limited = store.latest_in_area(&world, 2).await.expect("limited");
+        assert_eq!(limited.len(), 2, "{}: limit", b.name);
+        assert!(
+            store
+                .latest_in_area(&world, 0)
+                .await
+                .expect("zero")
+                .is_empty()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_moving_device_leaves_its_old_area() {
+    for b in backends().await {
+        let store = &*b.store;
+        let before = position("van-1", 1_700_000_000_000, 52.52, 13.405);
+        store
+            .write_batch(latest_of(std::slice::from_ref(&before)))
+            .await
+            .expect("write");
+        let after = position("van-1", 1_700_000_060_000, 52.40, 13.07);
+        let moved = WriteBatch {
+            history: vec![after.clone()],
+            latest: vec![LatestUpdate {
+                position: after.clone(),
+                previous_area_cell: Some(before.h3.area),
+            }],
+        };
+        store.write_batch(moved).await.expect("write");
+        let old_area = AreaQuery::Near {
+            lat: 52.52,
+            lon: 13.405,
+            radius_m: 1_000.0,
+        };
+        let new_area = AreaQuery::Near {
+            lat: 52.40,
+            lon: 13.07,
+            radius_m: 1_000.0,
+        };
+        assert!(
+            store
+                .latest_in_area(&old_area, 10)
+                .await
+                .expect("old")
+                .is_empty(),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            store.latest_in_area(&new_area, 10).await.expect("new"),
+            vec![after],
+            "{}",
+            b.name
+        );
+    }
+}
