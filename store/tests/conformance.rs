@@ -3,7 +3,14 @@
 //! a cluster (`host:9042[,host2:9042]`); each ScyllaDB test then migrates
 //! a fresh keyspace `fleetd_conformance_<pid>_<n>` with RF 1.
 //!
-//! Without the variable the ScyllaDB half prints a skip message.
+//! Without the variable the real-cluster half prints a skip message. The
+//! ScyllaDB backend's own logic (day partitions, cursors, minute buckets,
+//! cell moves, `USING TIMESTAMP`) always runs against the fake node of
+//! `support/fake_scylla.rs` as well: scylla-proxy in dry mode with a tiny
+//! in-memory CQL engine, which checks fleetd's side, not ScyllaDB's.
+
+#[path = "support/fake_scylla.rs"]
+mod fake_scylla;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,11 +23,13 @@ use fleetd_store::{
 };
 use h3o::{LatLng, Resolution};
 
-/// A backend under test; `_dir` keeps fjall's directory alive.
+/// A backend under test; `_dir` keeps fjall's directory alive and `_fake`
+/// the fake ScyllaDB node.
 struct Backend {
     name: &'static str,
     store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
+    _fake: Option<fake_scylla::FakeScylla>,
 }
 
 async fn backends() -> Vec<Backend> {
@@ -30,7 +39,23 @@ async fn backends() -> Vec<Backend> {
         name: "fjall",
         store: Arc::new(fjall),
         _dir: Some(dir),
+        _fake: None,
     }];
+    let fake = fake_scylla::FakeScylla::start().await;
+    let settings = ScyllaSettings {
+        contact_points: vec![fake.addr.to_string()],
+        keyspace: fake_scylla::KEYSPACE.into(),
+        ..ScyllaSettings::default()
+    };
+    let store = ScyllaStore::connect(settings, false)
+        .await
+        .expect("connect to the fake node");
+    all.push(Backend {
+        name: "scylla (fake node)",
+        store: Arc::new(store),
+        _dir: None,
+        _fake: Some(fake),
+    });
     let uri = std::env::var("SCYLLA_URI").or_else(|_| std::env::var("FLEETD_SCYLLA_URI"));
     match uri {
         Ok(uri) => {
@@ -53,6 +78,7 @@ async fn backends() -> Vec<Backend> {
                 name: "scylla",
                 store: Arc::new(store),
                 _dir: None,
+                _fake: None,
             });
         }
         Err(_) => eprintln!("conformance: SCYLLA_URI is not set; skipping the ScyllaDB backend"),

@@ -63,6 +63,8 @@ impl Executed {
 struct Table {
     columns: HashMap<String, String>,
     partition_key: Vec<String>,
+    /// Partition key then clustering columns.
+    primary_key: Vec<String>,
 }
 
 /// What PREPARE answered for one statement.
@@ -84,6 +86,7 @@ struct State {
     /// Canned result rows per statement text prefix, values in result
     /// column order.
     rows: Vec<(String, Vec<Vec<Val>>)>,
+    engine: Engine,
 }
 
 /// The running fake node.
@@ -162,6 +165,7 @@ fn base_rules(state: &Arc<Mutex<State>>, tables: &Arc<HashMap<String, Table>>) -
     let prepare_state = Arc::clone(state);
     let prepare_tables = Arc::clone(tables);
     let execute_state = Arc::clone(state);
+    let engine_tables = Arc::clone(tables);
     let query_state = Arc::clone(state);
     vec![
         RequestRule(
@@ -274,6 +278,8 @@ fn base_rules(state: &Arc<Mutex<State>>, tables: &Arc<HashMap<String, Table>>) -
                         values.insert(name.clone(), read_value(&mut body, typ));
                     }
                 }
+                let table = &engine_tables[&prepared.table];
+                let stored = state.engine.execute(&prepared, table, &values);
                 state.executed.push(Executed {
                     text: prepared.text.clone(),
                     values,
@@ -287,7 +293,7 @@ fn base_rules(state: &Arc<Mutex<State>>, tables: &Arc<HashMap<String, Table>>) -
                         .iter()
                         .find(|(prefix, _)| prepared.text.starts_with(prefix.as_str()))
                         .map(|(_, rows)| rows.clone())
-                        .unwrap_or_default();
+                        .unwrap_or(stored);
                     out.put_i32(2);
                     put_result_metadata(&mut out, &prepared);
                     out.put_i32(rows.len() as i32);
@@ -439,27 +445,40 @@ fn parse_schema() -> HashMap<String, Table> {
             let mut table = Table {
                 columns: HashMap::new(),
                 partition_key: Vec::new(),
+                primary_key: Vec::new(),
             };
             for part in parts {
                 if let Some(key) = part.strip_prefix("PRIMARY KEY") {
-                    let key = key.trim().trim_start_matches('(');
+                    // `(a, b)` or `((a, b), c)`: strip the outer parentheses.
+                    let key = key.trim();
+                    let key = &key[1..key.len() - 1];
                     let pk = if let Some(inner) = key.strip_prefix('(') {
                         inner.split(')').next().expect("pk")
                     } else {
-                        key.split([',', ')']).next().expect("pk")
+                        key.split(',').next().expect("pk")
                     };
                     table.partition_key = pk.split(',').map(|c| c.trim().to_owned()).collect();
+                    table.primary_key = key
+                        .replace(['(', ')'], "")
+                        .split(',')
+                        .map(|c| c.trim().to_owned())
+                        .collect();
                 } else {
                     let mut words = part.split_whitespace();
                     let col = words.next().expect("column");
                     let typ = words.next().expect("type");
                     if part.ends_with("PRIMARY KEY") {
                         table.partition_key = vec![col.to_owned()];
+                        table.primary_key = vec![col.to_owned()];
                     }
                     table.columns.insert(col.to_owned(), typ.to_owned());
                 }
             }
             assert!(!table.partition_key.is_empty(), "{name} has no key");
+            assert!(
+                table.primary_key.starts_with(&table.partition_key),
+                "{name}: {table:?}"
+            );
             tables.insert(name.to_owned(), table);
         }
     }
@@ -533,4 +552,168 @@ fn put_string(out: &mut BytesMut, s: &str) {
 fn put_short_bytes(out: &mut BytesMut, b: &[u8]) {
     out.put_u16(b.len() as u16);
     out.put_slice(b);
+}
+
+/// A minimal in-memory CQL engine for fleetd's statement shapes, so the
+/// conformance suite can run the ScyllaDB backend's logic against the fake
+/// node: upserts keyed by the primary key, write timestamps (a row or
+/// tombstone with a newer timestamp wins, as in ScyllaDB), deletes,
+/// equality and range conditions, `ORDER BY ts ASC` and `LIMIT`. TTLs are
+/// not modelled.
+#[derive(Default)]
+struct Engine {
+    rows: HashMap<String, Vec<StoredRow>>,
+    /// Deletion timestamps by (table, key).
+    tombstones: HashMap<(String, Vec<Key>), i64>,
+    clock: i64,
+}
+
+#[derive(Debug, Clone)]
+struct StoredRow {
+    key: Vec<Key>,
+    cols: HashMap<String, Val>,
+    ts: i64,
+}
+
+/// A comparable key value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Key {
+    Int(i64),
+    Text(String),
+}
+
+fn key_of(val: &Val) -> Key {
+    match val {
+        Val::Int(i) => Key::Int(*i),
+        Val::Text(t) => Key::Text(t.clone()),
+        other => panic!("{other:?} cannot be a key"),
+    }
+}
+
+impl Engine {
+    /// A server-side write timestamp in µs, strictly increasing.
+    fn now_us(&mut self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_micros() as i64;
+        self.clock = now.max(self.clock + 1);
+        self.clock
+    }
+
+    /// Applies one EXECUTE; returns result rows (in result column order)
+    /// for a SELECT.
+    fn execute(
+        &mut self,
+        p: &Prepared,
+        table: &Table,
+        values: &HashMap<String, Val>,
+    ) -> Vec<Vec<Val>> {
+        let text = p.text.as_str();
+        let ts = match values.get("write_time") {
+            Some(Val::Int(t)) => *t,
+            _ => self.now_us(),
+        };
+        if text.starts_with("INSERT") {
+            let cols: HashMap<String, Val> = p
+                .markers
+                .iter()
+                .filter(|(name, _)| table.columns.contains_key(name))
+                .map(|(name, _)| (name.clone(), values[name].clone()))
+                .collect();
+            let key: Vec<Key> = table.primary_key.iter().map(|c| key_of(&cols[c])).collect();
+            if let Some(&dead) = self.tombstones.get(&(p.table.clone(), key.clone()))
+                && dead >= ts
+            {
+                return Vec::new();
+            }
+            let rows = self.rows.entry(p.table.clone()).or_default();
+            match rows.iter_mut().find(|r| r.key == key) {
+                Some(row) if row.ts > ts => {}
+                Some(row) => *row = StoredRow { key, cols, ts },
+                None => rows.push(StoredRow { key, cols, ts }),
+            }
+            return Vec::new();
+        }
+        let conditions = conditions(text, values);
+        if text.starts_with("DELETE") {
+            let key: Vec<Key> = table
+                .primary_key
+                .iter()
+                .map(|c| {
+                    let (_, _, v) = conditions
+                        .iter()
+                        .find(|(col, _, _)| col == c)
+                        .expect("full key");
+                    v.clone()
+                })
+                .collect();
+            let dead = self
+                .tombstones
+                .entry((p.table.clone(), key.clone()))
+                .or_insert(ts);
+            *dead = (*dead).max(ts);
+            if let Some(rows) = self.rows.get_mut(&p.table) {
+                rows.retain(|r| !(r.key == key && r.ts <= ts));
+            }
+            return Vec::new();
+        }
+        let mut found: Vec<&StoredRow> = self
+            .rows
+            .get(&p.table)
+            .map(|rows| {
+                rows.iter()
+                    .filter(|r| {
+                        conditions.iter().all(|(col, op, v)| {
+                            let have = key_of(&r.cols[col]);
+                            match op.as_str() {
+                                "=" => have == *v,
+                                ">=" => have >= *v,
+                                "<=" => have <= *v,
+                                other => panic!("operator {other}"),
+                            }
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if text.contains("ORDER BY ts ASC") {
+            found.sort_by_key(|r| key_of(&r.cols["ts"]));
+        }
+        if let Some(Val::Int(limit)) = values.get("row_limit") {
+            found.truncate(*limit as usize);
+        }
+        found
+            .into_iter()
+            .map(|r| {
+                p.result
+                    .iter()
+                    .map(|(c, _)| r.cols.get(c).cloned().unwrap_or(Val::Null))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// The `col op :marker` / `col op 'literal'` conditions of a WHERE clause.
+fn conditions(text: &str, values: &HashMap<String, Val>) -> Vec<(String, String, Key)> {
+    let Some(clause) = text.split(" WHERE ").nth(1) else {
+        return Vec::new();
+    };
+    let clause = clause.split(" ORDER BY ").next().unwrap_or(clause);
+    let clause = clause.split(" LIMIT ").next().unwrap_or(clause);
+    clause
+        .split(" AND ")
+        .map(|cond| {
+            let mut parts = cond.split_whitespace();
+            let col = parts.next().expect("column").to_owned();
+            let op = parts.next().expect("operator").to_owned();
+            let operand = parts.next().expect("operand");
+            let value = match operand.strip_prefix(':') {
+                Some(marker) => key_of(&values[marker]),
+                None => Key::Text(operand.trim_matches('\'').to_owned()),
+            };
+            (col, op, value)
+        })
+        .collect()
 }
