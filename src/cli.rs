@@ -38,6 +38,12 @@ pub struct ServeArgs {
     /// Configuration file (TOML); see `fleetd generate-config`.
     #[arg(long, env = "FLEETD_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Ingest mode: embedded (broker inside fleetd) or external [default: embedded].
+    #[arg(long, env = "FLEETD_INGEST")]
+    pub ingest: Option<String>,
+    /// External MQTT broker, host:port (with --ingest external).
+    #[arg(long, env = "FLEETD_BROKER")]
+    pub broker: Option<String>,
     /// MQTT listen address of the embedded broker [default: 0.0.0.0:1883].
     #[arg(long, env = "FLEETD_MQTT")]
     pub mqtt: Option<String>,
@@ -80,6 +86,12 @@ impl ServeArgs {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        if let Some(v) = &self.ingest {
+            config.ingest.mode = v.clone();
+        }
+        if let Some(v) = &self.broker {
+            config.ingest.broker = v.clone();
+        }
         if let Some(v) = &self.mqtt {
             config.ingest.mqtt = v.clone();
         }

@@ -32,6 +32,10 @@ pub struct FileConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestConfig {
+    pub mode: String,
+    pub broker: String,
+    pub share_group: String,
+    pub client_id: String,
     pub mqtt: String,
     pub max_payload_bytes: usize,
     pub broker_max_packet_bytes: usize,
@@ -48,6 +52,10 @@ pub struct IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         Self {
+            mode: "embedded".into(),
+            broker: "127.0.0.1:1883".into(),
+            share_group: "fleetd".into(),
+            client_id: String::new(),
             mqtt: "0.0.0.0:1883".into(),
             max_payload_bytes: 256 * 1024,
             broker_max_packet_bytes: 2 * 1024 * 1024,
@@ -232,9 +240,19 @@ pub enum StoreBackend {
     },
 }
 
+/// Where positions come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IngestMode {
+    /// The broker embedded in fleetd.
+    Embedded,
+    /// An external broker, subscribed with a shared subscription.
+    External(fleetd_ingest::ExternalBrokerSettings),
+}
+
 /// Validated settings for `fleetd serve`.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
+    pub ingest_mode: IngestMode,
     pub broker: fleetd_ingest::BrokerSettings,
     pub limits: fleetd_ingest::Limits,
     pub rejection_samples: usize,
@@ -306,8 +324,41 @@ impl FileConfig {
                 self.demo.rate_hz
             );
         }
+        let ingest_mode = match i.mode.as_str() {
+            "embedded" => IngestMode::Embedded,
+            "external" => {
+                let (host, port) = i
+                    .broker
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                    .filter(|(h, _)| !h.is_empty())
+                    .with_context(|| {
+                        format!("ingest.broker (--broker): {:?} is not host:port", i.broker)
+                    })?;
+                let client_id = if i.client_id.is_empty() {
+                    // Unique per process: two instances with one id would
+                    // keep disconnecting each other.
+                    format!("fleetd-{}", std::process::id())
+                } else {
+                    i.client_id.clone()
+                };
+                IngestMode::External(fleetd_ingest::ExternalBrokerSettings {
+                    host: host.to_owned(),
+                    port,
+                    client_id,
+                    share_group: i.share_group.clone(),
+                    keep_alive: Duration::from_secs(30),
+                    max_inflight: u16::try_from(i.max_inflight).unwrap_or(u16::MAX),
+                    max_packet_bytes: i.broker_max_packet_bytes,
+                })
+            }
+            other => {
+                bail!("ingest.mode (--ingest) must be \"embedded\" or \"external\", got {other:?}")
+            }
+        };
         let defaults = fleetd_processor::ProcessorSettings::default();
         Ok(ServeSettings {
+            ingest_mode,
             broker: fleetd_ingest::BrokerSettings {
                 listen: addr("ingest.mqtt (--mqtt)", &i.mqtt)?,
                 max_packet_bytes: i.broker_max_packet_bytes,

@@ -14,7 +14,7 @@ use fleetd_store::{FjallStore, ScyllaStore, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ServeSettings, StoreBackend};
+use crate::config::{IngestMode, ServeSettings, StoreBackend};
 
 /// Shutdown must finish within this; past it fleetd exits non-zero and logs
 /// which stage was late.
@@ -48,22 +48,33 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .await
         .context("cannot restore processor state from the store")?;
 
-    let broker = EmbeddedBroker::start(&settings.broker)
-        .await
-        .context("cannot start the embedded MQTT broker")?;
     let ingestor = Ingestor::new(
         Decoder::new(settings.limits.clone()),
         Arc::clone(&rejections),
     );
     let ingest_cancel = CancellationToken::new();
-    let ingest = tokio::spawn(fleetd_ingest::run_embedded(
-        broker.link_rx,
-        ingestor,
-        queue_tx,
-        ingest_cancel.clone(),
-    ));
     // Kept for fleetd's own publishes (alerts); dropping it would close the link.
-    let _link_tx = broker.link_tx;
+    let mut _link_tx = None;
+    let ingest = match &settings.ingest_mode {
+        IngestMode::Embedded => {
+            let broker = EmbeddedBroker::start(&settings.broker)
+                .await
+                .context("cannot start the embedded MQTT broker")?;
+            _link_tx = Some(broker.link_tx);
+            tokio::spawn(fleetd_ingest::run_embedded(
+                broker.link_rx,
+                ingestor,
+                queue_tx,
+                ingest_cancel.clone(),
+            ))
+        }
+        IngestMode::External(external) => tokio::spawn(fleetd_ingest::run_external(
+            external.clone(),
+            ingestor,
+            queue_tx,
+            ingest_cancel.clone(),
+        )),
+    };
 
     ready.store(true, Ordering::SeqCst);
     tracing::info!(
@@ -75,12 +86,18 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
 
     let demo_cancel = CancellationToken::new();
     let demo = (settings.demo_vehicles > 0).then(|| {
-        let mut broker_addr = settings.broker.listen;
-        if broker_addr.ip().is_unspecified() {
-            broker_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
+        let broker_addr = match &settings.ingest_mode {
+            IngestMode::External(external) => format!("{}:{}", external.host, external.port),
+            IngestMode::Embedded => {
+                let mut addr = settings.broker.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                addr.to_string()
+            }
+        };
         let config = fleetd_simulator::SimConfig {
-            broker: broker_addr.to_string(),
+            broker: broker_addr,
             vehicles: settings.demo_vehicles,
             rate_hz: settings.demo_rate_hz,
             duration: None,

@@ -16,6 +16,7 @@
 mod broker;
 pub mod decode;
 mod error;
+mod external;
 mod pipeline;
 pub mod topic;
 mod validate;
@@ -23,5 +24,6 @@ mod validate;
 pub use broker::{BrokerSettings, EmbeddedBroker};
 pub use decode::{Decoder, Outcome, Reject};
 pub use error::IngestError;
+pub use external::{ExternalBrokerSettings, run_external};
 pub use pipeline::{Ingestor, MAX_CHUNK, run_embedded};
 pub use validate::{Limits, RawPosition};

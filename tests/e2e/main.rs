@@ -8,6 +8,7 @@
 mod api;
 mod cli;
 mod demo;
+mod external;
 mod fleet;
 mod formats;
 mod garbage;
