@@ -13,4 +13,5 @@ mod fleet;
 mod formats;
 mod garbage;
 mod restart;
+mod scylla;
 mod util;
