@@ -7,15 +7,19 @@
 //!   into it at the edge and never travel further.
 //! * [`EnrichedPosition`]: a report plus what the processor derived (H3 cells,
 //!   derived speed/heading); what the store keeps and the API serves.
+//! * [`Alert`]: an enter/exit/dwell/overspeed event, stored, streamed and
+//!   published to devices; [`GeofenceId`] names fences.
 //! * [`Rejection`] and [`RejectionLog`]: why an input was dropped, counted and
 //!   sampled for `GET /v1/rejections`.
 //!
 //! The protobuf messages live in [`proto`] (device contract, `fleet.v1`) and
 //! [`storage`] (the embedded store's value encoding). This crate does no I/O.
 
+mod alert;
 mod position;
 mod rejection;
 
+pub use alert::{Alert, AlertDetail, AlertKind, GeofenceId};
 pub use position::{
     DeviceId, EnrichedPosition, H3Cells, InvalidDeviceId, MAX_DEVICE_ID_LEN, PositionReport,
 };
