@@ -258,6 +258,7 @@ mod tests {
             },
             speed_derived: false,
             heading_derived: true,
+            flag: None,
         }
     }
 

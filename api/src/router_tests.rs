@@ -73,6 +73,7 @@ impl Harness {
                     previous_area_cell: None,
                 })
                 .collect(),
+            ..WriteBatch::default()
         };
         self.store.write_batch(batch).await.expect("write batch");
     }
@@ -159,6 +160,7 @@ fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
         },
         speed_derived: false,
         heading_derived: true,
+        flag: None,
     }
 }
 

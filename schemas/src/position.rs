@@ -150,6 +150,11 @@ pub struct EnrichedPosition {
     pub speed_derived: bool,
     /// `report.heading_deg` was derived from the previous fix, not sent.
     pub heading_derived: bool,
+    /// Set when a data-quality filter flagged the fix (poor accuracy,
+    /// teleport, stationary jitter, too late): it is kept in history for
+    /// the record but did not move the vehicle's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag: Option<crate::RejectReason>,
 }
 
 impl From<&EnrichedPosition> for crate::storage::StoredPosition {
@@ -171,6 +176,7 @@ impl From<&EnrichedPosition> for crate::storage::StoredPosition {
             speed_derived: p.speed_derived,
             heading_derived: p.heading_derived,
             received_ms: r.received_ms,
+            flag: p.flag.map(|f| f.code().to_owned()).unwrap_or_default(),
         }
     }
 }
@@ -198,6 +204,9 @@ impl TryFrom<crate::storage::StoredPosition> for EnrichedPosition {
             },
             speed_derived: s.speed_derived,
             heading_derived: s.heading_derived,
+            // A code this build does not know (written by a newer fleetd)
+            // reads as unflagged rather than failing the whole row.
+            flag: crate::RejectReason::from_code(&s.flag),
         })
     }
 }

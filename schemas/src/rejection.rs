@@ -3,11 +3,11 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why an input was dropped. The string form ([`RejectReason::code`]) is the
 /// `reason` label of `fleetd_rejected_total` and is part of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RejectReason {
@@ -31,11 +31,27 @@ pub enum RejectReason {
     UnknownTopic,
     /// A batch holds more positions than the configured limit.
     BatchTooLarge,
+    /// Processor filter: the same device and `ts_ms` was already seen.
+    /// Dropped.
+    Duplicate,
+    /// Processor filter: the fix's accuracy radius is worse than the
+    /// configured bound. Stored in history, flagged; not used for state.
+    PoorAccuracy,
+    /// Processor filter: reaching the fix from the previous one would take
+    /// an implausible speed. Stored in history, flagged; not used for state.
+    Teleport,
+    /// Processor filter: a stopped vehicle's fix moved within its stop
+    /// radius (GPS noise, not movement). Stored, flagged; adds no distance.
+    StationaryJitter,
+    /// Processor filter: the fix arrived after its device's reorder
+    /// allowance had passed it. Stored in history, flagged; not used for
+    /// state (odometer, trips, alerts).
+    TooLate,
 }
 
 impl RejectReason {
     /// Every reason, for pre-registering metrics so that dashboards see zeros.
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 14] = [
         Self::Malformed,
         Self::BadCoordinates,
         Self::BadField,
@@ -45,6 +61,11 @@ impl RejectReason {
         Self::Oversize,
         Self::UnknownTopic,
         Self::BatchTooLarge,
+        Self::Duplicate,
+        Self::PoorAccuracy,
+        Self::Teleport,
+        Self::StationaryJitter,
+        Self::TooLate,
     ];
 
     /// The stable reason code, e.g. `bad_coordinates`.
@@ -59,6 +80,39 @@ impl RejectReason {
             Self::Oversize => "oversize",
             Self::UnknownTopic => "unknown_topic",
             Self::BatchTooLarge => "batch_too_large",
+            Self::Duplicate => "duplicate",
+            Self::PoorAccuracy => "poor_accuracy",
+            Self::Teleport => "teleport",
+            Self::StationaryJitter => "stationary_jitter",
+            Self::TooLate => "too_late",
+        }
+    }
+
+    /// Parses a code as written by [`RejectReason::code`].
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// Whether the processor's data-quality filters raise this reason
+    /// (counted in `fleetd_filtered_total`) rather than ingest validation
+    /// (`fleetd_rejected_total`).
+    pub fn is_filter(self) -> bool {
+        matches!(
+            self,
+            Self::Duplicate
+                | Self::PoorAccuracy
+                | Self::Teleport
+                | Self::StationaryJitter
+                | Self::TooLate
+        )
+    }
+
+    /// The counter this reason is counted in.
+    pub fn metric(self) -> &'static str {
+        if self.is_filter() {
+            "fleetd_filtered_total"
+        } else {
+            "fleetd_rejected_total"
         }
     }
 }
@@ -82,10 +136,11 @@ pub struct Rejection {
     pub payload_head: String,
 }
 
-/// Counts rejections by reason (`fleetd_rejected_total{reason}`) and keeps the
-/// most recent ones for `GET /v1/rejections`.
+/// Counts rejections by reason (`fleetd_rejected_total{reason}`, and
+/// `fleetd_filtered_total{reason}` for the processor's filters) and keeps
+/// the most recent ones for `GET /v1/rejections`.
 ///
-/// Shared by ingest (writers) and the API (reader). Memory is bounded by
+/// Shared by ingest and the processor (writers) and the API (reader). Memory is bounded by
 /// `capacity` samples of bounded size; the lock is never held across `.await`.
 #[derive(Debug)]
 pub struct RejectionLog {
@@ -100,7 +155,7 @@ impl RejectionLog {
     /// A log keeping the last `capacity` rejections.
     pub fn new(capacity: usize) -> Self {
         for reason in RejectReason::ALL {
-            metrics::counter!("fleetd_rejected_total", "reason" => reason.code()).absolute(0);
+            metrics::counter!(reason.metric(), "reason" => reason.code()).absolute(0);
         }
         Self {
             capacity,
@@ -118,12 +173,12 @@ impl RejectionLog {
         payload: &[u8],
         at_ms: i64,
     ) {
-        metrics::counter!("fleetd_rejected_total", "reason" => reason.code()).increment(1);
+        metrics::counter!(reason.metric(), "reason" => reason.code()).increment(1);
         if self.capacity == 0 {
             return;
         }
         let head = &payload[..payload.len().min(PAYLOAD_HEAD_BYTES)];
-        let rejection = Rejection {
+        self.keep([Rejection {
             at_ms,
             reason,
             source: truncate(source, 256),
@@ -131,12 +186,23 @@ impl RejectionLog {
             detail,
             payload_len: payload.len(),
             payload_head: head.escape_ascii().to_string(),
-        };
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.len() == self.capacity {
-            recent.pop_front();
+        }]);
+    }
+
+    /// Keeps samples without counting them: for callers that count in bulk
+    /// (the processor counts every filtered fix but samples a few per batch,
+    /// so one lock is taken per batch, not per fix).
+    pub fn keep(&self, samples: impl IntoIterator<Item = Rejection>) {
+        if self.capacity == 0 {
+            return;
         }
-        recent.push_back(rejection);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        for rejection in samples {
+            if recent.len() == self.capacity {
+                recent.pop_front();
+            }
+            recent.push_back(rejection);
+        }
     }
 
     /// The most recent rejections, newest first, at most `limit`.

@@ -6,6 +6,9 @@
 //! | `history` | `device_id 0x00 ts_ms` (sortable)     | `StoredPosition` |
 //! | `area`    | res-7 cell (u64 BE) `device_id`       | `StoredPosition` |
 //!
+//! plus the small tables of [`crate::fjall_tables`] (vehicle state, trips,
+//! alerts, device registry).
+//!
 //! `area` holds a full copy of each latest position, so an area read is a
 //! few range scans and no second lookup (see [`crate::cover`]). Key layouts
 //! are in [`crate::keys`].
@@ -25,9 +28,13 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use fleetd_schemas::{DeviceId, EnrichedPosition, H3Cells};
 use tracing::warn;
 
+use fleetd_schemas::{DeviceInfo, Trip, VehicleState};
+
 use crate::cover::{self, ScanPlan};
+use crate::fjall_tables::{self, Tables};
 use crate::{
-    AreaQuery, HistoryPage, HistoryQuery, Store, StoreError, WriteBatch, codec, cursor, keys,
+    AlertPage, AlertQuery, AreaQuery, HistoryPage, HistoryQuery, Store, StoreError, TripPage,
+    TripQuery, WriteBatch, codec, cursor, keys,
 };
 
 /// The embedded [`Store`]: a fjall database in a local directory.
@@ -47,6 +54,7 @@ struct Inner {
     latest: Keyspace,
     history: Keyspace,
     area: Keyspace,
+    tables: Tables,
 }
 
 impl FjallStore {
@@ -61,6 +69,13 @@ impl FjallStore {
         let latest = db.keyspace("latest", KeyspaceCreateOptions::default)?;
         let history = db.keyspace("history", KeyspaceCreateOptions::default)?;
         let area = db.keyspace("area", KeyspaceCreateOptions::default)?;
+        let tables = Tables {
+            state: db.keyspace("state", KeyspaceCreateOptions::default)?,
+            trips: db.keyspace("trips", KeyspaceCreateOptions::default)?,
+            alerts: db.keyspace("alerts", KeyspaceCreateOptions::default)?,
+            alerts_by_device: db.keyspace("alerts_by_device", KeyspaceCreateOptions::default)?,
+            devices: db.keyspace("devices", KeyspaceCreateOptions::default)?,
+        };
         Ok(FjallStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -68,6 +83,7 @@ impl FjallStore {
                 latest,
                 history,
                 area,
+                tables,
             }),
         })
     }
@@ -162,6 +178,61 @@ impl Store for FjallStore {
             .await
     }
 
+    async fn vehicle_state(&self, device: &DeviceId) -> Result<Option<VehicleState>, StoreError> {
+        let device = device.clone();
+        self.blocking(move |inner| inner.tables.vehicle_state(&device))
+            .await
+    }
+
+    async fn all_vehicle_states(&self) -> Result<Vec<(DeviceId, VehicleState)>, StoreError> {
+        self.blocking(|inner| inner.tables.all_vehicle_states())
+            .await
+    }
+
+    async fn trips(&self, device: &DeviceId, query: &TripQuery) -> Result<TripPage, StoreError> {
+        let (device, query) = (device.clone(), query.clone());
+        self.blocking(move |inner| inner.tables.trips(&device, &query))
+            .await
+    }
+
+    async fn trip(&self, device: &DeviceId, start_ts_ms: i64) -> Result<Option<Trip>, StoreError> {
+        let device = device.clone();
+        self.blocking(move |inner| inner.tables.trip(&device, start_ts_ms))
+            .await
+    }
+
+    async fn alerts(&self, query: &AlertQuery) -> Result<AlertPage, StoreError> {
+        let query = query.clone();
+        self.blocking(move |inner| inner.tables.alerts(&query))
+            .await
+    }
+
+    async fn put_device(&self, device: &DeviceId, info: &DeviceInfo) -> Result<(), StoreError> {
+        let (key, value) = (device.as_str().to_owned(), fjall_tables::encode(info));
+        self.blocking(move |inner| Ok(inner.tables.devices.insert(key, value)?))
+            .await
+    }
+
+    async fn device(&self, device: &DeviceId) -> Result<Option<DeviceInfo>, StoreError> {
+        let device = device.clone();
+        self.blocking(move |inner| inner.tables.device(&device))
+            .await
+    }
+
+    async fn delete_device(&self, device: &DeviceId) -> Result<bool, StoreError> {
+        let key = device.as_str().to_owned();
+        self.blocking(move |inner| {
+            let existed = inner.tables.devices.contains_key(&key)?;
+            inner.tables.devices.remove(key)?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn all_devices(&self) -> Result<Vec<(DeviceId, DeviceInfo)>, StoreError> {
+        self.blocking(|inner| inner.tables.all_devices()).await
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         self.blocking(|inner| Ok(inner.db.persist(PersistMode::SyncAll)?))
             .await
@@ -240,8 +311,44 @@ impl Inner {
                 Op::Delete => fjall_batch.remove(&self.area, key),
             }
         }
+        self.write_tables(&mut fjall_batch, batch);
         fjall_batch.commit()?;
         Ok(counts)
+    }
+
+    /// Adds the batch's states, trips and alerts to `fjall_batch`, collapsed
+    /// per key like the positions (later entries win).
+    fn write_tables(&self, fjall_batch: &mut fjall::OwnedWriteBatch, batch: &WriteBatch) {
+        let t = &self.tables;
+        let mut states: HashMap<&str, Vec<u8>> = HashMap::with_capacity(batch.states.len());
+        for (device, state) in &batch.states {
+            states.insert(device.as_str(), fjall_tables::encode(state));
+        }
+        for (key, value) in states {
+            fjall_batch.insert(&t.state, key, value);
+        }
+        let mut trips: HashMap<Vec<u8>, Op> = HashMap::new();
+        for trip in &batch.trips {
+            let key = keys::device_ts_key(&trip.device_id, trip.trip.start_ts_ms);
+            trips.insert(key, Op::Put(fjall_tables::encode(&trip.trip)));
+        }
+        for (device, start_ts_ms) in &batch.dropped_trips {
+            trips.insert(keys::device_ts_key(device, *start_ts_ms), Op::Delete);
+        }
+        for (key, op) in trips {
+            match op {
+                Op::Put(value) => fjall_batch.insert(&t.trips, key, value),
+                Op::Delete => fjall_batch.remove(&t.trips, key),
+            }
+        }
+        for alert in &batch.alerts {
+            fjall_batch.insert(&t.alerts, alert.id.as_str(), fjall_tables::encode(alert));
+            fjall_batch.insert(
+                &t.alerts_by_device,
+                keys::device_alert_key(&alert.device_id, &alert.id),
+                [],
+            );
+        }
     }
 
     /// Latest positions selected by `area` (already validated), at most

@@ -57,6 +57,34 @@ pub(crate) fn history_key_ts(key: &[u8], prefix_len: usize) -> Option<i64> {
     Some(decode_ts(tail))
 }
 
+/// Key of a device-scoped row ordered by a time: `device_id 0x00
+/// encode_ts(ts_ms)` (`history`, `trips`).
+pub(crate) fn device_ts_key(device: &DeviceId, ts_ms: i64) -> Vec<u8> {
+    history_key(device, ts_ms)
+}
+
+/// Key of an alert in `alerts_by_device`: `device_id 0x00 alert_id`.
+pub(crate) fn device_alert_key(device: &DeviceId, alert_id: &str) -> Vec<u8> {
+    let id = device.as_str().as_bytes();
+    let mut key = Vec::with_capacity(id.len() + 1 + alert_id.len());
+    key.extend_from_slice(id);
+    key.push(SEPARATOR);
+    key.extend_from_slice(alert_id.as_bytes());
+    key
+}
+
+/// The smallest alert id at `ts_ms` (alert ids are `{ts_ms:013}-{hash}`;
+/// see `fleetd_schemas::Alert`), so `[alert_id_floor(a), alert_id_ceil(b)]`
+/// holds every id with a time in `[a, b]`.
+pub(crate) fn alert_id_floor(ts_ms: i64) -> String {
+    format!("{:013}-", ts_ms.clamp(0, 9_999_999_999_999))
+}
+
+/// The largest alert-id prefix at `ts_ms` (`g` sorts after every hex digit).
+pub(crate) fn alert_id_ceil(ts_ms: i64) -> String {
+    format!("{:013}-g", ts_ms.clamp(0, 9_999_999_999_999))
+}
+
 /// Key of a device in the `area` keyspace: `cell device_id`.
 ///
 /// The cell is fixed-width, so no separator is needed: every key of one

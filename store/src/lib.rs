@@ -20,13 +20,18 @@ mod cover;
 mod cursor;
 mod error;
 mod fjall_store;
+mod fjall_tables;
 mod keys;
 pub mod scylla;
 
 use async_trait::async_trait;
-use fleetd_schemas::{DeviceId, EnrichedPosition};
+use fleetd_schemas::{
+    Alert, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, GeofenceId, Trip,
+    VehicleState,
+};
 
 pub use area::{AreaQuery, BBox};
+pub use fjall_tables::ALERT_SCAN_BUDGET;
 pub use error::StoreError;
 pub use fjall_store::FjallStore;
 pub use scylla::{ScyllaSettings, ScyllaStore};
@@ -40,6 +45,19 @@ pub struct WriteBatch {
     /// New latest positions: at most one per device, each newer (by `ts_ms`)
     /// than the device's previous latest.
     pub latest: Vec<LatestUpdate>,
+    /// Vehicle states that changed: at most one per device, replacing the
+    /// stored one.
+    pub states: Vec<(DeviceId, VehicleState)>,
+    /// Trips opened, extended or closed: each replaces the stored trip of
+    /// the same device and `start_ts_ms`.
+    pub trips: Vec<DeviceTrip>,
+    /// Trips to forget (device, `start_ts_ms`): open trips that ended too
+    /// short to count (a stop interrupted by jitter, a car moved in a car park).
+    pub dropped_trips: Vec<(DeviceId, i64)>,
+    /// Alerts raised by the batch. An alert with the id of a stored one
+    /// replaces it (ids are deterministic, so a retried batch does not
+    /// duplicate alerts).
+    pub alerts: Vec<Alert>,
 }
 
 /// A device's new latest position.
@@ -75,6 +93,71 @@ pub struct HistoryQuery {
     pub limit: usize,
     /// Opaque cursor from a previous page of the same query.
     pub cursor: Option<String>,
+}
+
+/// A query for one device's trips, newest first.
+#[derive(Debug, Clone)]
+pub struct TripQuery {
+    /// Trips starting at or after this (`start_ts_ms`).
+    pub from_ms: i64,
+    /// Trips starting at or before this.
+    pub to_ms: i64,
+    /// Maximum number of trips in the page (≥ 1).
+    pub limit: usize,
+    /// Opaque cursor from a previous page of the same query.
+    pub cursor: Option<String>,
+}
+
+/// A page of trips, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TripPage {
+    /// Trips by descending `start_ts_ms`.
+    pub items: Vec<Trip>,
+    /// Pass to [`TripQuery::cursor`] for the next page; `None` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A query over alerts, newest first. Filters combine with AND.
+#[derive(Debug, Clone)]
+pub struct AlertQuery {
+    /// Alerts with `ts_ms` at or after this.
+    pub since_ms: i64,
+    /// Alerts with `ts_ms` at or before this.
+    pub until_ms: i64,
+    /// Only this device's alerts.
+    pub device: Option<DeviceId>,
+    /// Only alerts about this geofence.
+    pub geofence: Option<GeofenceId>,
+    /// Only these kinds (empty: every kind).
+    pub kinds: Vec<AlertKind>,
+    /// Maximum number of alerts in the page (≥ 1).
+    pub limit: usize,
+    /// Opaque cursor from a previous page of the same query.
+    pub cursor: Option<String>,
+}
+
+impl AlertQuery {
+    /// Whether `alert` passes the filters (time range, device, geofence,
+    /// kinds).
+    pub fn matches(&self, alert: &Alert) -> bool {
+        alert.ts_ms >= self.since_ms
+            && alert.ts_ms <= self.until_ms
+            && self.device.as_ref().is_none_or(|d| *d == alert.device_id)
+            && self
+                .geofence
+                .as_ref()
+                .is_none_or(|g| alert.geofence_id.as_ref() == Some(g))
+            && (self.kinds.is_empty() || self.kinds.contains(&alert.kind))
+    }
+}
+
+/// A page of alerts, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AlertPage {
+    /// Alerts by descending time (then id).
+    pub items: Vec<Alert>,
+    /// Pass to [`AlertQuery::cursor`] for the next page; `None` on the last.
+    pub next_cursor: Option<String>,
 }
 
 /// The storage contract shared by all backends.
@@ -118,6 +201,36 @@ pub trait Store: Send + Sync + 'static {
         device: &DeviceId,
         query: &HistoryQuery,
     ) -> Result<HistoryPage, StoreError>;
+
+    /// The vehicle state of `device`, or `None` if none was written.
+    async fn vehicle_state(&self, device: &DeviceId) -> Result<Option<VehicleState>, StoreError>;
+
+    /// Every device's vehicle state, for restoring the processor at start.
+    async fn all_vehicle_states(&self) -> Result<Vec<(DeviceId, VehicleState)>, StoreError>;
+
+    /// A page of `device`'s trips whose start lies in the query's range,
+    /// newest first. A malformed cursor or a zero limit is a
+    /// [`StoreError::InvalidQuery`].
+    async fn trips(&self, device: &DeviceId, query: &TripQuery) -> Result<TripPage, StoreError>;
+
+    /// One trip of `device` by its `start_ts_ms`.
+    async fn trip(&self, device: &DeviceId, start_ts_ms: i64) -> Result<Option<Trip>, StoreError>;
+
+    /// A page of alerts matching `query`, newest first. A malformed cursor
+    /// or a zero limit is a [`StoreError::InvalidQuery`].
+    async fn alerts(&self, query: &AlertQuery) -> Result<AlertPage, StoreError>;
+
+    /// Creates or replaces `device`'s registry entry.
+    async fn put_device(&self, device: &DeviceId, info: &DeviceInfo) -> Result<(), StoreError>;
+
+    /// `device`'s registry entry.
+    async fn device(&self, device: &DeviceId) -> Result<Option<DeviceInfo>, StoreError>;
+
+    /// Removes `device`'s registry entry; whether there was one.
+    async fn delete_device(&self, device: &DeviceId) -> Result<bool, StoreError>;
+
+    /// The whole registry, for the processor's enrichment cache.
+    async fn all_devices(&self) -> Result<Vec<(DeviceId, DeviceInfo)>, StoreError>;
 
     /// Makes every completed `write_batch` durable (called at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;

@@ -16,10 +16,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use fleetd_schemas::{DeviceId, EnrichedPosition, H3Cells, PositionReport, now_ms};
+use fleetd_schemas::{
+    Alert, AlertDetail, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, Fix,
+    GeofenceId, H3Cells, Motion, PositionReport, RejectReason, Trip, VehicleState, now_ms,
+};
 use fleetd_store::{
-    AreaQuery, BBox, FjallStore, HistoryQuery, LatestUpdate, ScyllaSettings, ScyllaStore, Store,
-    StoreError, WriteBatch,
+    AlertQuery, AreaQuery, BBox, FjallStore, HistoryQuery, LatestUpdate, ScyllaSettings,
+    ScyllaStore, Store, StoreError, TripQuery, WriteBatch,
 };
 use h3o::{LatLng, Resolution};
 
@@ -116,6 +119,7 @@ fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
         },
         speed_derived: true,
         heading_derived: false,
+        flag: None,
     }
 }
 
@@ -129,6 +133,7 @@ fn latest_of(positions: &[EnrichedPosition]) -> WriteBatch {
                 previous_area_cell: None,
             })
             .collect(),
+        ..WriteBatch::default()
     }
 }
 
@@ -201,6 +206,7 @@ async fn history_pages_cover_every_row_once_across_days() {
             .write_batch(WriteBatch {
                 history: rows[15..].to_vec(),
                 latest: vec![],
+                ..WriteBatch::default()
             })
             .await
             .expect("write");
@@ -265,6 +271,7 @@ async fn rewriting_a_timestamp_replaces_the_row() {
             .write_batch(WriteBatch {
                 history: vec![first],
                 latest: vec![],
+                ..WriteBatch::default()
             })
             .await
             .expect("write");
@@ -272,6 +279,7 @@ async fn rewriting_a_timestamp_replaces_the_row() {
             .write_batch(WriteBatch {
                 history: vec![again.clone()],
                 latest: vec![],
+                ..WriteBatch::default()
             })
             .await
             .expect("write");
@@ -404,6 +412,7 @@ async fn a_moving_device_leaves_its_old_area() {
                 position: after.clone(),
                 previous_area_cell: Some(before.h3.area),
             }],
+            ..WriteBatch::default()
         };
         store.write_batch(moved).await.expect("write");
         let old_area = AreaQuery::Near {
@@ -431,5 +440,247 @@ async fn a_moving_device_leaves_its_old_area() {
             "{}",
             b.name
         );
+    }
+}
+
+fn trip(start_ts_ms: i64, end: Option<i64>, distance_m: f64) -> Trip {
+    Trip {
+        start_ts_ms,
+        start: (52.52, 13.405),
+        end_ts_ms: end,
+        end: end.map(|_| (52.53, 13.41)),
+        last_ts_ms: end.unwrap_or(start_ts_ms + 60_000),
+        last: (52.53, 13.41),
+        distance_m,
+        max_speed_mps: 14.5,
+        points: 61,
+    }
+}
+
+fn alert(kind: AlertKind, device: &str, fence: Option<&str>, ts_ms: i64) -> Alert {
+    Alert::new(
+        kind,
+        id(device),
+        fence.map(|f| GeofenceId::parse(f).expect("fence id")),
+        ts_ms,
+        (52.5, 13.4),
+        AlertDetail {
+            speed_kmh: Some(97.5),
+            ..AlertDetail::default()
+        },
+    )
+}
+
+fn alert_query(limit: usize, cursor: Option<String>) -> AlertQuery {
+    AlertQuery {
+        since_ms: 0,
+        until_ms: i64::MAX,
+        device: None,
+        geofence: None,
+        kinds: Vec::new(),
+        limit,
+        cursor,
+    }
+}
+
+#[tokio::test]
+async fn vehicle_state_trips_and_registry_round_trip() {
+    let now = now_ms();
+    for b in backends().await {
+        let state = VehicleState {
+            ts_ms: now,
+            motion: Motion::Moving,
+            motion_since_ms: now - 5_000,
+            odometer_m: 12_345.678,
+            trip: Some(trip(now - 60_000, None, 800.0)),
+            last_fix: Some(Fix {
+                ts_ms: now,
+                lat: 52.52,
+                lon: 13.405,
+            }),
+            ..VehicleState::default()
+        };
+        let trips = [
+            trip(now - 7_200_000, Some(now - 6_000_000), 5_000.0),
+            trip(now - 3_600_000, Some(now - 3_000_000), 2_500.0),
+            trip(now - 60_000, None, 800.0),
+        ];
+        let batch = WriteBatch {
+            states: vec![(id("car-1"), state.clone())],
+            trips: trips
+                .iter()
+                .map(|t| DeviceTrip {
+                    device_id: id("car-1"),
+                    trip: t.clone(),
+                })
+                .chain([DeviceTrip {
+                    device_id: id("car-1"),
+                    trip: trip(now - 100_000, None, 10.0),
+                }])
+                .collect(),
+            dropped_trips: vec![(id("car-1"), now - 100_000)],
+            ..WriteBatch::default()
+        };
+        b.store.write_batch(batch).await.expect("write");
+        let got = b.store.vehicle_state(&id("car-1")).await.expect("read");
+        assert_eq!(got.as_ref(), Some(&state), "{}", b.name);
+        assert_eq!(b.store.vehicle_state(&id("nobody")).await.expect("read"), None);
+        let all = b.store.all_vehicle_states().await.expect("all");
+        assert_eq!(all, vec![(id("car-1"), state.clone())], "{}", b.name);
+
+        // Newest first, paged, the dropped trip gone.
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let q = TripQuery {
+                from_ms: 0,
+                to_ms: i64::MAX,
+                limit: 2,
+                cursor: cursor.take(),
+            };
+            let page = b.store.trips(&id("car-1"), &q).await.expect("trips");
+            seen.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let mut expected = trips.to_vec();
+        expected.reverse();
+        assert_eq!(seen, expected, "{}", b.name);
+        let one = b.store.trip(&id("car-1"), now - 3_600_000).await.expect("trip");
+        assert_eq!(one, Some(trips[1].clone()), "{}", b.name);
+        assert_eq!(b.store.trip(&id("car-1"), now - 100_000).await.expect("trip"), None);
+        let q = TripQuery {
+            from_ms: 0,
+            to_ms: i64::MAX,
+            limit: 0,
+            cursor: None,
+        };
+        assert!(matches!(
+            b.store.trips(&id("car-1"), &q).await,
+            Err(StoreError::InvalidQuery(_))
+        ));
+
+        // Registry.
+        let info = DeviceInfo {
+            name: Some("Truck 7".into()),
+            class: Some("truck".into()),
+            speed_limit_kmh: Some(80.0),
+            tags: [("depot".to_owned(), "north".to_owned())].into(),
+            updated_ms: now,
+        };
+        b.store.put_device(&id("truck-7"), &info).await.expect("put");
+        b.store
+            .put_device(&id("van-1"), &DeviceInfo::default())
+            .await
+            .expect("put");
+        assert_eq!(b.store.device(&id("truck-7")).await.expect("get"), Some(info.clone()));
+        let mut all = b.store.all_devices().await.expect("all");
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(all.len(), 2, "{}", b.name);
+        assert_eq!(all[0], (id("truck-7"), info), "{}", b.name);
+        assert!(b.store.delete_device(&id("truck-7")).await.expect("delete"));
+        assert!(!b.store.delete_device(&id("truck-7")).await.expect("delete"));
+        assert_eq!(b.store.device(&id("truck-7")).await.expect("get"), None);
+    }
+}
+
+#[tokio::test]
+async fn alerts_are_newest_first_filtered_and_paged() {
+    let now = now_ms();
+    for b in backends().await {
+        let mut alerts = Vec::new();
+        for i in 0..25i64 {
+            let device = if i % 2 == 0 { "car-a" } else { "car-b" };
+            let (kind, fence) = match i % 3 {
+                0 => (AlertKind::Overspeed, None),
+                1 => (AlertKind::Enter, Some("depot")),
+                _ => (AlertKind::Exit, Some("yard")),
+            };
+            // Spread over three days, so ScyllaDB reads several partitions.
+            alerts.push(alert(kind, device, fence, now - i * 3 * 3_600_000));
+        }
+        let batch = WriteBatch {
+            // A repeated alert (a retried batch) is stored once.
+            alerts: alerts.iter().cloned().chain([alerts[3].clone()]).collect(),
+            ..WriteBatch::default()
+        };
+        b.store.write_batch(batch).await.expect("write");
+
+        let all_pages = |mut q: AlertQuery| {
+            let store = Arc::clone(&b.store);
+            async move {
+                let mut seen = Vec::new();
+                loop {
+                    let page = store.alerts(&q).await.expect("alerts");
+                    assert!(page.items.len() <= q.limit);
+                    seen.extend(page.items);
+                    match page.next_cursor {
+                        Some(c) => q.cursor = Some(c),
+                        None => return seen,
+                    }
+                }
+            }
+        };
+        let seen = all_pages(alert_query(4, None)).await;
+        assert_eq!(seen, alerts, "{}: every alert once, newest first", b.name);
+
+        let mut q = alert_query(3, None);
+        q.device = Some(id("car-b"));
+        q.kinds = vec![AlertKind::Enter, AlertKind::Exit];
+        let want: Vec<Alert> = alerts
+            .iter()
+            .filter(|a| a.device_id.as_str() == "car-b" && a.kind != AlertKind::Overspeed)
+            .cloned()
+            .collect();
+        assert_eq!(all_pages(q).await, want, "{}", b.name);
+
+        let mut q = alert_query(100, None);
+        q.geofence = Some(GeofenceId::parse("depot").expect("id"));
+        q.since_ms = now - 24 * 3_600_000;
+        let want: Vec<Alert> = alerts
+            .iter()
+            .filter(|a| {
+                a.geofence_id.as_ref().map(|g| g.as_str()) == Some("depot")
+                    && a.ts_ms >= now - 24 * 3_600_000
+            })
+            .cloned()
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(all_pages(q).await, want, "{}", b.name);
+
+        for bad in ["", "x", "00000000000001-zzzzzzzzzzzzzzzz"] {
+            assert!(
+                matches!(
+                    b.store.alerts(&alert_query(5, Some(bad.into()))).await,
+                    Err(StoreError::InvalidQuery(_))
+                ),
+                "{}: {bad:?}",
+                b.name
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn flagged_positions_keep_their_flag() {
+    let now = now_ms();
+    for b in backends().await {
+        let mut p = position("flagged-1", now, 52.52, 13.405);
+        p.flag = Some(RejectReason::Teleport);
+        b.store
+            .write_batch(WriteBatch {
+                history: vec![p.clone()],
+                ..WriteBatch::default()
+            })
+            .await
+            .expect("write");
+        let page = b
+            .store
+            .history(&id("flagged-1"), &query(0, i64::MAX, 10, None))
+            .await
+            .expect("history");
+        assert_eq!(page.items, vec![p], "{}", b.name);
     }
 }

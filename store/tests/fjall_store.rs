@@ -41,6 +41,7 @@ fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
         },
         speed_derived: true,
         heading_derived: false,
+        flag: None,
     }
 }
 
@@ -84,6 +85,7 @@ async fn round_trip_survives_reopen() {
         let batch = WriteBatch {
             history: vec![truck_2.clone(), truck_1.clone(), phone.clone()],
             latest: vec![new_latest(&truck_2), new_latest(&phone)],
+            ..WriteBatch::default()
         };
         store.write_batch(batch).await.expect("write");
         assert_eq!(
@@ -144,6 +146,7 @@ async fn moving_device_leaves_its_old_area() {
         .write_batch(WriteBatch {
             history: vec![berlin.clone()],
             latest: vec![new_latest(&berlin)],
+            ..WriteBatch::default()
         })
         .await
         .expect("write");
@@ -170,6 +173,7 @@ async fn moving_device_leaves_its_old_area() {
         .write_batch(WriteBatch {
             history: vec![munich.clone()],
             latest: vec![moved],
+            ..WriteBatch::default()
         })
         .await
         .expect("write");
@@ -207,6 +211,7 @@ async fn moving_device_leaves_its_old_area() {
         .write_batch(WriteBatch {
             history: vec![],
             latest: vec![same_cell],
+            ..WriteBatch::default()
         })
         .await
         .expect("write");
@@ -289,6 +294,7 @@ async fn area_queries_match_brute_force() {
     let batch = WriteBatch {
         history: Vec::new(),
         latest: all.iter().map(new_latest).collect(),
+        ..WriteBatch::default()
     };
     store.write_batch(batch).await.expect("write");
 
@@ -473,6 +479,7 @@ async fn history_pages_return_every_row_once_in_order() {
         .write_batch(WriteBatch {
             history,
             latest: vec![],
+            ..WriteBatch::default()
         })
         .await
         .expect("write");
@@ -537,6 +544,7 @@ async fn rewriting_a_timestamp_replaces_the_row() {
         .write_batch(WriteBatch {
             history: vec![first],
             latest: vec![],
+            ..WriteBatch::default()
         })
         .await
         .expect("write");
@@ -544,6 +552,7 @@ async fn rewriting_a_timestamp_replaces_the_row() {
         .write_batch(WriteBatch {
             history: vec![second.clone()],
             latest: vec![],
+            ..WriteBatch::default()
         })
         .await
         .expect("write");
@@ -562,6 +571,7 @@ async fn malformed_cursor_is_an_invalid_query() {
         .write_batch(WriteBatch {
             history: vec![position("car", 1, 0.0, 0.0)],
             latest: vec![],
+            ..WriteBatch::default()
         })
         .await
         .expect("write");

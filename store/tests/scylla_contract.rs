@@ -63,6 +63,7 @@ fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
         },
         speed_derived: true,
         heading_derived: false,
+        flag: None,
     }
 }
 
@@ -86,6 +87,7 @@ fn row_of(p: &EnrichedPosition) -> Vec<Val> {
         Val::Bool(p.speed_derived),
         Val::Bool(p.heading_derived),
         Val::Int(r.received_ms),
+        p.flag.map_or(Val::Null, |f| Val::Text(f.code().to_owned())),
     ]
 }
 
@@ -130,6 +132,7 @@ async fn micro_batch_binds_the_expected_values() {
             position: second.clone(),
             previous_area_cell: Some(old_cell),
         }],
+        ..WriteBatch::default()
     };
     let minute_before = now_minute();
     store.write_batch(batch).await.expect("batch written");
@@ -217,6 +220,7 @@ async fn forged_overload_and_timeout_are_retried() {
     let batch = WriteBatch {
         history: vec![p.clone()],
         latest: vec![],
+        ..WriteBatch::default()
     };
     store
         .write_batch(batch)
@@ -247,6 +251,7 @@ async fn unavailability_is_a_clear_error_and_not_ready() {
     let batch = WriteBatch {
         history: vec![position("bus-3", 1_700_000_000_000, 40.0, -3.7)],
         latest: vec![],
+        ..WriteBatch::default()
     };
     let started = Instant::now();
     let err = store
@@ -295,6 +300,7 @@ async fn a_node_that_goes_away_fails_writes_and_readiness() {
     let batch = WriteBatch {
         history: vec![position("bus-4", 1_700_000_000_000, 40.0, -3.7)],
         latest: vec![],
+        ..WriteBatch::default()
     };
     let err = store.write_batch(batch).await.expect_err("no node");
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");

@@ -7,8 +7,12 @@
 //! | `positions` | `(device_id, day)`, `ts` | every history row |
 //! | `position_days` | `device_id`, `day` | once per device and day in a batch |
 //! | `devices_by_cell` | `(cell, minute)`, `device_id` | every latest update (area index) |
+//! | `vehicle_state` | `device_id` | every state change |
+//! | `trips` | `device_id`, `start_ts` | every trip change |
+//! | `alerts_by_day`, `alerts_by_device` | `(day, shard)` / `(device_id, day)`, `id` | every alert |
+//! | `devices` | `device_id` | the registry API |
 //!
-//! The schema and why each key is what it is: `schemas/cql/001_init.cql`.
+//! The schema and why each key is what it is: `schemas/cql/`.
 //! A write batch becomes independent single-partition statements (no
 //! multi-partition batches), run with at most
 //! [`ScyllaSettings::max_inflight`] in flight, each retried on transient
@@ -27,6 +31,7 @@ mod exec;
 mod schema;
 mod settings;
 mod statements;
+mod tables;
 mod values;
 
 use std::collections::{HashMap, HashSet};
@@ -35,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use fleetd_schemas::{DeviceId, EnrichedPosition, H3Cells};
+use fleetd_schemas::{DeviceId, DeviceInfo, EnrichedPosition, H3Cells, Trip, VehicleState};
 use futures::{StreamExt, TryStreamExt, stream};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -46,14 +51,17 @@ use scylla::response::query_result::QueryResult;
 use self::exec::{Failure, with_retry};
 use self::statements::{Statements, Stmt};
 use self::values::{Bind, DayRow, PositionRow};
-use crate::{AreaQuery, HistoryPage, HistoryQuery, Store, StoreError, WriteBatch, cover, cursor};
+use crate::{
+    AlertPage, AlertQuery, AreaQuery, HistoryPage, HistoryQuery, Store, StoreError, TripPage,
+    TripQuery, WriteBatch, cover, cursor,
+};
 
 pub use self::schema::{SCHEMA_FILES, create_keyspace_cql, schema_statements};
 pub use self::settings::{Consistency, Credentials, ScyllaSettings};
 pub use self::statements::cql as statement_cql;
 
 /// Milliseconds per history partition (one day).
-const DAY_MS: i64 = 86_400_000;
+pub(super) const DAY_MS: i64 = 86_400_000;
 /// Milliseconds per area-index partition (one minute).
 const MINUTE_MS: i64 = 60_000;
 /// Rows per page of a full-table scan.
@@ -172,7 +180,10 @@ impl ScyllaStore {
 
     /// Every row of a full-table scan (paged), retried as a whole on a
     /// transient error.
-    async fn scan(&self, stmt: &Stmt) -> Result<Vec<PositionRow>, StoreError> {
+    async fn scan<R>(&self, stmt: &Stmt) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + Send,
+    {
         let settings = &self.inner.settings;
         let session = &self.inner.session;
         with_retry(
@@ -187,7 +198,7 @@ impl ScyllaStore {
                     .await
                     .map_err(|err| Failure::transient(err.to_string()))?;
                 let rows = pager
-                    .rows_stream::<PositionRow>()
+                    .rows_stream::<R>()
                     .map_err(|err| Failure::permanent(err.to_string()))?;
                 rows.try_collect::<Vec<_>>()
                     .await
@@ -289,6 +300,9 @@ impl Store for ScyllaStore {
             }
         }
 
+        let docs = tables::BatchDocs::new(&batch);
+        docs.push_ops(st, &mut ops);
+
         let n_ops = ops.len();
         // Futures are made up front (they do nothing until polled) so that
         // no closure lives across the await; at most `max_inflight` run.
@@ -373,7 +387,10 @@ impl Store for ScyllaStore {
                 // the same "reported recently" window the index applies.
                 let oldest_minute = self.area_minutes(now_ms).last().copied().unwrap_or(0);
                 let since_ms = i64::from(oldest_minute) * MINUTE_MS;
-                for row in self.scan(&self.inner.statements.select_all_latest).await? {
+                for row in self
+                    .scan::<PositionRow>(&self.inner.statements.select_all_latest)
+                    .await?
+                {
                     let position = row.into_position()?;
                     if position.report.received_ms >= since_ms {
                         keep(position);
@@ -392,7 +409,7 @@ impl Store for ScyllaStore {
     }
 
     async fn all_latest(&self) -> Result<Vec<EnrichedPosition>, StoreError> {
-        self.scan(&self.inner.statements.select_all_latest)
+        self.scan::<PositionRow>(&self.inner.statements.select_all_latest)
             .await?
             .into_iter()
             .map(PositionRow::into_position)
@@ -467,6 +484,42 @@ impl Store for ScyllaStore {
         Ok(page)
     }
 
+    async fn vehicle_state(&self, device: &DeviceId) -> Result<Option<VehicleState>, StoreError> {
+        self.read_vehicle_state(device).await
+    }
+
+    async fn all_vehicle_states(&self) -> Result<Vec<(DeviceId, VehicleState)>, StoreError> {
+        self.read_all_vehicle_states().await
+    }
+
+    async fn trips(&self, device: &DeviceId, query: &TripQuery) -> Result<TripPage, StoreError> {
+        self.read_trips(device, query).await
+    }
+
+    async fn trip(&self, device: &DeviceId, start_ts_ms: i64) -> Result<Option<Trip>, StoreError> {
+        self.read_trip(device, start_ts_ms).await
+    }
+
+    async fn alerts(&self, query: &AlertQuery) -> Result<AlertPage, StoreError> {
+        self.read_alerts(query).await
+    }
+
+    async fn put_device(&self, device: &DeviceId, info: &DeviceInfo) -> Result<(), StoreError> {
+        self.write_device(device, info).await
+    }
+
+    async fn device(&self, device: &DeviceId) -> Result<Option<DeviceInfo>, StoreError> {
+        self.read_device(device).await
+    }
+
+    async fn delete_device(&self, device: &DeviceId) -> Result<bool, StoreError> {
+        self.remove_device(device).await
+    }
+
+    async fn all_devices(&self) -> Result<Vec<(DeviceId, DeviceInfo)>, StoreError> {
+        self.read_all_devices().await
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         // Every completed write was acknowledged by the replicas the
         // consistency level requires; nothing is buffered client-side.
@@ -518,7 +571,7 @@ fn is_area_cell(raw: u64) -> bool {
 
 /// The history partition (days since the epoch) of a device time; clamped
 /// to `i32`, which spans ±5.8 million years.
-fn day_of(ts_ms: i64) -> i32 {
+pub(super) fn day_of(ts_ms: i64) -> i32 {
     clamp_i32(ts_ms.div_euclid(DAY_MS))
 }
 
@@ -532,7 +585,7 @@ fn clamp_i32(v: i64) -> i32 {
 }
 
 /// The server clock, Unix ms: the area index is bucketed by write time.
-fn wall_clock_ms() -> i64 {
+pub(super) fn wall_clock_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

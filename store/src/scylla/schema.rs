@@ -6,11 +6,18 @@ use super::ScyllaSettings;
 use crate::StoreError;
 
 /// The schema files, oldest first: (version, name, CQL text).
-pub const SCHEMA_FILES: &[(i32, &str, &str)] = &[(
-    1,
-    "001_init",
-    include_str!("../../../schemas/cql/001_init.cql"),
-)];
+pub const SCHEMA_FILES: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "001_init",
+        include_str!("../../../schemas/cql/001_init.cql"),
+    ),
+    (
+        2,
+        "002_state_alerts_registry",
+        include_str!("../../../schemas/cql/002_state_alerts_registry.cql"),
+    ),
+];
 
 /// The statements of a schema file: `--` comment lines dropped, split at
 /// semicolons, whitespace trimmed.
@@ -88,8 +95,11 @@ mod tests {
 
     #[test]
     fn schema_file_splits_into_create_statements() {
-        let statements = schema_statements(SCHEMA_FILES[0].2);
-        assert_eq!(statements.len(), 5, "{statements:#?}");
+        let statements: Vec<String> = SCHEMA_FILES
+            .iter()
+            .flat_map(|(_, _, text)| schema_statements(text))
+            .collect();
+        assert_eq!(statements.len(), 10, "{statements:#?}");
         for s in &statements {
             assert!(s.starts_with("CREATE TABLE IF NOT EXISTS "), "{s}");
             assert!(!s.contains("--"), "{s}");

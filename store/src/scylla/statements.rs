@@ -10,7 +10,7 @@
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::values::POSITION_COLUMNS;
+use super::values::{ALERT_COLUMNS, DEVICE_COLUMNS, POSITION_COLUMNS};
 use crate::StoreError;
 
 /// A prepared statement and the name its metrics and errors carry.
@@ -33,6 +33,21 @@ pub(crate) struct Statements {
     pub(crate) select_days: Stmt,
     pub(crate) select_history: Stmt,
     pub(crate) select_cell: Stmt,
+    pub(crate) insert_state: Stmt,
+    pub(crate) select_state: Stmt,
+    pub(crate) select_all_states: Stmt,
+    pub(crate) insert_trip: Stmt,
+    pub(crate) delete_trip: Stmt,
+    pub(crate) select_trips: Stmt,
+    pub(crate) select_trip: Stmt,
+    pub(crate) insert_alert_day: Stmt,
+    pub(crate) insert_alert_device: Stmt,
+    pub(crate) select_alerts_day: Stmt,
+    pub(crate) select_alerts_device: Stmt,
+    pub(crate) insert_device: Stmt,
+    pub(crate) delete_device: Stmt,
+    pub(crate) select_device: Stmt,
+    pub(crate) select_all_devices: Stmt,
     pub(crate) ready: Stmt,
 }
 
@@ -110,6 +125,98 @@ pub fn cql(ks: &str) -> Vec<(&'static str, String)> {
             ),
         ),
         (
+            "insert_state",
+            format!(
+                "INSERT INTO {ks}.vehicle_state (device_id, ts, state) \
+                 VALUES (:device_id, :ts, :state)"
+            ),
+        ),
+        (
+            "select_state",
+            format!(
+                "SELECT device_id, state FROM {ks}.vehicle_state WHERE device_id = :device_id"
+            ),
+        ),
+        (
+            "select_all_states",
+            format!("SELECT device_id, state FROM {ks}.vehicle_state"),
+        ),
+        (
+            "insert_trip",
+            format!(
+                "INSERT INTO {ks}.trips (device_id, start_ts, trip) \
+                 VALUES (:device_id, :start_ts, :trip)"
+            ),
+        ),
+        (
+            "delete_trip",
+            format!(
+                "DELETE FROM {ks}.trips WHERE device_id = :device_id AND start_ts = :start_ts"
+            ),
+        ),
+        (
+            "select_trips",
+            format!(
+                "SELECT trip FROM {ks}.trips WHERE device_id = :device_id \
+                 AND start_ts >= :from_ts AND start_ts <= :to_ts \
+                 ORDER BY start_ts DESC LIMIT :row_limit"
+            ),
+        ),
+        (
+            "select_trip",
+            format!(
+                "SELECT trip FROM {ks}.trips WHERE device_id = :device_id \
+                 AND start_ts = :start_ts"
+            ),
+        ),
+        (
+            "insert_alert_day",
+            format!(
+                "INSERT INTO {ks}.alerts_by_day (day, shard, id, device_id, kind, geofence_id, alert) \
+                 VALUES (:day, :shard, :id, :device_id, :kind, :geofence_id, :alert)"
+            ),
+        ),
+        (
+            "insert_alert_device",
+            format!(
+                "INSERT INTO {ks}.alerts_by_device (device_id, day, id, kind, geofence_id, alert) \
+                 VALUES (:device_id, :day, :id, :kind, :geofence_id, :alert)"
+            ),
+        ),
+        (
+            "select_alerts_day",
+            format!(
+                "SELECT {ALERT_COLUMNS} FROM {ks}.alerts_by_day WHERE day = :day AND shard = :shard \
+                 AND id >= :from_id AND id <= :to_id ORDER BY id DESC LIMIT :row_limit"
+            ),
+        ),
+        (
+            "select_alerts_device",
+            format!(
+                "SELECT {ALERT_COLUMNS} FROM {ks}.alerts_by_device WHERE device_id = :device_id \
+                 AND day = :day AND id >= :from_id AND id <= :to_id ORDER BY id DESC LIMIT :row_limit"
+            ),
+        ),
+        (
+            "insert_device",
+            format!(
+                "INSERT INTO {ks}.devices ({DEVICE_COLUMNS}) \
+                 VALUES (:device_id, :name, :class, :speed_limit_kmh, :tags, :updated_at)"
+            ),
+        ),
+        (
+            "delete_device",
+            format!("DELETE FROM {ks}.devices WHERE device_id = :device_id"),
+        ),
+        (
+            "select_device",
+            format!("SELECT {DEVICE_COLUMNS} FROM {ks}.devices WHERE device_id = :device_id"),
+        ),
+        (
+            "select_all_devices",
+            format!("SELECT {DEVICE_COLUMNS} FROM {ks}.devices"),
+        ),
+        (
             // One partition read of a key no device can have (`#` is not a
             // device id character): proves the table exists and enough
             // replicas answer, without scanning.
@@ -131,6 +238,21 @@ const IDEMPOTENT: &[&str] = &[
     "select_days",
     "select_history",
     "select_cell",
+    "insert_state",
+    "select_state",
+    "select_all_states",
+    "insert_trip",
+    "delete_trip",
+    "select_trips",
+    "select_trip",
+    "insert_alert_day",
+    "insert_alert_device",
+    "select_alerts_day",
+    "select_alerts_device",
+    "insert_device",
+    "delete_device",
+    "select_device",
+    "select_all_devices",
     "ready",
 ];
 
@@ -167,6 +289,21 @@ impl Statements {
             select_days: take("select_days")?,
             select_history: take("select_history")?,
             select_cell: take("select_cell")?,
+            insert_state: take("insert_state")?,
+            select_state: take("select_state")?,
+            select_all_states: take("select_all_states")?,
+            insert_trip: take("insert_trip")?,
+            delete_trip: take("delete_trip")?,
+            select_trips: take("select_trips")?,
+            select_trip: take("select_trip")?,
+            insert_alert_day: take("insert_alert_day")?,
+            insert_alert_device: take("insert_alert_device")?,
+            select_alerts_day: take("select_alerts_day")?,
+            select_alerts_device: take("select_alerts_device")?,
+            insert_device: take("insert_device")?,
+            delete_device: take("delete_device")?,
+            select_device: take("select_device")?,
+            select_all_devices: take("select_all_devices")?,
             ready: take("ready")?,
         })
     }

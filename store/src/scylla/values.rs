@@ -6,7 +6,9 @@
 //! statement, so one value type serves every statement and a column added
 //! to a statement without a value here fails loudly instead of shifting.
 
-use fleetd_schemas::{DeviceId, EnrichedPosition, H3Cells, PositionReport};
+use fleetd_schemas::{
+    Alert, DeviceId, DeviceInfo, EnrichedPosition, H3Cells, PositionReport, RejectReason,
+};
 use scylla::DeserializeRow;
 use scylla::serialize::SerializationError;
 use scylla::serialize::row::{RowSerializationContext, SerializeRow};
@@ -19,7 +21,7 @@ use crate::StoreError;
 /// The position columns every SELECT returns, in [`PositionRow`]'s order.
 pub(crate) const POSITION_COLUMNS: &str = "device_id, ts, lat, lon, accuracy_m, altitude_m, \
      speed_mps, heading_deg, battery_pct, seq, h3_area, h3_detail, speed_derived, \
-     heading_derived, received_at";
+     heading_derived, received_at, flag";
 
 /// Values for one execution of a prepared statement, looked up by bind
 /// marker name. Fields a statement does not name are ignored.
@@ -47,6 +49,23 @@ pub(crate) struct Bind<'a> {
     pub(crate) to_ts: Option<i64>,
     /// `row_limit`: a LIMIT.
     pub(crate) row_limit: Option<i32>,
+    /// `ts` for rows that are not positions (vehicle state), Unix ms.
+    pub(crate) ts: Option<i64>,
+    /// `start_ts`: a trip's start, Unix ms.
+    pub(crate) start_ts: Option<i64>,
+    /// `state`, `trip` or `alert`: a JSON document column.
+    pub(crate) json: Option<&'a str>,
+    /// Supplies `id`, `kind`, `geofence_id` (and `device_id`) of alert rows.
+    pub(crate) alert: Option<&'a Alert>,
+    /// `shard`: the alert partition shard.
+    pub(crate) shard: Option<i32>,
+    /// `from_id`, `to_id`: an inclusive alert id range.
+    pub(crate) from_id: Option<&'a str>,
+    /// See `from_id`.
+    pub(crate) to_id: Option<&'a str>,
+    /// Supplies the registry columns (`name`, `class`, `speed_limit_kmh`,
+    /// `updated_at`); `tags` comes from `json`.
+    pub(crate) device: Option<&'a DeviceInfo>,
 }
 
 /// A bind marker [`Bind`] has no value for.
@@ -69,10 +88,11 @@ impl SerializeRow for Bind<'_> {
             // marker whose value this Bind was not given.
             match name {
                 "device_id" => {
-                    let id = match (self.device_id, p) {
-                        (Some(id), _) => id,
-                        (None, Some((r, _))) => r.device_id.as_str(),
-                        (None, None) => return Err(missing()),
+                    let id = match (self.device_id, p, self.alert) {
+                        (Some(id), _, _) => id,
+                        (None, Some((r, _)), _) => r.device_id.as_str(),
+                        (None, None, Some(a)) => a.device_id.as_str(),
+                        (None, None, None) => return Err(missing()),
                     };
                     id.serialize(typ, cell)?
                 }
@@ -87,6 +107,52 @@ impl SerializeRow for Bind<'_> {
                 }
                 "to_ts" => CqlTimestamp(self.to_ts.ok_or_else(missing)?).serialize(typ, cell)?,
                 "row_limit" => self.row_limit.ok_or_else(missing)?.serialize(typ, cell)?,
+                "ts" if self.ts.is_some() => {
+                    CqlTimestamp(self.ts.ok_or_else(missing)?).serialize(typ, cell)?
+                }
+                "start_ts" => {
+                    CqlTimestamp(self.start_ts.ok_or_else(missing)?).serialize(typ, cell)?
+                }
+                "state" | "trip" | "alert" | "tags" => {
+                    self.json.ok_or_else(missing)?.serialize(typ, cell)?
+                }
+                "shard" => self.shard.ok_or_else(missing)?.serialize(typ, cell)?,
+                "from_id" => self.from_id.ok_or_else(missing)?.serialize(typ, cell)?,
+                "to_id" => self.to_id.ok_or_else(missing)?.serialize(typ, cell)?,
+                "id" => self.alert.ok_or_else(missing)?.id.as_str().serialize(typ, cell)?,
+                "kind" => self
+                    .alert
+                    .ok_or_else(missing)?
+                    .kind
+                    .code()
+                    .serialize(typ, cell)?,
+                "geofence_id" => self
+                    .alert
+                    .ok_or_else(missing)?
+                    .geofence_id
+                    .as_ref()
+                    .map(|g| g.as_str())
+                    .serialize(typ, cell)?,
+                "name" => self
+                    .device
+                    .ok_or_else(missing)?
+                    .name
+                    .as_deref()
+                    .serialize(typ, cell)?,
+                "class" => self
+                    .device
+                    .ok_or_else(missing)?
+                    .class
+                    .as_deref()
+                    .serialize(typ, cell)?,
+                "speed_limit_kmh" => self
+                    .device
+                    .ok_or_else(missing)?
+                    .speed_limit_kmh
+                    .serialize(typ, cell)?,
+                "updated_at" => {
+                    CqlTimestamp(self.device.ok_or_else(missing)?.updated_ms).serialize(typ, cell)?
+                }
                 column => {
                     let (r, p) = p.ok_or_else(missing)?;
                     match column {
@@ -106,6 +172,7 @@ impl SerializeRow for Bind<'_> {
                         "speed_derived" => p.speed_derived.serialize(typ, cell)?,
                         "heading_derived" => p.heading_derived.serialize(typ, cell)?,
                         "received_at" => CqlTimestamp(r.received_ms).serialize(typ, cell)?,
+                        "flag" => p.flag.map(|f| f.code()).serialize(typ, cell)?,
                         _ => return Err(missing()),
                     }
                 }
@@ -137,6 +204,7 @@ pub(crate) struct PositionRow {
     speed_derived: Option<bool>,
     heading_derived: Option<bool>,
     received_at: Option<CqlTimestamp>,
+    flag: Option<String>,
 }
 
 impl PositionRow {
@@ -165,6 +233,7 @@ impl PositionRow {
             },
             speed_derived: self.speed_derived.unwrap_or(false),
             heading_derived: self.heading_derived.unwrap_or(false),
+            flag: self.flag.as_deref().and_then(RejectReason::from_code),
         })
     }
 }
@@ -174,3 +243,39 @@ impl PositionRow {
 pub(crate) struct DayRow {
     pub(crate) day: i32,
 }
+
+/// A `vehicle_state` row.
+#[derive(Debug, DeserializeRow)]
+pub(crate) struct StateRow {
+    pub(crate) device_id: String,
+    pub(crate) state: Option<String>,
+}
+
+/// A `trips` row.
+#[derive(Debug, DeserializeRow)]
+pub(crate) struct TripRow {
+    pub(crate) trip: Option<String>,
+}
+
+/// An `alerts_by_day` or `alerts_by_device` row.
+#[derive(Debug, DeserializeRow)]
+pub(crate) struct AlertRow {
+    pub(crate) id: String,
+    pub(crate) alert: Option<String>,
+}
+
+/// A `devices` row.
+#[derive(Debug, DeserializeRow)]
+pub(crate) struct DeviceRow {
+    pub(crate) device_id: String,
+    pub(crate) name: Option<String>,
+    pub(crate) class: Option<String>,
+    pub(crate) speed_limit_kmh: Option<f64>,
+    pub(crate) tags: Option<String>,
+    pub(crate) updated_at: Option<CqlTimestamp>,
+}
+
+/// The columns [`DeviceRow`] reads, in order.
+pub(crate) const DEVICE_COLUMNS: &str = "device_id, name, class, speed_limit_kmh, tags, updated_at";
+/// The columns [`AlertRow`] reads, in order.
+pub(crate) const ALERT_COLUMNS: &str = "id, alert";

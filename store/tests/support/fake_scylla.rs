@@ -362,6 +362,7 @@ fn describe(text: &str, tables: &HashMap<String, Table>) -> Prepared {
             "from_ts" | "to_ts" => "timestamp",
             "from_day" | "to_day" => "int",
             "row_limit" => "int",
+            "from_id" | "to_id" => "text",
             other => panic!("bind marker :{other} is no column of {table_name}: {text}"),
         }
         .to_owned()
@@ -677,8 +678,15 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
-        if text.contains("ORDER BY ts ASC") {
-            found.sort_by_key(|r| key_of(&r.cols["ts"]));
+        // `ORDER BY col ASC|DESC`: real nodes return clustering order; the
+        // fake keeps insertion order, so it sorts when asked.
+        if let Some(order) = text.split(" ORDER BY ").nth(1) {
+            let mut words = order.split_whitespace();
+            let col = words.next().expect("order column").to_owned();
+            found.sort_by_key(|r| key_of(&r.cols[&col]));
+            if words.next() == Some("DESC") {
+                found.reverse();
+            }
         }
         if let Some(Val::Int(limit)) = values.get("row_limit") {
             found.truncate(*limit as usize);

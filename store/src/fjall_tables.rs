@@ -1,0 +1,192 @@
+//! The embedded backend's small tables: vehicle state, trips, alerts and the
+//! device registry.
+//!
+//! | keyspace           | key                               | value (JSON)   |
+//! |--------------------|-----------------------------------|----------------|
+//! | `state`            | `device_id`                       | `VehicleState` |
+//! | `trips`            | `device_id 0x00 ts(start)`        | `Trip`         |
+//! | `alerts`           | `alert_id` (sorts by time)        | `Alert`        |
+//! | `alerts_by_device` | `device_id 0x00 alert_id`         | empty          |
+//! | `devices`          | `device_id`                       | `DeviceInfo`   |
+//!
+//! Values are JSON: these rows are few and small next to history, and JSON
+//! with serde defaults keeps old data readable when fields are added.
+
+use fjall::Keyspace;
+use fleetd_schemas::{Alert, DeviceId, DeviceInfo, Trip, VehicleState};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{AlertPage, AlertQuery, StoreError, TripPage, TripQuery, cursor, keys};
+
+/// Rows an alert query examines at most before it returns what it has with
+/// a cursor to continue: a filter that matches rarely must not turn one
+/// request into a scan of every alert ever raised.
+pub const ALERT_SCAN_BUDGET: usize = 100_000;
+
+/// The small tables' keyspaces.
+pub(crate) struct Tables {
+    pub(crate) state: Keyspace,
+    pub(crate) trips: Keyspace,
+    pub(crate) alerts: Keyspace,
+    pub(crate) alerts_by_device: Keyspace,
+    pub(crate) devices: Keyspace,
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs to a Vec cannot fail (no maps with
+    // non-string keys, no I/O).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt(format!("{what}: {err}")))
+}
+
+fn device_from_key(key: &[u8]) -> Result<DeviceId, StoreError> {
+    let s = std::str::from_utf8(key)
+        .map_err(|_| StoreError::Corrupt("device key is not utf-8".into()))?;
+    DeviceId::parse(s).map_err(|err| StoreError::Corrupt(format!("device key: {err}")))
+}
+
+/// A validated alert cursor: an alert id (`{ts:013}-{16 hex}`).
+pub(crate) fn alert_cursor(cursor: &str) -> Result<String, StoreError> {
+    let ok = cursor.len() == 30
+        && cursor.as_bytes()[13] == b'-'
+        && cursor[..13].bytes().all(|b| b.is_ascii_digit())
+        && cursor[14..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(cursor.to_owned())
+    } else {
+        Err(StoreError::InvalidQuery(format!(
+            "malformed alert cursor {cursor:?}"
+        )))
+    }
+}
+
+impl Tables {
+    pub(crate) fn vehicle_state(
+        &self,
+        device: &DeviceId,
+    ) -> Result<Option<VehicleState>, StoreError> {
+        match self.state.get(device.as_str())? {
+            Some(v) => decode("vehicle state", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn all_vehicle_states(&self) -> Result<Vec<(DeviceId, VehicleState)>, StoreError> {
+        self.state
+            .iter()
+            .map(|guard| {
+                let (key, value) = guard.into_inner()?;
+                Ok((device_from_key(&key)?, decode("vehicle state", &value)?))
+            })
+            .collect()
+    }
+
+    pub(crate) fn trips(&self, device: &DeviceId, query: &TripQuery) -> Result<TripPage, StoreError> {
+        if query.limit == 0 {
+            return Err(StoreError::InvalidQuery(
+                "trip limit must be at least 1".into(),
+            ));
+        }
+        let resume = query.cursor.as_deref().map(cursor::decode).transpose()?;
+        let to_ms = resume.map_or(query.to_ms, |ts| ts.min(query.to_ms));
+        if query.from_ms > to_ms {
+            return Ok(TripPage::default());
+        }
+        let start = keys::device_ts_key(device, query.from_ms);
+        let end = keys::device_ts_key(device, to_ms);
+        let mut page = TripPage::default();
+        for guard in self.trips.range(start..=end).rev() {
+            let trip: Trip = decode("trip", &guard.value()?)?;
+            if page.items.len() == query.limit {
+                page.next_cursor = Some(cursor::encode(trip.start_ts_ms));
+                break;
+            }
+            page.items.push(trip);
+        }
+        Ok(page)
+    }
+
+    pub(crate) fn trip(&self, device: &DeviceId, start_ts_ms: i64) -> Result<Option<Trip>, StoreError> {
+        match self.trips.get(keys::device_ts_key(device, start_ts_ms))? {
+            Some(v) => decode("trip", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn alerts(&self, query: &AlertQuery) -> Result<AlertPage, StoreError> {
+        if query.limit == 0 {
+            return Err(StoreError::InvalidQuery(
+                "alert limit must be at least 1".into(),
+            ));
+        }
+        let mut hi = keys::alert_id_ceil(query.until_ms);
+        if let Some(c) = query.cursor.as_deref() {
+            hi = hi.min(alert_cursor(c)?);
+        }
+        let lo = keys::alert_id_floor(query.since_ms);
+        let mut page = AlertPage::default();
+        if lo > hi {
+            return Ok(page);
+        }
+        let mut examined = 0usize;
+        // Pushes a matching alert, or ends the page with a cursor at it.
+        let mut take = |alert: Alert, page: &mut AlertPage| -> bool {
+            examined += 1;
+            if page.items.len() == query.limit || examined > ALERT_SCAN_BUDGET {
+                page.next_cursor = Some(alert.id);
+                return false;
+            }
+            if query.matches(&alert) {
+                page.items.push(alert);
+            }
+            true
+        };
+        match &query.device {
+            Some(device) => {
+                let start = keys::device_alert_key(device, &lo);
+                let end = keys::device_alert_key(device, &hi);
+                for guard in self.alerts_by_device.range(start..=end).rev() {
+                    let key = guard.key()?;
+                    let id = &key[device.as_str().len() + 1..];
+                    let Some(value) = self.alerts.get(id)? else {
+                        continue;
+                    };
+                    if !take(decode("alert", &value)?, &mut page) {
+                        break;
+                    }
+                }
+            }
+            None => {
+                for guard in self.alerts.range(lo.as_bytes()..=hi.as_bytes()).rev() {
+                    if !take(decode("alert", &guard.value()?)?, &mut page) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    pub(crate) fn device(&self, device: &DeviceId) -> Result<Option<DeviceInfo>, StoreError> {
+        match self.devices.get(device.as_str())? {
+            Some(v) => decode("device", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn all_devices(&self) -> Result<Vec<(DeviceId, DeviceInfo)>, StoreError> {
+        self.devices
+            .iter()
+            .map(|guard| {
+                let (key, value) = guard.into_inner()?;
+                Ok((device_from_key(&key)?, decode("device", &value)?))
+            })
+            .collect()
+    }
+}
