@@ -20,6 +20,8 @@ pub struct FileConfig {
     pub ingest: IngestConfig,
     /// `[processor]`
     pub processor: ProcessorConfig,
+    /// `[vehicle]`
+    pub vehicle: VehicleConfig,
     /// `[store]`
     pub store: StoreConfig,
     /// `[api]`
@@ -82,6 +84,8 @@ pub struct ProcessorConfig {
     pub partition_queue_chunks: usize,
     pub h3_detail_res: u8,
     pub store_retry_max: u32,
+    pub registry_refresh_s: u64,
+    pub sweep_s: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -94,7 +98,122 @@ impl Default for ProcessorConfig {
             partition_queue_chunks: 64,
             h3_detail_res: 9,
             store_retry_max: 10,
+            registry_refresh_s: 30,
+            sweep_s: 30,
         }
+    }
+}
+
+/// `[vehicle]`: data-quality filters, motion, trips and overspeed.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VehicleConfig {
+    pub reorder_ms: i64,
+    pub max_accuracy_m: f64,
+    pub max_speed_kmh: f64,
+    pub teleport_slack_m: f64,
+    pub teleport_confirm: u32,
+    pub stop_radius_m: f64,
+    pub accuracy_factor: f64,
+    pub stopped_after_s: f64,
+    pub trip_end_s: f64,
+    pub min_trip_m: f64,
+    pub depart_fixes: u32,
+    pub overspeed_grace_s: f64,
+    pub overspeed_clear_s: f64,
+    /// Speed limits per registry class, km/h.
+    pub class_speed_limits_kmh: std::collections::BTreeMap<String, f64>,
+}
+
+impl Default for VehicleConfig {
+    fn default() -> Self {
+        let d = fleetd_processor::VehicleSettings::default();
+        Self {
+            reorder_ms: d.reorder_ms,
+            max_accuracy_m: d.max_accuracy_m,
+            // The processor default in km/h, as written (a round trip through
+            // m/s would not compare equal to the shipped file).
+            max_speed_kmh: 300.0,
+            teleport_slack_m: d.teleport_slack_m,
+            teleport_confirm: d.teleport_confirm,
+            stop_radius_m: d.stop_radius_m,
+            accuracy_factor: d.accuracy_factor,
+            stopped_after_s: d.stopped_after_ms as f64 / 1000.0,
+            trip_end_s: d.trip_end_ms as f64 / 1000.0,
+            min_trip_m: d.min_trip_m,
+            depart_fixes: d.depart_fixes,
+            overspeed_grace_s: d.overspeed_grace_ms as f64 / 1000.0,
+            overspeed_clear_s: d.overspeed_clear_ms as f64 / 1000.0,
+            class_speed_limits_kmh: Default::default(),
+        }
+    }
+}
+
+impl VehicleConfig {
+    /// Validates into the processor's settings.
+    fn settings(&self) -> anyhow::Result<fleetd_processor::VehicleSettings> {
+        let non_negative = [
+            ("reorder_ms", self.reorder_ms as f64),
+            ("max_accuracy_m", self.max_accuracy_m),
+            ("teleport_slack_m", self.teleport_slack_m),
+            ("overspeed_grace_s", self.overspeed_grace_s),
+            ("overspeed_clear_s", self.overspeed_clear_s),
+            ("min_trip_m", self.min_trip_m),
+        ];
+        for (name, v) in non_negative {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("vehicle.{name} must be a number >= 0, got {v}");
+            }
+        }
+        let positive = [
+            ("max_speed_kmh", self.max_speed_kmh),
+            ("stop_radius_m", self.stop_radius_m),
+            ("accuracy_factor", self.accuracy_factor),
+            ("stopped_after_s", self.stopped_after_s),
+            ("trip_end_s", self.trip_end_s),
+        ];
+        for (name, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("vehicle.{name} must be a number > 0, got {v}");
+            }
+        }
+        if self.reorder_ms > 600_000 {
+            bail!(
+                "vehicle.reorder_ms must be at most 600000 (10 min), got {}",
+                self.reorder_ms
+            );
+        }
+        if self.trip_end_s < self.stopped_after_s {
+            bail!(
+                "vehicle.trip_end_s ({}) must be at least vehicle.stopped_after_s ({})",
+                self.trip_end_s,
+                self.stopped_after_s
+            );
+        }
+        if self.depart_fixes == 0 || self.teleport_confirm == 0 {
+            bail!("vehicle.depart_fixes and vehicle.teleport_confirm must be >= 1");
+        }
+        for (class, limit) in &self.class_speed_limits_kmh {
+            if !(limit.is_finite() && *limit > 0.0) {
+                bail!("vehicle.class_speed_limits_kmh.{class} must be > 0, got {limit}");
+            }
+        }
+        let ms = |s: f64| (s * 1000.0).round() as i64;
+        Ok(fleetd_processor::VehicleSettings {
+            reorder_ms: self.reorder_ms,
+            max_accuracy_m: self.max_accuracy_m,
+            max_speed_mps: self.max_speed_kmh / 3.6,
+            teleport_slack_m: self.teleport_slack_m,
+            teleport_confirm: self.teleport_confirm,
+            stop_radius_m: self.stop_radius_m,
+            accuracy_factor: self.accuracy_factor,
+            stopped_after_ms: ms(self.stopped_after_s),
+            trip_end_ms: ms(self.trip_end_s),
+            min_trip_m: self.min_trip_m,
+            depart_fixes: self.depart_fixes,
+            overspeed_grace_ms: ms(self.overspeed_grace_s),
+            overspeed_clear_ms: ms(self.overspeed_clear_s),
+        })
     }
 }
 
@@ -257,6 +376,11 @@ pub struct ServeSettings {
     pub limits: fleetd_ingest::Limits,
     pub rejection_samples: usize,
     pub processor: fleetd_processor::ProcessorSettings,
+    /// Registry class speed limits, km/h.
+    pub class_speed_limits_kmh: std::collections::HashMap<String, f64>,
+    /// How often the registry cache reloads from the store (other nodes'
+    /// changes); changes made through this node apply at once.
+    pub registry_refresh: Duration,
     pub store: StoreBackend,
     pub http: SocketAddr,
     pub request_timeout: Duration,
@@ -357,6 +481,10 @@ impl FileConfig {
             }
         };
         let defaults = fleetd_processor::ProcessorSettings::default();
+        let vehicle = self.vehicle.settings()?;
+        if p.registry_refresh_s == 0 || p.sweep_s == 0 {
+            bail!("processor.registry_refresh_s and processor.sweep_s must be > 0");
+        }
         Ok(ServeSettings {
             ingest_mode,
             broker: fleetd_ingest::BrokerSettings {
@@ -385,8 +513,19 @@ impl FileConfig {
                 queue_chunks: p.queue_chunks,
                 partition_queue_chunks: p.partition_queue_chunks,
                 store_retry_max: p.store_retry_max,
-                enrich: fleetd_processor::EnrichSettings { detail_res },
+                enrich: fleetd_processor::EnrichSettings {
+                    detail_res,
+                    vehicle,
+                },
+                sweep_every: Duration::from_secs(p.sweep_s),
             },
+            class_speed_limits_kmh: self
+                .vehicle
+                .class_speed_limits_kmh
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            registry_refresh: Duration::from_secs(p.registry_refresh_s),
             store,
             http: addr("api.http (--http)", &self.api.http)?,
             request_timeout: Duration::from_secs(self.api.request_timeout_s.max(1)),
@@ -420,6 +559,17 @@ mod tests {
         let mut c = FileConfig::default();
         c.api.http = "nope".into();
         assert!(c.validate().is_err());
+        let mut c = FileConfig::default();
+        c.vehicle.trip_end_s = 10.0;
+        let err = c.validate().expect_err("trip end before stop").to_string();
+        assert!(err.contains("vehicle.trip_end_s"), "{err}");
+        let mut c = FileConfig::default();
+        c.vehicle.max_speed_kmh = f64::NAN;
+        assert!(c.validate().is_err());
+        let c: FileConfig =
+            toml::from_str("[vehicle.class_speed_limits_kmh]\ntruck = 80.0").expect("parses");
+        let s = c.validate().expect("valid");
+        assert_eq!(s.class_speed_limits_kmh.get("truck"), Some(&80.0));
     }
 
     #[test]

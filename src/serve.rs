@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use fleetd_api::ApiState;
 use fleetd_ingest::{Decoder, EmbeddedBroker, Ingestor};
-use fleetd_processor::Processor;
+use fleetd_processor::{Processor, Registry};
 use fleetd_schemas::RejectionLog;
 use fleetd_store::{FjallStore, ScyllaStore, Store};
 use tokio::sync::mpsc;
@@ -26,6 +26,13 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let store = open_store(&settings.store).await?;
     let rejections = Arc::new(RejectionLog::new(settings.rejection_samples));
     let ready = Arc::new(AtomicBool::new(false));
+    let registry = Arc::new(Registry::new(settings.class_speed_limits_kmh.clone()));
+    registry.replace_all(
+        store
+            .all_devices()
+            .await
+            .context("cannot load the device registry from the store")?,
+    );
 
     // The API comes up first so /healthz and /readyz answer during start-up.
     let http = tokio::net::TcpListener::bind(settings.http)
@@ -37,6 +44,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         metrics,
         Arc::clone(&ready),
     )
+    .with_registry(Arc::clone(&registry))
     .with_request_timeout(settings.request_timeout);
     let api_cancel = CancellationToken::new();
     let api = tokio::spawn(fleetd_api::serve(http, api_state, api_cancel.clone()));
@@ -44,9 +52,22 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     // Backpressure policy of this queue: ingest awaits when it is full (see
     // fleetd_ingest::run_embedded); its size bounds the memory in between.
     let (queue_tx, queue_rx) = mpsc::channel(settings.processor.queue_chunks);
-    let processor = Processor::start(settings.processor.clone(), Arc::clone(&store), queue_rx)
-        .await
-        .context("cannot restore processor state from the store")?;
+    let processor = Processor::start(
+        settings.processor.clone(),
+        Arc::clone(&store),
+        Arc::clone(&registry),
+        Arc::clone(&rejections),
+        queue_rx,
+    )
+    .await
+    .context("cannot restore processor state from the store")?;
+    let refresh_cancel = CancellationToken::new();
+    let refresh = tokio::spawn(refresh_registry(
+        Arc::clone(&store),
+        Arc::clone(&registry),
+        settings.registry_refresh,
+        refresh_cancel.clone(),
+    ));
 
     let ingestor = Ingestor::new(
         Decoder::new(settings.limits.clone()),
@@ -130,6 +151,10 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         }
         tracing::info!("processor flushing");
         processor.join().await;
+        refresh_cancel.cancel();
+        if let Err(e) = refresh.await {
+            tracing::warn!(error = %e, "registry refresh task failed");
+        }
         if let Err(e) = store.flush().await {
             tracing::error!(error = %e, "store flush failed");
         }
@@ -167,6 +192,32 @@ async fn open_store(backend: &StoreBackend) -> anyhow::Result<Arc<dyn Store>> {
                 .await
                 .with_context(|| format!("cannot open the ScyllaDB store at {points}"))?;
             Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Reloads the registry cache from the store every `every`, so changes made
+/// through other fleetd nodes reach this node's processor; a failed reload
+/// keeps the current cache and is retried at the next tick.
+async fn refresh_registry(
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match store.all_devices().await {
+            Ok(entries) => {
+                metrics::gauge!("fleetd_registry_devices").set(entries.len() as f64);
+                registry.replace_all(entries);
+            }
+            Err(e) => tracing::warn!(error = %e, "registry reload failed; keeping the cache"),
         }
     }
 }

@@ -10,6 +10,10 @@
 //!  "h3": {"7": "87194e69dffffff", "9": "89194e69d4fffff"}}
 //! ```
 //!
+//! `filtered` names the data-quality filter that flagged a history fix
+//! (`poor_accuracy`, `teleport`, `stationary_jitter`, `too_late`); it is
+//! absent on accepted fixes.
+//!
 //! Optional fields the device did not send (`accuracy_m`, `altitude_m`,
 //! `speed_mps`, `heading_deg`, `battery_pct`, `seq`) are **omitted**, never
 //! `null`. `h3` maps each stored cell's resolution to the cell as lowercase
@@ -52,6 +56,8 @@ pub(crate) struct Vehicle<'a> {
     heading_derived: bool,
     received_ms: i64,
     h3: H3Json,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filtered: Option<&'static str>,
 }
 
 impl<'a> Vehicle<'a> {
@@ -81,6 +87,7 @@ impl<'a> Vehicle<'a> {
             heading_derived: p.heading_derived,
             received_ms: r.received_ms,
             h3: H3Json::new(p.h3.area, p.h3.detail),
+            filtered: p.flag.map(|f| f.code()),
         }
     }
 }

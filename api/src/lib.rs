@@ -1,8 +1,11 @@
-//! The HTTP API of fleetd (axum): vehicles, history, rejections and operations.
+//! The HTTP API of fleetd (axum): vehicles, history, trips, the device
+//! registry, alerts, rejections and operations.
 //!
 //! This is the only crate that knows HTTP and JSON. It reads from the store
-//! through an `Arc<dyn Store>` and never writes; the API is stateless over
-//! the store, so several nodes can serve the same backend.
+//! through an `Arc<dyn Store>`, and writes only the device registry (to the
+//! store and to the processor's [`fleetd_processor::Registry`] cache); the
+//! API is stateless over the store, so several nodes can serve the same
+//! backend.
 //!
 //! Main pieces:
 //!
@@ -25,6 +28,9 @@
 //! | `GET /v1/vehicles/{id}` | latest position of one vehicle |
 //! | `GET /v1/vehicles?bbox=…` / `?near=…&radius_m=…` / `?cell=…` | vehicles in an area (`format=json|geojson`) |
 //! | `GET /v1/vehicles/{id}/track?from=&to=&limit=&cursor=` | history, paginated (`format=json|geojson`) |
+//! | `GET /v1/vehicles/{id}/trips`, `.../trips/{trip}`, `.../trips/{trip}/track` | trips, one trip, its track |
+//! | `PUT/GET/DELETE /v1/devices/{id}`, `GET /v1/devices` | device registry |
+//! | `GET /v1/alerts?since=&until=&device=&geofence=&kind=&limit=&cursor=` | alerts, newest first |
 //! | `GET /v1/rejections?limit=` | recent rejected inputs, newest first |
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics` | operations |
 //!
@@ -34,11 +40,13 @@
 //! The JSON shapes are documented in the `dto` module (vehicle, GeoJSON) and
 //! on each handler.
 
+mod body;
 mod dto;
 mod error;
 mod extract;
 mod middleware;
 mod params;
+mod records;
 mod routes;
 mod state;
 
@@ -48,7 +56,7 @@ mod router_tests;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, put};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +73,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/vehicles", get(routes::vehicles::in_area))
         .route("/v1/vehicles/{id}", get(routes::vehicles::latest))
         .route("/v1/vehicles/{id}/track", get(routes::vehicles::track))
+        .route("/v1/vehicles/{id}/trips", get(routes::trips::list))
+        .route("/v1/vehicles/{id}/trips/{trip}", get(routes::trips::get))
+        .route(
+            "/v1/vehicles/{id}/trips/{trip}/track",
+            get(routes::trips::track),
+        )
+        .route("/v1/devices", get(routes::devices::list))
+        .route(
+            "/v1/devices/{id}",
+            put(routes::devices::put)
+                .get(routes::devices::get)
+                .delete(routes::devices::delete),
+        )
+        .route("/v1/alerts", get(routes::alerts::list))
         .route("/v1/rejections", get(routes::rejections::recent))
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))

@@ -4,8 +4,8 @@
 //! serde, so that every 400 names the parameter and says what was expected.
 //! Unknown parameters are ignored.
 
-use fleetd_schemas::DeviceId;
-use fleetd_store::{AreaQuery, BBox, HistoryQuery};
+use fleetd_schemas::{AlertKind, DeviceId, DeviceInfo, GeofenceId};
+use fleetd_store::{AlertQuery, AreaQuery, BBox, HistoryQuery, TripQuery};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -106,6 +106,7 @@ pub(crate) struct TrackParams {
     limit: Option<String>,
     cursor: Option<String>,
     format: Option<String>,
+    filtered: Option<String>,
 }
 
 /// A validated track query.
@@ -113,25 +114,20 @@ pub(crate) struct TrackParams {
 pub(crate) struct TrackRequest {
     pub(crate) query: HistoryQuery,
     pub(crate) format: Format,
+    /// Whether fixes flagged by a data-quality filter are included
+    /// (`filtered=true`, the default) or left out (`filtered=false`).
+    pub(crate) include_filtered: bool,
 }
 
 impl TrackParams {
     /// Validates the parameters. `from` defaults to 0 and `to` to one day
     /// after `now_ms`; an empty `cursor` counts as none.
     pub(crate) fn validate(self, now_ms: i64) -> Result<TrackRequest, ApiError> {
-        let from_ms = match self.from.as_deref() {
-            Some(raw) => parse_epoch_ms("from", raw)?,
-            None => 0,
-        };
-        let to_ms = match self.to.as_deref() {
-            Some(raw) => parse_epoch_ms("to", raw)?,
-            None => now_ms.saturating_add(DEFAULT_TO_AHEAD_MS),
-        };
-        if from_ms > to_ms {
-            return Err(bad(format!(
-                "from ({from_ms}) must not be after to ({to_ms})"
-            )));
-        }
+        let (from_ms, to_ms) = time_range(
+            ("from", self.from.as_deref()),
+            ("to", self.to.as_deref()),
+            now_ms,
+        )?;
         Ok(TrackRequest {
             query: HistoryQuery {
                 from_ms,
@@ -140,6 +136,16 @@ impl TrackParams {
                 cursor: self.cursor.filter(|c| !c.is_empty()),
             },
             format: parse_format(self.format.as_deref())?,
+            include_filtered: match self.filtered.as_deref() {
+                None | Some("true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(bad(format!(
+                        "filtered must be true or false, got {}",
+                        echo(other)
+                    )));
+                }
+            },
         })
     }
 }
@@ -293,6 +299,196 @@ fn echo(raw: &str) -> String {
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(message.into())
+}
+
+/// Default `limit` of trip and alert queries.
+pub(crate) const DEFAULT_EVENT_LIMIT: usize = 100;
+/// Largest `limit` of trip and alert queries.
+pub(crate) const MAX_EVENT_LIMIT: usize = 1000;
+
+/// Raw parameters of `GET /v1/vehicles/{id}/trips`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct TripsParams {
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+impl TripsParams {
+    /// Validates into a store query: trips *starting* in `[from, to]`,
+    /// newest first.
+    pub(crate) fn validate(self, now_ms: i64) -> Result<TripQuery, ApiError> {
+        let (from_ms, to_ms) = time_range(
+            ("from", self.from.as_deref()),
+            ("to", self.to.as_deref()),
+            now_ms,
+        )?;
+        Ok(TripQuery {
+            from_ms,
+            to_ms,
+            limit: parse_limit(self.limit.as_deref(), DEFAULT_EVENT_LIMIT, MAX_EVENT_LIMIT)?,
+            cursor: self.cursor.filter(|c| !c.is_empty()),
+        })
+    }
+}
+
+/// Raw parameters of `GET /v1/alerts`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AlertsParams {
+    since: Option<String>,
+    until: Option<String>,
+    device: Option<String>,
+    geofence: Option<String>,
+    kind: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+impl AlertsParams {
+    /// Validates into a store query: `since`/`until` in Unix ms, `device`,
+    /// `geofence`, `kind` a comma-separated list of alert kinds.
+    pub(crate) fn validate(self, now_ms: i64) -> Result<AlertQuery, ApiError> {
+        let (since_ms, until_ms) = time_range(
+            ("since", self.since.as_deref()),
+            ("until", self.until.as_deref()),
+            now_ms,
+        )?;
+        let device = self.device.as_deref().map(parse_device_id).transpose()?;
+        let geofence = self
+            .geofence
+            .as_deref()
+            .map(|g| GeofenceId::parse(g).map_err(|e| bad(format!("geofence {}: {e}", echo(g)))))
+            .transpose()?;
+        let mut kinds = Vec::new();
+        if let Some(raw) = self.kind.as_deref() {
+            for code in raw.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                let kind = AlertKind::from_code(code).ok_or_else(|| {
+                    let all: Vec<&str> = AlertKind::ALL.iter().map(|k| k.code()).collect();
+                    bad(format!(
+                        "kind must be a comma-separated list of {}, got {}",
+                        all.join(", "),
+                        echo(code)
+                    ))
+                })?;
+                kinds.push(kind);
+            }
+        }
+        Ok(AlertQuery {
+            since_ms,
+            until_ms,
+            device,
+            geofence,
+            kinds,
+            limit: parse_limit(self.limit.as_deref(), DEFAULT_EVENT_LIMIT, MAX_EVENT_LIMIT)?,
+            cursor: self.cursor.filter(|c| !c.is_empty()),
+        })
+    }
+}
+
+/// An inclusive range in Unix ms from two named parameters: the start
+/// defaults to 0, the end to a day after now.
+fn time_range(
+    (from_name, from): (&str, Option<&str>),
+    (to_name, to): (&str, Option<&str>),
+    now_ms: i64,
+) -> Result<(i64, i64), ApiError> {
+    let from_ms = match from {
+        Some(raw) => parse_epoch_ms(from_name, raw)?,
+        None => 0,
+    };
+    let to_ms = match to {
+        Some(raw) => parse_epoch_ms(to_name, raw)?,
+        None => now_ms.saturating_add(DEFAULT_TO_AHEAD_MS),
+    };
+    if from_ms > to_ms {
+        return Err(bad(format!(
+            "{from_name} ({from_ms}) must not be after {to_name} ({to_ms})"
+        )));
+    }
+    Ok((from_ms, to_ms))
+}
+
+/// Longest registry `name`, in characters.
+const MAX_NAME_CHARS: usize = 200;
+/// Longest registry `class`, in bytes.
+const MAX_CLASS_LEN: usize = 64;
+/// Most registry tags per device.
+const MAX_TAGS: usize = 64;
+/// Longest tag key (bytes) and value (characters).
+const MAX_TAG_KEY_LEN: usize = 64;
+const MAX_TAG_VALUE_CHARS: usize = 256;
+
+/// The body of `PUT /v1/devices/{id}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeviceBody {
+    name: Option<String>,
+    class: Option<String>,
+    speed_limit_kmh: Option<f64>,
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
+}
+
+impl DeviceBody {
+    /// Validates into a registry entry stamped `now_ms`.
+    pub(crate) fn validate(self, now_ms: i64) -> Result<DeviceInfo, ApiError> {
+        if let Some(name) = &self.name
+            && (name.is_empty() || name.chars().count() > MAX_NAME_CHARS)
+        {
+            return Err(bad(format!(
+                "name must be 1 to {MAX_NAME_CHARS} characters, got {}",
+                echo(name)
+            )));
+        }
+        if let Some(class) = &self.class {
+            let ok = !class.is_empty()
+                && class.len() <= MAX_CLASS_LEN
+                && class
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(bad(format!(
+                    "class must be 1 to {MAX_CLASS_LEN} characters of A-Z a-z 0-9 _ -, got {}",
+                    echo(class)
+                )));
+            }
+        }
+        if let Some(limit) = self.speed_limit_kmh
+            && !(limit.is_finite() && limit > 0.0 && limit <= 1000.0)
+        {
+            return Err(bad(format!(
+                "speed_limit_kmh must be in (0, 1000], got {limit}"
+            )));
+        }
+        if self.tags.len() > MAX_TAGS {
+            return Err(bad(format!(
+                "at most {MAX_TAGS} tags, got {}",
+                self.tags.len()
+            )));
+        }
+        for (key, value) in &self.tags {
+            if key.is_empty() || key.len() > MAX_TAG_KEY_LEN {
+                return Err(bad(format!(
+                    "tag keys must be 1 to {MAX_TAG_KEY_LEN} bytes, got {}",
+                    echo(key)
+                )));
+            }
+            if value.chars().count() > MAX_TAG_VALUE_CHARS {
+                return Err(bad(format!(
+                    "tag {} is longer than {MAX_TAG_VALUE_CHARS} characters",
+                    echo(key)
+                )));
+            }
+        }
+        Ok(DeviceInfo {
+            name: self.name,
+            class: self.class,
+            speed_limit_kmh: self.speed_limit_kmh,
+            tags: self.tags,
+            updated_ms: now_ms,
+        })
+    }
 }
 
 #[cfg(test)]

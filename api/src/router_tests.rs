@@ -10,10 +10,12 @@ use axum::body::Body;
 use axum::http::header::{ALLOW, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use fleetd_schemas::{
-    DeviceId, EnrichedPosition, H3Cells, PositionReport, RejectReason, RejectionLog,
+    Alert, AlertDetail, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, H3Cells,
+    PositionReport, RejectReason, RejectionLog, Trip, VehicleState,
 };
 use fleetd_store::{
-    AreaQuery, FjallStore, HistoryPage, HistoryQuery, LatestUpdate, Store, StoreError, WriteBatch,
+    AlertPage, AlertQuery, AreaQuery, FjallStore, HistoryPage, HistoryQuery, LatestUpdate, Store,
+    StoreError, TripPage, TripQuery, WriteBatch,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
@@ -120,10 +122,14 @@ impl Reply {
 }
 
 async fn send(app: Router, method: Method, uri: &str) -> Reply {
+    send_body(app, method, uri, Body::empty()).await
+}
+
+async fn send_body(app: Router, method: Method, uri: &str, body: Body) -> Reply {
     let request = Request::builder()
         .method(method)
         .uri(uri)
-        .body(Body::empty())
+        .body(body)
         .expect("request");
     let response = app.oneshot(request).await.expect("infallible");
     let status = response.status();
@@ -596,6 +602,33 @@ impl Store for BrokenStore {
     async fn ready(&self) -> Result<(), StoreError> {
         Err(StoreError::Unavailable("down".into()))
     }
+    async fn vehicle_state(&self, _: &DeviceId) -> Result<Option<VehicleState>, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn all_vehicle_states(&self) -> Result<Vec<(DeviceId, VehicleState)>, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn trips(&self, _: &DeviceId, _: &TripQuery) -> Result<TripPage, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn trip(&self, _: &DeviceId, _: i64) -> Result<Option<Trip>, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn alerts(&self, _: &AlertQuery) -> Result<AlertPage, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn put_device(&self, _: &DeviceId, _: &DeviceInfo) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn device(&self, _: &DeviceId) -> Result<Option<DeviceInfo>, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn delete_device(&self, _: &DeviceId) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn all_devices(&self) -> Result<Vec<(DeviceId, DeviceInfo)>, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
 }
 
 #[tokio::test]
@@ -711,4 +744,178 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[tokio::test]
+async fn device_registry_crud_and_validation() {
+    let h = Harness::new().await;
+    let put = |body: &'static str| {
+        send_body(
+            router(h.state.clone()),
+            Method::PUT,
+            "/v1/devices/truck-7",
+            Body::from(body),
+        )
+    };
+    let reply = put(r#"{"name": "Truck 7", "class": "truck", "speed_limit_kmh": 80, "tags": {"depot": "north"}}"#).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["device_id"], "truck-7");
+    assert_eq!(body["speed_limit_kmh"], 80.0);
+    assert_eq!(body["tags"]["depot"], "north");
+    // The processor's cache sees it at once.
+    let cached = h
+        .state
+        .registry
+        .get(&DeviceId::parse("truck-7").expect("id"));
+    assert_eq!(cached.and_then(|i| i.speed_limit_kmh), Some(80.0));
+    let reply = put(r#"{"name": "Truck 7b"}"#).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let reply = h.get("/v1/devices/truck-7").await;
+    assert_eq!(reply.json()["name"], "Truck 7b");
+    assert!(reply.json().get("speed_limit_kmh").is_none());
+    let reply = h.get("/v1/devices").await;
+    assert_eq!(reply.json()["count"], 1);
+
+    for (body, needle) in [
+        (r#"{"speed_limit_kmh": -5}"#, "speed_limit_kmh"),
+        (r#"{"class": "big truck"}"#, "class"),
+        (r#"{"nmae": "typo"}"#, "nmae"),
+        (r#"{"name": "#, "invalid JSON"),
+        ("", "empty"),
+        (r#"{"tags": {"a": 5}}"#, "invalid JSON"),
+    ] {
+        let message = put(body)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    let huge = format!(r#"{{"name": "{}"}}"#, "x".repeat(2 * 1024 * 1024));
+    send_body(
+        router(h.state.clone()),
+        Method::PUT,
+        "/v1/devices/truck-7",
+        Body::from(huge),
+    )
+    .await
+    .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    send_body(
+        router(h.state.clone()),
+        Method::PUT,
+        "/v1/devices/bad%20id",
+        Body::from("{}"),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+
+    let reply = h.request(Method::DELETE, "/v1/devices/truck-7").await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    h.request(Method::DELETE, "/v1/devices/truck-7")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.get("/v1/devices/truck-7")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    assert!(h.state.registry.is_empty());
+}
+
+#[tokio::test]
+async fn alerts_and_trips_are_served_and_validated() {
+    let h = Harness::new().await;
+    let p = position("car-1", 1_700_000_000_000, 52.52, 13.405);
+    h.write(std::slice::from_ref(&p)).await;
+    let trip = Trip {
+        start_ts_ms: 1_699_999_000_000,
+        start: (52.5, 13.4),
+        end_ts_ms: Some(1_699_999_600_000),
+        end: Some((52.52, 13.405)),
+        last_ts_ms: 1_699_999_600_000,
+        last: (52.52, 13.405),
+        distance_m: 4_200.0,
+        max_speed_mps: 16.0,
+        points: 600,
+    };
+    let open = Trip {
+        start_ts_ms: 1_699_999_900_000,
+        end_ts_ms: None,
+        end: None,
+        ..trip.clone()
+    };
+    let alert = Alert::new(
+        AlertKind::Overspeed,
+        DeviceId::parse("car-1").expect("id"),
+        None,
+        1_699_999_300_000,
+        (52.51, 13.40),
+        AlertDetail {
+            speed_kmh: Some(97.0),
+            limit_kmh: Some(80.0),
+            ..AlertDetail::default()
+        },
+    );
+    let state = VehicleState {
+        ts_ms: p.report.ts_ms,
+        odometer_m: 9_000.0,
+        trip: Some(open.clone()),
+        ..VehicleState::default()
+    };
+    h.store
+        .write_batch(WriteBatch {
+            states: vec![(p.report.device_id.clone(), state)],
+            trips: vec![DeviceTrip {
+                device_id: p.report.device_id.clone(),
+                trip: trip.clone(),
+            }],
+            alerts: vec![alert.clone()],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+
+    let body = h.get("/v1/vehicles/car-1").await.json();
+    assert_eq!(body["odometer_m"], 9000.0);
+    assert_eq!(body["trip"]["open"], true);
+
+    let body = h.get("/v1/vehicles/car-1/trips").await.json();
+    let trips = body["trips"].as_array().expect("trips");
+    assert_eq!(trips.len(), 2, "{body}");
+    assert_eq!(trips[0]["open"], true, "open trip first");
+    assert_eq!(trips[1]["distance_m"], 4200.0);
+    assert_eq!(trips[1]["duration_s"], 600.0);
+    assert_eq!(trips[1]["avg_speed_mps"], 7.0);
+    let track_url = trips[1]["track"].as_str().expect("track url").to_owned();
+    let reply = h.get(&track_url).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let reply = h.get("/v1/vehicles/car-1/trips/1699999000000").await;
+    assert_eq!(reply.json()["end_ts_ms"], 1_699_999_600_000_i64);
+    h.get("/v1/vehicles/car-1/trips/123")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.get("/v1/vehicles/car-1/trips/abc")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    h.get("/v1/vehicles/nobody/trips")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+
+    let body = h.get("/v1/alerts?kind=overspeed&device=car-1").await.json();
+    assert_eq!(body["alerts"][0]["id"], alert.id.as_str());
+    assert_eq!(body["alerts"][0]["kind"], "overspeed");
+    assert_eq!(body["alerts"][0]["detail"]["limit_kmh"], 80.0);
+    let body = h.get("/v1/alerts?kind=enter").await.json();
+    assert_eq!(body["alerts"], json!([]));
+    for uri in [
+        "/v1/alerts?kind=speeding",
+        "/v1/alerts?since=yesterday",
+        "/v1/alerts?since=10&until=5",
+        "/v1/alerts?limit=0",
+        "/v1/alerts?cursor=garbage",
+        "/v1/alerts?geofence=a/b",
+        "/v1/vehicles/car-1/trips?limit=5000",
+        "/v1/vehicles/car-1/track?filtered=maybe",
+    ] {
+        h.get(uri)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use fleetd_processor::Registry;
 use fleetd_schemas::RejectionLog;
 use fleetd_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -22,6 +23,9 @@ pub struct ApiState {
     /// Set by the binary once the processor has restored its state from the
     /// store; until then `GET /readyz` answers 503.
     pub ready: Arc<AtomicBool>,
+    /// The device registry cache: `PUT/DELETE /v1/devices/{id}` write the
+    /// store and then this, so the processor's next batch sees the change.
+    pub registry: Arc<Registry>,
     /// Upper bound on the time one request may take. It keeps graceful
     /// shutdown from waiting forever on a slow request; a request that runs
     /// out of time gets a 503 `timeout` error.
@@ -41,8 +45,17 @@ impl ApiState {
             rejections,
             metrics,
             ready,
+            registry: Arc::new(Registry::default()),
             request_timeout: crate::DEFAULT_REQUEST_TIMEOUT,
         }
+    }
+
+    /// Shares `registry` with the processor (the binary passes the one the
+    /// processor reads).
+    #[must_use]
+    pub fn with_registry(mut self, registry: Arc<Registry>) -> Self {
+        self.registry = registry;
+        self
     }
 
     /// Replaces the request timeout (from configuration).

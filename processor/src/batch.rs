@@ -1,31 +1,54 @@
-//! Processing one micro-batch of one partition: order, dedupe, enrich.
+//! Processing one micro-batch of one partition: dedupe, latest, reorder,
+//! vehicle state, and what to write.
 //!
-//! Pure: no I/O and no clock reads, so it is tested with plain data.
+//! Pure: no I/O and no clock reads (the worker passes the time in), so it is
+//! tested with plain data.
 
-use fleetd_schemas::{EnrichedPosition, H3Cells, PositionReport};
+use fleetd_schemas::{
+    DeviceId, DeviceTrip, EnrichedPosition, Fix, H3Cells, PositionReport, RejectReason, Rejection,
+};
 use fleetd_store::{LatestUpdate, WriteBatch};
 use h3o::{LatLng, Resolution};
 
-use crate::kinematics::{bearing_deg, distance_m};
-use crate::state::{DeviceState, PartitionState};
+use crate::registry::Registry;
+use crate::reorder::Admission;
+use crate::settings::VehicleSettings;
+use crate::state::{DeviceState, LatestFix, PartitionState};
+use crate::vehicle::{self, Effects, Limits, gate};
 
-/// Movement below this is not used to derive a heading: the bearing of a
-/// few metres of GPS noise is meaningless.
-const MIN_HEADING_DISTANCE_M: f64 = 3.0;
+/// Filtered fixes sampled for `GET /v1/rejections` per reason and batch.
+const SAMPLES_PER_REASON: usize = 4;
 
 /// Enrichment settings of the processor.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EnrichSettings {
     /// Resolution of `H3Cells::detail` (the area cell is always res 7).
     pub detail_res: Resolution,
+    /// Vehicle-state thresholds.
+    pub vehicle: VehicleSettings,
 }
 
 impl Default for EnrichSettings {
     fn default() -> Self {
         Self {
             detail_res: Resolution::Nine,
+            vehicle: VehicleSettings::default(),
         }
     }
+}
+
+/// What a batch needs from outside: time, the registry, and what kind of
+/// batch it is.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchContext<'a> {
+    /// Server time, Unix ms (for the reorder allowance and silent devices).
+    pub now_ms: i64,
+    /// The registry cache joined into the batch.
+    pub registry: &'a Registry,
+    /// Release every waiting fix (the last batch before shutdown).
+    pub release_all: bool,
+    /// Also close the trips of devices that went silent.
+    pub sweep: bool,
 }
 
 /// The result of processing a batch.
@@ -33,20 +56,62 @@ impl Default for EnrichSettings {
 pub struct BatchOutcome {
     /// What to write to the store.
     pub write: WriteBatch,
-    /// Exact duplicates (same device and `ts_ms`) dropped.
-    pub duplicates: u64,
-    /// Points older than their device's latest: kept in history only.
-    pub late: u64,
+    /// Fixes dropped or flagged by each filter.
+    pub filtered: Vec<(RejectReason, u64)>,
+    /// A few of them, for `GET /v1/rejections`.
+    pub samples: Vec<Rejection>,
+}
+
+impl BatchOutcome {
+    /// How many fixes `reason` filtered.
+    pub fn count(&self, reason: RejectReason) -> u64 {
+        self.filtered
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    fn filter(
+        &mut self,
+        reason: RejectReason,
+        device: &DeviceId,
+        now_ms: i64,
+        detail: impl FnOnce() -> String,
+    ) {
+        let n = match self.filtered.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.filtered.push((reason, 1));
+                1
+            }
+        };
+        if n as usize <= SAMPLES_PER_REASON {
+            self.samples.push(Rejection {
+                at_ms: now_ms,
+                reason,
+                source: "processor".into(),
+                device_id: Some(device.to_string()),
+                detail: detail(),
+                payload_len: 0,
+                payload_head: String::new(),
+            });
+        }
+    }
 }
 
 /// Processes one batch: per device, sorts by device time, drops duplicates,
-/// computes H3 cells, derives missing speed/heading from the previous fix,
-/// and produces at most one latest update per device (never older than the
-/// previous latest).
+/// decides the latest position (never older than the previous one, gated
+/// against teleports), holds fixes for the reorder allowance, then applies
+/// the fixes whose turn came to the vehicle state and emits their history
+/// rows (flagged when filtered), state, closed trips and alerts.
 pub fn process_batch(
     state: &mut PartitionState,
     mut reports: Vec<PositionReport>,
     settings: &EnrichSettings,
+    ctx: &BatchContext<'_>,
 ) -> BatchOutcome {
     // Stable order within a device: by device time, then by arrival.
     reports.sort_unstable_by(|a, b| {
@@ -55,6 +120,7 @@ pub fn process_batch(
             .then(a.ts_ms.cmp(&b.ts_ms))
             .then(a.received_ms.cmp(&b.received_ms))
     });
+    let vs = &settings.vehicle;
     let mut outcome = BatchOutcome::default();
     outcome.write.history.reserve(reports.len());
     let mut start = 0;
@@ -65,52 +131,190 @@ pub fn process_batch(
                 .iter()
                 .position(|r| r.device_id != device)
                 .unwrap_or(reports.len() - start);
-        let previous = state.devices.get(&device).cloned();
-        let mut last = previous.clone();
-        // Index in `history` of the device's newest point, if it advanced.
-        let mut newest = None;
-        let mut prev_ts = None;
+        let ds = state.devices.entry(device.clone()).or_default();
+        let previous_cell = ds.latest.map(|l| l.area_cell);
+        let mut new_latest = None;
         for report in &reports[start..end] {
-            if prev_ts == Some(report.ts_ms)
-                || previous
-                    .as_ref()
-                    .is_some_and(|p| p.last_ts_ms == report.ts_ms)
-            {
-                outcome.duplicates += 1;
-                continue;
-            }
-            prev_ts = Some(report.ts_ms);
             let Some(h3) = cells(report.lat, report.lon, settings.detail_res) else {
                 continue;
             };
-            let mut enriched = EnrichedPosition {
+            let mut position = EnrichedPosition {
                 report: report.clone(),
                 h3,
                 speed_derived: false,
                 heading_derived: false,
+                flag: None,
             };
-            match &last {
-                Some(l) if report.ts_ms < l.last_ts_ms => outcome.late += 1,
-                l => {
-                    if let Some(l) = l {
-                        derive_motion(&mut enriched, l);
+            match ds.reorder.classify(report.ts_ms, ds.vehicle.ts_ms) {
+                Admission::Duplicate => {
+                    outcome.filter(RejectReason::Duplicate, &device, ctx.now_ms, || {
+                        format!("a fix at ts_ms {} was already received", report.ts_ms)
+                    });
+                }
+                Admission::TooLate => {
+                    let applied = ds.vehicle.ts_ms;
+                    outcome.filter(RejectReason::TooLate, &device, ctx.now_ms, || {
+                        format!(
+                            "ts_ms {} is {} ms older than the newest applied fix, beyond the \
+                             reorder allowance of {} ms; kept in history only",
+                            report.ts_ms,
+                            applied - report.ts_ms,
+                            vs.reorder_ms
+                        )
+                    });
+                    position.flag = Some(RejectReason::TooLate);
+                    outcome.write.history.push(position);
+                }
+                Admission::Pending => {
+                    if let Some(latest) = latest_candidate(ds, &position, vs) {
+                        new_latest = Some(latest);
                     }
-                    last = Some(DeviceState::from(&enriched));
-                    newest = Some(outcome.write.history.len());
+                    ds.reorder.insert(position);
                 }
             }
-            outcome.write.history.push(enriched);
         }
-        if let (Some(idx), Some(new)) = (newest, last) {
+        if let Some(position) = new_latest {
             outcome.write.latest.push(LatestUpdate {
-                position: outcome.write.history[idx].clone(),
-                previous_area_cell: previous.as_ref().map(|p| p.last_area_cell),
+                position,
+                previous_area_cell: previous_cell,
             });
-            state.devices.insert(device, new);
+        }
+        if !ds.reorder.is_empty() {
+            state.buffered.insert(device);
         }
         start = end;
     }
+
+    let registry = ctx.registry.read();
+    let buffered: Vec<DeviceId> = state.buffered.iter().cloned().collect();
+    for device in buffered {
+        let Some(ds) = state.devices.get_mut(&device) else {
+            state.buffered.remove(&device);
+            continue;
+        };
+        let info = registry.get(&device);
+        let limits = Limits {
+            speed_limit_kmh: ctx.registry.speed_limit_kmh(info),
+            device_name: info.and_then(|i| i.name.as_deref()),
+        };
+        let mut effects = Effects::default();
+        let mut released = 0usize;
+        let due: Vec<EnrichedPosition> = ds
+            .reorder
+            .release(ctx.now_ms, vs.reorder_ms, ctx.release_all)
+            .collect();
+        for mut position in due {
+            released += 1;
+            let last = ds.vehicle.last_fix;
+            let applied = vehicle::apply(&mut ds.vehicle, &mut position, limits, vs, &mut effects);
+            if let Some(reason) = applied.flag {
+                let r = &position.report;
+                outcome.filter(reason, &device, ctx.now_ms, || {
+                    filter_detail(reason, r, last, applied.implied_mps, vs)
+                });
+            }
+            outcome.write.history.push(position);
+        }
+        if ds.reorder.is_empty() {
+            state.buffered.remove(&device);
+        }
+        if released > 0 {
+            push_effects(&mut outcome, &device, ds, effects);
+        }
+    }
+
+    if ctx.sweep {
+        for (device, ds) in &mut state.devices {
+            let mut effects = Effects::default();
+            if vehicle::close_if_silent(&mut ds.vehicle, ctx.now_ms, vs, &mut effects) {
+                push_effects(&mut outcome, device, ds, effects);
+            }
+        }
+    }
     outcome
+}
+
+/// Adds a device's changed state, closed trips and alerts to the write.
+fn push_effects(outcome: &mut BatchOutcome, device: &DeviceId, ds: &DeviceState, effects: Effects) {
+    outcome
+        .write
+        .states
+        .push((device.clone(), ds.vehicle.clone()));
+    outcome
+        .write
+        .trips
+        .extend(effects.closed_trips.into_iter().map(|trip| DeviceTrip {
+            device_id: device.clone(),
+            trip,
+        }));
+    outcome.write.alerts.extend(effects.alerts);
+}
+
+/// The latest-position update for `position`, if it is newer than the
+/// device's latest and passes the gate (accuracy, teleport).
+fn latest_candidate(
+    ds: &mut DeviceState,
+    position: &EnrichedPosition,
+    settings: &VehicleSettings,
+) -> Option<EnrichedPosition> {
+    let r = &position.report;
+    let fix = Fix {
+        ts_ms: r.ts_ms,
+        lat: r.lat,
+        lon: r.lon,
+    };
+    let last = ds.latest.map(|l| l.fix);
+    if last.is_some_and(|l| l.ts_ms >= fix.ts_ms) {
+        return None;
+    }
+    let verdict = gate::check(last, &mut ds.latest_suspect, fix, r.accuracy_m, settings);
+    let mut latest = position.clone();
+    match verdict {
+        gate::Verdict::Reject(_) => return None,
+        gate::Verdict::Accept => {
+            if let Some(l) = last {
+                vehicle::derive_motion(&mut latest, l);
+            }
+        }
+        gate::Verdict::Relocate => {}
+    }
+    ds.latest = Some(LatestFix {
+        fix,
+        area_cell: latest.h3.area,
+    });
+    Some(latest)
+}
+
+/// The human-readable reason a fix was flagged.
+fn filter_detail(
+    reason: RejectReason,
+    r: &PositionReport,
+    last: Option<Fix>,
+    implied_mps: Option<f64>,
+    vs: &VehicleSettings,
+) -> String {
+    match reason {
+        RejectReason::PoorAccuracy => format!(
+            "accuracy {} m is worse than the bound of {} m; kept in history, not applied",
+            r.accuracy_m.unwrap_or_default(),
+            vs.max_accuracy_m
+        ),
+        RejectReason::Teleport => format!(
+            "reaching ({:.6}, {:.6}) from the previous fix{} takes {:.0} m/s, above {} m/s; \
+             kept in history, not applied",
+            r.lat,
+            r.lon,
+            last.map(|l| format!(" at ts_ms {}", l.ts_ms))
+                .unwrap_or_default(),
+            implied_mps.unwrap_or_default(),
+            vs.max_speed_mps
+        ),
+        RejectReason::StationaryJitter => format!(
+            "moved within the stop radius while stopped (ts_ms {}); no distance added",
+            r.ts_ms
+        ),
+        other => other.code().to_owned(),
+    }
 }
 
 /// Both H3 cells of a point; `None` only for coordinates ingest would never
@@ -121,24 +325,6 @@ pub fn cells(lat: f64, lon: f64, detail_res: Resolution) -> Option<H3Cells> {
         area: u64::from(ll.to_cell(Resolution::Seven)),
         detail: u64::from(ll.to_cell(detail_res)),
     })
-}
-
-/// Fills in speed and heading the device did not send, from the previous fix.
-fn derive_motion(p: &mut EnrichedPosition, prev: &DeviceState) {
-    let r = &mut p.report;
-    let dt_s = (r.ts_ms - prev.last_ts_ms) as f64 / 1000.0;
-    if dt_s <= 0.0 || (r.speed_mps.is_some() && r.heading_deg.is_some()) {
-        return;
-    }
-    let d = distance_m(prev.last_lat, prev.last_lon, r.lat, r.lon);
-    if r.speed_mps.is_none() {
-        r.speed_mps = Some((d / dt_s) as f32);
-        p.speed_derived = true;
-    }
-    if r.heading_deg.is_none() && d >= MIN_HEADING_DISTANCE_M {
-        r.heading_deg = Some(bearing_deg(prev.last_lat, prev.last_lon, r.lat, r.lon) as f32);
-        p.heading_derived = true;
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
-use fleetd_schemas::DeviceId;
+use fleetd_schemas::{DeviceId, DeviceInfo, Motion};
+
+use crate::settings::VehicleSettings;
 
 use super::*;
 
@@ -14,12 +16,40 @@ fn report(device: &str, ts_ms: i64, lat: f64, lon: f64) -> PositionReport {
         heading_deg: None,
         battery_pct: None,
         seq: None,
-        received_ms: 0,
+        received_ms: ts_ms,
     }
 }
 
+/// Settings with no reorder wait, so each batch applies what it gets.
+fn immediate() -> EnrichSettings {
+    EnrichSettings {
+        vehicle: VehicleSettings {
+            reorder_ms: 0,
+            ..VehicleSettings::default()
+        },
+        ..EnrichSettings::default()
+    }
+}
+
+fn run_with(
+    state: &mut PartitionState,
+    reports: Vec<PositionReport>,
+    settings: &EnrichSettings,
+    now_ms: i64,
+) -> BatchOutcome {
+    let registry = Registry::default();
+    let ctx = BatchContext {
+        now_ms,
+        registry: &registry,
+        release_all: false,
+        sweep: false,
+    };
+    process_batch(state, reports, settings, &ctx)
+}
+
 fn run(state: &mut PartitionState, reports: Vec<PositionReport>) -> BatchOutcome {
-    process_batch(state, reports, &EnrichSettings::default())
+    let now = reports.iter().map(|r| r.ts_ms).max().unwrap_or(0);
+    run_with(state, reports, &immediate(), now)
 }
 
 fn latest_ts(out: &BatchOutcome, device: &str) -> Option<i64> {
@@ -28,6 +58,10 @@ fn latest_ts(out: &BatchOutcome, device: &str) -> Option<i64> {
         .iter()
         .find(|u| u.position.report.device_id.as_str() == device)
         .map(|u| u.position.report.ts_ms)
+}
+
+fn id(s: &str) -> DeviceId {
+    DeviceId::parse(s).expect("id")
 }
 
 #[test]
@@ -43,14 +77,15 @@ fn sorts_dedupes_and_picks_latest_per_device() {
             report("b", 1000, 1.0, 1.0),
         ],
     );
-    assert_eq!(out.duplicates, 1);
+    assert_eq!(out.count(RejectReason::Duplicate), 1);
     assert_eq!(out.write.history.len(), 4);
-    let order: Vec<_> = out
+    let mut order: Vec<_> = out
         .write
         .history
         .iter()
         .map(|p| (p.report.device_id.as_str(), p.report.ts_ms))
         .collect();
+    order.sort();
     assert_eq!(order, [("a", 1000), ("a", 2000), ("b", 1000), ("b", 3000)]);
     assert_eq!(latest_ts(&out, "a"), Some(2000));
     assert_eq!(latest_ts(&out, "b"), Some(3000));
@@ -60,6 +95,8 @@ fn sorts_dedupes_and_picks_latest_per_device() {
             .iter()
             .all(|u| u.previous_area_cell.is_none())
     );
+    assert_eq!(out.samples.len(), 1);
+    assert_eq!(out.samples[0].reason, RejectReason::Duplicate);
 }
 
 #[test]
@@ -70,22 +107,58 @@ fn late_points_go_to_history_without_regressing_latest() {
     let out = run(
         &mut state,
         vec![
-            report("a", 5_000, 52.1, 13.1),
+            report("a", 5_000, 52.0001, 13.0),
             report("a", 10_000, 52.0, 13.0),
         ],
     );
-    assert_eq!(out.late, 1);
-    assert_eq!(out.duplicates, 1, "same ts as the stored latest");
-    assert_eq!(out.write.history.len(), 1);
-    assert!(out.write.latest.is_empty(), "latest must not regress");
+    assert_eq!(out.count(RejectReason::TooLate), 1);
     assert_eq!(
-        state.devices[&DeviceId::parse("a").expect("id")].last_ts_ms,
-        10_000
+        out.count(RejectReason::Duplicate),
+        1,
+        "same ts as the latest"
     );
+    assert_eq!(out.write.history.len(), 1);
+    assert_eq!(out.write.history[0].flag, Some(RejectReason::TooLate));
+    assert!(out.write.latest.is_empty(), "latest must not regress");
+    assert_eq!(state.devices[&id("a")].vehicle.ts_ms, 10_000);
 
     let out = run(&mut state, vec![report("a", 11_000, 52.0001, 13.0)]);
     assert_eq!(latest_ts(&out, "a"), Some(11_000));
     assert_eq!(out.write.latest[0].previous_area_cell, Some(area));
+}
+
+#[test]
+fn fixes_wait_for_the_reorder_allowance_and_apply_in_order() {
+    let settings = EnrichSettings::default();
+    let allowance = settings.vehicle.reorder_ms;
+    let mut state = PartitionState::default();
+    // Two fixes out of order in one batch, a third older one in the next.
+    let out = run_with(
+        &mut state,
+        vec![
+            report("a", 10_000, 52.0, 13.0),
+            report("a", 9_000, 52.0, 13.0),
+        ],
+        &settings,
+        10_000,
+    );
+    assert_eq!(latest_ts(&out, "a"), Some(10_000), "latest does not wait");
+    assert!(out.write.history.is_empty(), "history waits");
+    assert!(state.has_buffered());
+    let out = run_with(
+        &mut state,
+        vec![report("a", 8_500, 52.0, 13.0)],
+        &settings,
+        10_100,
+    );
+    assert!(out.write.latest.is_empty());
+    assert_eq!(out.count(RejectReason::TooLate), 0);
+    // The allowance passes in server time: all three, in device-time order.
+    let out = run_with(&mut state, vec![], &settings, 10_100 + allowance);
+    let order: Vec<i64> = out.write.history.iter().map(|p| p.report.ts_ms).collect();
+    assert_eq!(order, [8_500, 9_000, 10_000]);
+    assert!(!state.has_buffered());
+    assert_eq!(out.write.states.len(), 1);
 }
 
 #[test]
@@ -104,6 +177,9 @@ fn derives_speed_and_heading_when_absent() {
     let speed = p.report.speed_mps.expect("derived");
     assert!((speed - 11.1195).abs() < 0.01, "{speed}");
     assert!(p.report.heading_deg.expect("derived").abs() < 1e-3);
+    // The latest row derives the same way.
+    let latest = &out.write.latest[0].position;
+    assert_eq!(latest.report.speed_mps, p.report.speed_mps);
     // The first point has nothing to derive from.
     assert!(out.write.history[0].report.speed_mps.is_none());
 
@@ -118,15 +194,84 @@ fn derives_speed_and_heading_when_absent() {
 }
 
 #[test]
+fn teleports_are_flagged_and_never_become_latest() {
+    let mut state = PartitionState::default();
+    let out = run(
+        &mut state,
+        vec![
+            report("a", 1_000, 52.0, 13.0),
+            report("a", 2_000, 52.0001, 13.0),
+            // 111 km in one second.
+            report("a", 3_000, 53.0, 13.0),
+            report("a", 4_000, 52.0002, 13.0),
+        ],
+    );
+    assert_eq!(out.count(RejectReason::Teleport), 1);
+    assert_eq!(latest_ts(&out, "a"), Some(4_000));
+    let flagged: Vec<i64> = out
+        .write
+        .history
+        .iter()
+        .filter(|p| p.flag == Some(RejectReason::Teleport))
+        .map(|p| p.report.ts_ms)
+        .collect();
+    assert_eq!(flagged, [3_000]);
+    let sample = out
+        .samples
+        .iter()
+        .find(|s| s.reason == RejectReason::Teleport)
+        .expect("sampled");
+    assert!(sample.detail.contains("m/s"), "{}", sample.detail);
+    assert!(state.devices[&id("a")].vehicle.odometer_m < 50.0);
+}
+
+#[test]
+fn overspeed_uses_the_registry_and_fires_once() {
+    let settings = immediate();
+    let registry = Registry::default();
+    registry.upsert(
+        id("car"),
+        DeviceInfo {
+            name: Some("Car 1".into()),
+            speed_limit_kmh: Some(50.0),
+            ..DeviceInfo::default()
+        },
+    );
+    let mut state = PartitionState::default();
+    let mut alerts = Vec::new();
+    // 20 m/s (72 km/h) due north for 60 s, one fix per second and batch.
+    for t in 0..60i64 {
+        let mut r = report("car", t * 1000, 52.0 + t as f64 * 0.00018, 13.0);
+        r.speed_mps = Some(20.0);
+        let ctx = BatchContext {
+            now_ms: t * 1000,
+            registry: &registry,
+            release_all: false,
+            sweep: false,
+        };
+        let out = process_batch(&mut state, vec![r], &settings, &ctx);
+        alerts.extend(out.write.alerts);
+    }
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = &alerts[0];
+    assert_eq!(alert.kind, fleetd_schemas::AlertKind::Overspeed);
+    assert_eq!(alert.detail.device_name.as_deref(), Some("Car 1"));
+    assert_eq!(alert.detail.limit_kmh, Some(50.0));
+    assert_eq!(state.devices[&id("car")].vehicle.motion, Motion::Moving);
+}
+
+#[test]
 fn h3_cells_have_the_configured_resolutions() {
     let mut state = PartitionState::default();
     let settings = EnrichSettings {
         detail_res: Resolution::Eleven,
+        ..immediate()
     };
-    let out = process_batch(
+    let out = run_with(
         &mut state,
         vec![report("a", 1, 37.7749, -122.4194)],
         &settings,
+        1,
     );
     let h3 = out.write.history[0].h3;
     let area = h3o::CellIndex::try_from(h3.area).expect("cell");

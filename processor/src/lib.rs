@@ -7,8 +7,11 @@
 //!   so per-device order holds without locks.
 //! * Each worker gathers a micro-batch for [`ProcessorSettings::window`] (or
 //!   until [`ProcessorSettings::max_batch`]), runs [`process_batch`] on the
-//!   blocking pool (sort, dedupe, H3, derived speed/heading, latest), then
-//!   writes one [`fleetd_store::WriteBatch`].
+//!   blocking pool (sort, dedupe, H3, latest, reorder, vehicle state:
+//!   filters, motion, odometer, trips, overspeed), then writes one
+//!   [`fleetd_store::WriteBatch`].
+//! * [`Registry`] is the enrichment cache of the device registry, written by
+//!   the API and read once per batch.
 //! * Input is a bounded channel of position chunks; when it closes, workers
 //!   flush what they hold and [`Processor::join`] returns.
 //!
@@ -17,20 +20,25 @@
 mod batch;
 mod dispatch;
 pub mod kinematics;
+mod registry;
+mod reorder;
 mod settings;
 mod state;
+mod vehicle;
 mod worker;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use fleetd_schemas::PositionReport;
+use fleetd_schemas::{PositionReport, RejectionLog};
 use fleetd_store::{Store, StoreError};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-pub use batch::{BatchOutcome, EnrichSettings, cells, process_batch};
-pub use settings::ProcessorSettings;
-pub use state::{DeviceState, PartitionState};
+pub use batch::{BatchContext, BatchOutcome, EnrichSettings, cells, process_batch};
+pub use registry::Registry;
+pub use settings::{ProcessorSettings, VehicleSettings};
+pub use state::{DeviceState, LatestFix, PartitionState};
 
 /// A running processor.
 pub struct Processor {
@@ -40,24 +48,39 @@ pub struct Processor {
 
 impl Processor {
     /// Restores state from `store` and starts the dispatcher and workers,
-    /// reading position chunks from `input` until it closes.
+    /// reading position chunks from `input` until it closes. Each batch joins
+    /// `registry` and samples its filtered fixes into `rejections`.
     pub async fn start(
         settings: ProcessorSettings,
         store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        rejections: Arc<RejectionLog>,
         input: mpsc::Receiver<Vec<PositionReport>>,
     ) -> Result<Self, StoreError> {
         let partitions = settings.partitions.max(1);
         let mut states: Vec<PartitionState> =
             (0..partitions).map(|_| PartitionState::default()).collect();
         let latest = store.all_latest().await?;
-        let devices = latest.len();
+        let mut vehicles: HashMap<_, _> = store.all_vehicle_states().await?.into_iter().collect();
+        let devices = latest.len().max(vehicles.len());
         for position in &latest {
-            let p = dispatch::partition_of(&position.report.device_id, partitions);
-            states[p].devices.insert(
-                position.report.device_id.clone(),
-                DeviceState::from(position),
-            );
+            let id = &position.report.device_id;
+            let p = dispatch::partition_of(id, partitions);
+            let restored = DeviceState::restore(Some(position), vehicles.remove(id));
+            states[p].devices.insert(id.clone(), restored);
         }
+        // A state without a latest position (its latest was filtered).
+        for (id, vehicle) in vehicles {
+            let p = dispatch::partition_of(&id, partitions);
+            states[p]
+                .devices
+                .insert(id, DeviceState::restore(None, Some(vehicle)));
+        }
+        let ports = worker::Ports {
+            store: Arc::clone(&store),
+            registry,
+            rejections,
+        };
         tracing::info!(
             devices,
             partitions,
@@ -73,7 +96,7 @@ impl Processor {
                 partition,
                 rx,
                 state,
-                Arc::clone(&store),
+                ports.clone(),
                 settings.clone(),
             ));
         }

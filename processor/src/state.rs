@@ -1,30 +1,51 @@
 //! Per-device state kept by the partition that owns the device.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use fleetd_schemas::{DeviceId, EnrichedPosition};
+use fleetd_schemas::{DeviceId, EnrichedPosition, Fix, Suspect, VehicleState};
 
-/// What a partition remembers about one device between batches.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeviceState {
-    /// Device time of the latest accepted fix; later fixes must be newer to
-    /// become latest, so late data never regresses it.
-    pub last_ts_ms: i64,
-    /// Latitude of the latest fix.
-    pub last_lat: f64,
-    /// Longitude of the latest fix.
-    pub last_lon: f64,
-    /// Area cell of the latest fix (to move the device in the area index).
-    pub last_area_cell: u64,
+use crate::reorder::Reorder;
+
+/// The newest fix accepted as a device's latest position.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatestFix {
+    /// The fix; later fixes must be newer to replace it, so late data never
+    /// regresses `latest`.
+    pub fix: Fix,
+    /// Its area cell (to move the device in the area index).
+    pub area_cell: u64,
 }
 
-impl From<&EnrichedPosition> for DeviceState {
-    fn from(p: &EnrichedPosition) -> Self {
+/// What a partition remembers about one device between batches.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceState {
+    /// The latest position (decided on arrival, without waiting for the
+    /// reorder allowance).
+    pub latest: Option<LatestFix>,
+    /// The latest position's teleport run (its own gate, see
+    /// `vehicle::gate`).
+    pub latest_suspect: Option<Suspect>,
+    /// Motion, odometer, trip, filters: advanced in device-time order.
+    pub vehicle: VehicleState,
+    /// Fixes waiting for their turn.
+    pub(crate) reorder: Reorder,
+}
+
+impl DeviceState {
+    /// State restored from a stored latest position and vehicle state.
+    pub fn restore(latest: Option<&EnrichedPosition>, vehicle: Option<VehicleState>) -> Self {
         Self {
-            last_ts_ms: p.report.ts_ms,
-            last_lat: p.report.lat,
-            last_lon: p.report.lon,
-            last_area_cell: p.h3.area,
+            latest: latest.map(|p| LatestFix {
+                fix: Fix {
+                    ts_ms: p.report.ts_ms,
+                    lat: p.report.lat,
+                    lon: p.report.lon,
+                },
+                area_cell: p.h3.area,
+            }),
+            latest_suspect: None,
+            vehicle: vehicle.unwrap_or_default(),
+            reorder: Reorder::default(),
         }
     }
 }
@@ -35,4 +56,14 @@ impl From<&EnrichedPosition> for DeviceState {
 pub struct PartitionState {
     /// Devices by id.
     pub devices: HashMap<DeviceId, DeviceState>,
+    /// Devices with fixes waiting in their reorder buffer.
+    pub(crate) buffered: HashSet<DeviceId>,
+}
+
+impl PartitionState {
+    /// Whether some device has fixes waiting, so the partition must run a
+    /// batch even without new input.
+    pub fn has_buffered(&self) -> bool {
+        !self.buffered.is_empty()
+    }
 }

@@ -6,13 +6,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetd_schemas::{PositionReport, now_ms};
+use fleetd_schemas::{PositionReport, RejectReason, RejectionLog, now_ms};
 use fleetd_store::{Store, WriteBatch};
 use tokio::sync::mpsc;
 
-use crate::batch::{BatchOutcome, process_batch};
+use crate::batch::{BatchContext, BatchOutcome, process_batch};
+use crate::registry::Registry;
 use crate::settings::ProcessorSettings;
 use crate::state::PartitionState;
+
+/// What every partition worker shares: where to write and what to join.
+#[derive(Clone)]
+pub(crate) struct Ports {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) rejections: Arc<RejectionLog>,
+}
 
 type Flush = Pin<Box<dyn Future<Output = PartitionState> + Send>>;
 
@@ -25,10 +34,11 @@ pub(crate) async fn run_partition(
     partition: usize,
     mut input: mpsc::Receiver<Vec<PositionReport>>,
     state: PartitionState,
-    store: Arc<dyn Store>,
+    ports: Ports,
     settings: ProcessorSettings,
 ) {
     let mut ticker = tokio::time::interval(settings.window);
+    let mut last_sweep = Instant::now();
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state = Some(state);
     let mut pending: Vec<PositionReport> = Vec::new();
@@ -55,14 +65,26 @@ pub(crate) async fn run_partition(
             }
         }
         let due = window_due || pending.len() >= settings.max_batch || !input_open;
-        if due && !pending.is_empty() {
+        // Fixes held for the reorder allowance must be released even when
+        // no new input arrives, and silent devices' trips closed.
+        let buffered = state.as_ref().is_some_and(PartitionState::has_buffered);
+        let sweep = last_sweep.elapsed() >= settings.sweep_every;
+        if due && (!pending.is_empty() || buffered || sweep || !input_open) {
             if let Some(s) = state.take() {
                 let batch = std::mem::take(&mut pending);
+                if sweep {
+                    last_sweep = Instant::now();
+                }
+                let kind = BatchKind {
+                    release_all: !input_open,
+                    sweep,
+                };
                 in_flight = Some(Box::pin(flush(
                     partition,
                     s,
                     batch,
-                    Arc::clone(&store),
+                    kind,
+                    ports.clone(),
                     settings.clone(),
                 )));
                 window_due = false;
@@ -70,11 +92,21 @@ pub(crate) async fn run_partition(
         } else if due {
             window_due = false;
         }
-        if !input_open && pending.is_empty() && in_flight.is_none() {
+        let drained = state.as_ref().is_some_and(|s| !s.has_buffered());
+        if !input_open && pending.is_empty() && in_flight.is_none() && drained {
             break;
         }
     }
     tracing::debug!(partition, "partition worker stopped");
+}
+
+/// Which extra work a batch does.
+#[derive(Debug, Clone, Copy)]
+struct BatchKind {
+    /// The last batch before shutdown: release every waiting fix.
+    release_all: bool,
+    /// Close the trips of devices that went silent.
+    sweep: bool,
 }
 
 /// Processes and stores one batch; returns the partition state.
@@ -82,18 +114,25 @@ async fn flush(
     partition: usize,
     mut state: PartitionState,
     batch: Vec<PositionReport>,
-    store: Arc<dyn Store>,
+    kind: BatchKind,
+    ports: Ports,
     settings: ProcessorSettings,
 ) -> PartitionState {
     let started = Instant::now();
     let n_in = batch.len();
-    let enrich = settings.enrich;
+    let registry = Arc::clone(&ports.registry);
     let processed = tokio::task::spawn_blocking(move || {
-        let outcome = process_batch(&mut state, batch, &enrich);
-        (state, outcome)
+        let ctx = BatchContext {
+            now_ms: now_ms(),
+            registry: &registry,
+            release_all: kind.release_all,
+            sweep: kind.sweep,
+        };
+        let outcome = process_batch(&mut state, batch, &settings.enrich, &ctx);
+        (state, outcome, settings)
     })
     .await;
-    let (state, outcome) = match processed {
+    let (state, outcome, settings) = match processed {
         Ok(done) => done,
         Err(e) => {
             // A panic in processing is a bug; the partition's state is lost
@@ -103,15 +142,23 @@ async fn flush(
         }
     };
     let processed_at = started.elapsed();
+    let duplicates = outcome.count(RejectReason::Duplicate);
+    let late = outcome.count(RejectReason::TooLate);
     let BatchOutcome {
         write,
-        duplicates,
-        late,
+        filtered,
+        samples,
     } = outcome;
+    for (reason, n) in &filtered {
+        metrics::counter!(reason.metric(), "reason" => reason.code()).increment(*n);
+    }
+    ports.rejections.keep(samples);
     metrics::counter!("fleetd_duplicates_total").increment(duplicates);
     metrics::counter!("fleetd_late_positions_total").increment(late);
+    metrics::counter!("fleetd_alerts_total").increment(write.alerts.len() as u64);
+    metrics::counter!("fleetd_trips_closed_total").increment(write.trips.len() as u64);
     metrics::histogram!("fleetd_batch_positions").record(n_in as f64);
-    write_with_retry(partition, &*store, &write, settings.store_retry_max).await;
+    write_with_retry(partition, &*ports.store, &write, settings.store_retry_max).await;
     let stored_ms = now_ms();
     for p in &write.history {
         metrics::histogram!("fleetd_ingest_to_store_seconds")
@@ -129,6 +176,7 @@ async fn flush(
         positions = n_in,
         stored = write.history.len(),
         latest = write.latest.len(),
+        alerts = write.alerts.len(),
         duplicates,
         late,
         ms = started.elapsed().as_millis() as u64,

@@ -87,7 +87,11 @@ impl Tables {
             .collect()
     }
 
-    pub(crate) fn trips(&self, device: &DeviceId, query: &TripQuery) -> Result<TripPage, StoreError> {
+    pub(crate) fn trips(
+        &self,
+        device: &DeviceId,
+        query: &TripQuery,
+    ) -> Result<TripPage, StoreError> {
         if query.limit == 0 {
             return Err(StoreError::InvalidQuery(
                 "trip limit must be at least 1".into(),
@@ -112,7 +116,11 @@ impl Tables {
         Ok(page)
     }
 
-    pub(crate) fn trip(&self, device: &DeviceId, start_ts_ms: i64) -> Result<Option<Trip>, StoreError> {
+    pub(crate) fn trip(
+        &self,
+        device: &DeviceId,
+        start_ts_ms: i64,
+    ) -> Result<Option<Trip>, StoreError> {
         match self.trips.get(keys::device_ts_key(device, start_ts_ms))? {
             Some(v) => decode("trip", &v).map(Some),
             None => Ok(None),

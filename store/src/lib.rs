@@ -31,9 +31,9 @@ use fleetd_schemas::{
 };
 
 pub use area::{AreaQuery, BBox};
-pub use fjall_tables::ALERT_SCAN_BUDGET;
 pub use error::StoreError;
 pub use fjall_store::FjallStore;
+pub use fjall_tables::ALERT_SCAN_BUDGET;
 pub use scylla::{ScyllaSettings, ScyllaStore};
 
 /// What one micro-batch of one processor partition writes.

@@ -524,7 +524,10 @@ async fn vehicle_state_trips_and_registry_round_trip() {
         b.store.write_batch(batch).await.expect("write");
         let got = b.store.vehicle_state(&id("car-1")).await.expect("read");
         assert_eq!(got.as_ref(), Some(&state), "{}", b.name);
-        assert_eq!(b.store.vehicle_state(&id("nobody")).await.expect("read"), None);
+        assert_eq!(
+            b.store.vehicle_state(&id("nobody")).await.expect("read"),
+            None
+        );
         let all = b.store.all_vehicle_states().await.expect("all");
         assert_eq!(all, vec![(id("car-1"), state.clone())], "{}", b.name);
 
@@ -548,9 +551,19 @@ async fn vehicle_state_trips_and_registry_round_trip() {
         let mut expected = trips.to_vec();
         expected.reverse();
         assert_eq!(seen, expected, "{}", b.name);
-        let one = b.store.trip(&id("car-1"), now - 3_600_000).await.expect("trip");
+        let one = b
+            .store
+            .trip(&id("car-1"), now - 3_600_000)
+            .await
+            .expect("trip");
         assert_eq!(one, Some(trips[1].clone()), "{}", b.name);
-        assert_eq!(b.store.trip(&id("car-1"), now - 100_000).await.expect("trip"), None);
+        assert_eq!(
+            b.store
+                .trip(&id("car-1"), now - 100_000)
+                .await
+                .expect("trip"),
+            None
+        );
         let q = TripQuery {
             from_ms: 0,
             to_ms: i64::MAX,
@@ -570,12 +583,18 @@ async fn vehicle_state_trips_and_registry_round_trip() {
             tags: [("depot".to_owned(), "north".to_owned())].into(),
             updated_ms: now,
         };
-        b.store.put_device(&id("truck-7"), &info).await.expect("put");
+        b.store
+            .put_device(&id("truck-7"), &info)
+            .await
+            .expect("put");
         b.store
             .put_device(&id("van-1"), &DeviceInfo::default())
             .await
             .expect("put");
-        assert_eq!(b.store.device(&id("truck-7")).await.expect("get"), Some(info.clone()));
+        assert_eq!(
+            b.store.device(&id("truck-7")).await.expect("get"),
+            Some(info.clone())
+        );
         let mut all = b.store.all_devices().await.expect("all");
         all.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(all.len(), 2, "{}", b.name);

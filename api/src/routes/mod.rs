@@ -1,8 +1,11 @@
 //! Route handlers, one module per resource.
 
+pub(crate) mod alerts;
+pub(crate) mod devices;
 pub(crate) mod fallback;
 pub(crate) mod ops;
 pub(crate) mod rejections;
+pub(crate) mod trips;
 pub(crate) mod vehicles;
 
 use axum::Json;

@@ -4,16 +4,19 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use fleetd_schemas::DeviceId;
-use fleetd_store::StoreError;
+use fleetd_store::{HistoryPage, StoreError};
 
 use super::geojson;
 use crate::dto::{AreaMembers, FeatureCollection, Track, TrackMembers, Vehicle, VehicleList};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
 use crate::params::{AreaParams, Format, TrackParams, parse_device_id};
+use crate::records::VehicleDetail;
 use crate::state::ApiState;
 
-/// `GET /v1/vehicles/{id}`: the vehicle JSON of the device's latest position.
+/// `GET /v1/vehicles/{id}`: the vehicle JSON of the device's latest
+/// position, with its vehicle state (motion, odometer, open trip) and
+/// registry entry (see `records`).
 ///
 /// 400 if `id` is not a valid device id, 404 if the device never reported.
 pub(crate) async fn latest(
@@ -21,12 +24,21 @@ pub(crate) async fn latest(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let device = parse_device_id(&id)?;
-    let position = state
-        .store
-        .latest(&device)
-        .await?
-        .ok_or_else(|| unknown(&device))?;
-    Ok(Json(Vehicle::new(&position)).into_response())
+    let (position, vehicle) = tokio::try_join!(
+        state.store.latest(&device),
+        state.store.vehicle_state(&device)
+    )?;
+    let position = position.ok_or_else(|| unknown(&device))?;
+    let info = state.registry.get(&device);
+    let limit = state.registry.speed_limit_kmh(info.as_ref());
+    Ok(Json(VehicleDetail::new(
+        Vehicle::new(&position),
+        device.as_str(),
+        vehicle.as_ref(),
+        info.as_ref(),
+        limit,
+    ))
+    .into_response())
 }
 
 /// `GET /v1/vehicles?bbox=|near=&radius_m=|cell=[&limit=][&format=]`: latest
@@ -59,8 +71,10 @@ pub(crate) async fn in_area(
     })
 }
 
-/// `GET /v1/vehicles/{id}/track?from=&to=&limit=&cursor=&format=`: a page of
-/// the device's history, oldest first.
+/// `GET /v1/vehicles/{id}/track?from=&to=&limit=&cursor=&format=&filtered=`:
+/// a page of the device's history, oldest first (`filtered=false` leaves
+/// out fixes flagged by a data-quality filter; the page may then hold fewer
+/// than `limit` items, and `next_cursor` still continues it).
 ///
 /// JSON: `{"device_id": "...", "items": [vehicle...], "next_cursor": "..." | null}`;
 /// GeoJSON: a `FeatureCollection` with `device_id` and `next_cursor` as
@@ -85,6 +99,14 @@ pub(crate) async fn track(
         }
         Err(err) => return Err(err.into()),
     };
+    let mut items = page.items;
+    if !request.include_filtered {
+        items.retain(|p| p.flag.is_none());
+    }
+    let page = HistoryPage {
+        items,
+        next_cursor: page.next_cursor,
+    };
     let cursor = page.next_cursor.as_deref();
     Ok(match request.format {
         Format::Json => Json(Track::new(device.as_str(), &page.items, cursor)).into_response(),
@@ -98,7 +120,7 @@ pub(crate) async fn track(
     })
 }
 
-fn unknown(device: &DeviceId) -> ApiError {
+pub(crate) fn unknown(device: &DeviceId) -> ApiError {
     ApiError::NotFound(format!(
         "no position known for vehicle {:?}",
         device.as_str()

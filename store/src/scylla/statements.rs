@@ -133,9 +133,7 @@ pub fn cql(ks: &str) -> Vec<(&'static str, String)> {
         ),
         (
             "select_state",
-            format!(
-                "SELECT device_id, state FROM {ks}.vehicle_state WHERE device_id = :device_id"
-            ),
+            format!("SELECT device_id, state FROM {ks}.vehicle_state WHERE device_id = :device_id"),
         ),
         (
             "select_all_states",
@@ -150,9 +148,7 @@ pub fn cql(ks: &str) -> Vec<(&'static str, String)> {
         ),
         (
             "delete_trip",
-            format!(
-                "DELETE FROM {ks}.trips WHERE device_id = :device_id AND start_ts = :start_ts"
-            ),
+            format!("DELETE FROM {ks}.trips WHERE device_id = :device_id AND start_ts = :start_ts"),
         ),
         (
             "select_trips",

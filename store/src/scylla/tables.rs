@@ -7,9 +7,7 @@
 
 use std::collections::HashMap;
 
-use fleetd_schemas::{
-    Alert, DeviceId, DeviceInfo, DeviceTrip, Trip, VehicleState,
-};
+use fleetd_schemas::{Alert, DeviceId, DeviceInfo, DeviceTrip, Trip, VehicleState};
 use futures::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -78,10 +76,7 @@ impl<'a> BatchDocs<'a> {
                 .into_values()
                 .map(|(d, s)| (d, s, to_json(s)))
                 .collect(),
-            trips: trips
-                .into_values()
-                .map(|t| (t, to_json(&t.trip)))
-                .collect(),
+            trips: trips.into_values().map(|t| (t, to_json(&t.trip))).collect(),
             dropped: &batch.dropped_trips,
             alerts: batch.alerts.iter().map(|a| (a, to_json(a))).collect(),
         }
@@ -204,10 +199,12 @@ impl ScyllaStore {
             .into_iter()
             .map(|row| from_json::<Trip>("trip", row.trip.as_deref()))
             .collect::<Result<Vec<_>, _>>()?;
-        trips.sort_by(|a, b| b.start_ts_ms.cmp(&a.start_ts_ms));
+        trips.sort_by_key(|t| std::cmp::Reverse(t.start_ts_ms));
         let mut page = TripPage::default();
         if trips.len() > query.limit {
-            page.next_cursor = trips.get(query.limit).map(|t| cursor::encode(t.start_ts_ms));
+            page.next_cursor = trips
+                .get(query.limit)
+                .map(|t| cursor::encode(t.start_ts_ms));
             trips.truncate(query.limit);
         }
         page.items = trips;
@@ -306,8 +303,7 @@ impl ScyllaStore {
             rows.sort_by(|a, b| b.id.cmp(&a.id));
             for row in rows {
                 let cut = complete_above.as_ref().is_some_and(|c| row.id <= *c);
-                if page.items.len() == query.limit || cut || examined >= crate::ALERT_SCAN_BUDGET
-                {
+                if page.items.len() == query.limit || cut || examined >= crate::ALERT_SCAN_BUDGET {
                     page.next_cursor = Some(row.id);
                     return Ok(page);
                 }
@@ -345,7 +341,9 @@ impl ScyllaStore {
             device_id: Some(device.as_str()),
             ..Bind::default()
         };
-        let rows: Vec<DeviceRow> = self.rows(&self.inner.statements.select_device, bind).await?;
+        let rows: Vec<DeviceRow> = self
+            .rows(&self.inner.statements.select_device, bind)
+            .await?;
         rows.into_iter()
             .next()
             .map(|row| device_info(row).map(|(_, info)| info))

@@ -119,7 +119,12 @@ impl SerializeRow for Bind<'_> {
                 "shard" => self.shard.ok_or_else(missing)?.serialize(typ, cell)?,
                 "from_id" => self.from_id.ok_or_else(missing)?.serialize(typ, cell)?,
                 "to_id" => self.to_id.ok_or_else(missing)?.serialize(typ, cell)?,
-                "id" => self.alert.ok_or_else(missing)?.id.as_str().serialize(typ, cell)?,
+                "id" => self
+                    .alert
+                    .ok_or_else(missing)?
+                    .id
+                    .as_str()
+                    .serialize(typ, cell)?,
                 "kind" => self
                     .alert
                     .ok_or_else(missing)?
@@ -150,9 +155,8 @@ impl SerializeRow for Bind<'_> {
                     .ok_or_else(missing)?
                     .speed_limit_kmh
                     .serialize(typ, cell)?,
-                "updated_at" => {
-                    CqlTimestamp(self.device.ok_or_else(missing)?.updated_ms).serialize(typ, cell)?
-                }
+                "updated_at" => CqlTimestamp(self.device.ok_or_else(missing)?.updated_ms)
+                    .serialize(typ, cell)?,
                 column => {
                     let (r, p) = p.ok_or_else(missing)?;
                     match column {

@@ -1,0 +1,374 @@
+//! The per-device vehicle state machine: filters, motion with hysteresis,
+//! odometer, trips and overspeed, applied one fix at a time in device-time
+//! order.
+//!
+//! Pure: no I/O, no clock. [`apply`] takes one fix and the state, and
+//! reports what changed through [`Effects`]. The rules, in order:
+//!
+//! 1. **Gate** ([`gate`]): poor accuracy and teleports are flagged and not
+//!    applied; a run of agreeing teleports relocates the vehicle.
+//! 2. **Motion**: the state keeps an *anchor*, the first fix of a run of
+//!    fixes that all stay within the stop radius of it. A run lasting
+//!    `stopped_after` makes a moving vehicle `stopped` at the anchor (the
+//!    run's distance was noise and leaves the odometer); lasting `trip_end`
+//!    ends the trip at the anchor. A stopped vehicle moves again only after
+//!    `depart_fixes` consecutive fixes outside the radius; fixes inside are
+//!    `stationary_jitter` and add no distance.
+//! 3. **Trips** run from the last fix at one stop to the first fix of the
+//!    next; a trip shorter than `min_trip_m` is forgotten.
+//! 4. **Overspeed** ([`overspeed`]) against the registry's limit.
+
+pub(crate) mod gate;
+pub(crate) mod overspeed;
+
+use fleetd_schemas::{
+    Alert, Anchor, EnrichedPosition, Fix, Motion, RejectReason, Trip, VehicleState,
+};
+
+use crate::kinematics::{bearing_deg, distance_m, geodesic_m};
+use crate::settings::VehicleSettings;
+use gate::Verdict;
+
+/// Movement below this is not used to derive a heading: the bearing of a
+/// few metres of GPS noise is meaningless.
+const MIN_HEADING_DISTANCE_M: f64 = 3.0;
+
+/// The registry facts that apply to one device during a batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Limits<'a> {
+    /// Speed limit (device's, else its class's), km/h.
+    pub(crate) speed_limit_kmh: Option<f64>,
+    /// Registry name, carried into alerts.
+    pub(crate) device_name: Option<&'a str>,
+}
+
+/// What applying fixes produced besides the state itself.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    /// Alerts raised.
+    pub(crate) alerts: Vec<Alert>,
+    /// Trips that ended (and are long enough to keep).
+    pub(crate) closed_trips: Vec<Trip>,
+}
+
+/// The result of applying one fix.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Applied {
+    /// The filter flag for the history row, if any.
+    pub(crate) flag: Option<RejectReason>,
+    /// For a teleport: the speed it implied, m/s.
+    pub(crate) implied_mps: Option<f64>,
+}
+
+/// Applies one fix (newer than `state.ts_ms`) to `state`: filters it,
+/// derives missing speed/heading, and advances motion, odometer, trip and
+/// overspeed. `position` is the history row; its flag and derived fields
+/// are filled in.
+pub(crate) fn apply(
+    state: &mut VehicleState,
+    position: &mut EnrichedPosition,
+    limits: Limits<'_>,
+    settings: &VehicleSettings,
+    effects: &mut Effects,
+) -> Applied {
+    let r = &position.report;
+    let fix = Fix {
+        ts_ms: r.ts_ms,
+        lat: r.lat,
+        lon: r.lon,
+    };
+    state.last_seen_ms = state.last_seen_ms.max(r.received_ms);
+    let verdict = gate::check(
+        state.last_fix,
+        &mut state.suspect,
+        fix,
+        r.accuracy_m,
+        settings,
+    );
+    let relocated = match verdict {
+        Verdict::Reject(reason) => {
+            position.flag = Some(reason);
+            let implied_mps = (reason == RejectReason::Teleport)
+                .then(|| state.last_fix.map(|l| gate::implied_speed(l, fix)))
+                .flatten();
+            return Applied {
+                flag: Some(reason),
+                implied_mps,
+            };
+        }
+        Verdict::Relocate => true,
+        Verdict::Accept => false,
+    };
+    let seg_m = match state.last_fix {
+        Some(last) if !relocated => {
+            derive_motion(position, last);
+            geodesic_m(last.lat, last.lon, fix.lat, fix.lon)
+        }
+        _ => 0.0,
+    };
+    let radius = settings
+        .stop_radius_m
+        .max(settings.accuracy_factor * position.report.accuracy_m.map_or(0.0, f64::from));
+    let flag = if relocated {
+        relocate(state, fix);
+        None
+    } else {
+        step_motion(state, fix, seg_m, radius, settings, effects)
+    };
+    position.flag = flag;
+    if state.motion == Motion::Moving && flag.is_none() {
+        let speed = position.report.speed_mps.map_or(0.0, f64::from);
+        if let Some(trip) = &mut state.trip {
+            trip.max_speed_mps = trip.max_speed_mps.max(speed);
+        }
+        let device = &position.report.device_id;
+        if let Some(alert) = overspeed::update(
+            &mut state.overspeed,
+            device,
+            fix,
+            speed,
+            limits.speed_limit_kmh,
+            limits.device_name,
+            settings,
+        ) {
+            effects.alerts.push(alert);
+        }
+    } else if state.motion == Motion::Stopped {
+        state.overspeed = None;
+    }
+    state.last_fix = Some(fix);
+    state.ts_ms = fix.ts_ms;
+    Applied {
+        flag,
+        implied_mps: None,
+    }
+}
+
+/// A confirmed jump: the vehicle is here now; no distance is added and the
+/// stop measurement starts over.
+fn relocate(state: &mut VehicleState, fix: Fix) {
+    state.anchor = Some(new_anchor(fix));
+    state.departing = 0;
+    state.departing_m = 0.0;
+    if let Some(trip) = &mut state.trip {
+        trip.last_ts_ms = fix.ts_ms;
+        trip.last = (fix.lat, fix.lon);
+        trip.points += 1;
+    }
+}
+
+fn new_anchor(fix: Fix) -> Anchor {
+    Anchor {
+        fix,
+        last_ts_ms: fix.ts_ms,
+        run_m: 0.0,
+        points: 1,
+    }
+}
+
+/// Whether `fix` lies within `radius` of the anchor.
+fn inside(anchor: Option<&Anchor>, fix: Fix, radius: f64) -> bool {
+    anchor.is_some_and(|a| distance_m(a.fix.lat, a.fix.lon, fix.lat, fix.lon) <= radius)
+}
+
+/// Advances motion, odometer and trip by one accepted fix `seg_m` metres
+/// from the previous one; returns the jitter flag when the fix is noise.
+fn step_motion(
+    state: &mut VehicleState,
+    fix: Fix,
+    seg_m: f64,
+    radius: f64,
+    settings: &VehicleSettings,
+    effects: &mut Effects,
+) -> Option<RejectReason> {
+    let is_inside = inside(state.anchor.as_ref(), fix, radius);
+    match state.motion {
+        Motion::Stopped => {
+            if is_inside {
+                state.departing = 0;
+                state.departing_m = 0.0;
+                if let Some(a) = &mut state.anchor {
+                    a.last_ts_ms = fix.ts_ms;
+                    a.points += 1;
+                }
+                end_trip_if_due(state, settings, effects);
+                return Some(RejectReason::StationaryJitter);
+            }
+            state.departing += 1;
+            state.departing_m += seg_m;
+            if state.departing < settings.depart_fixes.max(1) {
+                return None;
+            }
+            // Departed: the trip starts at the last fix at the stop.
+            let anchor = state.anchor.unwrap_or_else(|| new_anchor(fix));
+            state.motion = Motion::Moving;
+            state.motion_since_ms = fix.ts_ms;
+            let departed_m = std::mem::take(&mut state.departing_m);
+            let departing = std::mem::take(&mut state.departing);
+            state.odometer_m += departed_m;
+            let trip = state.trip.get_or_insert_with(|| {
+                Trip::start_at(Fix {
+                    ts_ms: anchor.last_ts_ms,
+                    ..anchor.fix
+                })
+            });
+            trip.distance_m += departed_m;
+            trip.points += departing;
+            trip.last_ts_ms = fix.ts_ms;
+            trip.last = (fix.lat, fix.lon);
+            state.anchor = Some(new_anchor(fix));
+            None
+        }
+        Motion::Unknown if is_inside || state.anchor.is_none() => {
+            let a = state.anchor.get_or_insert_with(|| new_anchor(fix));
+            if a.fix != fix {
+                a.last_ts_ms = fix.ts_ms;
+                a.points += 1;
+            }
+            if a.last_ts_ms - a.fix.ts_ms >= settings.stopped_after_ms {
+                state.motion = Motion::Stopped;
+                state.motion_since_ms = a.fix.ts_ms;
+            }
+            None
+        }
+        Motion::Unknown | Motion::Moving => {
+            if state.motion == Motion::Unknown {
+                // First displacement: the trip starts where the device was
+                // first seen.
+                let start = state.anchor.map_or(fix, |a| a.fix);
+                state.motion = Motion::Moving;
+                state.motion_since_ms = start.ts_ms;
+                state.trip.get_or_insert_with(|| Trip::start_at(start));
+            }
+            state.odometer_m += seg_m;
+            let trip = state
+                .trip
+                .get_or_insert_with(|| Trip::start_at(state.last_fix.unwrap_or(fix)));
+            trip.distance_m += seg_m;
+            trip.points += 1;
+            trip.last_ts_ms = fix.ts_ms;
+            trip.last = (fix.lat, fix.lon);
+            match &mut state.anchor {
+                Some(a) if is_inside => {
+                    a.last_ts_ms = fix.ts_ms;
+                    a.run_m += seg_m;
+                    a.points += 1;
+                }
+                _ => {
+                    // A new run: from the previous fix when this one is still
+                    // near it (a long gap between two close fixes is a stop),
+                    // otherwise from here.
+                    let near_last = state
+                        .last_fix
+                        .filter(|l| distance_m(l.lat, l.lon, fix.lat, fix.lon) <= radius);
+                    state.anchor = Some(match near_last {
+                        Some(l) => Anchor {
+                            fix: l,
+                            last_ts_ms: fix.ts_ms,
+                            run_m: seg_m,
+                            points: 2,
+                        },
+                        None => new_anchor(fix),
+                    });
+                }
+            }
+            if let Some(a) = state.anchor
+                && a.last_ts_ms - a.fix.ts_ms >= settings.stopped_after_ms
+            {
+                // The run was a stop: its distance was noise.
+                state.motion = Motion::Stopped;
+                state.motion_since_ms = a.fix.ts_ms;
+                state.odometer_m = (state.odometer_m - a.run_m).max(0.0);
+                if let Some(trip) = &mut state.trip {
+                    trip.distance_m = (trip.distance_m - a.run_m).max(0.0);
+                }
+                if let Some(anchor) = &mut state.anchor {
+                    anchor.run_m = 0.0;
+                }
+                state.overspeed = None;
+                end_trip_if_due(state, settings, effects);
+            }
+            None
+        }
+    }
+}
+
+/// Ends the open trip at the anchor once the stop has lasted `trip_end`.
+fn end_trip_if_due(state: &mut VehicleState, settings: &VehicleSettings, effects: &mut Effects) {
+    let Some(anchor) = state.anchor else { return };
+    if anchor.last_ts_ms - anchor.fix.ts_ms < settings.trip_end_ms {
+        return;
+    }
+    close_trip(state, anchor.fix, settings, effects);
+}
+
+/// Closes the open trip at `end`; keeps it only if it is long enough.
+pub(crate) fn close_trip(
+    state: &mut VehicleState,
+    end: Fix,
+    settings: &VehicleSettings,
+    effects: &mut Effects,
+) {
+    let Some(mut trip) = state.trip.take() else {
+        return;
+    };
+    let end_ts = end.ts_ms.max(trip.start_ts_ms);
+    trip.end_ts_ms = Some(end_ts);
+    trip.end = Some((end.lat, end.lon));
+    if end_ts >= trip.last_ts_ms {
+        trip.last_ts_ms = end_ts;
+        trip.last = (end.lat, end.lon);
+    }
+    if trip.distance_m >= settings.min_trip_m {
+        effects.closed_trips.push(trip);
+    }
+}
+
+/// Closes the trip of a device that went silent: it stopped reporting
+/// `trip_end` ago (server time) while on a trip. The trip ends at the
+/// anchor when the vehicle was standing, else at its last fix.
+pub(crate) fn close_if_silent(
+    state: &mut VehicleState,
+    now_ms: i64,
+    settings: &VehicleSettings,
+    effects: &mut Effects,
+) -> bool {
+    if state.trip.is_none() || now_ms - state.last_seen_ms < settings.trip_end_ms {
+        return false;
+    }
+    let end = match (state.motion, state.anchor, state.last_fix) {
+        (Motion::Stopped, Some(a), _) => a.fix,
+        (_, _, Some(last)) => last,
+        (_, Some(a), None) => a.fix,
+        (_, None, None) => return false,
+    };
+    close_trip(state, end, settings, effects);
+    state.motion = Motion::Stopped;
+    state.motion_since_ms = end.ts_ms;
+    state.departing = 0;
+    state.departing_m = 0.0;
+    state.overspeed = None;
+    if let Some(last) = state.last_fix {
+        state.anchor = Some(new_anchor(last));
+    }
+    true
+}
+
+/// Fills in speed and heading the device did not send, from the previous
+/// accepted fix.
+pub(crate) fn derive_motion(p: &mut EnrichedPosition, prev: Fix) {
+    let r = &mut p.report;
+    let dt_s = (r.ts_ms - prev.ts_ms) as f64 / 1000.0;
+    if dt_s <= 0.0 || (r.speed_mps.is_some() && r.heading_deg.is_some()) {
+        return;
+    }
+    let d = distance_m(prev.lat, prev.lon, r.lat, r.lon);
+    if r.speed_mps.is_none() {
+        r.speed_mps = Some((d / dt_s) as f32);
+        p.speed_derived = true;
+    }
+    if r.heading_deg.is_none() && d >= MIN_HEADING_DISTANCE_M {
+        r.heading_deg = Some(bearing_deg(prev.lat, prev.lon, r.lat, r.lon) as f32);
+        p.heading_derived = true;
+    }
+}
