@@ -69,7 +69,7 @@ pub(crate) async fn run_partition(
         // no new input arrives, and silent devices' trips closed.
         let buffered = state.as_ref().is_some_and(PartitionState::has_buffered);
         let sweep = last_sweep.elapsed() >= settings.sweep_every;
-        if due && (!pending.is_empty() || buffered || sweep || !input_open) {
+        if due && (!pending.is_empty() || buffered || sweep) {
             if let Some(s) = state.take() {
                 let batch = std::mem::take(&mut pending);
                 if sweep {
@@ -158,7 +158,10 @@ async fn flush(
     metrics::counter!("fleetd_alerts_total").increment(write.alerts.len() as u64);
     metrics::counter!("fleetd_trips_closed_total").increment(write.trips.len() as u64);
     metrics::histogram!("fleetd_batch_positions").record(n_in as f64);
-    write_with_retry(partition, &*ports.store, &write, settings.store_retry_max).await;
+    // Batches that only waited on the reorder allowance have nothing to say.
+    if !write.is_empty() {
+        write_with_retry(partition, &*ports.store, &write, settings.store_retry_max).await;
+    }
     let stored_ms = now_ms();
     for p in &write.history {
         metrics::histogram!("fleetd_ingest_to_store_seconds")

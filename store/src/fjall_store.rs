@@ -327,19 +327,9 @@ impl Inner {
         for (key, value) in states {
             fjall_batch.insert(&t.state, key, value);
         }
-        let mut trips: HashMap<Vec<u8>, Op> = HashMap::new();
         for trip in &batch.trips {
             let key = keys::device_ts_key(&trip.device_id, trip.trip.start_ts_ms);
-            trips.insert(key, Op::Put(fjall_tables::encode(&trip.trip)));
-        }
-        for (device, start_ts_ms) in &batch.dropped_trips {
-            trips.insert(keys::device_ts_key(device, *start_ts_ms), Op::Delete);
-        }
-        for (key, op) in trips {
-            match op {
-                Op::Put(value) => fjall_batch.insert(&t.trips, key, value),
-                Op::Delete => fjall_batch.remove(&t.trips, key),
-            }
+            fjall_batch.insert(&t.trips, key, fjall_tables::encode(&trip.trip));
         }
         for alert in &batch.alerts {
             fjall_batch.insert(&t.alerts, alert.id.as_str(), fjall_tables::encode(alert));

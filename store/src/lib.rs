@@ -51,13 +51,21 @@ pub struct WriteBatch {
     /// Trips opened, extended or closed: each replaces the stored trip of
     /// the same device and `start_ts_ms`.
     pub trips: Vec<DeviceTrip>,
-    /// Trips to forget (device, `start_ts_ms`): open trips that ended too
-    /// short to count (a stop interrupted by jitter, a car moved in a car park).
-    pub dropped_trips: Vec<(DeviceId, i64)>,
     /// Alerts raised by the batch. An alert with the id of a stored one
     /// replaces it (ids are deterministic, so a retried batch does not
     /// duplicate alerts).
     pub alerts: Vec<Alert>,
+}
+
+impl WriteBatch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.history.is_empty()
+            && self.latest.is_empty()
+            && self.states.is_empty()
+            && self.trips.is_empty()
+            && self.alerts.is_empty()
+    }
 }
 
 /// A device's new latest position.

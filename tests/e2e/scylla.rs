@@ -14,7 +14,10 @@ use scylla_proxy::{Condition, RequestOpcode, RequestReaction, RequestRule, examp
 
 use crate::util::{Fleetd, mosquitto_pub, now_ms};
 
-#[tokio::test]
+// Multi-threaded: the fake node runs on this runtime and must keep
+// answering while the test thread blocks waiting for fleetd to exit (its
+// final batch is written during shutdown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_scylla_reports_unavailability_on_readyz_and_recovers() {
     let mut fake = FakeScylla::start().await;
     let dir = tempfile::tempdir().expect("tempdir");

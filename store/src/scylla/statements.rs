@@ -37,7 +37,6 @@ pub(crate) struct Statements {
     pub(crate) select_state: Stmt,
     pub(crate) select_all_states: Stmt,
     pub(crate) insert_trip: Stmt,
-    pub(crate) delete_trip: Stmt,
     pub(crate) select_trips: Stmt,
     pub(crate) select_trip: Stmt,
     pub(crate) insert_alert_day: Stmt,
@@ -147,10 +146,6 @@ pub fn cql(ks: &str) -> Vec<(&'static str, String)> {
             ),
         ),
         (
-            "delete_trip",
-            format!("DELETE FROM {ks}.trips WHERE device_id = :device_id AND start_ts = :start_ts"),
-        ),
-        (
             "select_trips",
             format!(
                 "SELECT trip FROM {ks}.trips WHERE device_id = :device_id \
@@ -238,7 +233,6 @@ const IDEMPOTENT: &[&str] = &[
     "select_state",
     "select_all_states",
     "insert_trip",
-    "delete_trip",
     "select_trips",
     "select_trip",
     "insert_alert_day",
@@ -289,7 +283,6 @@ impl Statements {
             select_state: take("select_state")?,
             select_all_states: take("select_all_states")?,
             insert_trip: take("insert_trip")?,
-            delete_trip: take("delete_trip")?,
             select_trips: take("select_trips")?,
             select_trip: take("select_trip")?,
             insert_alert_day: take("insert_alert_day")?,

@@ -53,7 +53,6 @@ pub(crate) fn alert_shard(device: &DeviceId) -> i32 {
 pub(super) struct BatchDocs<'a> {
     states: Vec<(&'a DeviceId, &'a VehicleState, String)>,
     trips: Vec<(&'a DeviceTrip, String)>,
-    dropped: &'a [(DeviceId, i64)],
     alerts: Vec<(&'a Alert, String)>,
 }
 
@@ -68,16 +67,12 @@ impl<'a> BatchDocs<'a> {
         for trip in &batch.trips {
             trips.insert((trip.device_id.as_str(), trip.trip.start_ts_ms), trip);
         }
-        for (device, start) in &batch.dropped_trips {
-            trips.remove(&(device.as_str(), *start));
-        }
         Self {
             states: states
                 .into_values()
                 .map(|(d, s)| (d, s, to_json(s)))
                 .collect(),
             trips: trips.into_values().map(|t| (t, to_json(&t.trip))).collect(),
-            dropped: &batch.dropped_trips,
             alerts: batch.alerts.iter().map(|a| (a, to_json(a))).collect(),
         }
     }
@@ -102,16 +97,6 @@ impl<'a> BatchDocs<'a> {
                     device_id: Some(trip.device_id.as_str()),
                     start_ts: Some(trip.trip.start_ts_ms),
                     json: Some(json),
-                    ..Bind::default()
-                },
-            ));
-        }
-        for (device, start) in self.dropped {
-            ops.push((
-                &st.delete_trip,
-                Bind {
-                    device_id: Some(device.as_str()),
-                    start_ts: Some(*start),
                     ..Bind::default()
                 },
             ));
