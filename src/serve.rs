@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use fleetd_api::ApiState;
+use fleetd_api::{ApiState, LiveApi};
 use fleetd_ingest::{Decoder, EmbeddedBroker, Ingestor};
 use fleetd_processor::Processor;
+use fleetd_processor::live::LiveHub;
 use fleetd_schemas::RejectionLog;
 use fleetd_store::{FjallStore, ScyllaStore, Store};
 use tokio::sync::mpsc;
@@ -26,6 +27,9 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let store = open_store(&settings.store).await?;
     let rejections = Arc::new(RejectionLog::new(settings.rejection_samples));
     let ready = Arc::new(AtomicBool::new(false));
+    // Processor → streams: the hub's broadcast is lossy by design (a lagging
+    // stream resumes from the replay buffer); publishing never waits.
+    let hub = LiveHub::new(settings.live.clone());
 
     // The API comes up first so /healthz and /readyz answer during start-up.
     let http = tokio::net::TcpListener::bind(settings.http)
@@ -37,16 +41,26 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         metrics,
         Arc::clone(&ready),
     )
-    .with_request_timeout(settings.request_timeout);
+    .with_request_timeout(settings.request_timeout)
+    .with_live(LiveApi::new(
+        hub.clone(),
+        settings.streams.clone(),
+        &settings.map,
+    ));
     let api_cancel = CancellationToken::new();
     let api = tokio::spawn(fleetd_api::serve(http, api_state, api_cancel.clone()));
 
     // Backpressure policy of this queue: ingest awaits when it is full (see
     // fleetd_ingest::run_embedded); its size bounds the memory in between.
     let (queue_tx, queue_rx) = mpsc::channel(settings.processor.queue_chunks);
-    let processor = Processor::start(settings.processor.clone(), Arc::clone(&store), queue_rx)
-        .await
-        .context("cannot restore processor state from the store")?;
+    let processor = Processor::start(
+        settings.processor.clone(),
+        Arc::clone(&store),
+        queue_rx,
+        hub,
+    )
+    .await
+    .context("cannot restore processor state from the store")?;
 
     let ingestor = Ingestor::new(
         Decoder::new(settings.limits.clone()),

@@ -34,9 +34,11 @@
 //! The JSON shapes are documented in the `dto` module (vehicle, GeoJSON) and
 //! on each handler.
 
+mod conn;
 mod dto;
 mod error;
 mod extract;
+mod live;
 mod middleware;
 mod params;
 mod routes;
@@ -53,7 +55,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
-pub use state::ApiState;
+pub use live::StreamSettings;
+pub use routes::map::MapSettings;
+pub use state::{ApiState, LiveApi};
 
 /// Default bound on the time one request may take ([`ApiState::request_timeout`]).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,6 +70,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/vehicles/{id}", get(routes::vehicles::latest))
         .route("/v1/vehicles/{id}/track", get(routes::vehicles::track))
         .route("/v1/rejections", get(routes::rejections::recent))
+        .route("/v1/cells", get(routes::cells::cells))
+        .route("/", get(routes::map::index))
+        .route("/assets/{name}", get(routes::map::asset))
+        .route("/v1/stream", get(routes::stream::sse))
+        .route("/v1/ws", get(routes::stream::ws))
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
@@ -85,17 +94,20 @@ pub fn router(state: ApiState) -> Router {
 /// Serves the API on `listener` until `shutdown` is cancelled, then stops
 /// accepting connections and waits for in-flight requests to finish.
 ///
-/// Every request is bounded by [`ApiState::request_timeout`], so the wait
-/// after cancellation is bounded too (plus the time to write a response).
+/// Every plain request is bounded by [`ApiState::request_timeout`], and live
+/// streams end when `shutdown` fires, so the wait after cancellation is
+/// bounded too (plus the time to write a response).
 pub async fn serve(
     listener: TcpListener,
-    state: ApiState,
+    mut state: ApiState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "http api listening");
     }
-    axum::serve(listener, router(state))
+    state.live.shutdown = shutdown.child_token();
+    let app = router(state).into_make_service_with_connect_info::<conn::Conn>();
+    axum::serve(conn::KillableListener(listener), app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     tracing::info!("http api stopped");

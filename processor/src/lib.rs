@@ -12,11 +12,15 @@
 //! * Input is a bounded channel of position chunks; when it closes, workers
 //!   flush what they hold and [`Processor::join`] returns.
 //!
+//! * After a batch is stored, the worker publishes its latest positions and
+//!   alerts to the [`live::LiveHub`], which feeds the live streams.
+//!
 //! The enrichment functions ([`process_batch`]) do no I/O and read no clock.
 
 mod batch;
 mod dispatch;
 pub mod kinematics;
+pub mod live;
 mod settings;
 mod state;
 mod worker;
@@ -41,16 +45,21 @@ pub struct Processor {
 impl Processor {
     /// Restores state from `store` and starts the dispatcher and workers,
     /// reading position chunks from `input` until it closes.
+    ///
+    /// After each stored batch, workers publish its latest positions and
+    /// alerts to `live` (see [`live::LiveHub::publish`]).
     pub async fn start(
         settings: ProcessorSettings,
         store: Arc<dyn Store>,
         input: mpsc::Receiver<Vec<PositionReport>>,
+        live: live::LiveHub,
     ) -> Result<Self, StoreError> {
         let partitions = settings.partitions.max(1);
         let mut states: Vec<PartitionState> =
             (0..partitions).map(|_| PartitionState::default()).collect();
         let latest = store.all_latest().await?;
         let devices = latest.len();
+        live.seed(&latest);
         for position in &latest {
             let p = dispatch::partition_of(&position.report.device_id, partitions);
             states[p].devices.insert(
@@ -75,6 +84,7 @@ impl Processor {
                 state,
                 Arc::clone(&store),
                 settings.clone(),
+                live.clone(),
             ));
         }
         tasks.spawn(dispatch::run(input, senders));

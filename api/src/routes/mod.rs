@@ -1,8 +1,11 @@
 //! Route handlers, one module per resource.
 
+pub(crate) mod cells;
 pub(crate) mod fallback;
+pub(crate) mod map;
 pub(crate) mod ops;
 pub(crate) mod rejections;
+pub(crate) mod stream;
 pub(crate) mod vehicles;
 
 use axum::Json;
