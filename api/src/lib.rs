@@ -1,8 +1,10 @@
-//! The HTTP API of fleetd (axum): vehicles, history, rejections and operations.
+//! The HTTP API of fleetd (axum): vehicles, history, rejections, live
+//! streams, the heatmap, the map page and operations.
 //!
 //! This is the only crate that knows HTTP and JSON. It reads from the store
 //! through an `Arc<dyn Store>` and never writes; the API is stateless over
-//! the store, so several nodes can serve the same backend.
+//! the store, so several nodes can serve the same backend. Live streams and
+//! the heatmap come from the processor's in-process [`LiveApi::hub`].
 //!
 //! Main pieces:
 //!
@@ -13,6 +15,10 @@
 //!   `{"error": {"code": "...", "message": "..."}}` with the matching status,
 //!   and so do unknown routes (404), wrong methods (405) and axum's own
 //!   extractor rejections (400).
+//! * [`LiveApi`]: the hub, [`StreamSettings`] (per-client buffer,
+//!   heartbeat) and [`MapSettings`] (optional tiles) of the live routes.
+//!   Each stream client has a pump task feeding a bounded queue; a client
+//!   that falls behind is dropped, never waited for.
 //! * A middleware that counts requests (`fleetd_http_requests_total{route,status}`),
 //!   times them (`fleetd_http_request_seconds{route}`), opens a debug-level
 //!   tracing span per request, logs 5xx causes once, and bounds each request
@@ -26,6 +32,9 @@
 //! | `GET /v1/vehicles?bbox=…` / `?near=…&radius_m=…` / `?cell=…` | vehicles in an area (`format=json|geojson`) |
 //! | `GET /v1/vehicles/{id}/track?from=&to=&limit=&cursor=` | history, paginated (`format=json|geojson`) |
 //! | `GET /v1/rejections?limit=` | recent rejected inputs, newest first |
+//! | `GET /v1/stream`, `GET /v1/ws` | live positions and alerts (SSE, WebSocket), resumable |
+//! | `GET /v1/cells?res=&bbox=` | live vehicle counts per H3 cell (`format=json|geojson`) |
+//! | `GET /`, `GET /assets/{name}` | the live map page and its embedded assets |
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics` | operations |
 //!
 //! Device ids containing `/` (OwnTracks `user/device`) must be
@@ -46,6 +55,8 @@ mod state;
 
 #[cfg(test)]
 mod router_tests;
+#[cfg(test)]
+mod stream_tests;
 
 use std::time::Duration;
 

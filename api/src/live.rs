@@ -357,13 +357,11 @@ impl ClientQueue {
     }
 }
 
-/// Why a pump stopped.
+/// Why a pump stopped, other than being dropped as slow (the `Err` case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PumpEnd {
     /// The client went away (its queue was dropped).
     ClientGone,
-    /// The client did not keep up and was dropped.
-    Slow,
     /// fleetd is shutting down.
     Shutdown,
 }
@@ -444,7 +442,7 @@ async fn run(
     };
     let end = pump_loop(&pump, &sender, subscription, since, preamble).await;
     metrics::gauge!("fleetd_live_clients", "transport" => label).decrement(1.0);
-    match end {
+    match &end {
         Err(reason) => {
             metrics::counter!("fleetd_live_dropped_clients_total", "transport" => label, "reason" => "slow")
                 .increment(1);

@@ -7,8 +7,9 @@
 //! number as `id`; WebSocket messages are `{"seq", "type", "data"}`
 //! (gaps: `{"type": "gap", "data": {...}}`).
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -30,7 +31,7 @@ use crate::state::ApiState;
 /// Heartbeat comments keep idle connections open. 400 for a bad parameter.
 pub(crate) async fn sse(
     State(state): State<ApiState>,
-    conn: Option<ConnectInfo<Conn>>,
+    conn: Option<Extension<ConnectInfo<Conn>>>,
     headers: HeaderMap,
     Query(params): Query<StreamParams>,
 ) -> Result<Response, ApiError> {
@@ -84,7 +85,7 @@ pub(crate) async fn sse(
 /// request that is not a WebSocket upgrade.
 pub(crate) async fn ws(
     State(state): State<ApiState>,
-    conn: Option<ConnectInfo<Conn>>,
+    conn: Option<Extension<ConnectInfo<Conn>>>,
     Query(params): Query<StreamParams>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -102,9 +103,11 @@ pub(crate) async fn ws(
         .into_response())
 }
 
-fn conn_parts(conn: Option<ConnectInfo<Conn>>) -> (String, CancellationToken) {
+/// The peer and kill switch of the connection; absent when the router is
+/// driven without a listener (tests).
+fn conn_parts(conn: Option<Extension<ConnectInfo<Conn>>>) -> (String, CancellationToken) {
     match conn {
-        Some(ConnectInfo(c)) => (c.peer.to_string(), c.kill),
+        Some(Extension(ConnectInfo(c))) => (c.peer.to_string(), c.kill),
         None => ("unknown".to_owned(), CancellationToken::new()),
     }
 }

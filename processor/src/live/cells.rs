@@ -1,5 +1,10 @@
 //! Live vehicle counts per H3 cell at resolutions 5–9, maintained
 //! incrementally as positions are published.
+//!
+//! A vehicle counts in its res-9 cell and in that cell's H3 parents, so the
+//! counts of the children always add up to the parent's. Near cell edges a
+//! parent can differ from the cell H3 would assign the point to directly at
+//! the coarser resolution (H3 cells do not nest exactly).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
