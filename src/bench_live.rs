@@ -94,7 +94,8 @@ impl LiveClients {
     pub async fn finish(mut self, server_dropped_slow: u64) -> anyhow::Result<LiveReport> {
         let elapsed = self.started.elapsed().as_secs_f64();
         self.stop.store(true, Ordering::Relaxed);
-        let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).context("histogram")?;
+        let mut histogram =
+            Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).context("histogram")?;
         let (mut events, mut ended_early) = (0, 0);
         while let Some(result) = self.tasks.join_next().await {
             let r = result.context("live client task")?;
@@ -140,7 +141,8 @@ async fn client(
         return result;
     };
     let _ = stream.set_nodelay(true);
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
     if stream.write_all(request.as_bytes()).await.is_err() {
         result.ended_early = true;
         return result;
@@ -150,7 +152,8 @@ async fn client(
     let mut opened = false;
     const NEEDLE: &[u8] = b"\"published_ms\":";
     while !stop.load(Ordering::Relaxed) {
-        let n = match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+        let n = match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await
+        {
             Err(_) => continue,
             Ok(Ok(0)) | Ok(Err(_)) => {
                 result.ended_early = true;
@@ -181,7 +184,10 @@ async fn client(
                 continue;
             };
             let digits = &line[at + NEEDLE.len()..];
-            let end = digits.iter().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
+            let end = digits
+                .iter()
+                .position(|b| !b.is_ascii_digit())
+                .unwrap_or(digits.len());
             if let Some(published) = std::str::from_utf8(&digits[..end])
                 .ok()
                 .and_then(|s| s.parse::<i64>().ok())

@@ -146,7 +146,14 @@ async fn sse_bbox_filter_and_resume_with_last_event_id() {
     let mut sse = SseClient::connect(&server, &path, None).await;
     let t0 = now_ms() - 60_000;
     for k in 0..2 {
-        publish(&mqtt, "berlin-1", t0 + k * 1000, BERLIN.0, BERLIN.1 + k as f64 * 1e-4).await;
+        publish(
+            &mqtt,
+            "berlin-1",
+            t0 + k * 1000,
+            BERLIN.0,
+            BERLIN.1 + k as f64 * 1e-4,
+        )
+        .await;
         publish(&mqtt, "paris-1", t0 + k * 1000, PARIS.0, PARIS.1).await;
     }
     let mut last_id = None;
@@ -169,7 +176,15 @@ async fn sse_bbox_filter_and_resume_with_last_event_id() {
 
     // Disconnected: three more positions, each its own batch.
     for k in 2..5 {
-        publish_stored(&server, &mqtt, "berlin-1", t0 + k * 1000, BERLIN.0, BERLIN.1).await;
+        publish_stored(
+            &server,
+            &mqtt,
+            "berlin-1",
+            t0 + k * 1000,
+            BERLIN.0,
+            BERLIN.1,
+        )
+        .await;
         publish(&mqtt, "paris-1", t0 + k * 1000, PARIS.0, PARIS.1).await;
     }
     let mut sse = SseClient::connect(&server, &path, Some(&last_id)).await;
@@ -202,7 +217,12 @@ async fn resuming_from_before_the_start_reports_a_gap_and_heartbeats_flow() {
     std::fs::write(&config, "[live]\nheartbeat_s = 1\n").expect("config");
     let server = Fleetd::start(
         &dir.path().join("data"),
-        &["--window-ms", "100", "--config", config.to_str().expect("utf-8")],
+        &[
+            "--window-ms",
+            "100",
+            "--config",
+            config.to_str().expect("utf-8"),
+        ],
     )
     .await;
     let mut sse = SseClient::connect(&server, "/v1/stream?since=1", None).await;
@@ -223,12 +243,19 @@ async fn resuming_from_before_the_start_reports_a_gap_and_heartbeats_flow() {
     for g in &gaps {
         assert_eq!(g["reason"], "before_start", "{g}");
         assert_eq!(g["from_seq"], 2, "{g}");
-        assert!(g["message"].as_str().is_some_and(|m| m.contains("missed")), "{g}");
+        assert!(
+            g["message"].as_str().is_some_and(|m| m.contains("missed")),
+            "{g}"
+        );
     }
     // Idle: heartbeat comments arrive every second.
     let before = sse.comments;
     assert!(sse.next(Duration::from_millis(2500)).await.is_none());
-    assert!(sse.comments >= before + 2, "{} heartbeats", sse.comments - before);
+    assert!(
+        sse.comments >= before + 2,
+        "{} heartbeats",
+        sse.comments - before
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +265,12 @@ async fn websocket_devices_filter_since_and_pings() {
     std::fs::write(&config, "[live]\nheartbeat_s = 1\n").expect("config");
     let server = Fleetd::start(
         &dir.path().join("data"),
-        &["--window-ms", "100", "--config", config.to_str().expect("utf-8")],
+        &[
+            "--window-ms",
+            "100",
+            "--config",
+            config.to_str().expect("utf-8"),
+        ],
     )
     .await;
     let ws_base = server.http.replace("http://", "ws://");
@@ -263,7 +295,10 @@ async fn websocket_devices_filter_since_and_pings() {
         }
     };
     assert_eq!(first["type"], "position", "{first}");
-    assert_eq!(first["data"]["device_id"], "car-1", "devices filter: {first}");
+    assert_eq!(
+        first["data"]["device_id"], "car-1",
+        "devices filter: {first}"
+    );
     let since = first["seq"].as_u64().expect("seq");
     ws.close(None).await.expect("close");
 
@@ -277,7 +312,8 @@ async fn websocket_devices_filter_since_and_pings() {
     let mut resumed = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
-        let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_millis(500), ws.next()).await
+        let Ok(Some(Ok(message))) =
+            tokio::time::timeout(Duration::from_millis(500), ws.next()).await
         else {
             continue;
         };
@@ -315,8 +351,14 @@ async fn bad_stream_and_cells_parameters_are_400_json() {
         let (status, body) = server.get(path).await;
         assert_eq!(status, 400, "{path}: {body}");
         assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
-        let message = body["error"]["message"].as_str().unwrap_or("").to_lowercase();
-        assert!(message.contains(&expected.to_lowercase()), "{path}: {message}");
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase();
+        assert!(
+            message.contains(&expected.to_lowercase()),
+            "{path}: {message}"
+        );
     }
     let r = server
         .client
@@ -339,7 +381,9 @@ async fn cells_count_live_vehicles() {
     publish_stored(&server, &mqtt, "c-1", t0, BERLIN.0, BERLIN.1).await;
     publish_stored(&server, &mqtt, "c-2", t0, BERLIN.0, BERLIN.1).await;
     publish_stored(&server, &mqtt, "c-3", t0, PARIS.0, PARIS.1).await;
-    let (status, body) = server.get(&format!("/v1/cells?res=9&bbox={BERLIN_BBOX}")).await;
+    let (status, body) = server
+        .get(&format!("/v1/cells?res=9&bbox={BERLIN_BBOX}"))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["res"], 9);
     assert_eq!(body["vehicles"], 2, "{body}");
@@ -392,7 +436,7 @@ async fn a_client_that_never_reads_is_dropped_while_others_keep_up() {
     let config = dir.path().join("fleetd.toml");
     std::fs::write(
         &config,
-        "[live]\nclient_buffer_bytes = 65536\n[demo]\nrate_hz = 5.0\n",
+        "[live]\nclient_buffer_bytes = 262144\n[demo]\nrate_hz = 5.0\n",
     )
     .expect("config");
     let vehicles = 300;
@@ -412,13 +456,19 @@ async fn a_client_that_never_reads_is_dropped_while_others_keep_up() {
     // Wait until the demo fleet is publishing.
     let mut warm = 0;
     while warm < vehicles {
-        good.next(Duration::from_secs(30)).await.expect("demo events");
+        if good.next(Duration::from_secs(30)).await.is_none() {
+            panic!("no demo events; log:\n{}", server.log());
+        }
         warm += 1;
     }
     let rss_before = rss_kib(&server.http);
 
     // The slow client: a tiny receive buffer and never a read.
-    let addr: std::net::SocketAddr = server.http.trim_start_matches("http://").parse().expect("addr");
+    let addr: std::net::SocketAddr = server
+        .http
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr");
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
     let mut slow = socket.connect(addr).await.expect("connect");
@@ -449,7 +499,10 @@ async fn a_client_that_never_reads_is_dropped_while_others_keep_up() {
         }
     }
     let dropped_at = dropped_at.unwrap_or_else(|| {
-        panic!("the slow client was never dropped; per second {per_second:?}; log:\n{}", server.log())
+        panic!(
+            "the slow client was never dropped; per second {per_second:?}; log:\n{}",
+            server.log()
+        )
     });
     let rss_after = rss_kib(&server.http);
     // After the drop the good client still gets everything.

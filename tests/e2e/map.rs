@@ -141,7 +141,8 @@ impl Cdp {
                 return value["result"].clone();
             }
             if let Some(event) = value["method"].as_str() {
-                self.events.push((event.to_owned(), value["params"].clone()));
+                self.events
+                    .push((event.to_owned(), value["params"].clone()));
             }
         }
     }
@@ -154,7 +155,10 @@ impl Cdp {
                 json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
             )
             .await;
-        assert!(result.get("exceptionDetails").is_none(), "{expression}: {result}");
+        assert!(
+            result.get("exceptionDetails").is_none(),
+            "{expression}: {result}"
+        );
         result["result"]["value"].clone()
     }
 
@@ -224,7 +228,9 @@ async fn map_page_shows_the_demo_fleet_moving_in_headless_chromium() {
 
     // One marker per demo vehicle.
     let count = cdp
-        .wait_for(MARKERS, Duration::from_secs(45), |v| v.as_u64() == Some(vehicles))
+        .wait_for(MARKERS, Duration::from_secs(45), |v| {
+            v.as_u64() == Some(vehicles)
+        })
         .await;
     assert_eq!(count.as_u64(), Some(vehicles));
     let status = cdp
@@ -263,10 +269,15 @@ async fn map_page_shows_the_demo_fleet_moving_in_headless_chromium() {
              fleetd.vehicles.forEach(e => { if (b.contains(e.marker.getLatLng())) n++; }); return n; })()",
         )
         .await;
-    assert_eq!(inside.as_u64(), Some(vehicles), "fits the fleet on first load");
+    assert_eq!(
+        inside.as_u64(),
+        Some(vehicles),
+        "fits the fleet on first load"
+    );
 
     // Heatmap toggle draws H3 cells from /v1/cells.
-    cdp.eval("document.getElementById('heatmap-toggle').click()").await;
+    cdp.eval("document.getElementById('heatmap-toggle').click()")
+        .await;
     cdp.wait_for(
         "document.querySelectorAll('.fleetd-cell').length",
         Duration::from_secs(10),
@@ -274,7 +285,8 @@ async fn map_page_shows_the_demo_fleet_moving_in_headless_chromium() {
     )
     .await;
     // Click a vehicle: its state and recent track.
-    cdp.eval("document.querySelector('.fleetd-vehicle').click()").await;
+    cdp.eval("document.querySelector('.fleetd-vehicle').click()")
+        .await;
     cdp.wait_for(
         "!document.getElementById('inspect').hidden && document.querySelectorAll('#inspect-fields dt').length > 3 && document.querySelectorAll('.fleetd-track').length === 1",
         Duration::from_secs(10),
@@ -314,6 +326,11 @@ async fn map_page_shows_the_demo_fleet_moving_in_headless_chromium() {
         .map(|(_, p)| p)
         .collect();
     assert!(failed.is_empty(), "page errors: {failed:?}");
-    eprintln!("screenshot: {} ({} bytes), {} requests", path.display(), png.len(), urls.len());
+    eprintln!(
+        "screenshot: {} ({} bytes), {} requests",
+        path.display(),
+        png.len(),
+        urls.len()
+    );
     drop(browser);
 }
