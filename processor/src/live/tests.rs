@@ -213,14 +213,19 @@ fn replay_and_live_meet_without_gap_or_overlap_under_concurrent_publish() {
     assert_eq!(got, expected);
 }
 
-/// Counts per cell by brute force: every device's newest position.
+/// Counts per cell by brute force: every device's newest position, its res-9
+/// cell and that cell's H3 parent at `res`.
 fn brute_force(
-    latest: &HashMap<&str, (f64, f64)>,
+    latest: &HashMap<String, (f64, f64)>,
     res: Resolution,
 ) -> HashMap<h3o::CellIndex, u32> {
     let mut counts = HashMap::new();
     for (lat, lon) in latest.values() {
-        let cell = LatLng::new(*lat, *lon).expect("ll").to_cell(res);
+        let cell = LatLng::new(*lat, *lon)
+            .expect("ll")
+            .to_cell(Resolution::Nine)
+            .parent(res)
+            .expect("parent");
         *counts.entry(cell).or_insert(0) += 1;
     }
     counts
@@ -229,7 +234,7 @@ fn brute_force(
 #[test]
 fn cell_counts_follow_moving_devices_at_every_resolution() {
     let hub = hub(LiveSettings::default());
-    let mut latest: HashMap<&str, (f64, f64)> = HashMap::new();
+    let mut latest: HashMap<String, (f64, f64)> = HashMap::new();
     let devices = ["a", "b", "c", "d", "e", "f"];
     // A deterministic walk around Berlin, with devices crossing cells.
     let mut step = 0u32;
@@ -240,7 +245,7 @@ fn cell_counts_follow_moving_devices_at_every_resolution() {
             let lat = 52.40 + f64::from(step % 2000) / 10_000.0;
             let lon = 13.30 + f64::from((step / 2000) % 3000) / 10_000.0 + i as f64 * 0.01;
             batch.push(position(d, round, lat, lon));
-            latest.insert(d, (lat, lon));
+            latest.insert((*d).to_owned(), (lat, lon));
         }
         hub.publish(&batch, &[]);
     }
