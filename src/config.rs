@@ -265,9 +265,8 @@ impl LiveConfig {
             bail!("live.replay_age_s and live.cells_max_age_s must be > 0");
         }
         let tile_url = self.tile_url.trim();
-        if !tile_url.is_empty()
-            && !(tile_url.starts_with("http://") || tile_url.starts_with("https://"))
-        {
+        let is_http = tile_url.starts_with("http://") || tile_url.starts_with("https://");
+        if !(tile_url.is_empty() || is_http) {
             bail!(
                 "live.tile_url must be an http(s) URL template like https://tile.example/{{z}}/{{x}}/{{y}}.png, got {tile_url:?}"
             );
