@@ -50,6 +50,14 @@ pub struct BenchArgs {
     /// Bench a running fleetd: its HTTP base URL, e.g. http://127.0.0.1:8080.
     #[arg(long, requires = "broker")]
     pub http: Option<String>,
+    /// Also hold this many Server-Sent Events clients on /v1/stream and
+    /// report their delivery latency (publish → client read).
+    #[arg(long, default_value_t = 0)]
+    pub sse_clients: usize,
+    /// bbox filter of the SSE clients (minLon,minLat,maxLon,maxLat); default
+    /// none: every client receives every position.
+    #[arg(long, requires = "sse_clients")]
+    pub sse_bbox: Option<String>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -85,6 +93,9 @@ pub struct BenchReport {
     pub server_peak_rss_mb: Option<f64>,
     /// This bench process's own CPU, in cores: it shares the machine.
     pub client_cpu_cores: Option<f64>,
+    /// Live stream clients (`--sse-clients`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<crate::bench_live::LiveReport>,
 }
 
 /// Publish→queryable latency percentiles, milliseconds.
@@ -143,6 +154,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let stored_before = scrape(&http_client, &http, "fleetd_positions_stored_total").await?;
     let rejected_before = rejected_total(&http_client, &http).await?;
     let dropped_before = scrape(&http_client, &http, "fleetd_broker_dropped_total").await?;
+    let live = match args.sse_clients {
+        0 => None,
+        n => Some(crate::bench_live::start(&http, n, args.sse_bbox.as_deref()).await?),
+    };
     let cpu_before = pid.and_then(cpu_seconds);
     let self_cpu_before = cpu_seconds_self();
 
@@ -246,6 +261,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             max: h.max() as f64 / 1000.0,
         })
     };
+    let live = match live {
+        Some(clients) => {
+            let dropped = scrape(
+                &http_client,
+                &http,
+                "fleetd_live_dropped_clients_total{transport=\"sse\",reason=\"slow\"}",
+            )
+            .await?;
+            Some(clients.finish(dropped).await?)
+        }
+        None => None,
+    };
     let report = BenchReport {
         vehicles: args.vehicles,
         target_rate: args.rate,
@@ -267,6 +294,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         server_rss_mb: rss,
         server_peak_rss_mb: peak,
         client_cpu_cores: cores(self_cpu_before, cpu_seconds_self()),
+        live,
     };
     drop(server);
     if args.json {
@@ -305,6 +333,23 @@ fn print_human(r: &BenchReport) {
     }
     if let Some(cpu) = r.client_cpu_cores {
         println!("  bench client: {cpu:.2} cores (same machine)");
+    }
+    if let Some(live) = &r.live {
+        println!(
+            "  live: {} SSE clients ({} connected, {} ended early, {} dropped as slow), {} events, {:.0} events/s per client",
+            live.clients,
+            live.connected,
+            live.ended_early,
+            live.server_dropped_slow,
+            live.events,
+            live.events_per_client_s
+        );
+        if let Some(l) = &live.delivery_ms {
+            println!(
+                "  publish→client ms: p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  ({} events)",
+                l.p50, l.p90, l.p99, l.p999, l.max, l.samples
+            );
+        }
     }
 }
 

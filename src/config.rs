@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub store: StoreConfig,
     /// `[api]`
     pub api: ApiConfig,
+    /// `[live]`
+    pub live: LiveConfig,
     /// `[demo]`
     pub demo: DemoConfig,
 }
@@ -319,6 +321,98 @@ impl Default for ApiConfig {
     }
 }
 
+/// `[live]`: live streams, the heatmap and the map page.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiveConfig {
+    pub replay_positions: usize,
+    pub replay_alerts: usize,
+    pub replay_age_s: u64,
+    pub broadcast_batches: usize,
+    pub heartbeat_s: u64,
+    pub client_buffer_bytes: usize,
+    pub client_buffer_frames: usize,
+    pub cells_max_age_s: u64,
+    pub tile_url: String,
+    pub tile_attribution: String,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        let hub = fleetd_processor::live::LiveSettings::default();
+        let stream = fleetd_api::StreamSettings::default();
+        Self {
+            replay_positions: hub.replay_positions,
+            replay_alerts: hub.replay_alerts,
+            replay_age_s: hub.replay_age.as_secs(),
+            broadcast_batches: hub.broadcast_batches,
+            heartbeat_s: stream.heartbeat.as_secs(),
+            client_buffer_bytes: stream.client_buffer_bytes,
+            client_buffer_frames: stream.client_buffer_frames,
+            cells_max_age_s: hub.cells_max_age.as_secs(),
+            tile_url: String::new(),
+            tile_attribution: String::new(),
+        }
+    }
+}
+
+impl LiveConfig {
+    /// The hub, stream and map settings of this section.
+    fn validate(
+        &self,
+    ) -> anyhow::Result<(
+        fleetd_processor::live::LiveSettings,
+        fleetd_api::StreamSettings,
+        fleetd_api::MapSettings,
+    )> {
+        if self.broadcast_batches == 0 || self.client_buffer_frames == 0 {
+            bail!("live.broadcast_batches and live.client_buffer_frames must be > 0");
+        }
+        if self.client_buffer_bytes < 4096 {
+            bail!(
+                "live.client_buffer_bytes must be at least 4096, got {}",
+                self.client_buffer_bytes
+            );
+        }
+        if !(1..=3600).contains(&self.heartbeat_s) {
+            bail!(
+                "live.heartbeat_s must be in 1..=3600, got {}",
+                self.heartbeat_s
+            );
+        }
+        if self.replay_age_s == 0 || self.cells_max_age_s == 0 {
+            bail!("live.replay_age_s and live.cells_max_age_s must be > 0");
+        }
+        let tile_url = self.tile_url.trim();
+        let is_http = tile_url.starts_with("http://") || tile_url.starts_with("https://");
+        if !(tile_url.is_empty() || is_http) {
+            bail!(
+                "live.tile_url must be an http(s) URL template like https://tile.example/{{z}}/{{x}}/{{y}}.png, got {tile_url:?}"
+            );
+        }
+        let non_empty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+        Ok((
+            fleetd_processor::live::LiveSettings {
+                replay_positions: self.replay_positions,
+                replay_alerts: self.replay_alerts,
+                replay_age: Duration::from_secs(self.replay_age_s),
+                broadcast_batches: self.broadcast_batches,
+                cells_max_age: Duration::from_secs(self.cells_max_age_s),
+            },
+            fleetd_api::StreamSettings {
+                heartbeat: Duration::from_secs(self.heartbeat_s),
+                client_buffer_bytes: self.client_buffer_bytes,
+                client_buffer_frames: self.client_buffer_frames,
+                ..fleetd_api::StreamSettings::default()
+            },
+            fleetd_api::MapSettings {
+                tile_url: non_empty(&self.tile_url),
+                tile_attribution: non_empty(&self.tile_attribution),
+            },
+        ))
+    }
+}
+
 /// `[demo]`: in-process simulated fleet.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -386,6 +480,9 @@ pub struct ServeSettings {
     pub request_timeout: Duration,
     pub demo_vehicles: usize,
     pub demo_rate_hz: f64,
+    pub live: fleetd_processor::live::LiveSettings,
+    pub streams: fleetd_api::StreamSettings,
+    pub map: fleetd_api::MapSettings,
 }
 
 fn addr(what: &str, s: &str) -> anyhow::Result<SocketAddr> {
@@ -485,6 +582,7 @@ impl FileConfig {
         if p.registry_refresh_s == 0 || p.sweep_s == 0 {
             bail!("processor.registry_refresh_s and processor.sweep_s must be > 0");
         }
+        let (live, streams, map) = self.live.validate()?;
         Ok(ServeSettings {
             ingest_mode,
             broker: fleetd_ingest::BrokerSettings {
@@ -531,6 +629,9 @@ impl FileConfig {
             request_timeout: Duration::from_secs(self.api.request_timeout_s.max(1)),
             demo_vehicles: self.demo.vehicles,
             demo_rate_hz: self.demo.rate_hz,
+            live,
+            streams,
+            map,
         })
     }
 }
@@ -570,6 +671,13 @@ mod tests {
             toml::from_str("[vehicle.class_speed_limits_kmh]\ntruck = 80.0").expect("parses");
         let s = c.validate().expect("valid");
         assert_eq!(s.class_speed_limits_kmh.get("truck"), Some(&80.0));
+        let mut c = FileConfig::default();
+        c.live.tile_url = "tiles/{z}/{x}/{y}.png".into();
+        let err = c.validate().expect_err("bad tile url").to_string();
+        assert!(err.contains("live.tile_url"), "{err}");
+        let mut c = FileConfig::default();
+        c.live.client_buffer_bytes = 10;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 #![allow(unreachable_pub)]
 
 mod bench;
+mod bench_live;
 mod cli;
 mod config;
 mod serve;

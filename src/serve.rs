@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use fleetd_api::ApiState;
+use fleetd_api::{ApiState, LiveApi};
 use fleetd_ingest::{Decoder, EmbeddedBroker, Ingestor};
+use fleetd_processor::live::LiveHub;
 use fleetd_processor::{Processor, Registry};
 use fleetd_schemas::RejectionLog;
 use fleetd_store::{FjallStore, ScyllaStore, Store};
@@ -33,6 +34,9 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
             .await
             .context("cannot load the device registry from the store")?,
     );
+    // Processor → streams: the hub's broadcast is lossy by design (a lagging
+    // stream resumes from the replay buffer); publishing never waits.
+    let hub = LiveHub::new(settings.live.clone());
 
     // The API comes up first so /healthz and /readyz answer during start-up.
     let http = tokio::net::TcpListener::bind(settings.http)
@@ -45,7 +49,12 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         Arc::clone(&ready),
     )
     .with_registry(Arc::clone(&registry))
-    .with_request_timeout(settings.request_timeout);
+    .with_request_timeout(settings.request_timeout)
+    .with_live(LiveApi::new(
+        hub.clone(),
+        settings.streams.clone(),
+        &settings.map,
+    ));
     let api_cancel = CancellationToken::new();
     let api = tokio::spawn(fleetd_api::serve(http, api_state, api_cancel.clone()));
 
@@ -58,6 +67,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         Arc::clone(&registry),
         Arc::clone(&rejections),
         queue_rx,
+        hub,
     )
     .await
     .context("cannot restore processor state from the store")?;

@@ -16,6 +16,10 @@
 //!   `{"error": {"code": "...", "message": "..."}}` with the matching status,
 //!   and so do unknown routes (404), wrong methods (405) and axum's own
 //!   extractor rejections (400).
+//! * [`LiveApi`]: the hub, [`StreamSettings`] (per-client buffer,
+//!   heartbeat) and [`MapSettings`] (optional tiles) of the live routes.
+//!   Each stream client has a pump task feeding a bounded queue; a client
+//!   that falls behind is dropped, never waited for.
 //! * A middleware that counts requests (`fleetd_http_requests_total{route,status}`),
 //!   times them (`fleetd_http_request_seconds{route}`), opens a debug-level
 //!   tracing span per request, logs 5xx causes once, and bounds each request
@@ -32,6 +36,9 @@
 //! | `PUT/GET/DELETE /v1/devices/{id}`, `GET /v1/devices` | device registry |
 //! | `GET /v1/alerts?since=&until=&device=&geofence=&kind=&limit=&cursor=` | alerts, newest first |
 //! | `GET /v1/rejections?limit=` | recent rejected inputs, newest first |
+//! | `GET /v1/stream`, `GET /v1/ws` | live positions and alerts (SSE, WebSocket), resumable |
+//! | `GET /v1/cells?res=&bbox=` | live vehicle counts per H3 cell (`format=json|geojson`) |
+//! | `GET /`, `GET /assets/{name}` | the live map page and its embedded assets |
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics` | operations |
 //!
 //! Device ids containing `/` (OwnTracks `user/device`) must be
@@ -41,9 +48,11 @@
 //! on each handler.
 
 mod body;
+mod conn;
 mod dto;
 mod error;
 mod extract;
+mod live;
 mod middleware;
 mod params;
 mod records;
@@ -52,6 +61,8 @@ mod state;
 
 #[cfg(test)]
 mod router_tests;
+#[cfg(test)]
+mod stream_tests;
 
 use std::time::Duration;
 
@@ -61,7 +72,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
-pub use state::ApiState;
+pub use live::StreamSettings;
+pub use routes::map::MapSettings;
+pub use state::{ApiState, LiveApi};
 
 /// Default bound on the time one request may take ([`ApiState::request_timeout`]).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,6 +101,11 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/alerts", get(routes::alerts::list))
         .route("/v1/rejections", get(routes::rejections::recent))
+        .route("/v1/cells", get(routes::cells::cells))
+        .route("/", get(routes::map::index))
+        .route("/assets/{name}", get(routes::map::asset))
+        .route("/v1/stream", get(routes::stream::sse))
+        .route("/v1/ws", get(routes::stream::ws))
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
@@ -107,17 +125,20 @@ pub fn router(state: ApiState) -> Router {
 /// Serves the API on `listener` until `shutdown` is cancelled, then stops
 /// accepting connections and waits for in-flight requests to finish.
 ///
-/// Every request is bounded by [`ApiState::request_timeout`], so the wait
-/// after cancellation is bounded too (plus the time to write a response).
+/// Every plain request is bounded by [`ApiState::request_timeout`], and live
+/// streams end when `shutdown` fires, so the wait after cancellation is
+/// bounded too (plus the time to write a response).
 pub async fn serve(
     listener: TcpListener,
-    state: ApiState,
+    mut state: ApiState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "http api listening");
     }
-    axum::serve(listener, router(state))
+    state.live.shutdown = shutdown.child_token();
+    let app = router(state).into_make_service_with_connect_info::<conn::Conn>();
+    axum::serve(conn::KillableListener(listener), app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     tracing::info!("http api stopped");

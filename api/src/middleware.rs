@@ -15,10 +15,22 @@ use crate::error::{ApiError, ErrorCause};
 /// paths are never used as labels, so label cardinality stays bounded.
 const UNMATCHED_ROUTE: &str = "unmatched";
 
+/// Routes whose responses are long-lived streams: exempt from the timeout
+/// (the bound covers producing the response head, which a stream returns
+/// at once); they end on shutdown instead.
+const STREAM_ROUTES: [&str; 2] = ["/v1/stream", "/v1/ws"];
+
 /// Answers 503 `timeout` when the request takes longer than `limit`.
 ///
 /// This bounds how long graceful shutdown waits for in-flight requests.
 pub(crate) async fn timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let streaming = req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| STREAM_ROUTES.contains(&p.as_str()));
+    if streaming {
+        return next.run(req).await;
+    }
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout(limit).into_response(),

@@ -172,7 +172,7 @@ pub(crate) fn parse_device_id(raw: &str) -> Result<DeviceId, ApiError> {
     DeviceId::parse(raw).map_err(|err| bad(format!("invalid vehicle id: {err}")))
 }
 
-fn parse_bbox(raw: &str) -> Result<BBox, ApiError> {
+pub(crate) fn parse_bbox(raw: &str) -> Result<BBox, ApiError> {
     let parts: Vec<&str> = raw.split(',').collect();
     let [min_lon, min_lat, max_lon, max_lat] = parts.as_slice() else {
         return Err(bad(format!(
@@ -262,7 +262,11 @@ fn parse_epoch_ms(name: &str, raw: &str) -> Result<i64, ApiError> {
     })
 }
 
-fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+pub(crate) fn parse_limit(
+    raw: Option<&str>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
     let Some(raw) = raw else {
         return Ok(default);
     };
@@ -275,7 +279,7 @@ fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, A
     }
 }
 
-fn parse_format(raw: Option<&str>) -> Result<Format, ApiError> {
+pub(crate) fn parse_format(raw: Option<&str>) -> Result<Format, ApiError> {
     match raw {
         None | Some("json") => Ok(Format::Json),
         Some("geojson") => Ok(Format::GeoJson),
@@ -288,7 +292,7 @@ fn parse_format(raw: Option<&str>) -> Result<Format, ApiError> {
 
 /// An offending value for an error message: quoted, and cut short so that a
 /// huge parameter does not make a huge response.
-fn echo(raw: &str) -> String {
+pub(crate) fn echo(raw: &str) -> String {
     if raw.chars().count() <= ECHO_CHARS {
         format!("{raw:?}")
     } else {
@@ -297,7 +301,7 @@ fn echo(raw: &str) -> String {
     }
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(message.into())
 }
 

@@ -5,9 +5,14 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use fleetd_processor::Registry;
+use fleetd_processor::live::{LiveHub, LiveSettings};
 use fleetd_schemas::RejectionLog;
 use fleetd_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::live::StreamSettings;
+use crate::routes::map::{MapSettings, render_index};
 
 /// What every handler can reach. Cheap to clone (shared pointers only); axum
 /// clones it per request.
@@ -30,6 +35,36 @@ pub struct ApiState {
     /// shutdown from waiting forever on a slow request; a request that runs
     /// out of time gets a 503 `timeout` error.
     pub request_timeout: Duration,
+    /// Live streams, the heatmap and the map page.
+    pub live: LiveApi,
+}
+
+/// What the live routes share: the hub, per-client limits, the shutdown
+/// signal streams watch, and the rendered map page.
+#[derive(Clone)]
+pub struct LiveApi {
+    /// Where streams subscribe and `/v1/cells` reads counts.
+    pub hub: LiveHub,
+    /// Per-connection limits and heartbeat.
+    pub settings: StreamSettings,
+    /// Cancelled when the API stops; every stream ends then, so graceful
+    /// shutdown does not wait on open streams. [`crate::serve`] ties it to
+    /// its own shutdown token.
+    pub shutdown: CancellationToken,
+    /// The map page with its config, rendered once.
+    pub(crate) index_html: Arc<str>,
+}
+
+impl LiveApi {
+    /// Live routes over `hub`.
+    pub fn new(hub: LiveHub, settings: StreamSettings, map: &MapSettings) -> Self {
+        Self {
+            hub,
+            settings,
+            shutdown: CancellationToken::new(),
+            index_html: Arc::from(render_index(map)),
+        }
+    }
 }
 
 impl ApiState {
@@ -47,6 +82,13 @@ impl ApiState {
             ready,
             registry: Arc::new(Registry::default()),
             request_timeout: crate::DEFAULT_REQUEST_TIMEOUT,
+            // Until the binary hands in the processor's hub: live routes
+            // work, with nothing published.
+            live: LiveApi::new(
+                LiveHub::new(LiveSettings::default()),
+                StreamSettings::default(),
+                &MapSettings::default(),
+            ),
         }
     }
 
@@ -55,6 +97,13 @@ impl ApiState {
     #[must_use]
     pub fn with_registry(mut self, registry: Arc<Registry>) -> Self {
         self.registry = registry;
+        self
+    }
+
+    /// Replaces the live routes' hub and settings.
+    #[must_use]
+    pub fn with_live(mut self, live: LiveApi) -> Self {
+        self.live = live;
         self
     }
 

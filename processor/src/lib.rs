@@ -15,11 +15,15 @@
 //! * Input is a bounded channel of position chunks; when it closes, workers
 //!   flush what they hold and [`Processor::join`] returns.
 //!
+//! * After a batch is stored, the worker publishes its latest positions and
+//!   alerts to the [`live::LiveHub`], which feeds the live streams.
+//!
 //! The enrichment functions ([`process_batch`]) do no I/O and read no clock.
 
 mod batch;
 mod dispatch;
 pub mod kinematics;
+pub mod live;
 mod registry;
 mod reorder;
 mod settings;
@@ -50,12 +54,16 @@ impl Processor {
     /// Restores state from `store` and starts the dispatcher and workers,
     /// reading position chunks from `input` until it closes. Each batch joins
     /// `registry` and samples its filtered fixes into `rejections`.
+    ///
+    /// After each stored batch, workers publish its latest positions and
+    /// alerts to `live` (see [`live::LiveHub::publish`]).
     pub async fn start(
         settings: ProcessorSettings,
         store: Arc<dyn Store>,
         registry: Arc<Registry>,
         rejections: Arc<RejectionLog>,
         input: mpsc::Receiver<Vec<PositionReport>>,
+        live: live::LiveHub,
     ) -> Result<Self, StoreError> {
         let partitions = settings.partitions.max(1);
         let mut states: Vec<PartitionState> =
@@ -63,6 +71,7 @@ impl Processor {
         let latest = store.all_latest().await?;
         let mut vehicles: HashMap<_, _> = store.all_vehicle_states().await?.into_iter().collect();
         let devices = latest.len().max(vehicles.len());
+        live.seed(&latest);
         for position in &latest {
             let id = &position.report.device_id;
             let p = dispatch::partition_of(id, partitions);
@@ -80,6 +89,7 @@ impl Processor {
             store: Arc::clone(&store),
             registry,
             rejections,
+            live,
         };
         tracing::info!(
             devices,

@@ -12,6 +12,8 @@ mod external;
 mod fleet;
 mod formats;
 mod garbage;
+mod live;
+mod map;
 mod restart;
 mod scylla;
 mod util;

@@ -1,10 +1,13 @@
 //! Route handlers, one module per resource.
 
 pub(crate) mod alerts;
+pub(crate) mod cells;
 pub(crate) mod devices;
 pub(crate) mod fallback;
+pub(crate) mod map;
 pub(crate) mod ops;
 pub(crate) mod rejections;
+pub(crate) mod stream;
 pub(crate) mod trips;
 pub(crate) mod vehicles;
 

@@ -1,0 +1,289 @@
+// fleetd live map: vehicles from GET /v1/vehicles and the SSE stream,
+// alerts as they happen, an H3 heatmap from GET /v1/cells, geofences from
+// GET /v1/geofences, and click-to-inspect with the recent track.
+// Loads nothing but fleetd's own URLs (tiles only when configured).
+(function () {
+  'use strict';
+
+  var config = {};
+  try { config = JSON.parse(document.getElementById('fleetd-config').textContent) || {}; } catch (e) { config = {}; }
+
+  var map = L.map('map', { worldCopyJump: true, minZoom: 2 }).setView([30, 0], 2);
+  if (config.tile_url) {
+    L.tileLayer(config.tile_url, { attribution: config.tile_attribution || '', maxZoom: 19 }).addTo(map);
+  } else {
+    graticule(map);
+  }
+
+  var vehicleLayer = L.layerGroup().addTo(map);
+  var vehicles = new Map(); // device id -> { marker, data }
+  var selected = null;
+  var trackLayer = null;
+  var fitted = false;
+  var events = 0;
+  var alertsShown = 0;
+  var MAX_ALERTS = 200;
+
+  var el = function (id) { return document.getElementById(id); };
+
+  // --- vehicles -----------------------------------------------------------
+  function upsert(v) {
+    if (typeof v.lat !== 'number' || typeof v.lon !== 'number') return;
+    var entry = vehicles.get(v.device_id);
+    if (!entry) {
+      var icon = L.divIcon({ className: 'fleetd-vehicle', iconSize: [12, 12] });
+      var marker = L.marker([v.lat, v.lon], { icon: icon, title: v.device_id, keyboard: false });
+      marker.on('click', function () { inspect(v.device_id); });
+      marker.addTo(vehicleLayer);
+      entry = { marker: marker, data: v };
+      vehicles.set(v.device_id, entry);
+      el('vehicle-count').textContent = vehicles.size;
+    } else {
+      if (entry.data.ts_ms > v.ts_ms) return; // never step back in time
+      entry.data = v;
+      entry.marker.setLatLng([v.lat, v.lon]);
+    }
+    var node = entry.marker.getElement();
+    if (node) {
+      node.dataset.device = v.device_id;
+      node.dataset.lat = v.lat;
+      node.dataset.lon = v.lon;
+      node.dataset.ts = v.ts_ms;
+      node.classList.toggle('stopped', !(v.speed_mps > 0.5));
+      node.classList.toggle('selected', v.device_id === selected);
+    }
+    if (v.device_id === selected) showFields(v);
+  }
+
+  function fitFleet() {
+    if (vehicles.size === 0) return;
+    var bounds = L.latLngBounds([]);
+    vehicles.forEach(function (e) { bounds.extend(e.marker.getLatLng()); });
+    map.fitBounds(bounds.pad(0.15), { maxZoom: 16, animate: false });
+    fitted = true;
+  }
+
+  function loadVehicles() {
+    return fetch('/v1/vehicles?bbox=-180,-90,180,90&limit=10000')
+      .then(function (r) { return r.ok ? r.json() : { vehicles: [] }; })
+      .then(function (body) { (body.vehicles || []).forEach(upsert); if (!fitted) fitFleet(); })
+      .catch(function () {});
+  }
+
+  // --- inspect ------------------------------------------------------------
+  function showFields(v) {
+    var rows = [
+      ['time', new Date(v.ts_ms).toLocaleTimeString()],
+      ['position', v.lat.toFixed(5) + ', ' + v.lon.toFixed(5)],
+      ['speed', v.speed_mps != null ? (v.speed_mps * 3.6).toFixed(1) + ' km/h' : '—'],
+      ['heading', v.heading_deg != null ? Math.round(v.heading_deg) + '°' : '—'],
+      ['accuracy', v.accuracy_m != null ? v.accuracy_m + ' m' : '—'],
+      ['battery', v.battery_pct != null ? Math.round(v.battery_pct) + ' %' : '—'],
+    ];
+    ['motion', 'odometer_m', 'name', 'class', 'speed_limit_kmh'].forEach(function (k) {
+      if (v[k] != null && typeof v[k] !== 'object') rows.push([k, String(v[k])]);
+    });
+    if (v.h3) Object.keys(v.h3).forEach(function (r) { rows.push(['h3 res ' + r, v.h3[r]]); });
+    var dl = el('inspect-fields');
+    dl.textContent = '';
+    rows.forEach(function (row) {
+      var dt = document.createElement('dt'); dt.textContent = row[0];
+      var dd = document.createElement('dd'); dd.textContent = row[1];
+      dl.appendChild(dt); dl.appendChild(dd);
+    });
+  }
+
+  function inspect(id) {
+    var previous = selected && vehicles.get(selected);
+    if (previous && previous.marker.getElement()) previous.marker.getElement().classList.remove('selected');
+    selected = id;
+    var entry = vehicles.get(id);
+    if (entry && entry.marker.getElement()) entry.marker.getElement().classList.add('selected');
+    el('inspect').hidden = false;
+    el('inspect-title').textContent = id;
+    var path = '/v1/vehicles/' + encodeURIComponent(id);
+    fetch(path).then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (v) { if (v && selected === id) { showFields(v); } }).catch(function () {});
+    var from = Date.now() - 3600 * 1000;
+    fetch(path + '/track?format=geojson&limit=2000&from=' + from)
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (fc) {
+        if (!fc || selected !== id) return;
+        if (trackLayer) map.removeLayer(trackLayer);
+        var line = (fc.features || []).map(function (f) {
+          return [f.geometry.coordinates[1], f.geometry.coordinates[0]];
+        });
+        trackLayer = L.polyline(line, { color: '#e8590c', weight: 3, opacity: 0.8, className: 'fleetd-track' }).addTo(map);
+      }).catch(function () {});
+  }
+
+  el('inspect-close').addEventListener('click', function () {
+    var entry = selected && vehicles.get(selected);
+    if (entry && entry.marker.getElement()) entry.marker.getElement().classList.remove('selected');
+    selected = null;
+    el('inspect').hidden = true;
+    if (trackLayer) { map.removeLayer(trackLayer); trackLayer = null; }
+  });
+
+  // --- alerts -------------------------------------------------------------
+  function showAlert(a) {
+    var li = document.createElement('li');
+    li.className = 'fleetd-alert ' + a.kind;
+    li.dataset.alertId = a.id;
+    var when = document.createElement('span');
+    when.className = 'when';
+    when.textContent = new Date(a.ts_ms).toLocaleTimeString();
+    li.appendChild(when);
+    var what = a.kind + ' · ' + a.device_id;
+    if (a.geofence_id) what += ' · ' + (a.detail && a.detail.geofence_name || a.geofence_id);
+    if (a.detail && a.detail.speed_kmh != null) what += ' · ' + Math.round(a.detail.speed_kmh) + ' km/h';
+    li.appendChild(document.createTextNode(what));
+    li.addEventListener('click', function () {
+      map.setView([a.lat, a.lon], Math.max(map.getZoom(), 15));
+      if (vehicles.has(a.device_id)) inspect(a.device_id);
+    });
+    var list = el('alerts');
+    list.insertBefore(li, list.firstChild);
+    while (list.children.length > MAX_ALERTS) list.removeChild(list.lastChild);
+    alertsShown += 1;
+    el('alert-count').textContent = alertsShown;
+    var entry = vehicles.get(a.device_id);
+    var node = entry && entry.marker.getElement();
+    if (node) {
+      node.classList.remove('alerting');
+      void node.offsetWidth; // restart the animation
+      node.classList.add('alerting');
+    }
+  }
+
+  // --- stream -------------------------------------------------------------
+  function connect() {
+    var source = new EventSource('/v1/stream');
+    source.onopen = function () { setStatus('live', 'live'); };
+    source.onerror = function () { setStatus('down', 'reconnecting…'); };
+    source.addEventListener('position', function (e) {
+      events += 1;
+      try { upsert(JSON.parse(e.data)); } catch (err) { return; }
+      if (!fitted) fitFleet();
+    });
+    source.addEventListener('alert', function (e) {
+      events += 1;
+      try { showAlert(JSON.parse(e.data)); } catch (err) { /* ignore malformed */ }
+    });
+    source.addEventListener('gap', function (e) {
+      // Missed positions are superseded by the next ones; missed alerts are
+      // in GET /v1/alerts.
+      try { var g = JSON.parse(e.data); setStatus('live', 'live (missed ' + g.kind + ')'); } catch (err) { /* ignore */ }
+    });
+  }
+
+  function setStatus(cls, text) {
+    var s = el('status');
+    s.className = 'status ' + cls;
+    s.textContent = text;
+  }
+
+  setInterval(function () {
+    el('event-rate').textContent = events;
+    events = 0;
+    if (el('follow-toggle').checked) fitFleet();
+  }, 1000);
+
+  // --- heatmap ------------------------------------------------------------
+  var heatLayer = null;
+  var heatTimer = null;
+  function heatRes() { return Math.max(5, Math.min(9, Math.round(map.getZoom() / 1.6))); }
+  function refreshHeat() {
+    var b = map.getBounds();
+    var clamp = function (x, lo, hi) { return Math.max(lo, Math.min(hi, x)); };
+    var bbox = [clamp(b.getWest(), -180, 180), clamp(b.getSouth(), -90, 90),
+      clamp(b.getEast(), -180, 180), clamp(b.getNorth(), -90, 90)].map(function (x) { return x.toFixed(5); }).join(',');
+    var res = heatRes();
+    el('heatmap-res').textContent = '(res ' + res + ')';
+    fetch('/v1/cells?format=geojson&res=' + res + '&bbox=' + bbox)
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (fc) {
+        if (!fc || !el('heatmap-toggle').checked) return;
+        var max = 1;
+        fc.features.forEach(function (f) { max = Math.max(max, f.properties.count); });
+        var next = L.geoJSON(fc, {
+          interactive: false,
+          style: function (f) {
+            var t = f.properties.count / max;
+            return { stroke: true, weight: 0.5, color: '#c92a2a', fillColor: '#fa5252', fillOpacity: 0.12 + 0.6 * t, className: 'fleetd-cell' };
+          },
+        }).addTo(map);
+        if (heatLayer) map.removeLayer(heatLayer);
+        heatLayer = next;
+        vehicleLayer.eachLayer(function (m) { m.setZIndexOffset(1000); });
+      }).catch(function () {});
+  }
+  el('heatmap-toggle').addEventListener('change', function (e) {
+    if (e.target.checked) {
+      refreshHeat();
+      heatTimer = setInterval(refreshHeat, 3000);
+    } else {
+      clearInterval(heatTimer);
+      if (heatLayer) { map.removeLayer(heatLayer); heatLayer = null; }
+      el('heatmap-res').textContent = '';
+    }
+  });
+  map.on('moveend', function () { if (el('heatmap-toggle').checked) refreshHeat(); });
+
+  // --- geofences ----------------------------------------------------------
+  function loadGeofences() {
+    fetch('/v1/geofences').then(function (r) {
+      if (r.status === 404) { el('geofence-note').textContent = 'No geofence API on this server.'; return null; }
+      return r.ok ? r.json() : null;
+    }).then(function (body) {
+      if (!body) return;
+      var items = Array.isArray(body) ? body : (body.geofences || body.features || []);
+      items.forEach(function (g) {
+        var style = { color: '#2b8a3e', weight: 2, fillOpacity: 0.08, className: 'fleetd-geofence' };
+        var name = g.name || (g.properties && g.properties.name) || g.id || '';
+        var layer = null;
+        var shape = g.geometry || g.shape || g;
+        if (shape.center && shape.radius_m) {
+          layer = L.circle([shape.center[1], shape.center[0]], Object.assign({ radius: shape.radius_m }, style));
+        } else if (g.type === 'Feature' || (g.geometry && g.geometry.type)) {
+          layer = L.geoJSON(g.type === 'Feature' ? g : { type: 'Feature', geometry: g.geometry, properties: {} }, { style: style });
+        }
+        if (layer) { layer.bindTooltip(String(name)); layer.addTo(map); }
+      });
+      el('geofence-note').textContent = items.length + ' geofences';
+    }).catch(function () {});
+  }
+
+  // --- graticule (no tiles) -----------------------------------------------
+  function graticule(m) {
+    var layer = L.layerGroup().addTo(m);
+    function draw() {
+      layer.clearLayers();
+      var b = m.getBounds();
+      var span = Math.max(b.getEast() - b.getWest(), b.getNorth() - b.getSouth());
+      var steps = [90, 45, 30, 10, 5, 2, 1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001];
+      var step = steps[steps.length - 1];
+      for (var i = 0; i < steps.length; i++) { if (span / steps[i] >= 4) { step = steps[i]; break; } }
+      var style = { color: '#b8c2cc', weight: 1, interactive: false };
+      var digits = step < 1 ? Math.ceil(-Math.log10(step)) : 0;
+      var west = Math.floor(b.getWest() / step) * step, east = b.getEast();
+      var south = Math.max(-85, Math.floor(b.getSouth() / step) * step), north = Math.min(85, b.getNorth());
+      for (var lon = west; lon <= east; lon += step) {
+        L.polyline([[south, lon], [north, lon]], style).addTo(layer);
+        L.marker([b.getSouth(), lon], { interactive: false, keyboard: false,
+          icon: L.divIcon({ className: 'graticule-label', html: lon.toFixed(digits) + '°', iconSize: [60, 14], iconAnchor: [-3, 16] }) }).addTo(layer);
+      }
+      for (var lat = south; lat <= north; lat += step) {
+        L.polyline([[lat, west], [lat, east]], style).addTo(layer);
+        L.marker([lat, b.getWest()], { interactive: false, keyboard: false,
+          icon: L.divIcon({ className: 'graticule-label', html: lat.toFixed(digits) + '°', iconSize: [60, 14], iconAnchor: [-3, 14] }) }).addTo(layer);
+      }
+    }
+    m.on('moveend', draw);
+    draw();
+  }
+
+  window.fleetd = { vehicles: vehicles, map: map, inspect: inspect };
+  loadVehicles().then(connect);
+  loadGeofences();
+})();
