@@ -9,7 +9,9 @@
 mod probe;
 mod scrape;
 mod server;
+mod store;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -80,6 +82,20 @@ pub struct BenchArgs {
     /// Bench a running fleetd: its HTTP base URL, e.g. http://127.0.0.1:8080.
     #[arg(long, requires = "broker")]
     pub http: Option<String>,
+    /// Write the fleet's first positions (`device_id,lat,lon`, as the first
+    /// QoS phase publishes them on the grid) to FILE and exit.
+    #[arg(long)]
+    pub export_fleet: Option<PathBuf>,
+    /// Instead of the end-to-end run, write this many rows straight into a
+    /// throwaway embedded store and time the write path.
+    #[arg(long, default_value_t = 0)]
+    pub store_rows: u64,
+    /// Rows per store write batch (with --store-rows).
+    #[arg(long, default_value_t = 10_000)]
+    pub store_batch: usize,
+    /// With --store-rows: also write the rows as CSV to FILE.
+    #[arg(long)]
+    pub export_rows: Option<PathBuf>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -175,6 +191,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !(args.city_km.is_finite() && (0.1..=500.0).contains(&args.city_km)) {
         bail!("--city-km must be in 0.1..=500");
     }
+    let block_m = 150.0;
+    let blocks = ((args.city_km * 1000.0 / block_m).round() as u32).max(1);
+    if let Some(path) = &args.export_fleet {
+        let (path, vehicles, seed) = (path.clone(), args.vehicles, args.seed);
+        tokio::task::spawn_blocking(move || store::export_fleet(&path, &store::fleet(vehicles, blocks, seed)))
+            .await
+            .context("export task")??;
+        return Ok(());
+    }
+    if args.store_rows > 0 {
+        let result = store::store_write(args.vehicles, args.store_rows, args.store_batch, args.export_rows.as_deref()).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        } else {
+            println!(
+                "store write: {} rows in {} batches of {}: {:.0} rows/s (mean {:.1} ms per batch, max {:.1} ms)",
+                result.rows, result.batches, result.batch_rows, result.rows_per_s, result.mean_batch_ms, result.max_batch_ms
+            );
+        }
+        return Ok(());
+    }
     let map_name = args.map.clone();
     let roads = tokio::task::spawn_blocking(move || load_map(map_name.as_deref()))
         .await
@@ -191,8 +228,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let pid = server.as_ref().map(ChildServer::pid);
     let http_client = reqwest::Client::new();
     let center = roads.as_ref().map_or((52.52, 13.405), |r| r.center());
-    let block_m = 150.0;
-    let blocks = ((args.city_km * 1000.0 / block_m).round() as u32).max(1);
 
     let mut phases = Vec::new();
     for (n, &qos) in args.qos.iter().enumerate() {
