@@ -94,7 +94,10 @@ pub fn load_map(map: Option<&str>) -> anyhow::Result<Option<Arc<RoadMap>>> {
 
 /// Runs the simulator until the duration passes or Ctrl-C.
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
-    let roads = load_map(args.map.as_deref())?;
+    let map = args.map.clone();
+    let roads = tokio::task::spawn_blocking(move || load_map(map.as_deref()))
+        .await
+        .context("map loading task")??;
     let config = SimConfig {
         broker: args.broker,
         vehicles: args.vehicles,

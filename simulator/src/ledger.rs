@@ -160,11 +160,6 @@ impl Ledger {
         self.queued.is_empty() && self.held_back.is_none() && self.inflight.is_empty()
     }
 
-    /// Units handed over and not yet confirmed.
-    pub(crate) fn pending(&self) -> usize {
-        self.queued.len() + usize::from(self.held_back.is_some()) + self.inflight.len()
-    }
-
     /// The connection is gone: whatever was not confirmed is lost (a QoS 1
     /// publish that was written may still have reached the broker, but no
     /// one can know). Returns how many positions were given up.

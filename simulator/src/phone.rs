@@ -174,11 +174,6 @@ impl Phone {
         self.offline_until_ms.is_some()
     }
 
-    /// Device time at which the current outage ends.
-    pub(crate) fn offline_until_ms(&self) -> Option<i64> {
-        self.offline_until_ms
-    }
-
     /// Faults injected so far, by kind.
     pub(crate) fn injected(&self) -> [u64; ChaosKind::COUNT] {
         self.injected

@@ -18,7 +18,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::Qos;
 use crate::ledger::{Ledger, SharedLedger};
-use crate::phone::Outgoing;
+use crate::phone::Outgoing as Message;
 use crate::progress::Counters;
 
 /// Requests a vehicle's own client may queue before `try_publish` refuses:
@@ -122,8 +122,8 @@ impl Session {
 
     /// Hands `outgoing` to the client for `topic`, recording it in the
     /// ledger first; a full request queue counts it as failed at once.
-    pub(crate) fn submit(&self, ledger: &SharedLedger, topic: &str, outgoing: Outgoing) {
-        let Outgoing { payload, unit, .. } = outgoing;
+    pub(crate) fn submit(&self, ledger: &SharedLedger, topic: &str, outgoing: Message) {
+        let Message { payload, unit, .. } = outgoing;
         ledger.update(|l| {
             l.queued(unit);
             if self
@@ -139,8 +139,8 @@ impl Session {
     /// Like [`Session::submit`], but waits while the client's request queue
     /// is full instead of counting the publish as failed: for a connection
     /// shared by many vehicles, whose queue fills in bursts.
-    pub(crate) async fn submit_waiting(&self, ledger: &SharedLedger, topic: &str, outgoing: Outgoing) {
-        let Outgoing { payload, unit, .. } = outgoing;
+    pub(crate) async fn submit_waiting(&self, ledger: &SharedLedger, topic: &str, outgoing: Message) {
+        let Message { payload, unit, .. } = outgoing;
         ledger.update(|l| l.queued(unit));
         if self
             .client

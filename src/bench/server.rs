@@ -33,6 +33,9 @@ impl ChildServer {
             format!("127.0.0.1:{}", port()?),
         );
         let exe: PathBuf = std::env::current_exe().context("own executable")?;
+        // The server's own warnings go to a file, not into the report.
+        let log = std::fs::File::create(data.path().with_extension("log"))
+            .context("server log file")?;
         let child = Command::new(exe)
             .args(["serve", "--mqtt", &mqtt, "--http", &http])
             .args(["--window-ms", &window_ms.to_string()])
@@ -41,6 +44,7 @@ impl ChildServer {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(log)
             .spawn()
             .context("cannot start fleetd serve")?;
         let server = ChildServer {
