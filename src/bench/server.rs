@@ -16,6 +16,8 @@ pub struct ChildServer {
     /// HTTP base URL.
     pub http: String,
     _data: tempfile::TempDir,
+    /// Holds the server's stderr (`server.log`).
+    _logs: tempfile::TempDir,
 }
 
 impl ChildServer {
@@ -34,7 +36,8 @@ impl ChildServer {
         );
         let exe: PathBuf = std::env::current_exe().context("own executable")?;
         // The server's own warnings go to a file, not into the report.
-        let log = std::fs::File::create(data.path().with_extension("log"))
+        let logs = tempfile::tempdir().context("temporary log directory")?;
+        let log = std::fs::File::create(logs.path().join("server.log"))
             .context("server log file")?;
         let child = Command::new(exe)
             .args(["serve", "--mqtt", &mqtt, "--http", &http])
@@ -52,6 +55,7 @@ impl ChildServer {
             mqtt,
             http: format!("http://{http}"),
             _data: data,
+            _logs: logs,
         };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
