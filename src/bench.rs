@@ -195,19 +195,32 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let blocks = ((args.city_km * 1000.0 / block_m).round() as u32).max(1);
     if let Some(path) = &args.export_fleet {
         let (path, vehicles, seed) = (path.clone(), args.vehicles, args.seed);
-        tokio::task::spawn_blocking(move || store::export_fleet(&path, &store::fleet(vehicles, blocks, seed)))
-            .await
-            .context("export task")??;
+        tokio::task::spawn_blocking(move || {
+            store::export_fleet(&path, &store::fleet(vehicles, blocks, seed))
+        })
+        .await
+        .context("export task")??;
         return Ok(());
     }
     if args.store_rows > 0 {
-        let result = store::store_write(args.vehicles, args.store_rows, args.store_batch, args.export_rows.as_deref()).await?;
+        let result = store::store_write(
+            args.vehicles,
+            args.store_rows,
+            args.store_batch,
+            args.export_rows.as_deref(),
+        )
+        .await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&result)?);
         } else {
             println!(
                 "store write: {} rows in {} batches of {}: {:.0} rows/s (mean {:.1} ms per batch, max {:.1} ms)",
-                result.rows, result.batches, result.batch_rows, result.rows_per_s, result.mean_batch_ms, result.max_batch_ms
+                result.rows,
+                result.batches,
+                result.batch_rows,
+                result.rows_per_s,
+                result.mean_batch_ms,
+                result.max_batch_ms
             );
         }
         return Ok(());
@@ -272,13 +285,36 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let (m_lat, m_lon) = (111_200.0, 111_200.0 * center.0.to_radians().cos().max(0.01));
         let half = args.city_km * 1000.0 / 2.0 * 0.8;
         let area = match &roads {
-            Some(_) => (center.0 - 600.0 / m_lat, center.1 - 600.0 / m_lon, center.0 + 600.0 / m_lat, center.1 + 600.0 / m_lon),
-            None => (center.0 - half / m_lat, center.1 - half / m_lon, center.0 + half / m_lat, center.1 + half / m_lon),
+            Some(_) => (
+                center.0 - 600.0 / m_lat,
+                center.1 - 600.0 / m_lon,
+                center.0 + 600.0 / m_lat,
+                center.1 + 600.0 / m_lon,
+            ),
+            None => (
+                center.0 - half / m_lat,
+                center.1 - half / m_lon,
+                center.0 + half / m_lat,
+                center.1 + half / m_lon,
+            ),
         };
         if !args.json {
-            eprintln!("near: {} queries of {} m, {} at a time", args.near_queries, args.near_radius_m, args.near_concurrency);
+            eprintln!(
+                "near: {} queries of {} m, {} at a time",
+                args.near_queries, args.near_radius_m, args.near_concurrency
+            );
         }
-        Some(probe::near_queries(&http, area, args.near_radius_m, args.near_queries, args.near_concurrency.max(1), 1000).await)
+        Some(
+            probe::near_queries(
+                &http,
+                area,
+                args.near_radius_m,
+                args.near_queries,
+                args.near_concurrency.max(1),
+                1000,
+            )
+            .await,
+        )
     } else {
         None
     };
@@ -288,7 +324,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         target_rate: args.rate,
         connections: args.connections,
         window_ms: server.as_ref().map(|_| args.window_ms),
-        map: args.map.clone().unwrap_or_else(|| format!("grid {:.1} km", args.city_km)),
+        map: args
+            .map
+            .clone()
+            .unwrap_or_else(|| format!("grid {:.1} km", args.city_km)),
         chaos: args.chaos,
         machine_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         phases,
@@ -322,7 +361,8 @@ async fn run_phase(
     let probes = Probes::new();
     let mut probe_tasks = Vec::new();
     for p in 0..args.probes {
-        let mqtt = probe::connect(broker, &format!("bench-probe-client-{}-{p}", qos.level())).await?;
+        let mqtt =
+            probe::connect(broker, &format!("bench-probe-client-{}-{p}", qos.level())).await?;
         probe_tasks.push(tokio::spawn(probe::run_probe(
             p,
             mqtt,

@@ -182,7 +182,10 @@ impl RoadVehicle {
         if self.leg == 0 {
             return 0.0;
         }
-        let (a, b) = (self.map.node(self.route[self.leg - 1]), self.map.node(self.route[self.leg]));
+        let (a, b) = (
+            self.map.node(self.route[self.leg - 1]),
+            self.map.node(self.route[self.leg]),
+        );
         heading_deg(b.x - a.x, b.y - a.y)
     }
 
@@ -232,7 +235,9 @@ impl RoadVehicle {
                 let wait_s = if node.signals && self.rng.random_bool(P_RED) {
                     self.rng.random_range(RED_S)
                 } else if node.yield_sign
-                    || (node.intersection && !node.signals && self.rng.random_bool(P_YIELD_UNSIGNED))
+                    || (node.intersection
+                        && !node.signals
+                        && self.rng.random_bool(P_YIELD_UNSIGNED))
                 {
                     self.rng.random_range(YIELD_S)
                 } else {
@@ -410,8 +415,14 @@ mod tests {
         assert!(fastest < 19.0, "implied speed {fastest} m/s");
         let mean_km = total_m / 40.0 / 1000.0;
         assert!(mean_km > 1.0, "mean {mean_km} km in 30 min");
-        assert!(waited >= 30, "{waited}/40 vehicles ever stopped at lights or signs");
-        assert!(parked >= 20, "{parked}/40 vehicles reached a destination and parked");
+        assert!(
+            waited >= 30,
+            "{waited}/40 vehicles ever stopped at lights or signs"
+        );
+        assert!(
+            parked >= 20,
+            "{parked}/40 vehicles reached a destination and parked"
+        );
     }
 
     #[test]

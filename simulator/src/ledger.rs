@@ -195,7 +195,11 @@ impl Ledger {
                     totals.batches += 1;
                 }
                 self.counters.add_published(count);
-                if totals.last.as_ref().is_none_or(|last| last.seq < newest.seq) {
+                if totals
+                    .last
+                    .as_ref()
+                    .is_none_or(|last| last.seq < newest.seq)
+                {
                     totals.last = Some(newest);
                 }
             }

@@ -131,9 +131,11 @@ impl Phone {
     ) -> Self {
         let mover = match map {
             CityMap::Grid(grid) => Mover::Grid(Box::new(Vehicle::new(*grid, seed, index as u64))),
-            CityMap::Roads(roads) => {
-                Mover::Road(Box::new(RoadVehicle::new(roads.clone(), seed, index as u64)))
-            }
+            CityMap::Roads(roads) => Mover::Road(Box::new(RoadVehicle::new(
+                roads.clone(),
+                seed,
+                index as u64,
+            ))),
         };
         Self {
             index: index as u32,
@@ -200,7 +202,8 @@ impl Phone {
         } else if self.outages.per_hour > 0.0 {
             let p = (self.outages.per_hour * period.as_secs_f64() / 3600.0).min(1.0);
             if self.rng.random_bool(p) {
-                let span = self.outages.min.as_millis() as i64..=self.outages.max.as_millis() as i64;
+                let span =
+                    self.outages.min.as_millis() as i64..=self.outages.max.as_millis() as i64;
                 let length = if span.is_empty() {
                     *span.start()
                 } else {
@@ -246,7 +249,10 @@ impl Phone {
             self.injected[ChaosKind::Late as usize] += 1;
             return;
         }
-        if chaos.out_of_order > 0.0 && self.swapped.is_none() && self.rng.random_bool(chaos.out_of_order) {
+        if chaos.out_of_order > 0.0
+            && self.swapped.is_none()
+            && self.rng.random_bool(chaos.out_of_order)
+        {
             self.swapped = Some(position);
             self.injected[ChaosKind::OutOfOrder as usize] += 1;
             return;
@@ -273,7 +279,8 @@ impl Phone {
         if self.late.is_empty() {
             return;
         }
-        let (due, waiting): (Vec<_>, Vec<_>) = self.late.drain(..).partition(|(at, _)| *at <= now_ms);
+        let (due, waiting): (Vec<_>, Vec<_>) =
+            self.late.drain(..).partition(|(at, _)| *at <= now_ms);
         self.late = waiting;
         for (_, position) in due {
             out.push(self.single(position));
@@ -333,10 +340,14 @@ impl Phone {
         };
         if let Some(prev) = self.prev_ts_ms {
             let step_ms = (ts_ms - prev).clamp(0, MAX_STEP_MS);
-            self.mover.advance(Duration::from_millis(step_ms.unsigned_abs()));
+            self.mover
+                .advance(Duration::from_millis(step_ms.unsigned_abs()));
         }
         self.prev_ts_ms = Some(ts_ms);
-        let position = self.mover.fix().to_position(&self.device_id, ts_ms, self.seq);
+        let position = self
+            .mover
+            .fix()
+            .to_position(&self.device_id, ts_ms, self.seq);
         self.seq += 1;
         position
     }
@@ -355,7 +366,11 @@ mod tests {
     fn run(phone: &mut Phone, ticks: i64) -> Vec<Outgoing> {
         let mut out = Vec::new();
         for t in 0..ticks {
-            phone.tick(1_700_000_000_000 + t * 1000, Duration::from_secs(1), &mut out);
+            phone.tick(
+                1_700_000_000_000 + t * 1000,
+                Duration::from_secs(1),
+                &mut out,
+            );
         }
         phone.flush_held(&mut out);
         out
@@ -366,9 +381,11 @@ mod tests {
             .filter(|o| matches!(o.unit, Unit::Positions { .. }))
             .flat_map(|o| match o.topic {
                 Topic::Pos => vec![Position::decode(o.payload.as_slice()).expect("position")],
-                Topic::Batch => PositionBatch::decode(o.payload.as_slice())
-                    .expect("batch")
-                    .positions,
+                Topic::Batch => {
+                    PositionBatch::decode(o.payload.as_slice())
+                        .expect("batch")
+                        .positions
+                }
             })
             .collect()
     }
@@ -391,7 +408,11 @@ mod tests {
         let mut seqs: Vec<u64> = positions(&out).iter().filter_map(|p| p.seq).collect();
         let arrival = seqs.clone();
         seqs.sort_unstable();
-        assert_eq!(seqs, (0..3_000).collect::<Vec<_>>(), "each seq exactly once");
+        assert_eq!(
+            seqs,
+            (0..3_000).collect::<Vec<_>>(),
+            "each seq exactly once"
+        );
         assert_ne!(arrival, seqs, "chaos reorders");
         let count = |kind| {
             out.iter()
@@ -399,7 +420,11 @@ mod tests {
                 .count()
         };
         for kind in [ChaosKind::Malformed, ChaosKind::Duplicate] {
-            assert!((150..450).contains(&count(kind)), "{kind:?}: {}", count(kind));
+            assert!(
+                (150..450).contains(&count(kind)),
+                "{kind:?}: {}",
+                count(kind)
+            );
         }
         let batches = out.iter().filter(|o| o.topic == Topic::Batch).count();
         assert!(batches >= 20, "{batches} offline batches");
@@ -420,6 +445,9 @@ mod tests {
         let out = run(&mut p, 100);
         assert_eq!(out.len(), 100);
         let ps = positions(&out);
-        assert!(ps.windows(2).all(|w| w[0].seq < w[1].seq && w[0].ts_ms < w[1].ts_ms));
+        assert!(
+            ps.windows(2)
+                .all(|w| w[0].seq < w[1].seq && w[0].ts_ms < w[1].ts_ms)
+        );
     }
 }

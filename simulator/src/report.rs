@@ -116,7 +116,11 @@ impl ChaosCounts {
 impl VehicleReport {
     /// A vehicle's report from its ledger totals and the faults its phone
     /// injected.
-    pub(crate) fn new(device_id: String, totals: Totals, injected: [u64; ChaosKind::COUNT]) -> Self {
+    pub(crate) fn new(
+        device_id: String,
+        totals: Totals,
+        injected: [u64; ChaosKind::COUNT],
+    ) -> Self {
         Self {
             device_id,
             published: totals.published,

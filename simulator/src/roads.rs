@@ -156,7 +156,8 @@ impl RoadMap {
         yields: &HashSet<i64>,
         ways: &[RawWay],
     ) -> Result<RoadMap, SimError> {
-        let (mut min_lat, mut max_lat, mut min_lon, mut max_lon) = (90.0f64, -90.0f64, 180.0f64, -180.0f64);
+        let (mut min_lat, mut max_lat, mut min_lon, mut max_lon) =
+            (90.0f64, -90.0f64, 180.0f64, -180.0f64);
         for way in ways {
             for (lat, lon) in way.refs.iter().filter_map(|id| coords.get(id)) {
                 min_lat = min_lat.min(*lat);
@@ -232,15 +233,15 @@ impl RoadMap {
             renumber.insert(old, graph.add_node(full[old]));
         }
         for edge in full.edge_references() {
-            if let (Some(&a), Some(&b)) = (renumber.get(&edge.source()), renumber.get(&edge.target())) {
+            if let (Some(&a), Some(&b)) =
+                (renumber.get(&edge.source()), renumber.get(&edge.target()))
+            {
                 graph.add_edge(a, b, *edge.weight());
             }
         }
         let mut max_speed_mps: f64 = 1.0;
         for node in graph.node_indices() {
-            let mut neighbours: Vec<NodeIndex> = graph
-                .neighbors_undirected(node)
-                .collect();
+            let mut neighbours: Vec<NodeIndex> = graph.neighbors_undirected(node).collect();
             neighbours.sort_unstable();
             neighbours.dedup();
             graph[node].intersection = neighbours.len() >= 3;
@@ -324,7 +325,9 @@ fn drivable(tags: &[(&str, &str)], refs: Vec<i64>) -> Option<RawWay> {
     if tag("area") == Some("yes") || refs.len() < 2 {
         return None;
     }
-    let kmh = tag("maxspeed").and_then(parse_maxspeed).unwrap_or(default_kmh);
+    let kmh = tag("maxspeed")
+        .and_then(parse_maxspeed)
+        .unwrap_or(default_kmh);
     let oneway = match tag("oneway") {
         Some("yes" | "true" | "1") => Some(true),
         Some("-1" | "reverse") => Some(false),
@@ -380,15 +383,25 @@ mod tests {
         assert!((60.16..60.18).contains(&lat) && (24.93..24.96).contains(&lon));
         let km = map.total_length_m() / 1000.0;
         assert!((20.0..200.0).contains(&km), "{km} km of directed street");
-        let signals = (0..map.node_count()).filter(|&i| map.node(i).signals).count();
-        let crossings = (0..map.node_count()).filter(|&i| map.node(i).intersection).count();
-        assert!(signals > 10 && crossings > 100, "{signals} signals, {crossings} intersections");
+        let signals = (0..map.node_count())
+            .filter(|&i| map.node(i).signals)
+            .count();
+        let crossings = (0..map.node_count())
+            .filter(|&i| map.node(i).intersection)
+            .count();
+        assert!(
+            signals > 10 && crossings > 100,
+            "{signals} signals, {crossings} intersections"
+        );
         // Projection agrees with the great-circle distance.
         for i in (0..map.node_count()).step_by(97) {
             let (a, b) = (map.node(0), map.node(i));
             let local = (a.x - b.x).hypot(a.y - b.y);
             let sphere = haversine_m(a.lat, a.lon, b.lat, b.lon);
-            assert!((local - sphere).abs() < 2.0 + sphere * 0.005, "{local} vs {sphere}");
+            assert!(
+                (local - sphere).abs() < 2.0 + sphere * 0.005,
+                "{local} vs {sphere}"
+            );
         }
     }
 
@@ -405,12 +418,18 @@ mod tests {
             assert_eq!((route[0], route[route.len() - 1]), (from, to));
             let mut length = 0.0;
             for w in route.windows(2) {
-                length += map.edge(w[0], w[1]).expect("route uses map segments").length_m;
+                length += map
+                    .edge(w[0], w[1])
+                    .expect("route uses map segments")
+                    .length_m;
             }
             let (a, b) = (map.node(from), map.node(to));
             let straight = (a.x - b.x).hypot(a.y - b.y);
             assert!(length + 1e-6 >= straight, "shorter than a straight line");
-            assert!(length < straight * 5.0 + 1_500.0, "{length} m for {straight} m");
+            assert!(
+                length < straight * 5.0 + 1_500.0,
+                "{length} m for {straight} m"
+            );
         }
         assert_eq!(map.route(3, 3), None);
         assert_eq!(map.route(0, n), None);
@@ -425,7 +444,10 @@ mod tests {
         assert!((primary.speed_mps - 50.0 / 3.6).abs() < 1e-9 && primary.oneway.is_none());
         let posted = drivable(&[("highway", "tertiary"), ("maxspeed", "20 mph")], refs());
         assert!((posted.expect("drivable").speed_mps - 20.0 * 1.609_344 / 3.6).abs() < 1e-9);
-        let round = drivable(&[("highway", "primary"), ("junction", "roundabout")], refs());
+        let round = drivable(
+            &[("highway", "primary"), ("junction", "roundabout")],
+            refs(),
+        );
         assert_eq!(round.expect("drivable").oneway, Some(true));
         let back = drivable(&[("highway", "service"), ("oneway", "-1")], refs());
         assert_eq!(back.expect("drivable").oneway, Some(false));

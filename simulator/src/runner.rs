@@ -67,7 +67,11 @@ pub async fn run(config: SimConfig, cancel: CancellationToken) -> Result<SimRepo
             qos: config.qos,
             keep_alive: config.keep_alive,
             connect_timeout: config.connect_timeout,
-            inflight: if shared { SHARED_INFLIGHT } else { MAX_INFLIGHT },
+            inflight: if shared {
+                SHARED_INFLIGHT
+            } else {
+                MAX_INFLIGHT
+            },
             request_capacity: if shared {
                 SHARED_REQUEST_CAPACITY
             } else {

@@ -139,7 +139,12 @@ impl Session {
     /// Like [`Session::submit`], but waits while the client's request queue
     /// is full instead of counting the publish as failed: for a connection
     /// shared by many vehicles, whose queue fills in bursts.
-    pub(crate) async fn submit_waiting(&self, ledger: &SharedLedger, topic: &str, outgoing: Message) {
+    pub(crate) async fn submit_waiting(
+        &self,
+        ledger: &SharedLedger,
+        topic: &str,
+        outgoing: Message,
+    ) {
         let Message { payload, unit, .. } = outgoing;
         ledger.update(|l| l.queued(unit));
         if self

@@ -211,13 +211,16 @@ pub async fn near_queries(
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
         let (http, base) = (http.clone(), base.to_owned());
-        let (done, hist, errors, results) = (done.clone(), hist.clone(), errors.clone(), results.clone());
+        let (done, hist, errors, results) =
+            (done.clone(), hist.clone(), errors.clone(), results.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(worker as u64);
             while done.fetch_add(1, Ordering::Relaxed) < total {
                 let lat = rng.random_range(area.0..area.2);
                 let lon = rng.random_range(area.1..area.3);
-                let url = format!("{base}/v1/vehicles?near={lat:.6},{lon:.6}&radius_m={radius_m}&limit={limit}");
+                let url = format!(
+                    "{base}/v1/vehicles?near={lat:.6},{lon:.6}&radius_m={radius_m}&limit={limit}"
+                );
                 let t = Instant::now();
                 let answer = match http.get(&url).send().await {
                     Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
@@ -226,7 +229,10 @@ pub async fn near_queries(
                 match answer {
                     Some(body) => {
                         let us = t.elapsed().as_micros() as u64;
-                        let _ = hist.lock().unwrap_or_else(|e| e.into_inner()).record(us.max(1));
+                        let _ = hist
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .record(us.max(1));
                         results.fetch_add(body["count"].as_u64().unwrap_or(0), Ordering::Relaxed);
                     }
                     None => {

@@ -72,7 +72,10 @@ impl Scrape {
     /// Histogram `name` (no labels other than `le`) between `before` and
     /// this scrape; `None` when nothing was observed in between.
     pub fn histogram_since(&self, before: &Scrape, name: &str) -> Option<HistogramDelta> {
-        let delta = |s: &str| self.samples.get(s).copied().unwrap_or(0.0) - before.samples.get(s).copied().unwrap_or(0.0);
+        let delta = |s: &str| {
+            self.samples.get(s).copied().unwrap_or(0.0)
+                - before.samples.get(s).copied().unwrap_or(0.0)
+        };
         let count = delta(&format!("{name}_count"));
         if count < 1.0 {
             return None;
@@ -84,7 +87,11 @@ impl Scrape {
             .keys()
             .filter_map(|series| {
                 let le = series.strip_prefix(&prefix)?.strip_suffix("\"}")?;
-                let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
                 Some((bound, delta(series)))
             })
             .collect();
@@ -161,6 +168,10 @@ fleetd_positions_stored_total 1010
         // Ranks 2 and 3.96 of 4: in (10, 100] and (100, 1000].
         assert_eq!(h.p50, 100.0);
         assert!((h.p99 - 982.0).abs() < 1e-9, "{}", h.p99);
-        assert!(before.histogram_since(&before, "fleetd_batch_positions").is_none());
+        assert!(
+            before
+                .histogram_since(&before, "fleetd_batch_positions")
+                .is_none()
+        );
     }
 }

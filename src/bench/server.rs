@@ -37,8 +37,8 @@ impl ChildServer {
         let exe: PathBuf = std::env::current_exe().context("own executable")?;
         // The server's own warnings go to a file, not into the report.
         let logs = tempfile::tempdir().context("temporary log directory")?;
-        let log = std::fs::File::create(logs.path().join("server.log"))
-            .context("server log file")?;
+        let log =
+            std::fs::File::create(logs.path().join("server.log")).context("server log file")?;
         let child = Command::new(exe)
             .args(["serve", "--mqtt", &mqtt, "--http", &http])
             .args(["--window-ms", &window_ms.to_string()])

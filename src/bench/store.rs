@@ -23,13 +23,20 @@ pub fn fleet(vehicles: usize, blocks: u32, seed: u64) -> Vec<(String, Vehicle)> 
     let grid = CityGrid::with_blocks(52.52, 13.405, blocks, 150.0);
     let width = vehicles.saturating_sub(1).to_string().len().max(4);
     (0..vehicles)
-        .map(|i| (format!("bench-q0-{i:0width$}"), Vehicle::new(grid, seed, i as u64)))
+        .map(|i| {
+            (
+                format!("bench-q0-{i:0width$}"),
+                Vehicle::new(grid, seed, i as u64),
+            )
+        })
         .collect()
 }
 
 /// Writes `device_id,lat,lon` of each vehicle's first fix.
 pub fn export_fleet(path: &Path, fleet: &[(String, Vehicle)]) -> anyhow::Result<()> {
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?);
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?,
+    );
     writeln!(out, "device_id,lat,lon")?;
     for (id, vehicle) in fleet {
         let fix = vehicle.fix();
@@ -59,7 +66,11 @@ pub struct StoreWrite {
 /// `rows` positions of the fleet, one second of driving between each
 /// vehicle's fixes, in batches of `batch_rows` (each vehicle once per
 /// batch at most, as the processor writes them).
-fn batches(fleet: &mut [(String, Vehicle)], rows: u64, batch_rows: usize) -> anyhow::Result<Vec<WriteBatch>> {
+fn batches(
+    fleet: &mut [(String, Vehicle)],
+    rows: u64,
+    batch_rows: usize,
+) -> anyhow::Result<Vec<WriteBatch>> {
     let ids: Vec<DeviceId> = fleet
         .iter()
         .map(|(id, _)| DeviceId::parse(id))
@@ -108,7 +119,8 @@ fn batches(fleet: &mut [(String, Vehicle)], rows: u64, batch_rows: usize) -> any
         batch.history.push(position);
         made += 1;
         // A batch never holds a vehicle twice, as the processor's never do.
-        if batch.history.len() >= batch_rows || (i + 1 == fleet.len() && batch_rows >= fleet.len()) {
+        if batch.history.len() >= batch_rows || (i + 1 == fleet.len() && batch_rows >= fleet.len())
+        {
             out.push(std::mem::take(&mut batch));
         }
     }
@@ -121,8 +133,13 @@ fn batches(fleet: &mut [(String, Vehicle)], rows: u64, batch_rows: usize) -> any
 /// Writes the rows to a CSV (`device_id,ts_ms,lat,lon,accuracy_m,speed_mps,
 /// heading_deg,battery_pct,seq,h3_area,h3_detail,batch`).
 fn export_rows(path: &Path, batches: &[WriteBatch]) -> anyhow::Result<()> {
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?);
-    writeln!(out, "device_id,ts_ms,lat,lon,accuracy_m,speed_mps,heading_deg,battery_pct,seq,h3_area,h3_detail,batch")?;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?,
+    );
+    writeln!(
+        out,
+        "device_id,ts_ms,lat,lon,accuracy_m,speed_mps,heading_deg,battery_pct,seq,h3_area,h3_detail,batch"
+    )?;
     for (b, batch) in batches.iter().enumerate() {
         for p in &batch.history {
             let r = &p.report;

@@ -85,18 +85,27 @@ fn bench_runs_both_qos_phases_end_to_end_and_loses_nothing() {
         assert_eq!(phase["stored"].as_u64(), Some(published), "{report}");
         assert_eq!(phase["lost"], 0, "{report}");
         assert_eq!(phase["rejected"], 0, "{report}");
-        assert!(phase["latency_ms"]["samples"].as_u64() > Some(5), "{report}");
+        assert!(
+            phase["latency_ms"]["samples"].as_u64() > Some(5),
+            "{report}"
+        );
         assert!(phase["latency_ms"]["p99"].as_f64() > Some(0.0), "{report}");
         // Batch sizes come from the server's own histogram of this phase.
         let batches = phase["batch_positions"]["count"].as_u64().expect("batches");
         assert!(batches >= 3, "{report}");
-        assert!(phase["batch_positions"]["mean"].as_f64() > Some(1.0), "{report}");
+        assert!(
+            phase["batch_positions"]["mean"].as_f64() > Some(1.0),
+            "{report}"
+        );
     }
     let near = &report["near"];
     assert_eq!(near["queries"], 50, "{report}");
     assert_eq!(near["errors"], 0, "{report}");
     assert!(near["mean_results"].as_f64() > Some(1.0), "{report}");
-    assert!(report["server_peak_rss_mb"].as_f64() > Some(1.0), "{report}");
+    assert!(
+        report["server_peak_rss_mb"].as_f64() > Some(1.0),
+        "{report}"
+    );
 }
 
 #[test]
@@ -137,7 +146,11 @@ fn bench_with_chaos_counts_what_the_server_rejects_and_drops() {
     // Every malformed message is rejected, every duplicate dropped, and
     // every real position stored once.
     assert_eq!(phase["rejected"].as_u64(), Some(malformed), "{report}");
-    assert_eq!(phase["duplicates_dropped"].as_u64(), Some(duplicate), "{report}");
+    assert_eq!(
+        phase["duplicates_dropped"].as_u64(),
+        Some(duplicate),
+        "{report}"
+    );
     assert_eq!(phase["lost"], 0, "{report}");
 }
 
@@ -151,7 +164,11 @@ fn bench_store_write_path_and_exports() {
         .arg(&rows)
         .output()
         .expect("run fleetd bench");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["rows"], 5000, "{report}");
     assert!(report["rows_per_s"].as_f64() > Some(100.0), "{report}");
@@ -164,8 +181,16 @@ fn bench_store_write_path_and_exports() {
         .arg(&fleet)
         .output()
         .expect("run fleetd bench");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let csv = std::fs::read_to_string(&fleet).expect("fleet written");
     assert_eq!(csv.lines().count(), 301);
-    assert!(csv.lines().nth(1).is_some_and(|l| l.starts_with("bench-q0-0000,52.")));
+    assert!(
+        csv.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("bench-q0-0000,52."))
+    );
 }
