@@ -1,57 +1,104 @@
 //! `fleetd bench`: an end-to-end load test. It starts fleetd as a child
-//! process on loopback (or targets a running one), publishes a simulated
-//! fleet at a fixed rate over a few multiplexed MQTT connections, measures
-//! publish→queryable latency with probe vehicles polled over HTTP, and
-//! reports throughput, loss, latency percentiles and the server's CPU/RSS.
+//! process on loopback (or targets a running one), drives the simulator's
+//! fleet (multiplexed connections, any map, optional chaos) at a fixed total
+//! rate, once per QoS asked for, measures publish→queryable latency with
+//! probe vehicles polled over HTTP, optionally loads the `near` query, and
+//! reports throughput, loss per QoS, latency percentiles, batch sizes and
+//! durations (from the server's `/metrics`) and the server's CPU/RSS.
+
+mod live;
+mod probe;
+mod scrape;
+mod server;
+mod store;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fleetd_schemas::proto;
-use fleetd_simulator::{CityGrid, Vehicle};
-use hdrhistogram::Histogram;
-use prost::Message;
+use fleetd_simulator::{Chaos, ChaosCounts, Outages, Qos, SimConfig};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
-use crate::simulate::parse_duration;
+use self::probe::{Latency, Probes, QueryLoad};
+use self::scrape::{HistogramDelta, Scrape};
+use self::server::{ChildServer, cpu_seconds, memory_mb};
+use crate::simulate::{load_map, parse_duration};
 
 /// Flags of `fleetd bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Simulated vehicles (device ids `bench-{n}`).
+    /// Simulated vehicles (device ids `bench-q{qos}-{n}`).
     #[arg(long, default_value_t = 10_000)]
     pub vehicles: usize,
-    /// Target positions per second, all connections together.
+    /// Target positions per second, the whole fleet together.
     #[arg(long, default_value_t = 50_000)]
     pub rate: u64,
-    /// How long to publish, e.g. 20s.
+    /// How long to publish per QoS phase, e.g. 20s.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub duration: Duration,
     /// MQTT connections the vehicles are multiplexed over.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
-    /// MQTT QoS (0 or 1).
-    #[arg(long, default_value_t = 0)]
-    pub qos: u8,
+    /// MQTT QoS per phase: `0`, `1` or `0,1` (one phase each, in order).
+    #[arg(long, default_value = "0", value_delimiter = ',')]
+    pub qos: Vec<Qos>,
     /// Concurrent latency probes (each publishes, then polls until visible).
     #[arg(long, default_value_t = 4)]
     pub probes: usize,
     /// Micro-batch window of the fleetd the bench starts.
     #[arg(long, default_value_t = 1000)]
     pub window_ms: u64,
+    /// Drive a road network (`helsinki` or a .osm.pbf file) instead of the grid.
+    #[arg(long)]
+    pub map: Option<String>,
+    /// Size of the synthetic grid city, km across (it spreads the fleet:
+    /// density matters for area queries).
+    #[arg(long, default_value_t = 3.0)]
+    pub city_km: f64,
+    /// Deliberate faults per publish (see `fleetd simulate --chaos`).
+    #[arg(long, default_value = "0")]
+    pub chaos: Chaos,
+    /// Phones going offline per vehicle per hour (flushing pos/batch on return).
+    #[arg(long, default_value_t = 0.0)]
+    pub offline_per_hour: f64,
+    /// Seed of the fleet.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// After the phases, run this many `near` queries against the stored fleet.
+    #[arg(long, default_value_t = 0)]
+    pub near_queries: u64,
+    /// Concurrent clients of the `near` queries.
+    #[arg(long, default_value_t = 8)]
+    pub near_concurrency: usize,
+    /// Radius of the `near` queries, metres.
+    #[arg(long, default_value_t = 1000.0)]
+    pub near_radius_m: f64,
     /// Bench a running fleetd: its MQTT address (needs --http too).
     #[arg(long, requires = "http")]
     pub broker: Option<String>,
     /// Bench a running fleetd: its HTTP base URL, e.g. http://127.0.0.1:8080.
     #[arg(long, requires = "broker")]
     pub http: Option<String>,
-    /// Also hold this many Server-Sent Events clients on /v1/stream and
-    /// report their delivery latency (publish → client read).
+    /// Write the fleet's first positions (`device_id,lat,lon`, as the first
+    /// QoS phase publishes them on the grid) to FILE and exit.
+    #[arg(long)]
+    pub export_fleet: Option<PathBuf>,
+    /// Instead of the end-to-end run, write this many rows straight into a
+    /// throwaway embedded store and time the write path.
+    #[arg(long, default_value_t = 0)]
+    pub store_rows: u64,
+    /// Rows per store write batch (with --store-rows).
+    #[arg(long, default_value_t = 10_000)]
+    pub store_batch: usize,
+    /// With --store-rows: also write the rows as CSV to FILE.
+    #[arg(long)]
+    pub export_rows: Option<PathBuf>,
+    /// Also hold this many Server-Sent Events clients on /v1/stream during
+    /// the phases and report their delivery latency (publish → client read).
     #[arg(long, default_value_t = 0)]
     pub sse_clients: usize,
     /// bbox filter of the SSE clients (minLon,minLat,maxLon,maxLat); default
@@ -66,70 +113,80 @@ pub struct BenchArgs {
 /// The bench result.
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
+    /// Vehicles per phase.
     pub vehicles: usize,
+    /// Target positions/s.
     pub target_rate: u64,
+    /// MQTT connections of the fleet.
     pub connections: usize,
-    pub qos: u8,
+    /// Window of the server the bench started (`None`: a running one).
     pub window_ms: Option<u64>,
+    /// `grid` or the map name.
+    pub map: String,
+    /// Fault rates injected.
+    pub chaos: Chaos,
+    /// Cores of this machine (client and server share them).
+    pub machine_cores: usize,
+    /// One per QoS asked for.
+    pub phases: Vec<Phase>,
+    /// The `near` query load, if asked for.
+    pub near: Option<QueryLoad>,
+    /// Live stream clients (`--sse-clients`), over all phases.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<live::LiveReport>,
+    /// Server RSS at the end, MB.
+    pub server_rss_mb: Option<f64>,
+    /// Server peak RSS, MB.
+    pub server_peak_rss_mb: Option<f64>,
+}
+
+/// One QoS phase.
+#[derive(Debug, Serialize)]
+pub struct Phase {
+    /// QoS of every publish (probes always use 1).
+    pub qos: Qos,
+    /// Publishing time, s.
     pub duration_s: f64,
-    /// Positions handed to the MQTT clients (probes included).
+    /// Positions confirmed delivered to the broker (probes included).
     pub published: u64,
+    /// Published per second.
     pub publish_rate: f64,
-    /// Positions the server stored during the run (from its metrics).
+    /// Positions the simulator could not deliver (client side).
+    pub failed: u64,
+    /// Positions the server stored during the phase (its metric).
     pub stored: u64,
     /// Stored per second, from the first publish until the last store.
     pub stored_rate: f64,
-    /// published - stored (negative would mean double counting).
+    /// published − stored (negative would mean double counting).
     pub lost: i64,
+    /// Rejected by the server (malformed chaos is expected here).
     pub rejected: u64,
-    /// Publishes the broker dropped because ingest fell behind (server metric).
+    /// Publishes the broker dropped because ingest fell behind.
     pub broker_dropped: u64,
+    /// Exact duplicates the processor dropped.
+    pub duplicates_dropped: u64,
+    /// Late positions (history only).
+    pub late_positions: u64,
+    /// Offline batches delivered.
+    pub offline_batches: u64,
+    /// Deliberate faults the fleet injected.
+    pub chaos: ChaosCounts,
+    /// Publish→queryable latency, ms.
     pub latency_ms: Option<Latency>,
     /// Probes that never became visible within 10 s.
     pub probes_timed_out: u64,
-    /// Server CPU over the run, in cores (1.0 = one core busy).
+    /// Positions per micro-batch (server histogram).
+    pub batch_positions: Option<HistogramDelta>,
+    /// Seconds per micro-batch, processing plus store write.
+    pub batch_seconds: Option<HistogramDelta>,
+    /// Seconds from ingest to stored, per position.
+    pub ingest_to_store_seconds: Option<HistogramDelta>,
+    /// Server CPU over the phase, cores (1.0 = one core busy).
     pub server_cpu_cores: Option<f64>,
-    pub server_rss_mb: Option<f64>,
-    pub server_peak_rss_mb: Option<f64>,
-    /// This bench process's own CPU, in cores: it shares the machine.
+    /// This bench process's CPU, cores: it shares the machine.
     pub client_cpu_cores: Option<f64>,
-    /// Live stream clients (`--sse-clients`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub live: Option<crate::bench_live::LiveReport>,
-}
-
-/// Publish→queryable latency percentiles, milliseconds.
-#[derive(Debug, Serialize)]
-pub struct Latency {
-    pub samples: u64,
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-}
-
-/// A fleetd the bench started; killed if the bench fails.
-struct ChildServer {
-    child: Child,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for ChildServer {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    /// Server RSS at the end of the phase, MB.
+    pub server_rss_mb: Option<f64>,
 }
 
 /// Runs the bench and prints its report.
@@ -137,164 +194,171 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.vehicles == 0 || args.rate == 0 || args.connections == 0 {
         bail!("--vehicles, --rate and --connections must be > 0");
     }
-    let qos = match args.qos {
-        0 => rumqttc::QoS::AtMostOnce,
-        1 => rumqttc::QoS::AtLeastOnce,
-        q => bail!("--qos must be 0 or 1, got {q}"),
-    };
-    let (broker, http, server) = match (&args.broker, &args.http) {
-        (Some(b), Some(h)) => (b.clone(), h.trim_end_matches('/').to_owned(), None),
-        _ => {
-            let (b, h, s) = start_server(args.window_ms).await?;
-            (b, h, Some(s))
-        }
-    };
-    let pid = server.as_ref().map(|s| s.child.id());
-    let http_client = reqwest::Client::new();
-    let stored_before = scrape(&http_client, &http, "fleetd_positions_stored_total").await?;
-    let rejected_before = rejected_total(&http_client, &http).await?;
-    let dropped_before = scrape(&http_client, &http, "fleetd_broker_dropped_total").await?;
-    let live = match args.sse_clients {
-        0 => None,
-        n => Some(crate::bench_live::start(&http, n, args.sse_bbox.as_deref()).await?),
-    };
-    let cpu_before = pid.and_then(cpu_seconds);
-    let self_cpu_before = cpu_seconds_self();
-
-    let progress = indicatif::ProgressBar::new(args.duration.as_secs());
-    progress.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-
-    let published = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let mut publishers = Vec::new();
-    for c in 0..args.connections {
-        let client = connect(&broker, &format!("bench-pub-{c}"), qos).await?;
-        let vehicles: Vec<u64> = (c as u64..args.vehicles as u64)
-            .step_by(args.connections)
-            .collect();
-        let rate = args.rate as f64 / args.connections as f64;
-        publishers.push(tokio::spawn(publish_loop(
-            client,
-            vehicles,
-            rate,
-            qos,
-            Arc::clone(&published),
-            Arc::clone(&stop),
-        )));
+    if args.connections > args.vehicles {
+        bail!("--connections must not exceed --vehicles");
     }
-    let latencies = Arc::new(std::sync::Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?,
-    ));
-    let timed_out = Arc::new(AtomicU64::new(0));
-    let mut probes = Vec::new();
-    for p in 0..args.probes {
-        let client = connect(
-            &broker,
-            &format!("bench-probe-client-{p}"),
-            rumqttc::QoS::AtLeastOnce,
+    if args.qos.is_empty() {
+        bail!("--qos needs at least one of 0, 1");
+    }
+    if !(args.city_km.is_finite() && (0.1..=500.0).contains(&args.city_km)) {
+        bail!("--city-km must be in 0.1..=500");
+    }
+    let block_m = 150.0;
+    let blocks = ((args.city_km * 1000.0 / block_m).round() as u32).max(1);
+    if let Some(path) = &args.export_fleet {
+        let (path, vehicles, seed) = (path.clone(), args.vehicles, args.seed);
+        tokio::task::spawn_blocking(move || {
+            store::export_fleet(&path, &store::fleet(vehicles, blocks, seed))
+        })
+        .await
+        .context("export task")??;
+        return Ok(());
+    }
+    if args.store_rows > 0 {
+        let result = store::store_write(
+            args.vehicles,
+            args.store_rows,
+            args.store_batch,
+            args.export_rows.as_deref(),
         )
         .await?;
-        probes.push(tokio::spawn(probe_loop(
-            p,
-            client,
-            http_client.clone(),
-            http.clone(),
-            Arc::clone(&latencies),
-            Arc::clone(&timed_out),
-            Arc::clone(&published),
-            Arc::clone(&stop),
-        )));
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        } else {
+            println!(
+                "store write: {} rows in {} batches of {}: {:.0} rows/s (mean {:.1} ms per batch, max {:.1} ms)",
+                result.rows,
+                result.batches,
+                result.batch_rows,
+                result.rows_per_s,
+                result.mean_batch_ms,
+                result.max_batch_ms
+            );
+        }
+        return Ok(());
+    }
+    let map_name = args.map.clone();
+    let roads = tokio::task::spawn_blocking(move || load_map(map_name.as_deref()))
+        .await
+        .context("map loading task")??;
+    let server = match (&args.broker, &args.http) {
+        (Some(_), Some(_)) => None,
+        _ => Some(ChildServer::start(args.window_ms).await?),
+    };
+    let (broker, http) = match (&server, &args.broker, &args.http) {
+        (Some(s), _, _) => (s.mqtt.clone(), s.http.clone()),
+        (None, Some(b), Some(h)) => (b.clone(), h.trim_end_matches('/').to_owned()),
+        _ => bail!("--broker and --http go together"),
+    };
+    let pid = server.as_ref().map(ChildServer::pid);
+    let http_client = reqwest::Client::new();
+    let center = roads.as_ref().map_or((52.52, 13.405), |r| r.center());
+
+    let sse = match args.sse_clients {
+        0 => None,
+        n => Some(live::start(&http, n, args.sse_bbox.as_deref()).await?),
+    };
+    let mut phases = Vec::new();
+    for (n, &qos) in args.qos.iter().enumerate() {
+        let config = SimConfig {
+            broker: broker.clone(),
+            vehicles: args.vehicles,
+            connections: Some(args.connections),
+            roads: roads.clone(),
+            chaos: args.chaos,
+            outages: Outages {
+                per_hour: args.offline_per_hour,
+                ..SimConfig::default().outages
+            },
+            rate_hz: args.rate as f64 / args.vehicles as f64,
+            duration: Some(args.duration),
+            qos,
+            seed: args.seed + n as u64,
+            center_lat: center.0,
+            center_lon: center.1,
+            grid_blocks: blocks,
+            grid_block_m: block_m,
+            id_prefix: format!("bench-q{}-", qos.level()),
+            show_progress: !args.json,
+            drain_timeout: Duration::from_secs(20),
+            ..SimConfig::default()
+        };
+        if !args.json {
+            eprintln!(
+                "phase {}/{}: QoS {qos}, {} vehicles, {}/s for {:.0} s",
+                n + 1,
+                args.qos.len(),
+                args.vehicles,
+                args.rate,
+                args.duration.as_secs_f64()
+            );
+        }
+        phases.push(run_phase(&args, config, &broker, &http, &http_client, pid, center).await?);
     }
 
-    while started.elapsed() < args.duration {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let n = published.load(Ordering::Relaxed);
-        progress.set_position(started.elapsed().as_secs());
-        progress.set_message(format!(
-            "published {n} ({:.0}/s)",
-            n as f64 / started.elapsed().as_secs_f64()
-        ));
-    }
-    stop.store(true, Ordering::Relaxed);
-    let publish_elapsed = started.elapsed();
-    for p in publishers.into_iter().chain(probes) {
-        p.await.context("bench task")?;
-    }
-    let published = published.load(Ordering::Relaxed);
-    progress.finish_and_clear();
-
-    // Wait until the server has stored everything, or stops making progress.
-    let mut stored = 0;
-    let mut last_change = Instant::now();
-    let mut stored_at = Instant::now();
-    while last_change.elapsed() < Duration::from_secs(5) {
-        let now =
-            scrape(&http_client, &http, "fleetd_positions_stored_total").await? - stored_before;
-        if now != stored {
-            stored = now;
-            last_change = Instant::now();
-            stored_at = Instant::now();
-        }
-        if stored >= published {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let elapsed_total = stored_at.duration_since(started);
-    let cores = |before: Option<f64>, after: Option<f64>| match (before, after) {
-        (Some(b), Some(a)) => Some((a - b) / elapsed_total.as_secs_f64()),
-        _ => None,
-    };
-    let (rss, peak) = pid.map(memory_mb).unwrap_or((None, None));
-    let latency = {
-        let h = latencies.lock().unwrap_or_else(|e| e.into_inner());
-        (!h.is_empty()).then(|| Latency {
-            samples: h.len(),
-            p50: h.value_at_quantile(0.5) as f64 / 1000.0,
-            p90: h.value_at_quantile(0.9) as f64 / 1000.0,
-            p99: h.value_at_quantile(0.99) as f64 / 1000.0,
-            p999: h.value_at_quantile(0.999) as f64 / 1000.0,
-            max: h.max() as f64 / 1000.0,
-        })
-    };
-    let live = match live {
+    let live = match sse {
         Some(clients) => {
-            let dropped = scrape(
-                &http_client,
-                &http,
-                "fleetd_live_dropped_clients_total{transport=\"sse\",reason=\"slow\"}",
-            )
-            .await?;
-            Some(clients.finish(dropped).await?)
+            let scrape = Scrape::fetch(&http_client, &http).await?;
+            let dropped = scrape.total("fleetd_live_dropped_clients_total");
+            Some(clients.finish(dropped as u64).await?)
         }
         None => None,
     };
+    let near = if args.near_queries > 0 {
+        // Half the city across, around its centre: where the fleet drives.
+        let (m_lat, m_lon) = (111_200.0, 111_200.0 * center.0.to_radians().cos().max(0.01));
+        let half = args.city_km * 1000.0 / 2.0 * 0.8;
+        let area = match &roads {
+            Some(_) => (
+                center.0 - 600.0 / m_lat,
+                center.1 - 600.0 / m_lon,
+                center.0 + 600.0 / m_lat,
+                center.1 + 600.0 / m_lon,
+            ),
+            None => (
+                center.0 - half / m_lat,
+                center.1 - half / m_lon,
+                center.0 + half / m_lat,
+                center.1 + half / m_lon,
+            ),
+        };
+        if !args.json {
+            eprintln!(
+                "near: {} queries of {} m, {} at a time",
+                args.near_queries, args.near_radius_m, args.near_concurrency
+            );
+        }
+        Some(
+            probe::near_queries(
+                &http,
+                area,
+                args.near_radius_m,
+                args.near_queries,
+                args.near_concurrency.max(1),
+                1000,
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+    let (rss, peak) = pid.map(|p| memory_mb(Some(p))).unwrap_or((None, None));
     let report = BenchReport {
         vehicles: args.vehicles,
         target_rate: args.rate,
         connections: args.connections,
-        qos: args.qos,
         window_ms: server.as_ref().map(|_| args.window_ms),
-        duration_s: publish_elapsed.as_secs_f64(),
-        published,
-        publish_rate: published as f64 / publish_elapsed.as_secs_f64(),
-        stored,
-        stored_rate: stored as f64 / elapsed_total.as_secs_f64(),
-        lost: published as i64 - stored as i64,
-        rejected: rejected_total(&http_client, &http).await? - rejected_before,
-        broker_dropped: scrape(&http_client, &http, "fleetd_broker_dropped_total").await?
-            - dropped_before,
-        latency_ms: latency,
-        probes_timed_out: timed_out.load(Ordering::Relaxed),
-        server_cpu_cores: cores(cpu_before, pid.and_then(cpu_seconds)),
+        map: args
+            .map
+            .clone()
+            .unwrap_or_else(|| format!("grid {:.1} km", args.city_km)),
+        chaos: args.chaos,
+        machine_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        phases,
+        near,
+        live,
         server_rss_mb: rss,
         server_peak_rss_mb: peak,
-        client_cpu_cores: cores(self_cpu_before, cpu_seconds_self()),
-        live,
     };
     drop(server);
     if args.json {
@@ -305,38 +369,140 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run_phase(
+    args: &BenchArgs,
+    config: SimConfig,
+    broker: &str,
+    http: &str,
+    client: &reqwest::Client,
+    pid: Option<u32>,
+    center: (f64, f64),
+) -> anyhow::Result<Phase> {
+    let qos = config.qos;
+    let before = Scrape::fetch(client, http).await?;
+    let (cpu_before, self_before) = (pid.and_then(|p| cpu_seconds(Some(p))), cpu_seconds(None));
+    let started = Instant::now();
+
+    let probes = Probes::new();
+    let mut probe_tasks = Vec::new();
+    for p in 0..args.probes {
+        let mqtt =
+            probe::connect(broker, &format!("bench-probe-client-{}-{p}", qos.level())).await?;
+        probe_tasks.push(tokio::spawn(probe::run_probe(
+            p,
+            mqtt,
+            client.clone(),
+            http.to_owned(),
+            center,
+            Arc::clone(&probes),
+        )));
+    }
+    let report = fleetd_simulator::run(config, CancellationToken::new())
+        .await
+        .context("simulated fleet")?;
+    probes.stop.store(true, Ordering::Relaxed);
+    for task in probe_tasks {
+        task.await.context("probe task")?;
+    }
+    let published = report.published + probes.published.load(Ordering::Relaxed);
+
+    // Wait until the server has stored everything, or stops making progress.
+    let base_stored = before.total("fleetd_positions_stored_total");
+    let (mut stored, mut last_change, mut stored_at) = (0u64, Instant::now(), Instant::now());
+    let mut after = before.clone();
+    while last_change.elapsed() < Duration::from_secs(5) {
+        after = Scrape::fetch(client, http).await?;
+        let now = (after.total("fleetd_positions_stored_total") - base_stored) as u64;
+        if now != stored {
+            (stored, last_change, stored_at) = (now, Instant::now(), Instant::now());
+        }
+        if stored >= published {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = stored_at.duration_since(started).as_secs_f64().max(1e-9);
+    let cores = |b: Option<f64>, a: Option<f64>| b.zip(a).map(|(b, a)| (a - b) / elapsed);
+    let delta = |name: &str| (after.total(name) - before.total(name)).max(0.0) as u64;
+    let latency = probe::latency(&probes.latencies.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(Phase {
+        qos,
+        duration_s: report.elapsed.as_secs_f64(),
+        published,
+        publish_rate: published as f64 / report.elapsed.as_secs_f64().max(1e-9),
+        failed: report.failed,
+        stored,
+        stored_rate: stored as f64 / elapsed,
+        lost: published as i64 - stored as i64,
+        rejected: delta("fleetd_rejected_total"),
+        broker_dropped: delta("fleetd_broker_dropped_total"),
+        duplicates_dropped: delta("fleetd_duplicates_total"),
+        late_positions: delta("fleetd_late_positions_total"),
+        offline_batches: report.batches,
+        chaos: report.chaos,
+        latency_ms: latency,
+        probes_timed_out: probes.timed_out.load(Ordering::Relaxed),
+        batch_positions: after.histogram_since(&before, "fleetd_batch_positions"),
+        batch_seconds: after.histogram_since(&before, "fleetd_batch_duration_seconds"),
+        ingest_to_store_seconds: after.histogram_since(&before, "fleetd_ingest_to_store_seconds"),
+        server_cpu_cores: cores(cpu_before, pid.and_then(|p| cpu_seconds(Some(p)))),
+        client_cpu_cores: cores(self_before, cpu_seconds(None)),
+        server_rss_mb: pid.and_then(|p| memory_mb(Some(p)).0),
+    })
+}
+
 fn print_human(r: &BenchReport) {
     println!(
-        "fleetd bench: {} vehicles, target {}/s over {} connections, QoS {}",
-        r.vehicles, r.target_rate, r.connections, r.qos
+        "fleetd bench: {} vehicles on {}, target {}/s over {} connections, {} cores shared by client and server",
+        r.vehicles, r.map, r.target_rate, r.connections, r.machine_cores
     );
-    println!(
-        "  published  {:>10}  ({:.0}/s over {:.1} s)",
-        r.published, r.publish_rate, r.duration_s
-    );
-    println!("  stored     {:>10}  ({:.0}/s)", r.stored, r.stored_rate);
-    println!(
-        "  lost       {:>10}   (broker dropped {}, rejected {})",
-        r.lost, r.broker_dropped, r.rejected
-    );
-    match &r.latency_ms {
-        Some(l) => println!(
-            "  publish→queryable ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  ({} probes, {} timed out)",
-            l.p50, l.p90, l.p99, l.p999, l.max, l.samples, r.probes_timed_out
-        ),
-        None => println!("  publish→queryable: no probe samples"),
+    for p in &r.phases {
+        println!("QoS {}:", p.qos);
+        println!(
+            "  published  {:>10}  ({:.0}/s over {:.1} s; {} failed client-side)",
+            p.published, p.publish_rate, p.duration_s, p.failed
+        );
+        println!("  stored     {:>10}  ({:.0}/s)", p.stored, p.stored_rate);
+        println!(
+            "  lost       {:>10}   (broker dropped {}, rejected {}, duplicates dropped {}, late {})",
+            p.lost, p.broker_dropped, p.rejected, p.duplicates_dropped, p.late_positions
+        );
+        match &p.latency_ms {
+            Some(l) => println!(
+                "  publish→queryable ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  ({} probes, {} timed out)",
+                l.p50, l.p90, l.p99, l.p999, l.max, l.samples, p.probes_timed_out
+            ),
+            None => println!("  publish→queryable: no probe samples"),
+        }
+        if let (Some(b), Some(d)) = (&p.batch_positions, &p.batch_seconds) {
+            println!(
+                "  batches: {} of mean {:.0} positions (p99 {:.0}), mean {:.1} ms (p99 {:.1} ms)",
+                b.count,
+                b.mean,
+                b.p99,
+                d.mean * 1000.0,
+                d.p99 * 1000.0
+            );
+        }
+        if let (Some(cpu), Some(rss)) = (p.server_cpu_cores, p.server_rss_mb) {
+            println!("  server: {cpu:.2} cores, RSS {rss:.0} MB");
+        }
+        if let Some(cpu) = p.client_cpu_cores {
+            println!("  bench client: {cpu:.2} cores (same machine)");
+        }
     }
-    if let (Some(cpu), Some(rss), Some(peak)) =
-        (r.server_cpu_cores, r.server_rss_mb, r.server_peak_rss_mb)
-    {
-        println!("  server: {cpu:.2} cores, RSS {rss:.0} MB (peak {peak:.0} MB)");
-    }
-    if let Some(cpu) = r.client_cpu_cores {
-        println!("  bench client: {cpu:.2} cores (same machine)");
+    if let Some(n) = &r.near {
+        match &n.latency_ms {
+            Some(l) => println!(
+                "near: {} queries ({} errors) at {:.0}/s with {} clients, {:.0} vehicles per answer; ms p50 {:.2} p99 {:.2} max {:.2}",
+                n.queries, n.errors, n.per_s, n.concurrency, n.mean_results, l.p50, l.p99, l.max
+            ),
+            None => println!("near: no query answered ({} errors)", n.errors),
+        }
     }
     if let Some(live) = &r.live {
         println!(
-            "  live: {} SSE clients ({} connected, {} ended early, {} dropped as slow), {} events, {:.0} events/s per client",
+            "live: {} SSE clients ({} connected, {} ended early, {} dropped as slow), {} events, {:.0} events/s per client",
             live.clients,
             live.connected,
             live.ended_early,
@@ -346,281 +512,12 @@ fn print_human(r: &BenchReport) {
         );
         if let Some(l) = &live.delivery_ms {
             println!(
-                "  publish→client ms: p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  ({} events)",
-                l.p50, l.p90, l.p99, l.p999, l.max, l.samples
+                "  delivery ms (hub publish → client read): p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
+                l.p50, l.p90, l.p99, l.p999, l.max
             );
         }
     }
-}
-
-/// Starts `fleetd serve` (this executable) on free loopback ports.
-async fn start_server(window_ms: u64) -> anyhow::Result<(String, String, ChildServer)> {
-    let data = tempfile::tempdir().context("temporary data directory")?;
-    let port = || -> anyhow::Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    };
-    let (mqtt, http) = (
-        format!("127.0.0.1:{}", port()?),
-        format!("127.0.0.1:{}", port()?),
-    );
-    let exe: PathBuf = std::env::current_exe().context("own executable")?;
-    let child = Command::new(exe)
-        .args([
-            "serve",
-            "--mqtt",
-            &mqtt,
-            "--http",
-            &http,
-            "--window-ms",
-            &window_ms.to_string(),
-        ])
-        .arg("--data")
-        .arg(data.path())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("cannot start fleetd serve")?;
-    let server = ChildServer { child, _data: data };
-    let url = format!("http://{http}");
-    let client = reqwest::Client::new();
-    for _ in 0..400 {
-        if let Ok(r) = client.get(format!("{url}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return Ok((mqtt, url, server));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("fleetd did not become ready within 20 s")
-}
-
-async fn connect(
-    broker: &str,
-    id: &str,
-    _qos: rumqttc::QoS,
-) -> anyhow::Result<rumqttc::AsyncClient> {
-    let (host, port) = broker
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        .with_context(|| format!("--broker {broker:?} is not host:port"))?;
-    let mut options = rumqttc::MqttOptions::new(id, host, port);
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_inflight(1000);
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10_000);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut tx = Some(tx);
-        loop {
-            match eventloop.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(Ok(()));
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(Err(e));
-                    }
-                    break;
-                }
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), rx)
-        .await
-        .context("MQTT connect timed out")?
-        .context("MQTT event loop ended")?
-        .with_context(|| format!("cannot connect to {broker}"))?;
-    Ok(client)
-}
-
-/// Publishes `rate` positions/s round-robin over `vehicles`, in 10 ms slices.
-async fn publish_loop(
-    client: rumqttc::AsyncClient,
-    vehicles: Vec<u64>,
-    rate: f64,
-    qos: rumqttc::QoS,
-    published: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-) {
-    let grid = CityGrid::new(52.52, 13.405);
-    let mut fleet: Vec<(String, Vehicle, i64, u64)> = vehicles
-        .iter()
-        .map(|&i| (format!("bench-{i}"), Vehicle::new(grid, 1, i), 0, 0))
-        .collect();
-    let started = Instant::now();
-    let mut sent = 0u64;
-    let mut next = 0usize;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    while !stop.load(Ordering::Relaxed) && !fleet.is_empty() {
-        tick.tick().await;
-        let due = (started.elapsed().as_secs_f64() * rate) as u64;
-        while sent < due {
-            let (id, vehicle, last_ts, seq) = &mut fleet[next];
-            next = (next + 1) % vehicles.len();
-            let now = fleetd_schemas::now_ms();
-            let ts = now.max(*last_ts + 1);
-            if *last_ts > 0 {
-                vehicle.advance(Duration::from_millis((ts - *last_ts) as u64));
-            }
-            *last_ts = ts;
-            let position = vehicle.fix().to_position(id, ts, *seq);
-            *seq += 1;
-            let topic = format!("fleet/{id}/pos");
-            if client
-                .publish(topic, qos, false, position.encode_to_vec())
-                .await
-                .is_err()
-            {
-                return;
-            }
-            sent += 1;
-            published.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    // Let the event loop flush what is queued before the task ends.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-}
-
-/// Publishes one probe position at a time and polls the API until it is
-/// visible, recording the latency (µs).
-#[allow(clippy::too_many_arguments)]
-async fn probe_loop(
-    index: usize,
-    client: rumqttc::AsyncClient,
-    http: reqwest::Client,
-    base: String,
-    latencies: Arc<std::sync::Mutex<Histogram<u64>>>,
-    timed_out: Arc<AtomicU64>,
-    published: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-) {
-    let id = format!("bench-probe-{index}");
-    let url = format!("{base}/v1/vehicles/{id}");
-    let mut last_ts = 0;
-    // Stagger the probes across the window.
-    tokio::time::sleep(Duration::from_millis(137 * index as u64 % 1000)).await;
-    while !stop.load(Ordering::Relaxed) {
-        let ts = fleetd_schemas::now_ms().max(last_ts + 1);
-        last_ts = ts;
-        let position = proto::Position {
-            ts_ms: ts,
-            lat: 52.5 + index as f64 * 1e-3,
-            lon: 13.4,
-            ..Default::default()
-        };
-        let sent = Instant::now();
-        if client
-            .publish(
-                format!("fleet/{id}/pos"),
-                rumqttc::QoS::AtLeastOnce,
-                false,
-                position.encode_to_vec(),
-            )
-            .await
-            .is_err()
-        {
-            return;
-        }
-        published.fetch_add(1, Ordering::Relaxed);
-        let mut seen = false;
-        while sent.elapsed() < Duration::from_secs(10) {
-            if let Ok(r) = http.get(&url).send().await
-                && let Ok(body) = r.json::<serde_json::Value>().await
-                && body["ts_ms"].as_i64() == Some(ts)
-            {
-                seen = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        if seen {
-            let us = sent.elapsed().as_micros() as u64;
-            let mut h = latencies.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = h.record(us.max(1));
-        } else {
-            timed_out.fetch_add(1, Ordering::Relaxed);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn scrape(client: &reqwest::Client, base: &str, series: &str) -> anyhow::Result<u64> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .context("GET /metrics")?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.strip_prefix(series))
-        .filter_map(|rest| rest.trim().parse::<f64>().ok())
-        .next()
-        .unwrap_or(0.0) as u64)
-}
-
-async fn rejected_total(client: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .context("GET /metrics")?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("fleetd_rejected_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
-}
-
-/// User + system CPU seconds of a process, from /proc (Linux; USER_HZ=100).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    cpu_from_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-fn cpu_seconds_self() -> Option<f64> {
-    cpu_from_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
-}
-
-fn cpu_from_stat(stat: &str) -> Option<f64> {
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-/// Current and peak RSS of a process in MB, from /proc (Linux).
-fn memory_mb(pid: u32) -> (Option<f64>, Option<f64>) {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return (None, None);
-    };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_proc_stat() {
-        let stat = "1234 (fleetd serve) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 9 0 100 0 0";
-        assert_eq!(cpu_from_stat(stat), Some(3.0));
+    if let (Some(rss), Some(peak)) = (r.server_rss_mb, r.server_peak_rss_mb) {
+        println!("server RSS {rss:.0} MB at the end (peak {peak:.0} MB)");
     }
 }

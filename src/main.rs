@@ -8,7 +8,6 @@
 #![allow(unreachable_pub)]
 
 mod bench;
-mod bench_live;
 mod cli;
 mod config;
 mod serve;

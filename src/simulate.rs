@@ -1,10 +1,11 @@
 //! `fleetd simulate`: the command-line front-end of the fleet simulator.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use fleetd_simulator::{Qos, SimConfig};
+use fleetd_simulator::{Chaos, Outages, Qos, RoadMap, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `fleetd simulate`.
@@ -13,9 +14,25 @@ pub struct SimulateArgs {
     /// MQTT broker to publish to.
     #[arg(long, default_value = "127.0.0.1:1883", env = "FLEETD_SIM_BROKER")]
     pub broker: String,
-    /// Number of vehicles, each its own MQTT connection.
+    /// Number of vehicles.
     #[arg(long, default_value_t = 1000)]
     pub vehicles: usize,
+    /// Share N MQTT connections among the vehicles instead of one each
+    /// (for fleets larger than the machine's connection limits).
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Drive a real road network: `helsinki` (the embedded OpenStreetMap
+    /// extract) or a `.osm.pbf` file. Default: a synthetic city grid.
+    #[arg(long)]
+    pub map: Option<String>,
+    /// Deliberate faults per publish: one rate for all (`0.01`) or
+    /// `malformed=R,duplicate=R,late=R,out_of_order=R`.
+    #[arg(long, default_value = "0")]
+    pub chaos: Chaos,
+    /// Phones going offline: outages per vehicle per hour (10 s to 2 min
+    /// each, buffered and flushed as pos/batch on reconnect).
+    #[arg(long, default_value_t = 0.0)]
+    pub offline_per_hour: f64,
     /// Positions per second per vehicle.
     #[arg(long, default_value_t = 1.0)]
     pub rate_hz: f64,
@@ -58,11 +75,39 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// Loads `--map` (off the async runtime: parsing a large extract takes a
+/// while).
+pub fn load_map(map: Option<&str>) -> anyhow::Result<Option<Arc<RoadMap>>> {
+    let Some(name) = map else {
+        return Ok(None);
+    };
+    let roads = RoadMap::named(name).with_context(|| format!("--map {name}"))?;
+    tracing::info!(
+        map = name,
+        nodes = roads.node_count(),
+        segments = roads.edge_count(),
+        km = roads.total_length_m() / 1000.0,
+        "road map loaded"
+    );
+    Ok(Some(Arc::new(roads)))
+}
+
 /// Runs the simulator until the duration passes or Ctrl-C.
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    let map = args.map.clone();
+    let roads = tokio::task::spawn_blocking(move || load_map(map.as_deref()))
+        .await
+        .context("map loading task")??;
     let config = SimConfig {
         broker: args.broker,
         vehicles: args.vehicles,
+        connections: args.connections,
+        roads,
+        chaos: args.chaos,
+        outages: Outages {
+            per_hour: args.offline_per_hour,
+            ..SimConfig::default().outages
+        },
         rate_hz: args.rate_hz,
         duration: args.duration,
         qos: args.qos,

@@ -3,11 +3,15 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use crate::chaos::Chaos;
 use crate::error::SimError;
+use crate::phone::Outages;
+use crate::roads::RoadMap;
 
 /// MQTT quality of service for the simulated publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,8 +95,20 @@ impl Serialize for Qos {
 pub struct SimConfig {
     /// MQTT broker as `host:port` (`[::1]:1883` for IPv6 literals).
     pub broker: String,
-    /// Number of vehicles, each with its own MQTT connection.
+    /// Number of vehicles.
     pub vehicles: usize,
+    /// `None`: each vehicle is its own MQTT client. `Some(n)`: the vehicles
+    /// share `n` connections (round robin), each still publishing on its own
+    /// topic; how a million-vehicle fleet runs on one machine.
+    pub connections: Option<usize>,
+    /// The road network the vehicles drive ([`RoadMap::named`]); `None`
+    /// drives the synthetic grid around `center_lat`/`center_lon`.
+    pub roads: Option<Arc<RoadMap>>,
+    /// Deliberate faults and their rates (none by default).
+    pub chaos: Chaos,
+    /// Phones losing their network; while offline they buffer positions and
+    /// flush them as `pos/batch` on return (none by default).
+    pub outages: Outages,
     /// Positions per second per vehicle.
     pub rate_hz: f64,
     /// How long to publish once all vehicles have tried to connect;
@@ -106,6 +122,10 @@ pub struct SimConfig {
     pub center_lat: f64,
     /// Longitude of the synthetic city's centre, WGS84 degrees.
     pub center_lon: f64,
+    /// Blocks per side of the synthetic city ([`crate::CityGrid`]).
+    pub grid_blocks: u32,
+    /// Block length of the synthetic city, metres.
+    pub grid_block_m: f64,
     /// Device ids are this prefix plus a zero-padded vehicle index
     /// (`sim-0000`, `sim-0001`, ...). Client id and topic use the device id.
     pub id_prefix: String,
@@ -130,12 +150,22 @@ impl Default for SimConfig {
         Self {
             broker: "127.0.0.1:1883".to_owned(),
             vehicles: 10,
+            connections: None,
+            roads: None,
+            chaos: Chaos::default(),
+            outages: Outages {
+                per_hour: 0.0,
+                min: Duration::from_secs(10),
+                max: Duration::from_secs(120),
+            },
             rate_hz: 1.0,
             duration: None,
             qos: Qos::AtLeastOnce,
             seed: 0,
             center_lat: 52.52,
             center_lon: 13.405,
+            grid_blocks: crate::CityGrid::DEFAULT_BLOCKS,
+            grid_block_m: crate::CityGrid::DEFAULT_BLOCK_M,
             id_prefix: "sim-".to_owned(),
             show_progress: false,
             connect_concurrency: 32,
@@ -166,6 +196,25 @@ impl SimConfig {
         let (host, port) = parse_broker(&self.broker)?;
         if self.vehicles == 0 {
             return Err(invalid("vehicles", "must be at least 1".to_owned()));
+        }
+        if let Some(c) = self.connections
+            && !(1..=self.vehicles).contains(&c)
+        {
+            return Err(invalid(
+                "connections",
+                format!("{c} is not in 1..={} (the vehicle count)", self.vehicles),
+            ));
+        }
+        self.chaos.validate()?;
+        let o = &self.outages;
+        if !(o.per_hour.is_finite() && o.per_hour >= 0.0) || o.min > o.max || o.min.is_zero() {
+            return Err(invalid(
+                "outages",
+                format!(
+                    "{} per hour, {:?}..{:?}: need a rate ≥ 0 and 0 < min ≤ max",
+                    o.per_hour, o.min, o.max
+                ),
+            ));
         }
         if !(self.rate_hz.is_finite() && self.rate_hz > 0.0 && self.rate_hz <= MAX_RATE_HZ) {
             return Err(invalid(

@@ -1,23 +1,23 @@
-//! One simulated device: the task that connects a [`Vehicle`] to the broker,
-//! publishes its fixes on schedule, reconnects when the connection drops and
-//! drains on stop.
+//! One simulated device with its own MQTT connection: the task that connects
+//! a [`Phone`] to the broker, publishes on schedule, goes offline when the
+//! phone loses its network (flushing a `pos/batch` on return), reconnects
+//! when the connection drops and drains on stop.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetd_schemas::proto::Position;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::city::CityGrid;
-use crate::ledger::{Ledger, SharedLedger};
+use crate::chaos::Chaos;
+use crate::ledger::{Ledger, SharedLedger, Unit};
+use crate::phone::{CityMap, Outages, Outgoing, Phone};
 use crate::progress::Counters;
 use crate::report::VehicleReport;
 use crate::session::{Endpoint, Session};
-use crate::vehicle::Vehicle;
 
 /// Tries of the first connection before the vehicle counts as not connected
 /// (it keeps retrying in the background while the fleet publishes).
@@ -25,9 +25,6 @@ const INITIAL_ATTEMPTS: u32 = 3;
 /// Reconnect back-off bounds; each wait is jittered to 50–100 %.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Largest model step taken from one fix to the next, so a wall-clock jump
-/// cannot fling a vehicle across the city.
-const MAX_STEP_MS: i64 = 60_000;
 /// Mixed into the seed of the back-off jitter so it never shares a stream
 /// with the movement model.
 const JITTER_SEED: u64 = 0x6a09_e667_f3bc_c909;
@@ -38,7 +35,9 @@ pub(crate) struct Fleet {
     pub(crate) endpoint: Endpoint,
     pub(crate) period: Duration,
     pub(crate) drain_timeout: Duration,
-    pub(crate) grid: CityGrid,
+    pub(crate) map: CityMap,
+    pub(crate) chaos: Chaos,
+    pub(crate) outages: Outages,
     pub(crate) seed: u64,
     pub(crate) vehicles: usize,
     /// Bounds connection attempts in progress across the fleet, so a large
@@ -50,8 +49,9 @@ pub(crate) struct Fleet {
 
 /// How the runner steers a device through the phases of a run.
 pub(crate) struct Signals {
-    /// Receives the outcome of the device's first connection.
-    pub(crate) connected: mpsc::Sender<Result<(), String>>,
+    /// Receives the outcome of the first connection: how many vehicles it
+    /// carries, or why it failed.
+    pub(crate) connected: mpsc::Sender<Result<usize, String>>,
     /// Carries the instant publishing starts, once every device has tried
     /// to connect.
     pub(crate) go: watch::Receiver<Option<Instant>>,
@@ -59,35 +59,35 @@ pub(crate) struct Signals {
     pub(crate) stop: CancellationToken,
 }
 
-/// One device: its vehicle, its ledger and its publishing state.
+/// One device: its phone, its ledger and its connection's back-off.
 pub(crate) struct Device {
     fleet: Arc<Fleet>,
     index: usize,
-    device_id: String,
-    topic: String,
-    vehicle: Vehicle,
+    phone: Phone,
     ledger: Arc<SharedLedger>,
-    /// Counter of the next position, counting from 0, gaps for none.
-    seq: u64,
-    /// Device time of the previous position, to keep times strictly increasing.
-    prev_ts_ms: Option<i64>,
     jitter: SmallRng,
+    /// Reused buffer of the messages one tick produces.
+    out: Vec<Outgoing>,
 }
 
 impl Device {
     pub(crate) fn new(fleet: Arc<Fleet>, index: usize, device_id: String) -> Self {
-        let vehicle = Vehicle::new(fleet.grid, fleet.seed, index as u64);
+        let phone = Phone::new(
+            &fleet.map,
+            fleet.seed,
+            index,
+            device_id,
+            fleet.chaos,
+            fleet.outages,
+        );
         let ledger = Ledger::new(fleet.endpoint.qos, fleet.counters.clone());
         Self {
-            topic: format!("fleet/{device_id}/pos"),
-            device_id,
-            vehicle,
+            phone,
             ledger: Arc::new(SharedLedger::new(ledger)),
-            seq: 0,
-            prev_ts_ms: None,
             jitter: SmallRng::seed_from_u64(fleet.seed ^ index as u64 ^ JITTER_SEED),
             index,
             fleet,
+            out: Vec::new(),
         }
     }
 
@@ -101,7 +101,7 @@ impl Device {
         } = signals;
         let first = self.connect_initially(&stop).await;
         let _ = connected
-            .send(first.as_ref().map(|_| ()).map_err(Clone::clone))
+            .send(first.as_ref().map(|_| 1).map_err(Clone::clone))
             .await;
         drop(connected);
         let mut session = first.ok();
@@ -114,18 +114,16 @@ impl Device {
         if let Some(start) = start {
             session = self.publish(session, start, &stop).await;
         }
+        // Whatever the phone still holds goes now, or counts as failed.
+        self.phone.flush_held(&mut self.out);
+        self.send_out(session.as_ref());
         if let Some(session) = session {
             let deadline = Instant::now() + self.fleet.drain_timeout;
             session.close(&self.ledger, deadline).await;
         }
         let totals = self.ledger.read(Ledger::totals);
-        VehicleReport {
-            device_id: self.device_id,
-            published: totals.published,
-            acked: totals.acked,
-            failed: totals.failed,
-            last: totals.last,
-        }
+        let injected = self.phone.injected();
+        VehicleReport::new(self.phone.device_id, totals, injected)
     }
 
     /// The first connection, retried a couple of times with back-off.
@@ -136,11 +134,11 @@ impl Device {
             match self.connect_once(stop).await {
                 Ok(session) => return Ok(session),
                 Err(reason) if attempt >= INITIAL_ATTEMPTS || stop.is_cancelled() => {
-                    tracing::debug!(device_id = %self.device_id, attempt, %reason, "could not connect");
+                    tracing::debug!(device_id = %self.phone.device_id, attempt, %reason, "could not connect");
                     return Err(reason);
                 }
                 Err(reason) => {
-                    tracing::debug!(device_id = %self.device_id, attempt, %reason, "connect failed, retrying");
+                    tracing::debug!(device_id = %self.phone.device_id, attempt, %reason, "connect failed, retrying");
                 }
             }
             attempt += 1;
@@ -166,7 +164,7 @@ impl Device {
             _ = stop.cancelled() => Err("stopped while connecting".to_owned()),
             session = Session::open(
                 &fleet.endpoint,
-                &self.device_id,
+                &self.phone.device_id,
                 self.ledger.clone(),
                 fleet.counters.clone(),
             ) => session,
@@ -175,8 +173,9 @@ impl Device {
 
     /// Publishes a fix every period from `start` (shifted by this device's
     /// share of the period, so the fleet's load is smooth) until `stop`,
-    /// reconnecting with back-off whenever the connection drops. Returns the
-    /// session that is live at the end, if any.
+    /// reconnecting with back-off whenever the connection drops, and
+    /// disconnecting while the phone is offline. Returns the session that is
+    /// live at the end, if any.
     async fn publish(
         &mut self,
         mut session: Option<Session>,
@@ -194,59 +193,70 @@ impl Device {
                 biased;
                 _ = stop.cancelled() => return session,
                 reason = lost(&mut session) => {
-                    tracing::warn!(device_id = %self.device_id, %reason, "connection lost, reconnecting");
+                    tracing::warn!(device_id = %self.phone.device_id, %reason, "connection lost, reconnecting");
                     if let Some(old) = session.take() {
                         old.discard(&self.ledger).await;
                     }
                     backoff = BACKOFF_MIN;
                     retry_at = Instant::now() + self.jittered(backoff);
                 }
-                _ = tokio::time::sleep_until(retry_at), if session.is_none() => {
+                _ = tokio::time::sleep_until(retry_at), if session.is_none() && !self.phone.is_offline() => {
                     match self.connect_once(stop).await {
                         Ok(new) => {
-                            tracing::info!(device_id = %self.device_id, "reconnected");
+                            tracing::debug!(device_id = %self.phone.device_id, "reconnected");
                             session = Some(new);
                         }
                         Err(reason) => {
-                            tracing::debug!(device_id = %self.device_id, %reason, "reconnect failed");
+                            tracing::debug!(device_id = %self.phone.device_id, %reason, "reconnect failed");
                             backoff = (backoff * 2).min(BACKOFF_MAX);
                             retry_at = Instant::now() + self.jittered(backoff);
                         }
                     }
                 }
                 _ = ticker.tick() => {
-                    let position = self.next_position();
-                    match &session {
-                        Some(live) => live.submit(&self.ledger, &self.topic, position),
-                        None => self.ledger.update(Ledger::unsent),
+                    let was_offline = self.phone.is_offline();
+                    self.phone.tick(fleetd_schemas::now_ms(), period, &mut self.out);
+                    let dropped = self.phone.take_dropped();
+                    if dropped > 0 {
+                        let device = self.phone.index();
+                        self.ledger.update(|l| l.unsent(device, dropped));
                     }
+                    if self.phone.is_offline() && !was_offline {
+                        // The phone lost its network: hang up cleanly after
+                        // what it already sent, and come back when it returns.
+                        if let Some(live) = session.take() {
+                            let deadline = Instant::now() + self.fleet.drain_timeout;
+                            live.close(&self.ledger, deadline).await;
+                        }
+                        continue;
+                    }
+                    if was_offline && !self.phone.is_offline() && session.is_none() {
+                        // Back online: connect now, so the flush is not lost.
+                        if let Ok(new) = self.connect_once(stop).await {
+                            session = Some(new);
+                        }
+                    }
+                    self.send_out(session.as_ref());
                 }
             }
         }
     }
 
-    /// Advances the vehicle to now and returns its next position. Device
-    /// time is the wall clock, bumped by 1 ms when it would not increase;
-    /// the model advances by exactly the difference in device time, so the
-    /// speed a consumer derives from consecutive positions is the model's.
-    fn next_position(&mut self) -> Position {
-        let now = fleetd_schemas::now_ms();
-        let ts_ms = match self.prev_ts_ms {
-            Some(prev) if now <= prev => prev + 1,
-            _ => now,
-        };
-        if let Some(prev) = self.prev_ts_ms {
-            let step_ms = (ts_ms - prev).clamp(0, MAX_STEP_MS);
-            self.vehicle
-                .advance(Duration::from_millis(step_ms.unsigned_abs()));
+    /// Hands what the phone produced to the session, or counts it as failed
+    /// when there is none.
+    fn send_out(&mut self, session: Option<&Session>) {
+        for outgoing in self.out.drain(..) {
+            match session {
+                Some(live) => {
+                    live.submit(&self.ledger, &self.phone.topic(outgoing.topic), outgoing)
+                }
+                None => {
+                    if let Unit::Positions { device, count, .. } = outgoing.unit {
+                        self.ledger.update(|l| l.unsent(device, count));
+                    }
+                }
+            }
         }
-        self.prev_ts_ms = Some(ts_ms);
-        let position = self
-            .vehicle
-            .fix()
-            .to_position(&self.device_id, ts_ms, self.seq);
-        self.seq += 1;
-        position
     }
 
     fn jittered(&mut self, wait: Duration) -> Duration {

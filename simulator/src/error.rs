@@ -23,6 +23,14 @@ pub enum SimError {
         /// What is wrong with its value.
         reason: String,
     },
+    /// A road map could not be read or has no drivable network.
+    #[error("cannot use map {map}: {reason}")]
+    InvalidMap {
+        /// The file or embedded map name.
+        map: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A QoS other than 0 or 1 was asked for.
     #[error("invalid qos {0:?}: expected 0 or 1")]
     InvalidQos(String),

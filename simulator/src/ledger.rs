@@ -1,7 +1,8 @@
-//! Per-vehicle accounting: each position is followed from the moment it is
-//! handed to the MQTT client until it is confirmed (written for QoS 0,
+//! Per-connection accounting: each publish ([`Unit`]: one position, an
+//! offline batch, or a deliberately bad message) is followed from the moment
+//! it is handed to the MQTT client until it is confirmed (written for QoS 0,
 //! acknowledged for QoS 1) or given up on, so the report says exactly what
-//! the broker got.
+//! the broker got, per device.
 //!
 //! rumqttc does not say which request a packet id belongs to, but it writes
 //! requests in the order they were queued: the n-th `Outgoing::Publish`
@@ -9,40 +10,76 @@
 //! where it holds one publish back (`Outgoing::AwaitAck`) and writes it
 //! before any other once the colliding id is acknowledged.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use fleetd_schemas::proto::Position;
 use tokio::sync::Notify;
 
+use crate::chaos::ChaosKind;
 use crate::config::Qos;
 use crate::progress::Counters;
 
-/// Where every position of one vehicle stands.
+/// One publish as the ledger follows it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Unit {
+    /// Real positions of device `device` (index in the fleet): one on
+    /// `pos`, or several in a `pos/batch`; `newest` is the one with the
+    /// highest `seq`.
+    Positions {
+        device: u32,
+        count: u64,
+        newest: Position,
+    },
+    /// A message sent to test fleetd's defences; it carries no new position.
+    Chaos { device: u32, kind: ChaosKind },
+}
+
+impl Unit {
+    fn device(&self) -> u32 {
+        match self {
+            Unit::Positions { device, .. } | Unit::Chaos { device, .. } => *device,
+        }
+    }
+
+    fn positions(&self) -> u64 {
+        match self {
+            Unit::Positions { count, .. } => *count,
+            Unit::Chaos { .. } => 0,
+        }
+    }
+}
+
+/// Where every publish of one connection stands.
 #[derive(Debug)]
 pub(crate) struct Ledger {
     qos: Qos,
     /// Fleet-wide live totals, kept in step with this ledger's.
     counters: Arc<Counters>,
     /// Handed to the client and not yet written, oldest first.
-    queued: VecDeque<Position>,
+    queued: VecDeque<Unit>,
     /// The publish rumqttc holds back after a packet-id collision.
-    held_back: Option<Position>,
+    held_back: Option<Unit>,
     /// QoS 1 publishes written and awaiting their PUBACK, by packet id.
-    inflight: HashMap<u16, Position>,
-    published: u64,
-    acked: u64,
-    failed: u64,
-    /// The confirmed position with the highest `seq`.
-    last: Option<Position>,
+    inflight: HashMap<u16, Unit>,
+    /// Per device (fleet index) that published on this connection.
+    devices: BTreeMap<u32, Totals>,
 }
 
-/// A vehicle's final counts.
+/// One device's counts.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Totals {
+    /// Positions confirmed delivered.
     pub(crate) published: u64,
+    /// Positions acknowledged by a QoS 1 PUBACK.
     pub(crate) acked: u64,
+    /// Positions never confirmed.
     pub(crate) failed: u64,
+    /// `pos/batch` publishes confirmed.
+    pub(crate) batches: u64,
+    /// Chaos messages confirmed, by kind.
+    pub(crate) chaos: [u64; ChaosKind::COUNT],
+    /// The confirmed position with the highest `seq`.
     pub(crate) last: Option<Position>,
 }
 
@@ -54,46 +91,46 @@ impl Ledger {
             queued: VecDeque::new(),
             held_back: None,
             inflight: HashMap::new(),
-            published: 0,
-            acked: 0,
-            failed: 0,
-            last: None,
+            devices: BTreeMap::new(),
         }
     }
 
-    /// `position` was handed to the client (call before handing it over, so
+    /// `unit` was handed to the client (call before handing it over, so
     /// the write event can never come first).
-    pub(crate) fn queued(&mut self, position: Position) {
-        self.queued.push_back(position);
+    pub(crate) fn queued(&mut self, unit: Unit) {
+        self.devices.entry(unit.device()).or_default();
+        self.queued.push_back(unit);
     }
 
-    /// The client refused the position just queued (its request queue was
+    /// The client refused the unit just queued (its request queue was
     /// full or closed): it will never be sent.
     pub(crate) fn refused(&mut self) {
-        if self.queued.pop_back().is_some() {
-            self.fail(1);
+        if let Some(unit) = self.queued.pop_back() {
+            self.fail(&unit);
         }
     }
 
-    /// A position was generated while there was no connection to send it on.
-    pub(crate) fn unsent(&mut self) {
-        self.fail(1);
+    /// `count` positions of `device` were generated while there was no
+    /// connection to send them on.
+    pub(crate) fn unsent(&mut self, device: u32, count: u64) {
+        self.devices.entry(device).or_default().failed += count;
+        self.counters.add_failed(count);
     }
 
     /// rumqttc wrote a publish with packet id `pkid` (0 for QoS 0).
     pub(crate) fn written(&mut self, pkid: u16) {
-        let Some(position) = self.held_back.take().or_else(|| self.queued.pop_front()) else {
+        let Some(unit) = self.held_back.take().or_else(|| self.queued.pop_front()) else {
             tracing::warn!(pkid, "publish written that was never queued");
             return;
         };
         match self.qos {
-            Qos::AtMostOnce => self.confirm(position),
+            Qos::AtMostOnce => self.confirm(unit, false),
             Qos::AtLeastOnce => {
-                if self.inflight.insert(pkid, position).is_some() {
+                if let Some(older) = self.inflight.insert(pkid, unit) {
                     // rumqttc never reuses an unacknowledged id; if it did,
                     // the older publish can no longer be told apart.
                     tracing::warn!(pkid, "packet id reused before its puback");
-                    self.fail(1);
+                    self.fail(&older);
                 }
             }
         }
@@ -102,8 +139,8 @@ impl Ledger {
     /// rumqttc held the next publish back because its packet id is still
     /// unacknowledged.
     pub(crate) fn held_back(&mut self) {
-        if let Some(position) = self.queued.pop_front()
-            && let Some(older) = self.held_back.replace(position)
+        if let Some(unit) = self.queued.pop_front()
+            && let Some(older) = self.held_back.replace(unit)
         {
             // Only one publish is ever held back; keep the order anyway.
             self.queued.push_front(older);
@@ -113,10 +150,7 @@ impl Ledger {
     /// The broker acknowledged packet id `pkid`.
     pub(crate) fn acked(&mut self, pkid: u16) {
         match self.inflight.remove(&pkid) {
-            Some(position) => {
-                self.acked += 1;
-                self.confirm(position);
-            }
+            Some(unit) => self.confirm(unit, true),
             None => tracing::warn!(pkid, "puback for an unknown packet id"),
         }
     }
@@ -130,40 +164,55 @@ impl Ledger {
     /// publish that was written may still have reached the broker, but no
     /// one can know). Returns how many positions were given up.
     pub(crate) fn abandon(&mut self) -> u64 {
-        let lost = self.queued.len() as u64
-            + u64::from(self.held_back.is_some())
-            + self.inflight.len() as u64;
-        self.queued.clear();
-        self.held_back = None;
-        self.inflight.clear();
-        self.fail(lost);
-        lost
+        let units: Vec<Unit> = self
+            .queued
+            .drain(..)
+            .chain(self.held_back.take())
+            .chain(self.inflight.drain().map(|(_, unit)| unit))
+            .collect();
+        units.iter().map(|unit| self.fail(unit)).sum()
     }
 
+    /// Counts of every device that used this connection, by fleet index.
+    pub(crate) fn devices(&self) -> &BTreeMap<u32, Totals> {
+        &self.devices
+    }
+
+    /// The counts of the one device of a per-vehicle connection.
     pub(crate) fn totals(&self) -> Totals {
-        Totals {
-            published: self.published,
-            acked: self.acked,
-            failed: self.failed,
-            last: self.last.clone(),
+        self.devices.values().next().cloned().unwrap_or_default()
+    }
+
+    fn confirm(&mut self, unit: Unit, acked: bool) {
+        let totals = self.devices.entry(unit.device()).or_default();
+        match unit {
+            Unit::Positions { count, newest, .. } => {
+                totals.published += count;
+                if acked {
+                    totals.acked += count;
+                }
+                if count > 1 {
+                    totals.batches += 1;
+                }
+                self.counters.add_published(count);
+                if totals
+                    .last
+                    .as_ref()
+                    .is_none_or(|last| last.seq < newest.seq)
+                {
+                    totals.last = Some(newest);
+                }
+            }
+            Unit::Chaos { kind, .. } => totals.chaos[kind as usize] += 1,
         }
     }
 
-    fn confirm(&mut self, position: Position) {
-        self.published += 1;
-        self.counters.add_published(1);
-        if self
-            .last
-            .as_ref()
-            .is_none_or(|last| last.seq < position.seq)
-        {
-            self.last = Some(position);
-        }
-    }
-
-    fn fail(&mut self, n: u64) {
-        self.failed += n;
+    /// Counts `unit`'s positions as failed; returns how many.
+    fn fail(&mut self, unit: &Unit) -> u64 {
+        let n = unit.positions();
+        self.devices.entry(unit.device()).or_default().failed += n;
         self.counters.add_failed(n);
+        n
     }
 }
 
@@ -221,12 +270,16 @@ impl SharedLedger {
 mod tests {
     use super::*;
 
-    fn position(seq: u64) -> Position {
-        Position {
-            device_id: "sim-0000".into(),
-            ts_ms: 1_000 + seq as i64,
-            seq: Some(seq),
-            ..Position::default()
+    fn unit(seq: u64) -> Unit {
+        Unit::Positions {
+            device: 0,
+            count: 1,
+            newest: Position {
+                device_id: "sim-0000".into(),
+                ts_ms: 1_000 + seq as i64,
+                seq: Some(seq),
+                ..Position::default()
+            },
         }
     }
 
@@ -239,7 +292,7 @@ mod tests {
     fn qos1_confirms_on_puback_in_any_order() {
         let (mut l, counters) = ledger(Qos::AtLeastOnce);
         for seq in 0..3 {
-            l.queued(position(seq));
+            l.queued(unit(seq));
         }
         l.written(1);
         l.written(2);
@@ -263,7 +316,7 @@ mod tests {
     fn collision_keeps_the_held_back_publish_first() {
         let (mut l, _) = ledger(Qos::AtLeastOnce);
         for seq in 0..3 {
-            l.queued(position(seq));
+            l.queued(unit(seq));
         }
         l.written(1); // seq 0
         l.held_back(); // seq 1 waits for id 1
@@ -280,12 +333,12 @@ mod tests {
     #[test]
     fn qos0_confirms_on_write_and_losses_are_counted() {
         let (mut l, counters) = ledger(Qos::AtMostOnce);
-        l.queued(position(0));
+        l.queued(unit(0));
         l.written(0);
-        l.queued(position(1));
+        l.queued(unit(1));
         l.refused();
-        l.unsent();
-        l.queued(position(3));
+        l.unsent(0, 1);
+        l.queued(unit(3));
         assert_eq!(l.abandon(), 1);
         let totals = l.totals();
         assert_eq!((totals.published, totals.acked, totals.failed), (1, 0, 3));
@@ -296,12 +349,39 @@ mod tests {
     #[test]
     fn abandon_counts_unacknowledged_publishes() {
         let (mut l, _) = ledger(Qos::AtLeastOnce);
-        l.queued(position(0));
-        l.queued(position(1));
+        l.queued(unit(0));
+        l.queued(unit(1));
         l.written(1);
         assert_eq!(l.abandon(), 2);
         assert!(l.is_settled());
         assert_eq!(l.totals().failed, 2);
         assert_eq!(l.totals().published, 0);
+    }
+
+    #[test]
+    fn batches_and_chaos_are_counted_per_device() {
+        let (mut l, counters) = ledger(Qos::AtMostOnce);
+        let Unit::Positions { newest, .. } = unit(9) else {
+            unreachable!("built as positions")
+        };
+        l.queued(Unit::Positions {
+            device: 4,
+            count: 10,
+            newest,
+        });
+        l.queued(Unit::Chaos {
+            device: 4,
+            kind: ChaosKind::Duplicate,
+        });
+        l.queued(unit(0));
+        l.written(0);
+        l.written(0);
+        l.written(0);
+        let four = &l.devices()[&4];
+        assert_eq!((four.published, four.batches), (10, 1));
+        assert_eq!(four.chaos[ChaosKind::Duplicate as usize], 1);
+        assert_eq!(four.last.as_ref().and_then(|p| p.seq), Some(9));
+        assert_eq!(l.devices()[&0].published, 1);
+        assert_eq!(counters.snapshot().published, 11);
     }
 }

@@ -28,21 +28,30 @@
 //! --demo N`, and by the end-to-end tests. `examples/embedded_fleet.rs`
 //! runs a fleet against an embedded rumqttd. No Cargo features.
 
+mod chaos;
 mod city;
 mod config;
 mod device;
+mod driver;
 mod error;
 mod gps;
 mod ledger;
+mod multiplex;
+mod phone;
 mod progress;
 mod report;
+mod roads;
 mod runner;
 mod session;
 mod vehicle;
 
+pub use chaos::{Chaos, ChaosKind};
 pub use city::{CityGrid, Direction, Node, haversine_m};
 pub use config::{Qos, SimConfig};
+pub use driver::RoadVehicle;
 pub use error::SimError;
-pub use report::{SimReport, VehicleReport};
+pub use phone::Outages;
+pub use report::{ChaosCounts, SimReport, VehicleReport};
+pub use roads::{EMBEDDED_MAP, RoadEdge, RoadMap, RoadNode};
 pub use runner::run;
 pub use vehicle::{Fix, Motion, Vehicle};

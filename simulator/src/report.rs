@@ -6,7 +6,9 @@ use std::time::Duration;
 use fleetd_schemas::proto::Position;
 use serde::{Serialize, Serializer};
 
+use crate::chaos::ChaosKind;
 use crate::config::Qos;
+use crate::ledger::Totals;
 
 /// The outcome of [`run`](crate::run).
 ///
@@ -31,6 +33,14 @@ pub struct SimReport {
     pub acked: u64,
     /// Positions generated but not confirmed delivered.
     pub failed: u64,
+    /// Offline buffers flushed as `pos/batch` messages and confirmed.
+    pub batches: u64,
+    /// Deliberate faults (see [`crate::Chaos`]): malformed and duplicate
+    /// messages confirmed delivered (they carry no new position), late and
+    /// out-of-order positions sent (they are counted in `published` too).
+    pub chaos: ChaosCounts,
+    /// MQTT connections used: one per vehicle, or the multiplexed count.
+    pub connections: usize,
     /// Publishing time: from the moment every vehicle had tried to connect
     /// until the last one disconnected (drain included). Serialized as
     /// seconds.
@@ -59,11 +69,73 @@ pub struct VehicleReport {
     pub acked: u64,
     /// Positions generated but not confirmed delivered.
     pub failed: u64,
+    /// Offline buffers flushed as `pos/batch` and confirmed.
+    pub batches: u64,
+    /// Deliberate faults, as in [`SimReport::chaos`].
+    pub chaos: ChaosCounts,
     /// The confirmed position with the highest `seq`: what fleetd should
     /// hold as this device's latest position. `None` if nothing was
     /// confirmed.
     #[serde(serialize_with = "position")]
     pub last: Option<Position>,
+}
+
+/// Deliberate faults by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ChaosCounts {
+    /// Malformed messages confirmed delivered.
+    pub malformed: u64,
+    /// Duplicate messages confirmed delivered.
+    pub duplicate: u64,
+    /// Positions sent late (held back a few seconds).
+    pub late: u64,
+    /// Positions sent after their successor.
+    pub out_of_order: u64,
+}
+
+impl ChaosCounts {
+    /// The count of `kind`.
+    pub fn get(&self, kind: ChaosKind) -> u64 {
+        match kind {
+            ChaosKind::Malformed => self.malformed,
+            ChaosKind::Duplicate => self.duplicate,
+            ChaosKind::Late => self.late,
+            ChaosKind::OutOfOrder => self.out_of_order,
+        }
+    }
+
+    /// Adds `other` to these counts.
+    pub fn add(&mut self, other: &ChaosCounts) {
+        self.malformed += other.malformed;
+        self.duplicate += other.duplicate;
+        self.late += other.late;
+        self.out_of_order += other.out_of_order;
+    }
+}
+
+impl VehicleReport {
+    /// A vehicle's report from its ledger totals and the faults its phone
+    /// injected.
+    pub(crate) fn new(
+        device_id: String,
+        totals: Totals,
+        injected: [u64; ChaosKind::COUNT],
+    ) -> Self {
+        Self {
+            device_id,
+            published: totals.published,
+            acked: totals.acked,
+            failed: totals.failed,
+            batches: totals.batches,
+            chaos: ChaosCounts {
+                malformed: totals.chaos[ChaosKind::Malformed as usize],
+                duplicate: totals.chaos[ChaosKind::Duplicate as usize],
+                late: injected[ChaosKind::Late as usize],
+                out_of_order: injected[ChaosKind::OutOfOrder as usize],
+            },
+            last: totals.last,
+        }
+    }
 }
 
 impl SimReport {
@@ -91,9 +163,20 @@ impl SimReport {
             text.push_str(&format!("; {} acknowledged", self.acked));
         }
         text.push_str(&format!("; {} failed", self.failed));
+        if self.batches > 0 {
+            text.push_str(&format!("; {} offline batches", self.batches));
+        }
+        let c = &self.chaos;
+        if c.malformed + c.duplicate + c.late + c.out_of_order > 0 {
+            text.push_str(&format!(
+                "; chaos: {} malformed, {} duplicate, {} late, {} out of order",
+                c.malformed, c.duplicate, c.late, c.out_of_order
+            ));
+        }
         text.push_str(&format!(
-            "; {}/{vehicles} vehicles connected in {:.1} s",
+            "; {}/{vehicles} vehicles connected over {} connections in {:.1} s",
             self.vehicles_connected,
+            self.connections,
             self.connect_elapsed.as_secs_f64(),
         ));
         text
@@ -153,6 +236,9 @@ mod tests {
             published: 120,
             acked: 120,
             failed: 0,
+            batches: 0,
+            chaos: ChaosCounts::default(),
+            connections: 2,
             elapsed: Duration::from_millis(3_000),
             connect_elapsed: Duration::from_millis(300),
             qos: Qos::AtLeastOnce,
@@ -163,6 +249,8 @@ mod tests {
                     published: 60,
                     acked: 60,
                     failed: 0,
+                    batches: 0,
+                    chaos: ChaosCounts::default(),
                     last: Some(Position {
                         device_id: "sim-0000".into(),
                         ts_ms: 1_700_000_000_000,
@@ -178,6 +266,8 @@ mod tests {
                     published: 60,
                     acked: 60,
                     failed: 0,
+                    batches: 0,
+                    chaos: ChaosCounts::default(),
                     last: None,
                 },
             ],
@@ -189,7 +279,7 @@ mod tests {
         assert_eq!(
             report().summary(),
             "published 120 positions from 2 vehicles in 3.0 s (40.0/s, QoS 1); \
-             120 acknowledged; 0 failed; 2/2 vehicles connected in 0.3 s"
+             120 acknowledged; 0 failed; 2/2 vehicles connected over 2 connections in 0.3 s"
         );
     }
 

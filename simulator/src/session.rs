@@ -10,8 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetd_schemas::proto::Position;
-use prost::Message;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -20,15 +18,18 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::Qos;
 use crate::ledger::{Ledger, SharedLedger};
+use crate::phone::Outgoing as Message;
 use crate::progress::Counters;
 
-/// Requests a client may queue before `try_publish` refuses: seconds of
-/// positions at ordinary rates, so a refusal means the connection is stuck.
-const REQUEST_CAPACITY: usize = 64;
+/// Requests a vehicle's own client may queue before `try_publish` refuses:
+/// seconds of positions at ordinary rates, so a refusal means the
+/// connection is stuck.
+pub(crate) const REQUEST_CAPACITY: usize = 64;
 
-/// Unacknowledged QoS 1 publishes per connection; small, since each vehicle
-/// publishes a few per second at most and every slot costs memory per client.
-const MAX_INFLIGHT: u16 = 32;
+/// Unacknowledged QoS 1 publishes per vehicle connection; small, since each
+/// vehicle publishes a few per second at most and every slot costs memory
+/// per client.
+pub(crate) const MAX_INFLIGHT: u16 = 32;
 
 /// How long a clean disconnect may take once the drain is over.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
@@ -41,6 +42,10 @@ pub(crate) struct Endpoint {
     pub(crate) qos: Qos,
     pub(crate) keep_alive: Duration,
     pub(crate) connect_timeout: Duration,
+    /// Unacknowledged QoS 1 publishes allowed per connection.
+    pub(crate) inflight: u16,
+    /// Requests the client queues before publishing waits or refuses.
+    pub(crate) request_capacity: usize,
 }
 
 /// State of a session's connection, published by its event-loop task.
@@ -80,8 +85,9 @@ impl Session {
         options
             .set_clean_session(true)
             .set_keep_alive(endpoint.keep_alive)
-            .set_inflight(MAX_INFLIGHT);
-        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+            .set_inflight(endpoint.inflight)
+            .set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let (client, mut eventloop) = AsyncClient::new(options, endpoint.request_capacity);
         eventloop
             .network_options
             .set_connection_timeout(endpoint.connect_timeout.as_secs().max(1));
@@ -114,12 +120,12 @@ impl Session {
         }
     }
 
-    /// Hands `position` to the client for `topic`, recording it in the
+    /// Hands `outgoing` to the client for `topic`, recording it in the
     /// ledger first; a full request queue counts it as failed at once.
-    pub(crate) fn submit(&self, ledger: &SharedLedger, topic: &str, position: Position) {
-        let payload = position.encode_to_vec();
+    pub(crate) fn submit(&self, ledger: &SharedLedger, topic: &str, outgoing: Message) {
+        let Message { payload, unit, .. } = outgoing;
         ledger.update(|l| {
-            l.queued(position);
+            l.queued(unit);
             if self
                 .client
                 .try_publish(topic, self.qos, false, payload)
@@ -128,6 +134,27 @@ impl Session {
                 l.refused();
             }
         });
+    }
+
+    /// Like [`Session::submit`], but waits while the client's request queue
+    /// is full instead of counting the publish as failed: for a connection
+    /// shared by many vehicles, whose queue fills in bursts.
+    pub(crate) async fn submit_waiting(
+        &self,
+        ledger: &SharedLedger,
+        topic: &str,
+        outgoing: Message,
+    ) {
+        let Message { payload, unit, .. } = outgoing;
+        ledger.update(|l| l.queued(unit));
+        if self
+            .client
+            .publish(topic, self.qos, false, payload)
+            .await
+            .is_err()
+        {
+            ledger.update(Ledger::refused);
+        }
     }
 
     /// Resolves when the connection drops, with the reason.

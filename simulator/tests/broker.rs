@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use fleetd_schemas::proto::Position;
-use fleetd_simulator::{Qos, SimConfig, SimError, SimReport, haversine_m, run};
+use fleetd_simulator::{Qos, RoadMap, SimConfig, SimError, SimReport, haversine_m, run};
 use prost::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
@@ -250,6 +250,40 @@ async fn qos0_fleet_is_delivered_exactly_as_reported() {
             .iter()
             .all(|v| v.device_id.starts_with("q0-"))
     );
+    let received = receive(&mut rx, report.published).await;
+    check_received(&report, &received);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplexed_fleet_on_the_helsinki_map_is_delivered_exactly_as_reported() {
+    init_tracing();
+    let broker = start_broker();
+    let mut rx = subscribe(broker).await;
+    let roads = RoadMap::named("helsinki").expect("embedded map");
+    let config = SimConfig {
+        broker: broker.to_string(),
+        vehicles: 60,
+        connections: Some(3),
+        roads: Some(std::sync::Arc::new(roads)),
+        rate_hz: 2.0,
+        duration: Some(Duration::from_secs(3)),
+        qos: Qos::AtLeastOnce,
+        seed: 11,
+        id_prefix: "hel-".to_owned(),
+        ..SimConfig::default()
+    };
+    let report = run(config, CancellationToken::new()).await.expect("run");
+    assert_eq!(report.connections, 3);
+    assert_eq!(report.vehicles_connected, 60);
+    assert_eq!(report.vehicles.len(), 60);
+    assert_eq!(report.failed, 0, "{}", report.summary());
+    assert_eq!(report.acked, report.published);
+    for vehicle in &report.vehicles {
+        assert!((5..=7).contains(&vehicle.published), "{vehicle:?}");
+        let last = vehicle.last.as_ref().expect("published");
+        // Central Helsinki, where the extract is.
+        assert!((60.16..60.18).contains(&last.lat) && (24.93..24.96).contains(&last.lon));
+    }
     let received = receive(&mut rx, report.published).await;
     check_received(&report, &received);
 }

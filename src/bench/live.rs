@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
-use crate::bench::Latency;
+use super::probe::Latency;
 
 /// What the live clients saw.
 #[derive(Debug, Serialize)]
