@@ -65,6 +65,14 @@ pub struct ServeArgs {
     /// ScyllaDB keyspace [default: fleetd].
     #[arg(long, env = "FLEETD_SCYLLA_KEYSPACE")]
     pub scylla_keyspace: Option<String>,
+    /// Consistency of every ScyllaDB read and write: one, local_quorum,
+    /// quorum or all [default: local_quorum].
+    #[arg(long, env = "FLEETD_SCYLLA_CONSISTENCY")]
+    pub scylla_consistency: Option<String>,
+    /// Replication factor per datacenter when --scylla-migrate creates the
+    /// keyspace [default: 3].
+    #[arg(long, env = "FLEETD_SCYLLA_REPLICATION_FACTOR")]
+    pub scylla_replication_factor: Option<u32>,
     /// ScyllaDB username (PasswordAuthenticator).
     #[arg(long, env = "FLEETD_SCYLLA_USERNAME")]
     pub scylla_username: Option<String>,
@@ -74,6 +82,21 @@ pub struct ServeArgs {
     /// Create the ScyllaDB keyspace and tables (idempotent) before starting.
     #[arg(long, env = "FLEETD_SCYLLA_MIGRATE")]
     pub scylla_migrate: bool,
+    /// Connect to ScyllaDB over TLS (needs --scylla-tls-ca).
+    #[arg(long, env = "FLEETD_SCYLLA_TLS")]
+    pub scylla_tls: bool,
+    /// PEM file of the CA that signs the ScyllaDB nodes' certificates.
+    #[arg(long, env = "FLEETD_SCYLLA_TLS_CA")]
+    pub scylla_tls_ca: Option<String>,
+    /// Client certificate (PEM) for ScyllaDB clusters that require one.
+    #[arg(long, env = "FLEETD_SCYLLA_TLS_CERT")]
+    pub scylla_tls_cert: Option<String>,
+    /// Private key (PEM) of --scylla-tls-cert.
+    #[arg(long, env = "FLEETD_SCYLLA_TLS_KEY")]
+    pub scylla_tls_key: Option<String>,
+    /// Name the nodes' certificates must carry [default: each node's IP address].
+    #[arg(long, env = "FLEETD_SCYLLA_TLS_SERVER_NAME")]
+    pub scylla_tls_server_name: Option<String>,
     /// Also run N simulated vehicles in-process (a moving demo fleet).
     #[arg(long, env = "FLEETD_DEMO")]
     pub demo: Option<usize>,
@@ -113,6 +136,12 @@ impl ServeArgs {
         if let Some(v) = &self.scylla_keyspace {
             config.store.scylla_keyspace = v.clone();
         }
+        if let Some(v) = &self.scylla_consistency {
+            config.store.scylla_consistency = v.clone();
+        }
+        if let Some(v) = self.scylla_replication_factor {
+            config.store.scylla_replication_factor = v;
+        }
         if let Some(v) = &self.scylla_username {
             config.store.scylla_username = v.clone();
         }
@@ -121,6 +150,21 @@ impl ServeArgs {
         }
         if self.scylla_migrate {
             config.store.scylla_migrate = true;
+        }
+        if self.scylla_tls {
+            config.store.scylla_tls = true;
+        }
+        if let Some(v) = &self.scylla_tls_ca {
+            config.store.scylla_tls_ca = v.clone();
+        }
+        if let Some(v) = &self.scylla_tls_cert {
+            config.store.scylla_tls_cert = v.clone();
+        }
+        if let Some(v) = &self.scylla_tls_key {
+            config.store.scylla_tls_key = v.clone();
+        }
+        if let Some(v) = &self.scylla_tls_server_name {
+            config.store.scylla_tls_server_name = v.clone();
         }
         if let Some(v) = self.demo {
             config.demo.vehicles = v;
@@ -168,5 +212,28 @@ mod tests {
         let c = args.resolve().expect("resolves");
         assert_eq!(c.api.http, "127.0.0.1:1");
         assert_eq!(c.processor.window_ms, 300);
+    }
+
+    #[test]
+    fn scylla_flags_reach_the_store_section() {
+        let args = ServeArgs {
+            store: Some("scylla".into()),
+            scylla_consistency: Some("quorum".into()),
+            scylla_replication_factor: Some(5),
+            scylla_tls: true,
+            scylla_tls_ca: Some("/etc/fleetd/ca.pem".into()),
+            scylla_tls_cert: Some("/etc/fleetd/client.pem".into()),
+            scylla_tls_key: Some("/etc/fleetd/client.key".into()),
+            scylla_tls_server_name: Some("scylla.internal".into()),
+            ..Default::default()
+        };
+        let store = args.resolve().expect("resolves").store;
+        assert_eq!(store.scylla_consistency, "quorum");
+        assert_eq!(store.scylla_replication_factor, 5);
+        assert!(store.scylla_tls);
+        assert_eq!(store.scylla_tls_ca, "/etc/fleetd/ca.pem");
+        assert_eq!(store.scylla_tls_cert, "/etc/fleetd/client.pem");
+        assert_eq!(store.scylla_tls_key, "/etc/fleetd/client.key");
+        assert_eq!(store.scylla_tls_server_name, "scylla.internal");
     }
 }

@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub api: ApiConfig,
     /// `[live]`
     pub live: LiveConfig,
+    /// `[geofences]`
+    pub geofences: GeofenceConfig,
     /// `[demo]`
     pub demo: DemoConfig,
 }
@@ -233,6 +235,10 @@ pub struct StoreConfig {
     pub scylla_username: String,
     pub scylla_password: String,
     pub scylla_tls: bool,
+    pub scylla_tls_ca: String,
+    pub scylla_tls_cert: String,
+    pub scylla_tls_key: String,
+    pub scylla_tls_server_name: String,
     pub scylla_migrate: bool,
     pub scylla_max_inflight: usize,
     pub scylla_retry_max: u32,
@@ -253,6 +259,10 @@ impl Default for StoreConfig {
             scylla_username: String::new(),
             scylla_password: String::new(),
             scylla_tls: false,
+            scylla_tls_ca: String::new(),
+            scylla_tls_cert: String::new(),
+            scylla_tls_key: String::new(),
+            scylla_tls_server_name: String::new(),
             scylla_migrate: false,
             scylla_max_inflight: 256,
             scylla_retry_max: 3,
@@ -266,12 +276,6 @@ impl StoreConfig {
     /// The ScyllaDB settings of this section.
     fn scylla_settings(&self) -> anyhow::Result<fleetd_store::ScyllaSettings> {
         use fleetd_store::scylla::{Consistency, Credentials};
-        if self.scylla_tls {
-            // The driver supports TLS through rustls or openssl features;
-            // fleetd does not wire certificates yet. Refuse rather than
-            // connect in plain text when TLS was asked for.
-            bail!("store.scylla_tls: TLS to ScyllaDB is not supported in this build yet");
-        }
         let credentials = match (
             self.scylla_username.is_empty(),
             self.scylla_password.is_empty(),
@@ -293,6 +297,7 @@ impl StoreConfig {
             local_datacenter: (!self.scylla_local_dc.is_empty())
                 .then(|| self.scylla_local_dc.clone()),
             credentials,
+            tls: self.scylla_tls()?,
             max_inflight: self.scylla_max_inflight,
             retry_max: self.scylla_retry_max,
             request_timeout: Duration::from_millis(self.scylla_request_timeout_ms.max(1)),
@@ -301,6 +306,50 @@ impl StoreConfig {
         };
         settings.validate().context("[store] scylla settings")?;
         Ok(settings)
+    }
+
+    /// The TLS settings, if `scylla_tls` is on. TLS options without it are
+    /// an error rather than a silent plain-text connection.
+    fn scylla_tls(&self) -> anyhow::Result<Option<fleetd_store::scylla::ScyllaTls>> {
+        use fleetd_store::scylla::{ClientCertificate, ScyllaTls};
+        let path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+        let ca = path(&self.scylla_tls_ca);
+        let cert = path(&self.scylla_tls_cert);
+        let key = path(&self.scylla_tls_key);
+        let server_name = (!self.scylla_tls_server_name.is_empty())
+            .then(|| self.scylla_tls_server_name.clone());
+        if !self.scylla_tls {
+            let set = [
+                ("scylla_tls_ca", ca.is_some()),
+                ("scylla_tls_cert", cert.is_some()),
+                ("scylla_tls_key", key.is_some()),
+                ("scylla_tls_server_name", server_name.is_some()),
+            ];
+            if let Some((option, _)) = set.iter().find(|(_, is_set)| *is_set) {
+                bail!("store.{option} is set but store.scylla_tls (--scylla-tls) is off");
+            }
+            return Ok(None);
+        }
+        let Some(ca_file) = ca else {
+            bail!(
+                "store.scylla_tls needs store.scylla_tls_ca (--scylla-tls-ca): \
+                 the PEM file of the CA that signs the nodes' certificates"
+            );
+        };
+        let client_cert = match (cert, key) {
+            (None, None) => None,
+            (Some(cert_file), Some(key_file)) => Some(ClientCertificate {
+                cert_file,
+                key_file,
+            }),
+            (Some(_), None) => bail!("store.scylla_tls_cert is set without store.scylla_tls_key"),
+            (None, Some(_)) => bail!("store.scylla_tls_key is set without store.scylla_tls_cert"),
+        };
+        Ok(Some(ScyllaTls {
+            ca_file,
+            client_cert,
+            server_name,
+        }))
     }
 }
 
@@ -413,6 +462,94 @@ impl LiveConfig {
     }
 }
 
+/// `[geofences]`: fence limits, the index and membership rules.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeofenceConfig {
+    pub max_vertices: usize,
+    pub max_radius_m: f64,
+    pub cell_budget: usize,
+    pub min_outside_s: f64,
+    pub default_accuracy_m: f64,
+    pub refresh_s: u64,
+}
+
+impl Default for GeofenceConfig {
+    fn default() -> Self {
+        let limits = fleetd_processor::geofence::GeofenceLimits::default();
+        let index = fleetd_processor::geofence::IndexSettings::default();
+        let tracking = fleetd_processor::geofence::FenceSettings::default();
+        Self {
+            max_vertices: limits.max_vertices,
+            max_radius_m: limits.max_radius_m,
+            cell_budget: index.cell_budget,
+            min_outside_s: tracking.min_outside_ms as f64 / 1000.0,
+            default_accuracy_m: tracking.default_accuracy_m,
+            refresh_s: 30,
+        }
+    }
+}
+
+/// Validated `[geofences]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeofenceSettings {
+    pub limits: fleetd_processor::geofence::GeofenceLimits,
+    pub index: fleetd_processor::geofence::IndexSettings,
+    pub tracking: fleetd_processor::geofence::FenceSettings,
+    /// How often fences are reloaded from a shared (ScyllaDB) store, for
+    /// changes made through other nodes.
+    pub refresh: Duration,
+}
+
+impl GeofenceConfig {
+    fn validate(&self) -> anyhow::Result<GeofenceSettings> {
+        if !(4..=1_000_000).contains(&self.max_vertices) {
+            bail!(
+                "geofences.max_vertices must be in 4..=1000000, got {}",
+                self.max_vertices
+            );
+        }
+        if !(self.max_radius_m.is_finite() && self.max_radius_m > 0.0) {
+            bail!("geofences.max_radius_m must be > 0, got {}", self.max_radius_m);
+        }
+        if !(4..=10_000).contains(&self.cell_budget) {
+            bail!(
+                "geofences.cell_budget must be in 4..=10000, got {}",
+                self.cell_budget
+            );
+        }
+        if !(self.min_outside_s.is_finite() && self.min_outside_s >= 0.0) {
+            bail!(
+                "geofences.min_outside_s must be >= 0, got {}",
+                self.min_outside_s
+            );
+        }
+        if !(self.default_accuracy_m.is_finite() && self.default_accuracy_m >= 0.0) {
+            bail!(
+                "geofences.default_accuracy_m must be >= 0, got {}",
+                self.default_accuracy_m
+            );
+        }
+        if self.refresh_s == 0 {
+            bail!("geofences.refresh_s must be > 0");
+        }
+        Ok(GeofenceSettings {
+            limits: fleetd_processor::geofence::GeofenceLimits {
+                max_vertices: self.max_vertices,
+                max_radius_m: self.max_radius_m,
+            },
+            index: fleetd_processor::geofence::IndexSettings {
+                cell_budget: self.cell_budget,
+            },
+            tracking: fleetd_processor::geofence::FenceSettings {
+                min_outside_ms: (self.min_outside_s * 1000.0).round() as i64,
+                default_accuracy_m: self.default_accuracy_m,
+            },
+            refresh: Duration::from_secs(self.refresh_s),
+        })
+    }
+}
+
 /// `[demo]`: in-process simulated fleet.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -483,6 +620,7 @@ pub struct ServeSettings {
     pub live: fleetd_processor::live::LiveSettings,
     pub streams: fleetd_api::StreamSettings,
     pub map: fleetd_api::MapSettings,
+    pub geofences: GeofenceSettings,
 }
 
 fn addr(what: &str, s: &str) -> anyhow::Result<SocketAddr> {
@@ -583,6 +721,7 @@ impl FileConfig {
             bail!("processor.registry_refresh_s and processor.sweep_s must be > 0");
         }
         let (live, streams, map) = self.live.validate()?;
+        let geofences = self.geofences.validate()?;
         Ok(ServeSettings {
             ingest_mode,
             broker: fleetd_ingest::BrokerSettings {
@@ -632,6 +771,7 @@ impl FileConfig {
             live,
             streams,
             map,
+            geofences,
         })
     }
 }
@@ -678,6 +818,14 @@ mod tests {
         let mut c = FileConfig::default();
         c.live.client_buffer_bytes = 10;
         assert!(c.validate().is_err());
+        let mut c = FileConfig::default();
+        c.geofences.max_vertices = 3;
+        let err = c.validate().expect_err("too few vertices").to_string();
+        assert!(err.contains("geofences.max_vertices"), "{err}");
+        let c: FileConfig = toml::from_str("[geofences]
+min_outside_s = 12.5").expect("parses");
+        let s = c.validate().expect("valid");
+        assert_eq!(s.geofences.tracking.min_outside_ms, 12_500);
     }
 
     #[test]
@@ -706,9 +854,45 @@ mod tests {
             }
             assert!(c.validate().is_err(), "{field} = {bad}");
         }
-        let mut tls = c.clone();
-        tls.store.scylla_tls = true;
-        let err = format!("{:#}", tls.validate().expect_err("tls refused"));
-        assert!(err.contains("TLS"), "{err}");
+    }
+
+    #[test]
+    fn scylla_tls_settings_are_checked() {
+        let mut c = FileConfig::default();
+        c.store.backend = "scylla".into();
+        let tls_of = |c: &FileConfig| match c.validate().expect("valid").store {
+            StoreBackend::Scylla { settings, .. } => settings.tls,
+            other => panic!("not scylla: {other:?}"),
+        };
+        assert_eq!(tls_of(&c), None);
+
+        c.store.scylla_tls = true;
+        let err = format!("{:#}", c.validate().expect_err("no CA"));
+        assert!(err.contains("scylla_tls_ca"), "{err}");
+        c.store.scylla_tls_ca = "/etc/fleetd/ca.pem".into();
+        let tls = tls_of(&c).expect("TLS on");
+        assert_eq!(tls.ca_file, PathBuf::from("/etc/fleetd/ca.pem"));
+        assert_eq!(tls.client_cert, None);
+        assert_eq!(tls.server_name, None);
+
+        c.store.scylla_tls_cert = "/etc/fleetd/client.pem".into();
+        let err = format!("{:#}", c.validate().expect_err("cert without key"));
+        assert!(err.contains("scylla_tls_key"), "{err}");
+        c.store.scylla_tls_key = "/etc/fleetd/client.key".into();
+        c.store.scylla_tls_server_name = "scylla.internal".into();
+        let tls = tls_of(&c).expect("TLS on");
+        let client = tls.client_cert.expect("mutual TLS");
+        assert_eq!(client.key_file, PathBuf::from("/etc/fleetd/client.key"));
+        assert_eq!(tls.server_name.as_deref(), Some("scylla.internal"));
+
+        c.store.scylla_tls_server_name = "not a name".into();
+        assert!(c.validate().is_err(), "invalid server name");
+
+        // TLS options without TLS would otherwise connect in plain text.
+        let mut off = FileConfig::default();
+        off.store.backend = "scylla".into();
+        off.store.scylla_tls_ca = "/etc/fleetd/ca.pem".into();
+        let err = format!("{:#}", off.validate().expect_err("TLS off"));
+        assert!(err.contains("scylla_tls"), "{err}");
     }
 }

@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use fleetd_api::{ApiState, LiveApi};
 use fleetd_ingest::{Decoder, EmbeddedBroker, Ingestor};
-use fleetd_processor::live::LiveHub;
-use fleetd_processor::{Processor, Registry};
-use fleetd_schemas::RejectionLog;
+use fleetd_processor::geofence::{Geofence, Geofences};
+use fleetd_processor::live::{KindSet, LiveEvent, LiveHub, SeqEvent, Subscription};
+use fleetd_processor::{Processor, ProcessorPorts, Registry};
+use fleetd_schemas::{Alert, RejectionLog};
 use fleetd_store::{FjallStore, ScyllaStore, Store};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{IngestMode, ServeSettings, StoreBackend};
@@ -34,6 +35,16 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
             .await
             .context("cannot load the device registry from the store")?,
     );
+    let fence_settings = &settings.geofences;
+    let geofences = Arc::new(Geofences::new(
+        fence_settings.index,
+        fence_settings.limits,
+        fence_settings.tracking,
+    ));
+    let loaded = load_geofences(&*store, &geofences)
+        .await
+        .context("cannot load the geofences from the store")?;
+    tracing::info!(geofences = loaded, "geofences loaded");
     // Processor → streams: the hub's broadcast is lossy by design (a lagging
     // stream resumes from the replay buffer); publishing never waits.
     let hub = LiveHub::new(settings.live.clone());
@@ -49,6 +60,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         Arc::clone(&ready),
     )
     .with_registry(Arc::clone(&registry))
+    .with_geofences(Arc::clone(&geofences))
     .with_request_timeout(settings.request_timeout)
     .with_live(LiveApi::new(
         hub.clone(),
@@ -64,19 +76,47 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let processor = Processor::start(
         settings.processor.clone(),
         Arc::clone(&store),
-        Arc::clone(&registry),
-        Arc::clone(&rejections),
+        ProcessorPorts {
+            registry: Arc::clone(&registry),
+            geofences: Arc::clone(&geofences),
+            rejections: Arc::clone(&rejections),
+            live: hub.clone(),
+        },
         queue_rx,
-        hub,
     )
     .await
     .context("cannot restore processor state from the store")?;
     let refresh_cancel = CancellationToken::new();
-    let refresh = tokio::spawn(refresh_registry(
+    let mut refresh = vec![tokio::spawn(refresh_registry(
         Arc::clone(&store),
         Arc::clone(&registry),
         settings.registry_refresh,
         refresh_cancel.clone(),
+    ))];
+    // With a shared store, other nodes change fences too; the embedded
+    // store has no other writer than this node's API.
+    if matches!(settings.store, StoreBackend::Scylla { .. }) {
+        refresh.push(tokio::spawn(refresh_geofences(
+            Arc::clone(&store),
+            Arc::clone(&geofences),
+            fence_settings.refresh,
+            refresh_cancel.clone(),
+        )));
+    }
+
+    // Alerts out over MQTT: the forwarder follows the hub (resuming from
+    // its replay buffer if it lags) and awaits the publisher's bounded
+    // queue, so it never slows the pipeline; the publisher ends when the
+    // forwarder drops its sender.
+    let (alert_tx, alert_rx) = mpsc::channel(ALERT_QUEUE);
+    let alerts_cancel = CancellationToken::new();
+    // Subscribed before ingest starts, so no alert is published unseen.
+    let alert_sub = hub.subscribe(None, ALERT_KINDS);
+    let alert_forwarder = tokio::spawn(forward_alerts(
+        hub,
+        alert_sub,
+        alert_tx,
+        alerts_cancel.clone(),
     ));
 
     let ingestor = Ingestor::new(
@@ -84,27 +124,40 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         Arc::clone(&rejections),
     );
     let ingest_cancel = CancellationToken::new();
-    // Kept for fleetd's own publishes (alerts); dropping it would close the link.
+    // The ingest link's sending half; dropping it would close the link.
     let mut _link_tx = None;
-    let ingest = match &settings.ingest_mode {
+    let (ingest, alert_publisher) = match &settings.ingest_mode {
         IngestMode::Embedded => {
             let broker = EmbeddedBroker::start(&settings.broker)
                 .await
                 .context("cannot start the embedded MQTT broker")?;
             _link_tx = Some(broker.link_tx);
-            tokio::spawn(fleetd_ingest::run_embedded(
+            let (alerts_tx, alerts_rx) = broker.alerts_link;
+            let publisher =
+                fleetd_ingest::alerts::spawn_embedded_publisher(alerts_tx, alerts_rx, alert_rx)
+                    .context("cannot start the alert publisher thread")?;
+            let ingest = tokio::spawn(fleetd_ingest::run_embedded(
                 broker.link_rx,
                 ingestor,
                 queue_tx,
                 ingest_cancel.clone(),
-            ))
+            ));
+            (ingest, AlertPublisher::Thread(publisher))
         }
-        IngestMode::External(external) => tokio::spawn(fleetd_ingest::run_external(
-            external.clone(),
-            ingestor,
-            queue_tx,
-            ingest_cancel.clone(),
-        )),
+        IngestMode::External(external) => {
+            let publisher = tokio::spawn(fleetd_ingest::alerts::run_external_publisher(
+                external.clone(),
+                alert_rx,
+                alerts_cancel.child_token(),
+            ));
+            let ingest = tokio::spawn(fleetd_ingest::run_external(
+                external.clone(),
+                ingestor,
+                queue_tx,
+                ingest_cancel.clone(),
+            ));
+            (ingest, AlertPublisher::Task(publisher))
+        }
     };
 
     ready.store(true, Ordering::SeqCst);
@@ -140,7 +193,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     });
 
     shutdown_signal().await;
-    tracing::info!("shutting down: demo, ingest, processor, store, api");
+    tracing::info!("shutting down: demo, ingest, processor, alerts, store, api");
     ready.store(false, Ordering::SeqCst);
     let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
         if let Some(demo) = demo {
@@ -162,9 +215,18 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         tracing::info!("processor flushing");
         processor.join().await;
         refresh_cancel.cancel();
-        if let Err(e) = refresh.await {
-            tracing::warn!(error = %e, "registry refresh task failed");
+        for task in refresh {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "refresh task failed");
+            }
         }
+        // Every alert is in the hub now: forward what is left, then let the
+        // publisher drain its queue.
+        alerts_cancel.cancel();
+        if let Err(e) = alert_forwarder.await {
+            tracing::warn!(error = %e, "alert forwarder failed");
+        }
+        alert_publisher.join().await;
         if let Err(e) = store.flush().await {
             tracing::error!(error = %e, "store flush failed");
         }
@@ -228,6 +290,166 @@ async fn refresh_registry(
                 registry.replace_all(entries);
             }
             Err(e) => tracing::warn!(error = %e, "registry reload failed; keeping the cache"),
+        }
+    }
+}
+
+/// Alerts waiting for the MQTT publisher. Alerts are rare next to
+/// positions; the bound only matters if the broker stalls, and then the
+/// forwarder waits (and resumes from the hub's replay buffer if it falls
+/// behind the broadcast).
+const ALERT_QUEUE: usize = 4096;
+
+/// What the alert forwarder follows.
+const ALERT_KINDS: KindSet = KindSet {
+    positions: false,
+    alerts: true,
+};
+
+/// The MQTT alert publisher: a thread beside the embedded broker's blocking
+/// link, or a task with its own client for an external broker.
+enum AlertPublisher {
+    Thread(std::thread::JoinHandle<()>),
+    Task(tokio::task::JoinHandle<Result<(), fleetd_ingest::IngestError>>),
+}
+
+impl AlertPublisher {
+    /// Waits until the publisher has sent what it was given.
+    async fn join(self) {
+        match self {
+            Self::Thread(thread) => {
+                if tokio::task::spawn_blocking(move || thread.join())
+                    .await
+                    .map_or(true, |joined| joined.is_err())
+                {
+                    tracing::warn!("alert publisher thread failed");
+                }
+            }
+            Self::Task(task) => match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "alert publisher failed"),
+                Err(e) => tracing::warn!(error = %e, "alert publisher task failed"),
+            },
+        }
+    }
+}
+
+/// Follows the hub's alerts and hands them to the MQTT publisher, in order.
+/// A lagging forwarder resumes from the replay buffer; alerts it can no
+/// longer get are counted (`fleetd_alerts_published_total{result="missed"}`)
+/// and logged: they stay in the stored alert history. On `cancel` it
+/// forwards what the hub has already sent it, then returns.
+async fn forward_alerts(
+    hub: LiveHub,
+    first: Subscription,
+    tx: mpsc::Sender<Alert>,
+    cancel: CancellationToken,
+) {
+    let mut next_sub = Some(first);
+    let mut since: Option<u64> = None;
+    loop {
+        let sub = match next_sub.take() {
+            Some(sub) => sub,
+            None => hub.subscribe(since, ALERT_KINDS),
+        };
+        let mut last = since.unwrap_or(sub.last_seq);
+        for gap in &sub.gaps {
+            let missed = gap.to_seq.saturating_sub(gap.from_seq) + 1;
+            metrics::counter!("fleetd_alerts_published_total", "result" => "missed")
+                .increment(missed);
+            tracing::warn!(
+                from_seq = gap.from_seq,
+                to_seq = gap.to_seq,
+                reason = gap.reason.code(),
+                "alert publisher fell behind; alerts not published over MQTT"
+            );
+        }
+        let mut events: Vec<Arc<SeqEvent>> = sub.replay;
+        let mut receiver = sub.receiver;
+        loop {
+            for event in events.drain(..) {
+                last = last.max(event.seq);
+                if let LiveEvent::Alert(alert) = &event.event
+                    && tx.send(alert.clone()).await.is_err()
+                {
+                    return;
+                }
+            }
+            let stopping = cancel.is_cancelled();
+            let next = if stopping {
+                match receiver.try_recv() {
+                    Ok(batch) => Ok(batch),
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                        Err(broadcast::error::RecvError::Lagged(0))
+                    }
+                    Err(_) => return,
+                }
+            } else {
+                tokio::select! {
+                    _ = cancel.cancelled() => continue,
+                    batch = receiver.recv() => batch,
+                }
+            };
+            match next {
+                Ok(batch) => events.extend(batch.events.iter().cloned()),
+                Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+        since = Some(last);
+    }
+}
+
+/// Loads every stored geofence into `geofences` (parsing and covering them
+/// on the blocking pool); returns how many there are. A stored fence that
+/// no longer parses is logged and skipped rather than stopping the start.
+async fn load_geofences(store: &dyn Store, geofences: &Arc<Geofences>) -> anyhow::Result<usize> {
+    let stored = store.all_geofences().await?;
+    let geofences = Arc::clone(geofences);
+    let n = tokio::task::spawn_blocking(move || {
+        let mut fences = Vec::with_capacity(stored.len());
+        for row in stored {
+            match Geofence::from_stored(row.id.clone(), &row.geojson) {
+                Ok(fence) => fences.push(fence),
+                Err(e) => {
+                    tracing::error!(geofence = %row.id, error = %e, "stored geofence does not parse; skipped")
+                }
+            }
+        }
+        let n = fences.len();
+        let report = geofences.sync(fences);
+        if report.upserted + report.removed > 0 {
+            tracing::debug!(
+                upserted = report.upserted,
+                removed = report.removed,
+                "geofences synced"
+            );
+        }
+        metrics::gauge!("fleetd_geofences").set(n as f64);
+        n
+    })
+    .await?;
+    Ok(n)
+}
+
+/// Reloads the geofences from a shared store every `every` (other nodes'
+/// changes); only fences that changed are covered again. A failed reload
+/// keeps the current index and is retried at the next tick.
+async fn refresh_geofences(
+    store: Arc<dyn Store>,
+    geofences: Arc<Geofences>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = load_geofences(&*store, &geofences).await {
+            tracing::warn!(error = %e, "geofence reload failed; keeping the index");
         }
     }
 }

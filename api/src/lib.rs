@@ -2,8 +2,9 @@
 //! registry, alerts, rejections and operations.
 //!
 //! This is the only crate that knows HTTP and JSON. It reads from the store
-//! through an `Arc<dyn Store>`, and writes only the device registry (to the
-//! store and to the processor's [`fleetd_processor::Registry`] cache); the
+//! through an `Arc<dyn Store>`, and writes only the device registry and the
+//! geofences (to the store and to the processor's
+//! [`fleetd_processor::Registry`] and [`fleetd_processor::geofence::Geofences`]); the
 //! API is stateless over the store, so several nodes can serve the same
 //! backend.
 //!
@@ -34,6 +35,8 @@
 //! | `GET /v1/vehicles/{id}/track?from=&to=&limit=&cursor=` | history, paginated (`format=json|geojson`) |
 //! | `GET /v1/vehicles/{id}/trips`, `.../trips/{trip}`, `.../trips/{trip}/track` | trips, one trip, its track |
 //! | `PUT/GET/DELETE /v1/devices/{id}`, `GET /v1/devices` | device registry |
+//! | `PUT/GET/DELETE /v1/geofences/{id}`, `GET /v1/geofences?limit=&cursor=` | geofences |
+//! | `GET /v1/geofences/{id}/vehicles`, `GET /v1/vehicles/{id}/geofences` | who is inside now |
 //! | `GET /v1/alerts?since=&until=&device=&geofence=&kind=&limit=&cursor=` | alerts, newest first |
 //! | `GET /v1/rejections?limit=` | recent rejected inputs, newest first |
 //! | `GET /v1/stream`, `GET /v1/ws` | live positions and alerts (SSE, WebSocket), resumable |
@@ -98,6 +101,21 @@ pub fn router(state: ApiState) -> Router {
             put(routes::devices::put)
                 .get(routes::devices::get)
                 .delete(routes::devices::delete),
+        )
+        .route("/v1/geofences", get(routes::geofences::list))
+        .route(
+            "/v1/geofences/{id}",
+            put(routes::geofences::put)
+                .get(routes::geofences::get)
+                .delete(routes::geofences::delete),
+        )
+        .route(
+            "/v1/geofences/{id}/vehicles",
+            get(routes::geofences::vehicles),
+        )
+        .route(
+            "/v1/vehicles/{id}/geofences",
+            get(routes::geofences::of_vehicle),
         )
         .route("/v1/alerts", get(routes::alerts::list))
         .route("/v1/rejections", get(routes::rejections::recent))

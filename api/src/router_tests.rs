@@ -10,12 +10,12 @@ use axum::body::Body;
 use axum::http::header::{ALLOW, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use fleetd_schemas::{
-    Alert, AlertDetail, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, H3Cells,
-    PositionReport, RejectReason, RejectionLog, Trip, VehicleState,
+    Alert, AlertDetail, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition,
+    GeofenceId, H3Cells, PositionReport, RejectReason, RejectionLog, Trip, VehicleState,
 };
 use fleetd_store::{
-    AlertPage, AlertQuery, AreaQuery, FjallStore, HistoryPage, HistoryQuery, LatestUpdate, Store,
-    StoreError, TripPage, TripQuery, WriteBatch,
+    AlertPage, AlertQuery, AreaQuery, FjallStore, HistoryPage, HistoryQuery, LatestUpdate,
+    MemberPage, Store, StoreError, StoredGeofence, TripPage, TripQuery, WriteBatch,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
@@ -86,6 +86,15 @@ impl Harness {
 
     async fn get(&self, uri: &str) -> Reply {
         self.request(Method::GET, uri).await
+    }
+
+    async fn put(&self, uri: &str, body: &Value) -> Reply {
+        let body = Body::from(body.to_string());
+        send_body(router(self.state.clone()), Method::PUT, uri, body).await
+    }
+
+    async fn delete(&self, uri: &str) -> Reply {
+        self.request(Method::DELETE, uri).await
     }
 }
 
@@ -629,6 +638,26 @@ impl Store for BrokenStore {
     async fn all_devices(&self) -> Result<Vec<(DeviceId, DeviceInfo)>, StoreError> {
         Err(StoreError::Unavailable("down".into()))
     }
+    async fn put_geofence(&self, _: &StoredGeofence) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn geofence(&self, _: &GeofenceId) -> Result<Option<StoredGeofence>, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn delete_geofence(&self, _: &GeofenceId) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn all_geofences(&self) -> Result<Vec<StoredGeofence>, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn geofence_members(
+        &self,
+        _: &GeofenceId,
+        _: Option<&DeviceId>,
+        _: usize,
+    ) -> Result<MemberPage, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
 }
 
 #[tokio::test]
@@ -918,4 +947,96 @@ async fn alerts_and_trips_are_served_and_validated() {
             .await
             .assert_error(StatusCode::BAD_REQUEST, "bad_request");
     }
+}
+
+#[tokio::test]
+async fn geofence_crud_validation_and_membership() {
+    let h = Harness::new().await;
+    let square = json!({
+        "type": "Feature",
+        "properties": {"name": "Depot", "dwell_s": 60, "team": "night"},
+        "geometry": {"type": "Polygon", "coordinates": [[[13.39, 52.51], [13.41, 52.51], [13.41, 52.52], [13.39, 52.52], [13.39, 52.51]]]}
+    });
+    let reply = h.put("/v1/geofences/depot", &square).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["id"], "depot");
+    assert_eq!(body["properties"]["team"], "night");
+    assert!(body["updated_ms"].as_i64().is_some_and(|t| t > 0));
+    assert_eq!(h.put("/v1/geofences/depot", &square).await.status, StatusCode::OK);
+    let circle = json!({"center": [13.4, 52.5], "radius_m": 50.0});
+    assert_eq!(h.put("/v1/geofences/a-circle", &circle).await.status, StatusCode::CREATED);
+    assert_eq!(h.state.geofences.len(), 2, "the processor's index follows");
+
+    let reply = h.get("/v1/geofences/depot").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["geometry"]["type"], "Polygon");
+    let list = h.get("/v1/geofences?limit=1").await.json();
+    assert_eq!(list["geofences"][0]["id"], "a-circle");
+    assert_eq!(list["total"], 2);
+    let next = list["next_cursor"].as_str().expect("cursor").to_owned();
+    let list = h.get(&format!("/v1/geofences?limit=1&cursor={next}")).await.json();
+    assert_eq!(list["geofences"][0]["id"], "depot");
+    assert_eq!(list["next_cursor"], Value::Null);
+
+    // Every bad input is a 400 that says what is wrong.
+    let cases = [
+        (json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}), "intersects itself"),
+        (json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1]]]}), "not closed"),
+        (json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [0, 0]]]}), "position"),
+        (json!({"type": "Polygon", "coordinates": [[[0, 0], [200, 0], [1, 1], [0, 0]]]}), "out of range"),
+        (json!({"type": "Point", "coordinates": [0, 0]}), "unsupported geometry"),
+        (json!({"center": [0, 0], "radius_m": -5}), "radius_m"),
+        (json!([1, 2]), "JSON object"),
+    ];
+    for (body, expected) in cases {
+        let message = h
+            .put("/v1/geofences/bad", &body)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+        assert!(message.contains(expected), "{body}: {message}");
+    }
+    h.put("/v1/geofences/bad%20id", &circle)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    h.get("/v1/geofences/bad").await.assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.get("/v1/geofences?limit=0").await.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+
+    // Membership as the processor writes it.
+    let depot = GeofenceId::parse("depot").expect("id");
+    let mut state = VehicleState::default();
+    state.fences.members.push(fleetd_schemas::Membership {
+        fence: depot.clone(),
+        entered_ms: 1_000,
+        outside_since_ms: None,
+        dwell_fired: false,
+    });
+    h.write(&[position("car-1", 1_000, 52.515, 13.4)]).await;
+    h.store
+        .write_batch(WriteBatch {
+            states: vec![(DeviceId::parse("car-1").expect("id"), state)],
+            memberships: vec![fleetd_schemas::MembershipChange {
+                fence: depot.clone(),
+                device: DeviceId::parse("car-1").expect("id"),
+                ts_ms: 1_000,
+                entered: true,
+            }],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+    let inside = h.get("/v1/geofences/depot/vehicles").await.json();
+    assert_eq!(inside["vehicles"], json!([{"device_id": "car-1", "entered_ms": 1000}]));
+    let fences = h.get("/v1/vehicles/car-1/geofences").await.json();
+    assert_eq!(fences["geofences"], json!([{"geofence_id": "depot", "name": "Depot", "entered_ms": 1000}]));
+    h.get("/v1/geofences/nope/vehicles").await.assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.get("/v1/vehicles/nobody/geofences").await.assert_error(StatusCode::NOT_FOUND, "not_found");
+
+    // Deleting ends the membership everywhere.
+    assert_eq!(h.delete("/v1/geofences/depot").await.status, StatusCode::NO_CONTENT);
+    h.delete("/v1/geofences/depot").await.assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.get("/v1/geofences/depot/vehicles").await.assert_error(StatusCode::NOT_FOUND, "not_found");
+    let fences = h.get("/v1/vehicles/car-1/geofences").await.json();
+    assert_eq!(fences["count"], 0);
+    assert_eq!(h.state.geofences.len(), 1);
 }

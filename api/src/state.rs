@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use fleetd_processor::Registry;
+use fleetd_processor::geofence::Geofences;
 use fleetd_processor::live::{LiveHub, LiveSettings};
 use fleetd_schemas::RejectionLog;
 use fleetd_store::Store;
@@ -31,6 +32,9 @@ pub struct ApiState {
     /// The device registry cache: `PUT/DELETE /v1/devices/{id}` write the
     /// store and then this, so the processor's next batch sees the change.
     pub registry: Arc<Registry>,
+    /// The geofence index: `PUT/DELETE /v1/geofences/{id}` write the store
+    /// and then this, so the processor's next batch evaluates the change.
+    pub geofences: Arc<Geofences>,
     /// Upper bound on the time one request may take. It keeps graceful
     /// shutdown from waiting forever on a slow request; a request that runs
     /// out of time gets a 503 `timeout` error.
@@ -81,6 +85,7 @@ impl ApiState {
             metrics,
             ready,
             registry: Arc::new(Registry::default()),
+            geofences: Arc::new(Geofences::default()),
             request_timeout: crate::DEFAULT_REQUEST_TIMEOUT,
             // Until the binary hands in the processor's hub: live routes
             // work, with nothing published.
@@ -97,6 +102,13 @@ impl ApiState {
     #[must_use]
     pub fn with_registry(mut self, registry: Arc<Registry>) -> Self {
         self.registry = registry;
+        self
+    }
+
+    /// Shares `geofences` with the processor.
+    #[must_use]
+    pub fn with_geofences(mut self, geofences: Arc<Geofences>) -> Self {
+        self.geofences = geofences;
         self
     }
 

@@ -49,10 +49,13 @@ impl Default for BrokerSettings {
 /// rumqttd has no stop API: the broker thread lives as long as the process.
 /// Shutdown is the ingest loop's job (it stops reading the link).
 pub struct EmbeddedBroker {
-    /// Link for publishing (fleetd's own output topics).
+    /// The ingest link's sending half: keep it, dropping it closes the link.
     pub link_tx: LinkTx,
     /// Link carrying every publish on fleetd's ingest subscriptions.
     pub link_rx: LinkRx,
+    /// A second link, subscribed to nothing, for fleetd's own publishes
+    /// (alerts; see [`crate::alerts::spawn_embedded_publisher`]).
+    pub alerts_link: (LinkTx, LinkRx),
 }
 
 impl EmbeddedBroker {
@@ -64,6 +67,9 @@ impl EmbeddedBroker {
         let (mut link_tx, link_rx) = broker
             .link("fleetd-ingest")
             .map_err(|e| IngestError::Broker(format!("cannot create ingest link: {e}")))?;
+        let alerts_link = broker
+            .link("fleetd-alerts")
+            .map_err(|e| IngestError::Broker(format!("cannot create alerts link: {e}")))?;
         for filter in SUBSCRIPTIONS {
             link_tx
                 .subscribe(filter)
@@ -79,7 +85,11 @@ impl EmbeddedBroker {
             .map_err(IngestError::Io)?;
         wait_listening(settings.listen).await?;
         tracing::info!(listen = %settings.listen, "embedded MQTT broker listening");
-        Ok(Self { link_tx, link_rx })
+        Ok(Self {
+            link_tx,
+            link_rx,
+            alerts_link,
+        })
     }
 }
 

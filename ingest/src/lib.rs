@@ -9,10 +9,14 @@
 //!   bounded channel to the processor, with backpressure; it drains the link
 //!   on shutdown.
 //!
+//! * [`alerts`] publishes alerts back out: `fleet/{device_id}/alerts` and
+//!   OwnTracks transitions, through the embedded broker or an external one.
+//!
 //! This is the only crate that knows MQTT.
 //!
 //! [`PositionReport`]: fleetd_schemas::PositionReport
 
+pub mod alerts;
 mod broker;
 pub mod decode;
 mod error;

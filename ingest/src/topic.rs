@@ -27,6 +27,10 @@ pub enum TopicRoute {
 
 /// Routes a topic. Pure and allocation-free except for the device id.
 pub fn route(topic: &str) -> TopicRoute {
+    // fleetd's own alerts, also for OwnTracks ids (`fleet/user/device/alerts`).
+    if topic.starts_with("fleet/") && topic.ends_with("/alerts") {
+        return TopicRoute::Ignored;
+    }
     let mut levels = topic.split('/');
     match (levels.next(), levels.next(), levels.next(), levels.next()) {
         (Some("fleet"), Some(id), Some(kind), rest) => {
@@ -76,6 +80,7 @@ mod tests {
             TopicRoute::OwnTracks(id("alice/phone"))
         );
         assert_eq!(route("fleet/t1/alerts"), TopicRoute::Ignored);
+        assert_eq!(route("fleet/alice/phone/alerts"), TopicRoute::Ignored);
         assert_eq!(route("owntracks/alice/phone/event"), TopicRoute::Ignored);
         assert_eq!(route("owntracks/alice/phone/cmd"), TopicRoute::Ignored);
         for unknown in [

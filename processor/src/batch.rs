@@ -1,15 +1,17 @@
 //! Processing one micro-batch of one partition: dedupe, latest, reorder,
-//! vehicle state, and what to write.
+//! vehicle state, geofences, and what to write.
 //!
 //! Pure: no I/O and no clock reads (the worker passes the time in), so it is
 //! tested with plain data.
 
 use fleetd_schemas::{
-    DeviceId, DeviceTrip, EnrichedPosition, Fix, H3Cells, PositionReport, RejectReason, Rejection,
+    AlertKind, DeviceId, DeviceTrip, EnrichedPosition, Fix, H3Cells, MembershipChange,
+    PositionReport, RejectReason, Rejection,
 };
 use fleetd_store::{LatestUpdate, WriteBatch};
 use h3o::{LatLng, Resolution};
 
+use crate::geofence::{self, FenceFix, Geofences};
 use crate::registry::Registry;
 use crate::reorder::Admission;
 use crate::settings::VehicleSettings;
@@ -45,6 +47,8 @@ pub struct BatchContext<'a> {
     pub now_ms: i64,
     /// The registry cache joined into the batch.
     pub registry: &'a Registry,
+    /// The geofences the batch's fixes are evaluated against.
+    pub geofences: &'a Geofences,
     /// Release every waiting fix (the last batch before shutdown).
     pub release_all: bool,
     /// Also close the trips of devices that went silent.
@@ -135,6 +139,9 @@ pub fn process_batch(
         let previous_cell = ds.latest.map(|l| l.area_cell);
         let mut new_latest = None;
         for report in &reports[start..end] {
+            // Silence is counted from the last arrival, not from the last
+            // fix applied, which trails it by up to the reorder allowance.
+            ds.vehicle.last_seen_ms = ds.vehicle.last_seen_ms.max(report.received_ms);
             let Some(h3) = cells(report.lat, report.lon, settings.detail_res) else {
                 continue;
             };
@@ -186,6 +193,8 @@ pub fn process_batch(
     }
 
     let registry = ctx.registry.read();
+    let fences = ctx.geofences.read();
+    let tracking = ctx.geofences.tracking();
     let buffered: Vec<DeviceId> = state.buffered.iter().cloned().collect();
     for device in buffered {
         let Some(ds) = state.devices.get_mut(&device) else {
@@ -213,6 +222,35 @@ pub fn process_batch(
                     filter_detail(reason, r, last, applied.implied_mps, vs)
                 });
             }
+            // Fences see every fix the state accepted, stationary ones
+            // included (a parked vehicle is inside its depot), in device
+            // time order; a fix the gate refused could flip membership on
+            // a bad position.
+            let usable = matches!(applied.flag, None | Some(RejectReason::StationaryJitter));
+            let tracked = !fences.is_empty() || !ds.vehicle.fences.members.is_empty();
+            if usable && tracked {
+                let r = &position.report;
+                let fix = FenceFix {
+                    device: &device,
+                    ts_ms: r.ts_ms,
+                    lat: r.lat,
+                    lon: r.lon,
+                    accuracy_m: r.accuracy_m,
+                };
+                let first = effects.alerts.len();
+                geofence::evaluate(
+                    &mut ds.vehicle.fences,
+                    &fix,
+                    &fences,
+                    tracking,
+                    &mut effects.alerts,
+                );
+                if let Some(name) = limits.device_name {
+                    for alert in &mut effects.alerts[first..] {
+                        alert.detail.device_name = Some(name.to_owned());
+                    }
+                }
+            }
             outcome.write.history.push(position);
         }
         if ds.reorder.is_empty() {
@@ -226,7 +264,10 @@ pub fn process_batch(
     if ctx.sweep {
         for (device, ds) in &mut state.devices {
             let mut effects = Effects::default();
-            if vehicle::close_if_silent(&mut ds.vehicle, ctx.now_ms, vs, &mut effects) {
+            // A device with fixes still waiting is not silent.
+            if ds.reorder.is_empty()
+                && vehicle::close_if_silent(&mut ds.vehicle, ctx.now_ms, vs, &mut effects)
+            {
                 push_effects(&mut outcome, device, ds, effects);
             }
         }
@@ -246,6 +287,23 @@ fn push_effects(outcome: &mut BatchOutcome, device: &DeviceId, ds: &DeviceState,
         .extend(effects.closed_trips.into_iter().map(|trip| DeviceTrip {
             device_id: device.clone(),
             trip,
+        }));
+    // Enter and exit are the membership changes of the store's fence index.
+    outcome
+        .write
+        .memberships
+        .extend(effects.alerts.iter().filter_map(|alert| {
+            let entered = match alert.kind {
+                AlertKind::Enter => true,
+                AlertKind::Exit => false,
+                _ => return None,
+            };
+            Some(MembershipChange {
+                fence: alert.geofence_id.clone()?,
+                device: device.clone(),
+                ts_ms: alert.ts_ms,
+                entered,
+            })
         }));
     outcome.write.alerts.extend(effects.alerts);
 }

@@ -11,7 +11,9 @@
 //!   filters, motion, odometer, trips, overspeed), then writes one
 //!   [`fleetd_store::WriteBatch`].
 //! * [`Registry`] is the enrichment cache of the device registry, written by
-//!   the API and read once per batch.
+//!   the API and read once per batch; [`geofence::Geofences`] likewise holds
+//!   the fence index, and every applied fix is evaluated against it
+//!   (enter/exit/dwell alerts, memberships kept in the vehicle state).
 //! * Input is a bounded channel of position chunks; when it closes, workers
 //!   flush what they hold and [`Processor::join`] returns.
 //!
@@ -21,7 +23,9 @@
 //! The enrichment functions ([`process_batch`]) do no I/O and read no clock.
 
 mod batch;
+mod device_map;
 mod dispatch;
+pub mod geofence;
 pub mod kinematics;
 pub mod live;
 mod registry;
@@ -36,13 +40,29 @@ use std::sync::Arc;
 
 use fleetd_schemas::{PositionReport, RejectionLog};
 use fleetd_store::{Store, StoreError};
+
+use crate::geofence::Geofences;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 pub use batch::{BatchContext, BatchOutcome, EnrichSettings, cells, process_batch};
 pub use registry::Registry;
 pub use settings::{ProcessorSettings, VehicleSettings};
+pub use device_map::{DeviceEntry, DeviceMap};
 pub use state::{DeviceState, LatestFix, PartitionState};
+
+/// What the processor shares with the rest of fleetd.
+#[derive(Clone)]
+pub struct ProcessorPorts {
+    /// The device registry cache, joined into every batch.
+    pub registry: Arc<Registry>,
+    /// The geofences, evaluated for every applied fix.
+    pub geofences: Arc<Geofences>,
+    /// Where filtered fixes are sampled for `GET /v1/rejections`.
+    pub rejections: Arc<RejectionLog>,
+    /// Where stored batches are published for live streams.
+    pub live: live::LiveHub,
+}
 
 /// A running processor.
 pub struct Processor {
@@ -52,19 +72,23 @@ pub struct Processor {
 
 impl Processor {
     /// Restores state from `store` and starts the dispatcher and workers,
-    /// reading position chunks from `input` until it closes. Each batch joins
-    /// `registry` and samples its filtered fixes into `rejections`.
-    ///
-    /// After each stored batch, workers publish its latest positions and
-    /// alerts to `live` (see [`live::LiveHub::publish`]).
+    /// reading position chunks from `input` until it closes. Each batch
+    /// joins the registry, is evaluated against the geofences, and samples
+    /// its filtered fixes into the rejection log; after it is stored, its
+    /// latest positions and alerts go to the live hub (see
+    /// [`live::LiveHub::publish`]).
     pub async fn start(
         settings: ProcessorSettings,
         store: Arc<dyn Store>,
-        registry: Arc<Registry>,
-        rejections: Arc<RejectionLog>,
+        ports: ProcessorPorts,
         input: mpsc::Receiver<Vec<PositionReport>>,
-        live: live::LiveHub,
     ) -> Result<Self, StoreError> {
+        let ProcessorPorts {
+            registry,
+            geofences,
+            rejections,
+            live,
+        } = ports;
         let partitions = settings.partitions.max(1);
         let mut states: Vec<PartitionState> =
             (0..partitions).map(|_| PartitionState::default()).collect();
@@ -85,9 +109,16 @@ impl Processor {
                 .devices
                 .insert(id, DeviceState::restore(None, Some(vehicle)));
         }
+        // No device could be heard while fleetd was down: count silence
+        // (which ends trips) from now, so a restart does not split trips.
+        let started_ms = fleetd_schemas::now_ms();
+        for ds in states.iter_mut().flat_map(|s| s.devices.values_mut()) {
+            ds.vehicle.last_seen_ms = ds.vehicle.last_seen_ms.max(started_ms);
+        }
         let ports = worker::Ports {
             store: Arc::clone(&store),
             registry,
+            geofences,
             rejections,
             live,
         };

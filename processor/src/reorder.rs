@@ -65,26 +65,39 @@ impl Reorder {
     /// `allowance_ms` behind the newest fix seen, or received at least
     /// `allowance_ms` before `now_ms` (so a device that went quiet is not
     /// held forever); every fix when `all`.
+    ///
+    /// Memory matters here, since every device has a buffer: once empty,
+    /// the pending buffer gives its allocation back (four waiting fixes'
+    /// worth, ~0.5 kB per device otherwise), and `recent` is trimmed before
+    /// it grows past [`RECENT_MAX`], so its capacity never doubles beyond.
     pub(crate) fn release(
         &mut self,
         now_ms: i64,
         allowance_ms: i64,
         all: bool,
-    ) -> std::vec::Drain<'_, EnrichedPosition> {
+    ) -> std::vec::IntoIter<EnrichedPosition> {
         let watermark = self.max_ts.saturating_sub(allowance_ms);
         let due = |p: &EnrichedPosition| {
             all || p.report.ts_ms <= watermark
                 || p.report.received_ms <= now_ms.saturating_sub(allowance_ms)
         };
         let n = self.pending.iter().take_while(|p| due(p)).count();
-        for p in &self.pending[..n] {
-            self.recent.push(p.report.ts_ms);
-        }
-        if self.recent.len() > RECENT_MAX {
-            let excess = self.recent.len() - RECENT_MAX;
+        let keep = RECENT_MAX.saturating_sub(n.min(RECENT_MAX));
+        if self.recent.len() > keep {
+            let excess = self.recent.len() - keep;
             self.recent.drain(..excess);
         }
-        self.pending.drain(..n)
+        let skip = n.saturating_sub(RECENT_MAX);
+        self.recent
+            .extend(self.pending[skip..n].iter().map(|p| p.report.ts_ms));
+        // Amortized growth can overshoot the bound (e.g. 50 → 100).
+        self.recent.shrink_to(RECENT_MAX);
+        let released = if n == self.pending.len() {
+            std::mem::take(&mut self.pending)
+        } else {
+            self.pending.drain(..n).collect()
+        };
+        released.into_iter()
     }
 }
 
@@ -138,5 +151,35 @@ mod tests {
             .collect();
         assert_eq!(out, [5_000]);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn buffers_stay_within_their_bounds() {
+        let mut r = Reorder::default();
+        for round in 0..5i64 {
+            for i in 0..50 {
+                let ts = round * 1_000 + i;
+                assert_eq!(r.classify(ts, 0), Admission::Pending);
+                r.insert(p(ts, 0));
+            }
+            assert_eq!(r.release(0, 0, true).count(), 50);
+            // Emptied: the buffer's allocation is given back.
+            assert_eq!(r.pending.capacity(), 0);
+            assert!(r.recent.len() <= RECENT_MAX && r.recent.capacity() <= RECENT_MAX);
+        }
+        // The newest released times are the ones remembered.
+        assert_eq!(r.recent.len(), RECENT_MAX);
+        assert_eq!(r.classify(4_049, 0), Admission::Duplicate);
+        // 50 of round 4 and the last 14 of round 3.
+        assert_eq!(r.classify(4_000, 0), Admission::Duplicate);
+        assert_eq!(r.classify(3_036, 0), Admission::Duplicate);
+        assert_eq!(r.classify(3_035, 0), Admission::Pending);
+        // A release of more than the bound keeps only its newest.
+        for ts in 10_000..10_100 {
+            r.insert(p(ts, 0));
+        }
+        assert_eq!(r.release(0, 0, true).count(), 100);
+        assert_eq!(r.recent.first(), Some(&(10_100 - RECENT_MAX as i64)));
+        assert_eq!(r.recent.last(), Some(&10_099));
     }
 }

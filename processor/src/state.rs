@@ -1,9 +1,10 @@
 //! Per-device state kept by the partition that owns the device.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use fleetd_schemas::{DeviceId, EnrichedPosition, Fix, Suspect, VehicleState};
 
+use crate::device_map::DeviceMap;
 use crate::reorder::Reorder;
 
 /// The newest fix accepted as a device's latest position.
@@ -54,8 +55,8 @@ impl DeviceState {
 /// so it needs no lock.
 #[derive(Debug, Default)]
 pub struct PartitionState {
-    /// Devices by id.
-    pub devices: HashMap<DeviceId, DeviceState>,
+    /// Devices by id (packed: see [`DeviceMap`]).
+    pub devices: DeviceMap,
     /// Devices with fixes waiting in their reorder buffer.
     pub(crate) buffered: HashSet<DeviceId>,
 }

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::batch::{BatchContext, BatchOutcome, process_batch};
 use crate::live::LiveHub;
+use crate::geofence::Geofences;
 use crate::registry::Registry;
 use crate::settings::ProcessorSettings;
 use crate::state::PartitionState;
@@ -21,6 +22,8 @@ use crate::state::PartitionState;
 pub(crate) struct Ports {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) registry: Arc<Registry>,
+    /// The geofences each batch is evaluated against.
+    pub(crate) geofences: Arc<Geofences>,
     pub(crate) rejections: Arc<RejectionLog>,
     /// Where stored batches are published for live streams.
     pub(crate) live: LiveHub,
@@ -124,10 +127,12 @@ async fn flush(
     let started = Instant::now();
     let n_in = batch.len();
     let registry = Arc::clone(&ports.registry);
+    let geofences = Arc::clone(&ports.geofences);
     let processed = tokio::task::spawn_blocking(move || {
         let ctx = BatchContext {
             now_ms: now_ms(),
             registry: &registry,
+            geofences: &geofences,
             release_all: kind.release_all,
             sweep: kind.sweep,
         };
@@ -158,31 +163,35 @@ async fn flush(
     ports.rejections.keep(samples);
     metrics::counter!("fleetd_duplicates_total").increment(duplicates);
     metrics::counter!("fleetd_late_positions_total").increment(late);
-    metrics::counter!("fleetd_alerts_total").increment(write.alerts.len() as u64);
+    for alert in &write.alerts {
+        metrics::counter!("fleetd_alerts_total", "kind" => alert.kind.code()).increment(1);
+    }
     metrics::counter!("fleetd_trips_closed_total").increment(write.trips.len() as u64);
     metrics::histogram!("fleetd_batch_positions").record(n_in as f64);
     // Batches that only waited on the reorder allowance have nothing to say.
-    if !write.is_empty()
-        && write_with_retry(partition, &*ports.store, &write, settings.store_retry_max).await
-    {
+    let stored = !write.is_empty()
+        && write_with_retry(partition, &*ports.store, &write, settings.store_retry_max).await;
+    // A dropped batch is counted in fleetd_store_dropped_positions_total
+    // only: it was neither stored nor delivered.
+    if stored {
         publish_live(&ports.live, &write);
+        let stored_ms = now_ms();
+        for p in &write.history {
+            metrics::histogram!("fleetd_ingest_to_store_seconds")
+                .record((stored_ms - p.report.received_ms).max(0) as f64 / 1000.0);
+        }
+        for u in &write.latest {
+            metrics::histogram!("fleetd_event_lag_seconds")
+                .record((stored_ms - u.position.report.ts_ms).max(0) as f64 / 1000.0);
+        }
+        metrics::counter!("fleetd_positions_stored_total").increment(write.history.len() as u64);
     }
-    let stored_ms = now_ms();
-    for p in &write.history {
-        metrics::histogram!("fleetd_ingest_to_store_seconds")
-            .record((stored_ms - p.report.received_ms).max(0) as f64 / 1000.0);
-    }
-    for u in &write.latest {
-        metrics::histogram!("fleetd_event_lag_seconds")
-            .record((stored_ms - u.position.report.ts_ms).max(0) as f64 / 1000.0);
-    }
-    metrics::counter!("fleetd_positions_stored_total").increment(write.history.len() as u64);
     metrics::histogram!("fleetd_batch_process_seconds").record(processed_at.as_secs_f64());
     metrics::histogram!("fleetd_batch_duration_seconds").record(started.elapsed().as_secs_f64());
     tracing::debug!(
         partition,
         positions = n_in,
-        stored = write.history.len(),
+        stored = if stored { write.history.len() } else { 0 },
         latest = write.latest.len(),
         alerts = write.alerts.len(),
         duplicates,

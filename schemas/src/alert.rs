@@ -125,6 +125,9 @@ pub struct AlertDetail {
     /// How long the limit had been exceeded when the alert fired, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub over_s: Option<f64>,
+    /// Reported accuracy of the causing fix, metres (enter, exit, dwell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_m: Option<f32>,
     /// Registry name of the device, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_name: Option<String>,

@@ -10,7 +10,8 @@
 //! * [`VehicleState`], [`Trip`], [`DeviceInfo`]: what the processor derives per
 //!   device (motion, odometer, trips) and the registry entry it joins.
 //! * [`Alert`]: an enter/exit/dwell/overspeed event, stored, streamed and
-//!   published to devices; [`GeofenceId`] names fences.
+//!   published to devices; [`GeofenceId`] names fences and [`DeviceFences`]
+//!   holds a device's current fence memberships.
 //! * [`Rejection`] and [`RejectionLog`]: why an input was dropped, counted and
 //!   sampled for `GET /v1/rejections`.
 //!
@@ -18,11 +19,13 @@
 //! [`storage`] (the embedded store's value encoding). This crate does no I/O.
 
 mod alert;
+mod fences;
 mod position;
 mod rejection;
 mod vehicle;
 
 pub use alert::{Alert, AlertDetail, AlertKind, GeofenceId};
+pub use fences::{DeviceFences, Membership, MembershipChange};
 pub use position::{
     DeviceId, EnrichedPosition, H3Cells, InvalidDeviceId, MAX_DEVICE_ID_LEN, PositionReport,
 };

@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fences::DeviceFences;
+
 /// Whether a vehicle is moving, with hysteresis (see the processor's
 /// `MotionSettings`): it takes sustained displacement to start moving and a
 /// sustained stay within the stop radius to stop.
@@ -131,6 +133,15 @@ pub struct Anchor {
     pub run_m: f64,
     /// Fixes in the run, the anchor included.
     pub points: u32,
+    /// Mean position of the run's fixes (lat, lon) up to the moment it
+    /// became a stop: where a stopped vehicle is taken to stand. `None` in
+    /// states stored before it was kept (the anchoring fix stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<(f64, f64)>,
+    /// Position of the newest fix within the radius (lat, lon): where a
+    /// trip leaving this stop starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<(f64, f64)>,
 }
 
 /// An overspeed episode in progress.
@@ -200,6 +211,9 @@ pub struct VehicleState {
     /// devices that went silent).
     #[serde(default)]
     pub last_seen_ms: i64,
+    /// The geofences the device is inside now.
+    #[serde(default, skip_serializing_if = "DeviceFences::is_empty")]
+    pub fences: DeviceFences,
 }
 
 /// A device's entry in the registry (`PUT /v1/devices/{id}`): who it is and

@@ -1,11 +1,11 @@
-//! Turning an [`AreaQuery`] into key ranges of the `area` index.
+//! Turning an [`AreaQuery`] into the res-7 cells that may hold its points.
 //!
-//! The `area` keyspace is keyed by each device's res-7 cell. All res-7
-//! descendants of a coarser cell form one contiguous range of index values
-//! ([`keys::area_children`]), so an area is read as a few range scans, one
-//! per cell of a coarse *cover* of the area. The cover only has to be a
-//! superset: every candidate is then tested exactly with
-//! [`AreaQuery::contains`].
+//! The area index (in RAM for the embedded store, `devices_by_cell` in
+//! ScyllaDB) is keyed by each device's res-7 cell. An area is read as the
+//! res-7 descendants of a coarse *cover* of the area; all res-7 descendants
+//! of a coarser cell form one contiguous range of index values
+//! ([`keys::area_children`]). The cover only has to be a superset: every
+//! candidate is then tested exactly with [`AreaQuery::contains`].
 //!
 //! # Why the cover is complete
 //!
@@ -45,7 +45,9 @@ const MAX_SAMPLES: usize = 8_192;
 /// Sample spacing as a fraction of the average edge length (see module doc).
 const SAMPLE_SPACING_EDGES: f64 = 0.5;
 
-/// How to find the candidates of an area query.
+/// How to find the candidates of an area query, as ranges of res-7 cells:
+/// the form in which the tests check that a cover is complete.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ScanPlan {
     /// Scan these inclusive ranges of res-7 cells in the `area` index;
@@ -57,6 +59,7 @@ pub(crate) enum ScanPlan {
 
 /// Plans the scans for `query`, which must be valid
 /// ([`AreaQuery::validate`]).
+#[cfg(test)]
 pub(crate) fn plan(query: &AreaQuery) -> Result<ScanPlan, StoreError> {
     Ok(match cover(query)? {
         Some(cells) => ScanPlan::Ranges(ranges(cells)),
@@ -69,7 +72,8 @@ pub(crate) fn plan(query: &AreaQuery) -> Result<ScanPlan, StoreError> {
 /// or `None` when the area is too large for a cover to help.
 ///
 /// The ScyllaDB backend expands these to their res-7 children, one
-/// `devices_by_cell` partition each; the fjall backend scans them as ranges.
+/// `devices_by_cell` partition each; the embedded backend looks their
+/// children up in its in-memory index.
 pub(crate) fn cover(query: &AreaQuery) -> Result<Option<Vec<CellIndex>>, StoreError> {
     match *query {
         AreaQuery::Cell(raw) => Ok(Some(cell_cover(parse_cell(raw)?))),
@@ -198,7 +202,7 @@ fn steps(lo: f64, hi: f64, step: f64) -> Option<Vec<f64>> {
 /// Latitude widens by the angular radius. Longitude widens by
 /// `asin(sin(ρ) / cos(φ))`, the half-width of a cap that does not contain a
 /// pole; a cap that does spans every longitude.
-fn circle_bbox(lat: f64, lon: f64, radius_m: f64) -> Option<BBox> {
+pub(crate) fn circle_bbox(lat: f64, lon: f64, radius_m: f64) -> Option<BBox> {
     let rho = radius_m / EARTH_RADIUS_M;
     if rho >= std::f64::consts::PI {
         return None;
@@ -241,7 +245,7 @@ fn circle_bbox(lat: f64, lon: f64, radius_m: f64) -> Option<BBox> {
 
 /// The res-7 ranges of `cells`, sorted. Cells of one resolution never
 /// overlap, so neither do their ranges.
-fn ranges(cells: impl IntoIterator<Item = CellIndex>) -> Vec<RangeInclusive<u64>> {
+pub(crate) fn ranges(cells: impl IntoIterator<Item = CellIndex>) -> Vec<RangeInclusive<u64>> {
     let mut ranges: Vec<_> = cells.into_iter().map(keys::area_children).collect();
     ranges.sort_by_key(|r| *r.start());
     ranges.dedup();

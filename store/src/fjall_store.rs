@@ -1,17 +1,19 @@
-//! The embedded backend: three fjall keyspaces in one local database.
+//! The embedded backend: fjall keyspaces in one local database, plus an
+//! in-memory index of latest positions.
 //!
 //! | keyspace  | key                                   | value            |
 //! |-----------|---------------------------------------|------------------|
 //! | `latest`  | `device_id`                           | `StoredPosition` |
 //! | `history` | `device_id 0x00 ts_ms` (sortable)     | `StoredPosition` |
-//! | `area`    | res-7 cell (u64 BE) `device_id`       | `StoredPosition` |
 //!
 //! plus the small tables of [`crate::fjall_tables`] (vehicle state, trips,
-//! alerts, device registry).
+//! alerts, device registry). Key layouts are in [`crate::keys`].
 //!
-//! `area` holds a full copy of each latest position, so an area read is a
-//! few range scans and no second lookup (see [`crate::cover`]). Key layouts
-//! are in [`crate::keys`].
+//! Latest reads and area queries are answered from [`LatestIndex`], every
+//! device's latest position in RAM bucketed by res-7 cell, rebuilt from
+//! `latest` at open. Data directories of earlier versions also hold an
+//! `area` keyspace (the index on disk, a delete and an insert per moved
+//! vehicle); it is dropped at open.
 //!
 //! fjall's calls block on disk I/O and locks, so every one of them runs on
 //! tokio's blocking pool through [`FjallStore::blocking`], never on an async
@@ -25,16 +27,15 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use fleetd_schemas::{DeviceId, EnrichedPosition, H3Cells};
-use tracing::warn;
+use fleetd_schemas::{DeviceId, EnrichedPosition};
 
-use fleetd_schemas::{DeviceInfo, Trip, VehicleState};
+use fleetd_schemas::{DeviceInfo, GeofenceId, Trip, VehicleState};
 
-use crate::cover::{self, ScanPlan};
+use crate::area_index::LatestIndex;
 use crate::fjall_tables::{self, Tables};
 use crate::{
-    AlertPage, AlertQuery, AreaQuery, HistoryPage, HistoryQuery, Store, StoreError, TripPage,
-    TripQuery, WriteBatch, codec, cursor, keys,
+    AlertPage, AlertQuery, AreaQuery, HistoryPage, HistoryQuery, MemberPage, Store, StoreError,
+    StoredGeofence, TripPage, TripQuery, WriteBatch, codec, cursor, keys,
 };
 
 /// The embedded [`Store`]: a fjall database in a local directory.
@@ -53,7 +54,9 @@ struct Inner {
     db: Database,
     latest: Keyspace,
     history: Keyspace,
-    area: Keyspace,
+    /// Every latest position, for latest reads and area queries; written
+    /// after each batch is committed to `latest`.
+    index: LatestIndex,
     tables: Tables,
 }
 
@@ -68,13 +71,24 @@ impl FjallStore {
         let db = Database::builder(path).open()?;
         let latest = db.keyspace("latest", KeyspaceCreateOptions::default)?;
         let history = db.keyspace("history", KeyspaceCreateOptions::default)?;
-        let area = db.keyspace("area", KeyspaceCreateOptions::default)?;
+        if db.keyspace_exists(LEGACY_AREA_KEYSPACE) {
+            let legacy = db.keyspace(LEGACY_AREA_KEYSPACE, KeyspaceCreateOptions::default)?;
+            db.delete_keyspace(legacy)?;
+        }
+        let index = LatestIndex::default();
+        let restored = latest
+            .iter()
+            .map(|guard| codec::decode(&guard.value()?))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        index.restore(restored);
         let tables = Tables {
             state: db.keyspace("state", KeyspaceCreateOptions::default)?,
             trips: db.keyspace("trips", KeyspaceCreateOptions::default)?,
             alerts: db.keyspace("alerts", KeyspaceCreateOptions::default)?,
             alerts_by_device: db.keyspace("alerts_by_device", KeyspaceCreateOptions::default)?,
             devices: db.keyspace("devices", KeyspaceCreateOptions::default)?,
+            geofences: db.keyspace("geofences", KeyspaceCreateOptions::default)?,
+            fence_members: db.keyspace("fence_members", KeyspaceCreateOptions::default)?,
         };
         Ok(FjallStore {
             inner: Arc::new(Inner {
@@ -82,7 +96,7 @@ impl FjallStore {
                 db,
                 latest,
                 history,
-                area,
+                index,
                 tables,
             }),
         })
@@ -123,12 +137,9 @@ impl Store for FjallStore {
     }
 
     async fn latest(&self, device: &DeviceId) -> Result<Option<EnrichedPosition>, StoreError> {
-        let key = keys::latest_key(device);
-        self.blocking(move |inner| match inner.latest.get(&key)? {
-            Some(value) => codec::decode(&value).map(Some),
-            None => Ok(None),
-        })
-        .await
+        // One hash lookup under a lock that writers hold for at most one
+        // chunk (~0.1 ms): not worth a trip to the blocking pool.
+        Ok(self.inner.index.get(device))
     }
 
     async fn latest_in_area(
@@ -141,21 +152,14 @@ impl Store for FjallStore {
             return Ok(Vec::new());
         }
         let area = *area;
-        // Planning is CPU work proportional to the area (bounded), so it
-        // runs off the async workers too.
-        self.blocking(move |inner| inner.in_area(&area, limit))
+        // Planning and testing are CPU work proportional to the area (a
+        // full scan for a continent), so they run off the async workers.
+        self.blocking(move |inner| inner.index.in_area(&area, limit))
             .await
     }
 
     async fn all_latest(&self) -> Result<Vec<EnrichedPosition>, StoreError> {
-        self.blocking(|inner| {
-            inner
-                .latest
-                .iter()
-                .map(|guard| codec::decode(&guard.value()?))
-                .collect()
-        })
-        .await
+        self.blocking(|inner| Ok(inner.index.all())).await
     }
 
     async fn history(
@@ -233,6 +237,46 @@ impl Store for FjallStore {
         self.blocking(|inner| inner.tables.all_devices()).await
     }
 
+    async fn put_geofence(&self, fence: &StoredGeofence) -> Result<(), StoreError> {
+        let key = fence.id.as_str().to_owned();
+        let value = fjall_tables::encode(&fjall_tables::GeofenceRow {
+            geojson: fence.geojson.clone(),
+            updated_ms: fence.updated_ms,
+        });
+        self.blocking(move |inner| Ok(inner.tables.geofences.insert(key, value)?))
+            .await
+    }
+
+    async fn geofence(&self, id: &GeofenceId) -> Result<Option<StoredGeofence>, StoreError> {
+        let id = id.clone();
+        self.blocking(move |inner| inner.tables.geofence(&id)).await
+    }
+
+    async fn delete_geofence(&self, id: &GeofenceId) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.blocking(move |inner| inner.tables.delete_geofence(&inner.db, &id))
+            .await
+    }
+
+    async fn all_geofences(&self) -> Result<Vec<StoredGeofence>, StoreError> {
+        self.blocking(|inner| inner.tables.all_geofences()).await
+    }
+
+    async fn geofence_members(
+        &self,
+        fence: &GeofenceId,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<MemberPage, StoreError> {
+        let (fence, after) = (fence.clone(), after.cloned());
+        self.blocking(move |inner| {
+            inner
+                .tables
+                .geofence_members(&fence, after.as_ref(), limit)
+        })
+        .await
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         self.blocking(|inner| Ok(inner.db.persist(PersistMode::SyncAll)?))
             .await
@@ -252,11 +296,15 @@ impl Store for FjallStore {
     }
 }
 
-/// A pending write of one key within a batch.
-enum Op {
-    Put(Vec<u8>),
-    Delete,
+/// Whether the fence of a `fence_members` key is stored (a failed read
+/// counts as yes: the member row is then written, as it would have been).
+fn fence_exists(t: &Tables, member_key: &[u8]) -> bool {
+    let fence = member_key.split(|b| *b == 0).next().unwrap_or_default();
+    t.geofences.contains_key(fence).unwrap_or(true)
 }
+
+/// The keyspace that held the area index on disk before it moved to RAM.
+const LEGACY_AREA_KEYSPACE: &str = "area";
 
 impl Inner {
     /// Applies one [`WriteBatch`] as one atomic fjall batch; returns the
@@ -274,27 +322,12 @@ impl Inner {
         }
 
         let mut latest: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(batch.latest.len());
-        let mut area: HashMap<Vec<u8>, Op> = HashMap::with_capacity(batch.latest.len() * 2);
         for update in &batch.latest {
             let position = &update.position;
-            let device = &position.report.device_id;
-            let value = codec::encode(position);
-            let new_cell = position.h3.area;
-            if let Some(old_cell) = update.previous_area_cell.filter(|&old| old != new_cell) {
-                area.insert(keys::area_key(old_cell, device), Op::Delete);
-            }
-            if is_area_cell(new_cell) {
-                area.insert(keys::area_key(new_cell, device), Op::Put(value.clone()));
-            } else {
-                // Without a valid cell the key would sit outside every range
-                // scan; say so rather than index it where nothing looks.
-                warn!(
-                    device_id = %device,
-                    cell = format_args!("{new_cell:#x}"),
-                    "latest position has no valid res-7 area cell; left out of area queries"
-                );
-            }
-            latest.insert(keys::latest_key(device), value);
+            latest.insert(
+                keys::latest_key(&position.report.device_id),
+                codec::encode(position),
+            );
         }
 
         let counts = (history.len(), latest.len());
@@ -305,14 +338,12 @@ impl Inner {
         for (key, value) in latest {
             fjall_batch.insert(&self.latest, key, value);
         }
-        for (key, op) in area {
-            match op {
-                Op::Put(value) => fjall_batch.insert(&self.area, key, value),
-                Op::Delete => fjall_batch.remove(&self.area, key),
-            }
-        }
         self.write_tables(&mut fjall_batch, batch);
         fjall_batch.commit()?;
+        // Only what is committed becomes visible, and all of it before
+        // `write_batch` returns.
+        self.index.apply(&batch.latest);
+        metrics::gauge!("fleetd_store_latest_devices").set(self.index.len() as f64);
         Ok(counts)
     }
 
@@ -339,27 +370,23 @@ impl Inner {
                 [],
             );
         }
-    }
-
-    /// Latest positions selected by `area` (already validated), at most
-    /// `limit` (≥ 1).
-    fn in_area(&self, area: &AreaQuery, limit: usize) -> Result<Vec<EnrichedPosition>, StoreError> {
-        let mut found = Vec::new();
-        match cover::plan(area)? {
-            ScanPlan::Ranges(ranges) => {
-                for cells in &ranges {
-                    let (start, end) = keys::area_scan_bounds(cells);
-                    let rows = self.area.range(start..end);
-                    if collect_matching(rows, area, limit, &mut found)? {
-                        break;
-                    }
+        // In order: a device may enter and leave one fence within a batch.
+        let mut members: HashMap<Vec<u8>, Option<i64>> = HashMap::new();
+        for change in &batch.memberships {
+            let key = fjall_tables::member_key(&change.fence, Some(&change.device));
+            members.insert(key, change.entered.then_some(change.ts_ms));
+        }
+        for (key, entered) in members {
+            match entered {
+                // A batch evaluated just before its fence was deleted must
+                // not bring members of the deleted fence back.
+                Some(ms) if fence_exists(t, &key) => {
+                    fjall_batch.insert(&t.fence_members, key, ms.to_be_bytes())
                 }
-            }
-            ScanPlan::FullScan => {
-                collect_matching(self.latest.iter(), area, limit, &mut found)?;
+                Some(_) => {}
+                None => fjall_batch.remove(&t.fence_members, key),
             }
         }
-        Ok(found)
     }
 
     /// One page of `device`'s history in `[from_ms, to_ms]` (`from_ms ≤
@@ -390,29 +417,4 @@ impl Inner {
         }
         Ok(page)
     }
-}
-
-/// Decodes `rows` and keeps those inside `area` until `found` holds `limit`;
-/// returns whether it does.
-fn collect_matching(
-    rows: fjall::Iter,
-    area: &AreaQuery,
-    limit: usize,
-    found: &mut Vec<EnrichedPosition>,
-) -> Result<bool, StoreError> {
-    for guard in rows {
-        let position = codec::decode(&guard.value()?)?;
-        if area.contains(position.report.lat, position.report.lon) {
-            found.push(position);
-            if found.len() >= limit {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
-}
-
-/// Whether `raw` is an H3 cell at the area index resolution.
-fn is_area_cell(raw: u64) -> bool {
-    h3o::CellIndex::try_from(raw).is_ok_and(|cell| u8::from(cell.resolution()) == H3Cells::AREA_RES)
 }

@@ -1,5 +1,5 @@
-//! The embedded backend's small tables: vehicle state, trips, alerts and the
-//! device registry.
+//! The embedded backend's small tables: vehicle state, trips, alerts, the
+//! device registry, geofences and their members.
 //!
 //! | keyspace           | key                               | value (JSON)   |
 //! |--------------------|-----------------------------------|----------------|
@@ -8,16 +8,21 @@
 //! | `alerts`           | `alert_id` (sorts by time)        | `Alert`        |
 //! | `alerts_by_device` | `device_id 0x00 alert_id`         | empty          |
 //! | `devices`          | `device_id`                       | `DeviceInfo`   |
+//! | `geofences`        | `geofence_id`                     | `GeofenceRow`  |
+//! | `fence_members`    | `geofence_id 0x00 device_id`      | entered ms (i64 BE) |
 //!
 //! Values are JSON: these rows are few and small next to history, and JSON
 //! with serde defaults keeps old data readable when fields are added.
 
 use fjall::Keyspace;
-use fleetd_schemas::{Alert, DeviceId, DeviceInfo, Trip, VehicleState};
-use serde::Serialize;
+use fleetd_schemas::{Alert, DeviceId, DeviceInfo, GeofenceId, Trip, VehicleState};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use crate::{AlertPage, AlertQuery, StoreError, TripPage, TripQuery, cursor, keys};
+use crate::{
+    AlertPage, AlertQuery, FenceMember, MemberPage, StoreError, StoredGeofence, TripPage,
+    TripQuery, cursor, keys,
+};
 
 /// Rows an alert query examines at most before it returns what it has with
 /// a cursor to continue: a filter that matches rarely must not turn one
@@ -31,6 +36,29 @@ pub(crate) struct Tables {
     pub(crate) alerts: Keyspace,
     pub(crate) alerts_by_device: Keyspace,
     pub(crate) devices: Keyspace,
+    pub(crate) geofences: Keyspace,
+    pub(crate) fence_members: Keyspace,
+}
+
+/// A `geofences` value.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct GeofenceRow {
+    pub(crate) geojson: String,
+    pub(crate) updated_ms: i64,
+}
+
+/// Separates the fence id from the device id in `fence_members` keys; ids
+/// never contain it, and it sorts below every id byte.
+const MEMBER_SEPARATOR: u8 = 0x00;
+
+/// `geofence_id 0x00 device_id`, or the fence's prefix with `device = None`.
+pub(crate) fn member_key(fence: &GeofenceId, device: Option<&DeviceId>) -> Vec<u8> {
+    let device = device.map_or("", |d| d.as_str());
+    let mut key = Vec::with_capacity(fence.as_str().len() + 1 + device.len());
+    key.extend_from_slice(fence.as_str().as_bytes());
+    key.push(MEMBER_SEPARATOR);
+    key.extend_from_slice(device.as_bytes());
+    key
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -196,5 +224,98 @@ impl Tables {
                 Ok((device_from_key(&key)?, decode("device", &value)?))
             })
             .collect()
+    }
+
+    pub(crate) fn geofence(&self, id: &GeofenceId) -> Result<Option<StoredGeofence>, StoreError> {
+        match self.geofences.get(id.as_str())? {
+            Some(v) => {
+                let row: GeofenceRow = decode("geofence", &v)?;
+                Ok(Some(StoredGeofence {
+                    id: id.clone(),
+                    geojson: row.geojson,
+                    updated_ms: row.updated_ms,
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn all_geofences(&self) -> Result<Vec<StoredGeofence>, StoreError> {
+        self.geofences
+            .iter()
+            .map(|guard| {
+                let (key, value) = guard.into_inner()?;
+                let id = std::str::from_utf8(&key)
+                    .ok()
+                    .and_then(|s| GeofenceId::parse(s).ok())
+                    .ok_or_else(|| StoreError::Corrupt("geofence key is not a fence id".into()))?;
+                let row: GeofenceRow = decode("geofence", &value)?;
+                Ok(StoredGeofence {
+                    id,
+                    geojson: row.geojson,
+                    updated_ms: row.updated_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Removes the fence and every member row in one atomic batch.
+    pub(crate) fn delete_geofence(
+        &self,
+        db: &fjall::Database,
+        id: &GeofenceId,
+    ) -> Result<bool, StoreError> {
+        let existed = self.geofences.contains_key(id.as_str())?;
+        let mut batch = db.batch();
+        batch.remove(&self.geofences, id.as_str());
+        for guard in self.fence_members.prefix(member_key(id, None)) {
+            batch.remove(&self.fence_members, guard.key()?);
+        }
+        batch.commit()?;
+        Ok(existed)
+    }
+
+    pub(crate) fn geofence_members(
+        &self,
+        fence: &GeofenceId,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<MemberPage, StoreError> {
+        if limit == 0 {
+            return Err(StoreError::InvalidQuery(
+                "member limit must be at least 1".into(),
+            ));
+        }
+        let prefix = member_key(fence, None);
+        let mut page = MemberPage::default();
+        let iter = match after {
+            Some(d) => {
+                // Strictly after the cursor's key; device ids are ASCII, so
+                // `prefix 0xFF` is above every member key of this fence.
+                let mut start = member_key(fence, Some(d));
+                start.push(0);
+                let mut end = prefix.clone();
+                end.push(0xFF);
+                self.fence_members.range(start..end)
+            }
+            None => self.fence_members.prefix(&prefix),
+        };
+        for guard in iter {
+            let (key, value) = guard.into_inner()?;
+            let device = device_from_key(&key[prefix.len()..])?;
+            if page.items.len() == limit {
+                page.next_cursor = page.items.last().map(|m| m.device.to_string());
+                break;
+            }
+            let entered: [u8; 8] = value
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("fence member value is not 8 bytes".into()))?;
+            page.items.push(FenceMember {
+                device,
+                entered_ms: i64::from_be_bytes(entered),
+            });
+        }
+        Ok(page)
     }
 }

@@ -6,7 +6,6 @@
 //!
 //! * `latest`: `device_id`
 //! * `history`: `device_id 0x00 ts` where `ts` is [`encode_ts`]
-//! * `area`: `cell device_id` where `cell` is a res-7 H3 index, big-endian
 //!
 //! Device ids only contain `[A-Za-z0-9._:/-]`, never `0x00`, so in `history`
 //! the separator both ends the id and sorts below every id byte: all rows of
@@ -85,19 +84,6 @@ pub(crate) fn alert_id_ceil(ts_ms: i64) -> String {
     format!("{:013}-g", ts_ms.clamp(0, 9_999_999_999_999))
 }
 
-/// Key of a device in the `area` keyspace: `cell device_id`.
-///
-/// The cell is fixed-width, so no separator is needed: every key of one
-/// cell starts with the same 8 bytes and the keys of one cell range are
-/// contiguous (see [`area_scan_bounds`]).
-pub(crate) fn area_key(cell: u64, device: &DeviceId) -> Vec<u8> {
-    let id = device.as_str().as_bytes();
-    let mut key = Vec::with_capacity(8 + id.len());
-    key.extend_from_slice(&cell.to_be_bytes());
-    key.extend_from_slice(id);
-    key
-}
-
 /// A signed timestamp as 8 bytes that sort like the numbers: big-endian with
 /// the sign bit flipped, so negative times sort before positive ones.
 pub(crate) fn encode_ts(ts_ms: i64) -> [u8; 8] {
@@ -137,15 +123,6 @@ pub(crate) fn area_children(cell: CellIndex) -> RangeInclusive<u64> {
         last = (last & !(0b111 << offset)) | (0b110 << offset);
     }
     first..=last
-}
-
-/// Key bounds `[start, end)` of every `area` row whose cell lies in `cells`.
-pub(crate) fn area_scan_bounds(cells: &RangeInclusive<u64>) -> (Vec<u8>, Vec<u8>) {
-    let start = cells.start().to_be_bytes().to_vec();
-    // H3 indexes keep their top bit 0, so `end + 1` cannot overflow; the
-    // exclusive bound then admits every device id after the last cell.
-    let end = cells.end().saturating_add(1).to_be_bytes().to_vec();
-    (start, end)
 }
 
 /// The H3 resolution of [`H3Cells::AREA_RES`] as an h3o value.
@@ -210,21 +187,5 @@ mod tests {
         // A res-7 cell is its own range.
         let cell = berlin.to_cell(Resolution::Seven);
         assert_eq!(area_children(cell), u64::from(cell)..=u64::from(cell));
-    }
-
-    #[test]
-    fn area_bounds_hold_exactly_the_range() {
-        let cell = h3o::LatLng::new(52.52, 13.405)
-            .expect("finite")
-            .to_cell(Resolution::Five);
-        let range = area_children(cell);
-        let (start, end) = area_scan_bounds(&range);
-        let dev = id("zzzz");
-        let first = area_key(*range.start(), &dev);
-        let last = area_key(*range.end(), &dev);
-        let after = area_key(range.end() + 1, &id("0"));
-        assert!(start <= first && first < end);
-        assert!(start <= last && last < end);
-        assert!(after >= end);
     }
 }

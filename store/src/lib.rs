@@ -15,6 +15,7 @@
 //! (see [`fleetd_schemas::H3Cells`]).
 
 mod area;
+mod area_index;
 mod codec;
 mod cover;
 mod cursor;
@@ -26,8 +27,8 @@ pub mod scylla;
 
 use async_trait::async_trait;
 use fleetd_schemas::{
-    Alert, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, GeofenceId, Trip,
-    VehicleState,
+    Alert, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, GeofenceId,
+    MembershipChange, Trip, VehicleState,
 };
 
 pub use area::{AreaQuery, BBox};
@@ -55,6 +56,10 @@ pub struct WriteBatch {
     /// replaces it (ids are deterministic, so a retried batch does not
     /// duplicate alerts).
     pub alerts: Vec<Alert>,
+    /// Geofence memberships that began or ended, in order: the index behind
+    /// [`Store::geofence_members`]. A device's memberships also travel in
+    /// its [`VehicleState`].
+    pub memberships: Vec<MembershipChange>,
 }
 
 impl WriteBatch {
@@ -65,6 +70,7 @@ impl WriteBatch {
             && self.states.is_empty()
             && self.trips.is_empty()
             && self.alerts.is_empty()
+            && self.memberships.is_empty()
     }
 }
 
@@ -168,6 +174,37 @@ pub struct AlertPage {
     pub next_cursor: Option<String>,
 }
 
+/// A geofence as stored: its GeoJSON text (the validated form the API
+/// answers with) and when it last changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredGeofence {
+    /// The fence id.
+    pub id: GeofenceId,
+    /// GeoJSON Feature text, as written by the processor's `Geofence::to_geojson`.
+    pub geojson: String,
+    /// Server time of the last change, Unix epoch milliseconds.
+    pub updated_ms: i64,
+}
+
+/// One device inside a geofence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceMember {
+    /// The device.
+    pub device: DeviceId,
+    /// Device time it entered, Unix epoch milliseconds.
+    pub entered_ms: i64,
+}
+
+/// A page of a fence's members, by device id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemberPage {
+    /// Members in ascending device id order.
+    pub items: Vec<FenceMember>,
+    /// Pass as `after` for the next page (the last device id of this one);
+    /// `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
 /// The storage contract shared by all backends.
 ///
 /// Callers: the processor (writes, and [`Store::all_latest`] once at start to
@@ -239,6 +276,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// The whole registry, for the processor's enrichment cache.
     async fn all_devices(&self) -> Result<Vec<(DeviceId, DeviceInfo)>, StoreError>;
+
+    /// Creates or replaces a geofence.
+    async fn put_geofence(&self, fence: &StoredGeofence) -> Result<(), StoreError>;
+
+    /// One geofence.
+    async fn geofence(&self, id: &GeofenceId) -> Result<Option<StoredGeofence>, StoreError>;
+
+    /// Removes a geofence and its membership index; whether it existed.
+    async fn delete_geofence(&self, id: &GeofenceId) -> Result<bool, StoreError>;
+
+    /// Every geofence, for the processor's index (start-up and refresh).
+    async fn all_geofences(&self) -> Result<Vec<StoredGeofence>, StoreError>;
+
+    /// The devices inside `fence` now (as written through
+    /// [`WriteBatch::memberships`]), by device id, starting after the device
+    /// id `after`, at most `limit` (≥ 1, else [`StoreError::InvalidQuery`]).
+    async fn geofence_members(
+        &self,
+        fence: &GeofenceId,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<MemberPage, StoreError>;
 
     /// Makes every completed `write_batch` durable (called at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;

@@ -18,11 +18,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fleetd_schemas::{
     Alert, AlertDetail, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, Fix,
-    GeofenceId, H3Cells, Motion, PositionReport, RejectReason, Trip, VehicleState, now_ms,
+    GeofenceId, H3Cells, MembershipChange, Motion, PositionReport, RejectReason, Trip,
+    VehicleState, now_ms,
 };
 use fleetd_store::{
     AlertQuery, AreaQuery, BBox, FjallStore, HistoryQuery, LatestUpdate, ScyllaSettings,
-    ScyllaStore, Store, StoreError, TripQuery, WriteBatch,
+    ScyllaStore, Store, StoreError, StoredGeofence, TripQuery, WriteBatch,
 };
 use h3o::{LatLng, Resolution};
 
@@ -696,5 +697,104 @@ async fn flagged_positions_keep_their_flag() {
             .await
             .expect("history");
         assert_eq!(page.items, vec![p], "{}", b.name);
+    }
+}
+
+fn fence_id(s: &str) -> GeofenceId {
+    GeofenceId::parse(s).expect("fence id")
+}
+
+fn membership(fence: &str, device: &str, ts_ms: i64, entered: bool) -> MembershipChange {
+    MembershipChange {
+        fence: fence_id(fence),
+        device: id(device),
+        ts_ms,
+        entered,
+    }
+}
+
+async fn members(store: &dyn Store, fence: &str) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    let mut after: Option<DeviceId> = None;
+    loop {
+        let page = store
+            .geofence_members(&fence_id(fence), after.as_ref(), 2)
+            .await
+            .expect("members");
+        out.extend(
+            page.items
+                .iter()
+                .map(|m| (m.device.to_string(), m.entered_ms)),
+        );
+        match page.next_cursor {
+            Some(c) => after = Some(id(&c)),
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn geofences_and_their_members() {
+    let now = now_ms();
+    for b in backends().await {
+        let s = &*b.store;
+        let name = b.name;
+        let depot = StoredGeofence {
+            id: fence_id("depot"),
+            geojson: r#"{"center":[13.4,52.5],"radius_m":100.0,"id":"depot"}"#.into(),
+            updated_ms: now,
+        };
+        let yard = StoredGeofence {
+            id: fence_id("yard"),
+            geojson: r#"{"type":"Feature","id":"yard","geometry":null}"#.into(),
+            updated_ms: now + 1,
+        };
+        s.put_geofence(&depot).await.expect("put");
+        s.put_geofence(&yard).await.expect("put");
+        assert_eq!(s.geofence(&depot.id).await.expect("get"), Some(depot.clone()), "{name}");
+        assert_eq!(s.geofence(&fence_id("none")).await.expect("get"), None, "{name}");
+        let mut all = s.all_geofences().await.expect("all");
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(all, [depot.clone(), yard.clone()], "{name}");
+
+        // Enters and exits, in order within one batch and across batches.
+        let batch = WriteBatch {
+            memberships: vec![
+                membership("depot", "car-3", now - 5_000, true),
+                membership("depot", "car-1", now - 4_000, true),
+                membership("depot", "car-2", now - 3_000, true),
+                // car-4 passes through within the batch: not a member.
+                membership("depot", "car-4", now - 2_000, true),
+                membership("depot", "car-4", now - 1_000, false),
+                membership("yard", "car-1", now - 4_000, true),
+            ],
+            ..WriteBatch::default()
+        };
+        s.write_batch(batch).await.expect("write");
+        assert_eq!(
+            members(s, "depot").await,
+            [
+                ("car-1".to_owned(), now - 4_000),
+                ("car-2".to_owned(), now - 3_000),
+                ("car-3".to_owned(), now - 5_000)
+            ],
+            "{name}: members by device id, paged by 2"
+        );
+        let exit = WriteBatch {
+            memberships: vec![membership("depot", "car-2", now, false)],
+            ..WriteBatch::default()
+        };
+        s.write_batch(exit).await.expect("write");
+        let depot_members: Vec<String> = members(s, "depot").await.into_iter().map(|m| m.0).collect();
+        assert_eq!(depot_members, ["car-1", "car-3"], "{name}");
+        let zero = s.geofence_members(&depot.id, None, 0).await;
+        assert!(matches!(zero, Err(StoreError::InvalidQuery(_))), "{name}");
+
+        // Deleting a fence removes it and its members, not other fences'.
+        assert!(s.delete_geofence(&depot.id).await.expect("delete"), "{name}");
+        assert!(!s.delete_geofence(&depot.id).await.expect("delete"), "{name}");
+        assert_eq!(s.geofence(&depot.id).await.expect("get"), None, "{name}");
+        assert!(members(s, "depot").await.is_empty(), "{name}");
+        assert_eq!(members(s, "yard").await.len(), 1, "{name}");
     }
 }

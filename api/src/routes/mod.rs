@@ -4,6 +4,7 @@ pub(crate) mod alerts;
 pub(crate) mod cells;
 pub(crate) mod devices;
 pub(crate) mod fallback;
+pub(crate) mod geofences;
 pub(crate) mod map;
 pub(crate) mod ops;
 pub(crate) mod rejections;

@@ -9,14 +9,22 @@
 //!    applied; a run of agreeing teleports relocates the vehicle.
 //! 2. **Motion**: the state keeps an *anchor*, the first fix of a run of
 //!    fixes that all stay within the stop radius of it. A run lasting
-//!    `stopped_after` makes a moving vehicle `stopped` at the anchor (the
-//!    run's distance was noise and leaves the odometer); lasting `trip_end`
-//!    ends the trip at the anchor. A stopped vehicle moves again only after
-//!    `depart_fixes` consecutive fixes outside the radius; fixes inside are
-//!    `stationary_jitter` and add no distance.
+//!    `stopped_after` makes the vehicle `stopped` at the anchor (the run's
+//!    distance was noise and leaves the odometer); lasting `trip_end` ends
+//!    the trip at the anchor. A shorter run is movement and its distance
+//!    counts. A stopped vehicle, or one not yet seen moving, moves only
+//!    after `depart_fixes` consecutive fixes outside the radius (of the
+//!    anchor, and once stopped also of the mean of the fixes that made it a
+//!    stop); fixes inside a stop are `stationary_jitter` and add no
+//!    distance.
 //! 3. **Trips** run from the last fix at one stop to the first fix of the
 //!    next; a trip shorter than `min_trip_m` is forgotten.
-//! 4. **Overspeed** ([`overspeed`]) against the registry's limit.
+//! 4. **Silence**: a device that sends nothing for `trip_end` is taken to
+//!    have stopped at its last fix ([`settle`]). The same rule runs on device
+//!    time (a gap of `trip_end` between two fixes) and on server time (the
+//!    worker's sweep, [`close_if_silent`]), so whichever sees the silence
+//!    first, the trip ends at the same place with the same distance.
+//! 5. **Overspeed** ([`overspeed`]) against the registry's limit.
 
 pub(crate) mod gate;
 pub(crate) mod overspeed;
@@ -99,10 +107,16 @@ pub(crate) fn apply(
         Verdict::Relocate => true,
         Verdict::Accept => false,
     };
+    if let Some(last) = state.last_fix
+        && fix.ts_ms - last.ts_ms >= settings.trip_end_ms
+    {
+        settle(state, settings, effects);
+    }
     let seg_m = match state.last_fix {
         Some(last) if !relocated => {
-            derive_motion(position, last);
-            geodesic_m(last.lat, last.lon, fix.lat, fix.lon)
+            let seg_m = geodesic_m(last.lat, last.lon, fix.lat, fix.lon);
+            derive_motion_over(position, last, seg_m);
+            seg_m
         }
         _ => 0.0,
     };
@@ -163,12 +177,48 @@ fn new_anchor(fix: Fix) -> Anchor {
         last_ts_ms: fix.ts_ms,
         run_m: 0.0,
         points: 1,
+        mean: Some((fix.lat, fix.lon)),
+        last: Some((fix.lat, fix.lon)),
     }
 }
 
-/// Whether `fix` lies within `radius` of the anchor.
-fn inside(anchor: Option<&Anchor>, fix: Fix, radius: f64) -> bool {
-    anchor.is_some_and(|a| distance_m(a.fix.lat, a.fix.lon, fix.lat, fix.lon) <= radius)
+/// Adds `fix`, `seg_m` metres from the previous fix, to the anchor's run.
+/// The mean follows the run until the vehicle is stopped, then stays: the
+/// stop's centre is where the fixes that made it a stop were, and later
+/// fixes at the stop do not move it.
+fn extend(anchor: &mut Anchor, fix: Fix, seg_m: f64, stopped: bool) {
+    anchor.last_ts_ms = fix.ts_ms;
+    anchor.last = Some((fix.lat, fix.lon));
+    anchor.run_m += seg_m;
+    anchor.points += 1;
+    if stopped {
+        return;
+    }
+    let (lat, lon) = anchor.mean.unwrap_or((anchor.fix.lat, anchor.fix.lon));
+    let n = f64::from(anchor.points);
+    anchor.mean = Some((
+        lat + (fix.lat - lat) / n,
+        wrap_lon(lon + wrap_lon(fix.lon - lon) / n),
+    ));
+}
+
+/// A longitude brought back into [-180, 180) (means across the antimeridian).
+fn wrap_lon(lon: f64) -> f64 {
+    (lon + 180.0).rem_euclid(360.0) - 180.0
+}
+
+/// Whether `fix` lies within `radius` of where the vehicle stands: of the
+/// anchor fix (the start of the run or stop), or, once stopped, of the mean
+/// of the fixes that made it a stop. The mean is what keeps a parked device
+/// with 20 m of jitter parked (a single fix is a poor centre when each can
+/// be 20 m off); the anchor keeps a stop the same as one measured from its
+/// first fix. Leaving takes leaving both.
+fn inside(state: &VehicleState, fix: Fix, radius: f64) -> bool {
+    let Some(a) = state.anchor.as_ref() else {
+        return false;
+    };
+    let near = |(lat, lon): (f64, f64)| distance_m(lat, lon, fix.lat, fix.lon) <= radius;
+    near((a.fix.lat, a.fix.lon)) || (state.motion == Motion::Stopped && a.mean.is_some_and(near))
 }
 
 /// Advances motion, odometer and trip by one accepted fix `seg_m` metres
@@ -181,65 +231,43 @@ fn step_motion(
     settings: &VehicleSettings,
     effects: &mut Effects,
 ) -> Option<RejectReason> {
-    let is_inside = inside(state.anchor.as_ref(), fix, radius);
+    let is_inside = inside(state, fix, radius);
     match state.motion {
-        Motion::Stopped => {
-            if is_inside {
-                state.departing = 0;
-                state.departing_m = 0.0;
-                if let Some(a) = &mut state.anchor {
-                    a.last_ts_ms = fix.ts_ms;
-                    a.points += 1;
-                }
+        Motion::Stopped | Motion::Unknown if state.anchor.is_some() && !is_inside => {
+            // Leaving, or an outlier: moving only after `depart_fixes`
+            // consecutive fixes outside.
+            state.departing += 1;
+            state.departing_m += seg_m;
+            if state.departing >= settings.depart_fixes.max(1) {
+                depart(state, fix);
+            }
+            None
+        }
+        Motion::Stopped | Motion::Unknown => {
+            // Back inside after fixes outside: they were noise, and so is
+            // the way back.
+            let excursion = std::mem::take(&mut state.departing) > 0;
+            state.departing_m = 0.0;
+            let Some(a) = state.anchor.as_mut() else {
+                state.anchor = Some(new_anchor(fix));
+                return None;
+            };
+            if state.motion == Motion::Stopped {
+                extend(a, fix, 0.0, true);
                 end_trip_if_due(state, settings, effects);
                 return Some(RejectReason::StationaryJitter);
             }
-            state.departing += 1;
-            state.departing_m += seg_m;
-            if state.departing < settings.depart_fixes.max(1) {
-                return None;
-            }
-            // Departed: the trip starts at the last fix at the stop.
-            let anchor = state.anchor.unwrap_or_else(|| new_anchor(fix));
-            state.motion = Motion::Moving;
-            state.motion_since_ms = fix.ts_ms;
-            let departed_m = std::mem::take(&mut state.departing_m);
-            let departing = std::mem::take(&mut state.departing);
-            state.odometer_m += departed_m;
-            let trip = state.trip.get_or_insert_with(|| {
-                Trip::start_at(Fix {
-                    ts_ms: anchor.last_ts_ms,
-                    ..anchor.fix
-                })
-            });
-            trip.distance_m += departed_m;
-            trip.points += departing;
-            trip.last_ts_ms = fix.ts_ms;
-            trip.last = (fix.lat, fix.lon);
-            state.anchor = Some(new_anchor(fix));
-            None
-        }
-        Motion::Unknown if is_inside || state.anchor.is_none() => {
-            let a = state.anchor.get_or_insert_with(|| new_anchor(fix));
-            if a.fix != fix {
-                a.last_ts_ms = fix.ts_ms;
-                a.points += 1;
-            }
+            // Not seen moving yet: this run is the start of a move (its
+            // way counts once the vehicle leaves) or a stop.
+            extend(a, fix, if excursion { 0.0 } else { seg_m }, false);
             if a.last_ts_ms - a.fix.ts_ms >= settings.stopped_after_ms {
+                a.run_m = 0.0;
                 state.motion = Motion::Stopped;
                 state.motion_since_ms = a.fix.ts_ms;
             }
             None
         }
-        Motion::Unknown | Motion::Moving => {
-            if state.motion == Motion::Unknown {
-                // First displacement: the trip starts where the device was
-                // first seen.
-                let start = state.anchor.map_or(fix, |a| a.fix);
-                state.motion = Motion::Moving;
-                state.motion_since_ms = start.ts_ms;
-                state.trip.get_or_insert_with(|| Trip::start_at(start));
-            }
+        Motion::Moving => {
             state.odometer_m += seg_m;
             let trip = state
                 .trip
@@ -249,11 +277,7 @@ fn step_motion(
             trip.last_ts_ms = fix.ts_ms;
             trip.last = (fix.lat, fix.lon);
             match &mut state.anchor {
-                Some(a) if is_inside => {
-                    a.last_ts_ms = fix.ts_ms;
-                    a.run_m += seg_m;
-                    a.points += 1;
-                }
+                Some(a) if is_inside => extend(a, fix, seg_m, false),
                 _ => {
                     // A new run: from the previous fix when this one is still
                     // near it (a long gap between two close fixes is a stop),
@@ -262,12 +286,11 @@ fn step_motion(
                         .last_fix
                         .filter(|l| distance_m(l.lat, l.lon, fix.lat, fix.lon) <= radius);
                     state.anchor = Some(match near_last {
-                        Some(l) => Anchor {
-                            fix: l,
-                            last_ts_ms: fix.ts_ms,
-                            run_m: seg_m,
-                            points: 2,
-                        },
+                        Some(l) => {
+                            let mut a = new_anchor(l);
+                            extend(&mut a, fix, seg_m, false);
+                            a
+                        }
                         None => new_anchor(fix),
                     });
                 }
@@ -291,6 +314,39 @@ fn step_motion(
             None
         }
     }
+}
+
+/// The vehicle has left: `depart_fixes` fixes in a row outside the radius,
+/// the newest `fix`. From a stop, the trip starts at the last fix at the
+/// stop and counts the way from there. A vehicle first seen already moving
+/// starts its trip where it was first seen, and the way it came inside the
+/// radius counts too (it was under `stopped_after`, so not a stop, as for a
+/// run in motion).
+fn depart(state: &mut VehicleState, fix: Fix) {
+    let anchor = state.anchor.unwrap_or_else(|| new_anchor(fix));
+    let departed_m = std::mem::take(&mut state.departing_m);
+    let departing = std::mem::take(&mut state.departing);
+    let (start, carried_m, carried_points) = if state.motion == Motion::Stopped {
+        let (lat, lon) = anchor.last.unwrap_or((anchor.fix.lat, anchor.fix.lon));
+        let start = Fix {
+            ts_ms: anchor.last_ts_ms,
+            lat,
+            lon,
+        };
+        (start, departed_m, departing)
+    } else {
+        let points = anchor.points.saturating_sub(1) + departing;
+        (anchor.fix, anchor.run_m + departed_m, points)
+    };
+    state.motion = Motion::Moving;
+    state.motion_since_ms = start.ts_ms;
+    state.odometer_m += carried_m;
+    let trip = state.trip.get_or_insert_with(|| Trip::start_at(start));
+    trip.distance_m += carried_m;
+    trip.points += carried_points;
+    trip.last_ts_ms = fix.ts_ms;
+    trip.last = (fix.lat, fix.lon);
+    state.anchor = Some(new_anchor(fix));
 }
 
 /// Ends the open trip at the anchor once the stop has lasted `trip_end`.
@@ -324,16 +380,27 @@ pub(crate) fn close_trip(
     }
 }
 
-/// Closes the trip of a device that went silent: it stopped reporting
-/// `trip_end` ago (server time) while on a trip. The trip ends at the
-/// anchor when the vehicle was standing, else at its last fix.
+/// Closes the trip of a device that went silent: nothing arrived from it
+/// for `trip_end` (server time) while it was on a trip. See [`settle`].
 pub(crate) fn close_if_silent(
     state: &mut VehicleState,
     now_ms: i64,
     settings: &VehicleSettings,
     effects: &mut Effects,
 ) -> bool {
-    if state.trip.is_none() || now_ms - state.last_seen_ms < settings.trip_end_ms {
+    if now_ms - state.last_seen_ms < settings.trip_end_ms {
+        return false;
+    }
+    settle(state, settings, effects)
+}
+
+/// Ends the open trip as if the vehicle had stood at its last fix since:
+/// what the state concludes when a device sends nothing for `trip_end`.
+/// A moving vehicle stopped at its last fix (the way there counts); a
+/// stopped one ends its trip where the stop began. Returns whether a trip
+/// was closed.
+fn settle(state: &mut VehicleState, settings: &VehicleSettings, effects: &mut Effects) -> bool {
+    if state.trip.is_none() {
         return false;
     }
     let end = match (state.motion, state.anchor, state.last_fix) {
@@ -342,27 +409,39 @@ pub(crate) fn close_if_silent(
         (_, Some(a), None) => a.fix,
         (_, None, None) => return false,
     };
-    close_trip(state, end, settings, effects);
-    state.motion = Motion::Stopped;
-    state.motion_since_ms = end.ts_ms;
+    if state.motion != Motion::Stopped {
+        state.motion = Motion::Stopped;
+        state.motion_since_ms = end.ts_ms;
+        state.anchor = Some(new_anchor(end));
+    }
     state.departing = 0;
     state.departing_m = 0.0;
     state.overspeed = None;
-    if let Some(last) = state.last_fix {
-        state.anchor = Some(new_anchor(last));
-    }
+    close_trip(state, end, settings, effects);
     true
 }
 
 /// Fills in speed and heading the device did not send, from the previous
 /// accepted fix.
 pub(crate) fn derive_motion(p: &mut EnrichedPosition, prev: Fix) {
+    let r = &p.report;
+    if r.ts_ms <= prev.ts_ms || (r.speed_mps.is_some() && r.heading_deg.is_some()) {
+        return;
+    }
+    let d = geodesic_m(prev.lat, prev.lon, r.lat, r.lon);
+    derive_motion_over(p, prev, d);
+}
+
+/// [`derive_motion`] when the geodesic distance `d` from `prev` is known.
+/// Speed is geodesic, like the odometer, so a trip's average speed agrees
+/// with its fixes' speeds; the heading is the spherical initial bearing,
+/// within 0.2° of the ellipsoidal one and several times cheaper.
+fn derive_motion_over(p: &mut EnrichedPosition, prev: Fix, d: f64) {
     let r = &mut p.report;
     let dt_s = (r.ts_ms - prev.ts_ms) as f64 / 1000.0;
     if dt_s <= 0.0 || (r.speed_mps.is_some() && r.heading_deg.is_some()) {
         return;
     }
-    let d = distance_m(prev.lat, prev.lon, r.lat, r.lon);
     if r.speed_mps.is_none() {
         r.speed_mps = Some((d / dt_s) as f32);
         p.speed_derived = true;

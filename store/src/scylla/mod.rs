@@ -11,6 +11,8 @@
 //! | `trips` | `device_id`, `start_ts` | every trip change |
 //! | `alerts_by_day`, `alerts_by_device` | `(day, shard)` / `(device_id, day)`, `id` | every alert |
 //! | `devices` | `device_id` | the registry API |
+//! | `geofences` | `geofence_id` | the geofence API |
+//! | `geofence_members` | `geofence_id`, `device_id` | enter/exit, `USING TIMESTAMP` device time |
 //!
 //! The schema and why each key is what it is: `schemas/cql/`.
 //! A write batch becomes independent single-partition statements (no
@@ -32,6 +34,7 @@ mod schema;
 mod settings;
 mod statements;
 mod tables;
+mod tls;
 mod values;
 
 use std::collections::{HashMap, HashSet};
@@ -40,7 +43,9 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use fleetd_schemas::{DeviceId, DeviceInfo, EnrichedPosition, H3Cells, Trip, VehicleState};
+use fleetd_schemas::{
+    DeviceId, DeviceInfo, EnrichedPosition, GeofenceId, H3Cells, Trip, VehicleState,
+};
 use futures::{StreamExt, TryStreamExt, stream};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -52,13 +57,14 @@ use self::exec::{Failure, with_retry};
 use self::statements::{Statements, Stmt};
 use self::values::{Bind, DayRow, PositionRow};
 use crate::{
-    AlertPage, AlertQuery, AreaQuery, HistoryPage, HistoryQuery, Store, StoreError, TripPage,
-    TripQuery, WriteBatch, cover, cursor,
+    AlertPage, AlertQuery, AreaQuery, HistoryPage, HistoryQuery, MemberPage, Store, StoreError,
+    StoredGeofence, TripPage, TripQuery, WriteBatch, cover, cursor,
 };
 
 pub use self::schema::{SCHEMA_FILES, create_keyspace_cql, schema_statements};
 pub use self::settings::{Consistency, Credentials, ScyllaSettings};
 pub use self::statements::cql as statement_cql;
+pub use self::tls::{ClientCertificate, ScyllaTls};
 
 /// Milliseconds per history partition (one day).
 pub(super) const DAY_MS: i64 = 86_400_000;
@@ -113,10 +119,17 @@ impl ScyllaStore {
         if let Some(credentials) = &settings.credentials {
             builder = builder.user(&credentials.username, &credentials.password);
         }
+        if let Some(tls) = settings.tls.clone() {
+            let config = tokio::task::spawn_blocking(move || tls.client_config())
+                .await
+                .map_err(|err| StoreError::Config(format!("scylla TLS setup: {err}")))??;
+            builder = builder.tls_context(Some(config));
+        }
         let session = builder.build().await.map_err(|err| {
             StoreError::Unavailable(format!(
-                "cannot connect to ScyllaDB at {}: {err}",
-                settings.contact_points.join(",")
+                "cannot connect to ScyllaDB at {}{}: {err}",
+                settings.contact_points.join(","),
+                if settings.tls.is_some() { " over TLS" } else { "" }
             ))
         })?;
         if migrate {
@@ -518,6 +531,31 @@ impl Store for ScyllaStore {
 
     async fn all_devices(&self) -> Result<Vec<(DeviceId, DeviceInfo)>, StoreError> {
         self.read_all_devices().await
+    }
+
+    async fn put_geofence(&self, fence: &StoredGeofence) -> Result<(), StoreError> {
+        self.write_geofence(fence).await
+    }
+
+    async fn geofence(&self, id: &GeofenceId) -> Result<Option<StoredGeofence>, StoreError> {
+        self.read_geofence(id).await
+    }
+
+    async fn delete_geofence(&self, id: &GeofenceId) -> Result<bool, StoreError> {
+        self.remove_geofence(id).await
+    }
+
+    async fn all_geofences(&self) -> Result<Vec<StoredGeofence>, StoreError> {
+        self.read_all_geofences().await
+    }
+
+    async fn geofence_members(
+        &self,
+        fence: &GeofenceId,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<MemberPage, StoreError> {
+        self.read_members(fence, after, limit).await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -17,6 +17,11 @@ pub const SCHEMA_FILES: &[(i32, &str, &str)] = &[
         "002_state_alerts_registry",
         include_str!("../../../schemas/cql/002_state_alerts_registry.cql"),
     ),
+    (
+        3,
+        "003_geofences",
+        include_str!("../../../schemas/cql/003_geofences.cql"),
+    ),
 ];
 
 /// The statements of a schema file: `--` comment lines dropped, split at

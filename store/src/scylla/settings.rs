@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::tls::ScyllaTls;
 use crate::StoreError;
 
 /// How fleetd connects to and uses a ScyllaDB cluster.
@@ -22,6 +23,8 @@ pub struct ScyllaSettings {
     pub local_datacenter: Option<String>,
     /// Username and password for PasswordAuthenticator, if set.
     pub credentials: Option<Credentials>,
+    /// TLS to every node, if set; plain TCP otherwise.
+    pub tls: Option<ScyllaTls>,
     /// Most statements of one call in flight at once (a write batch, an area
     /// read): bounds the load one micro-batch puts on the cluster and the
     /// memory of its futures.
@@ -55,6 +58,7 @@ impl Default for ScyllaSettings {
             consistency: Consistency::LocalQuorum,
             local_datacenter: None,
             credentials: None,
+            tls: None,
             max_inflight: 256,
             retry_max: 3,
             retry_backoff: Duration::from_millis(50),
@@ -177,6 +181,9 @@ impl ScyllaSettings {
                 "scylla area_minutes must be >= 2, got {}",
                 self.area_minutes
             )));
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
         }
         Ok(())
     }

@@ -10,7 +10,7 @@
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::values::{ALERT_COLUMNS, DEVICE_COLUMNS, POSITION_COLUMNS};
+use super::values::{ALERT_COLUMNS, DEVICE_COLUMNS, GEOFENCE_COLUMNS, POSITION_COLUMNS};
 use crate::StoreError;
 
 /// A prepared statement and the name its metrics and errors carry.
@@ -47,6 +47,14 @@ pub(crate) struct Statements {
     pub(crate) delete_device: Stmt,
     pub(crate) select_device: Stmt,
     pub(crate) select_all_devices: Stmt,
+    pub(crate) insert_geofence: Stmt,
+    pub(crate) select_geofence: Stmt,
+    pub(crate) select_all_geofences: Stmt,
+    pub(crate) delete_geofence: Stmt,
+    pub(crate) delete_fence_members: Stmt,
+    pub(crate) insert_member: Stmt,
+    pub(crate) delete_member: Stmt,
+    pub(crate) select_members: Stmt,
     pub(crate) ready: Stmt,
 }
 
@@ -208,6 +216,53 @@ pub fn cql(ks: &str) -> Vec<(&'static str, String)> {
             format!("SELECT {DEVICE_COLUMNS} FROM {ks}.devices"),
         ),
         (
+            "insert_geofence",
+            format!(
+                "INSERT INTO {ks}.geofences ({GEOFENCE_COLUMNS}) \
+                 VALUES (:geofence_id, :geojson, :updated_at)"
+            ),
+        ),
+        (
+            "select_geofence",
+            format!(
+                "SELECT {GEOFENCE_COLUMNS} FROM {ks}.geofences WHERE geofence_id = :geofence_id"
+            ),
+        ),
+        (
+            "select_all_geofences",
+            format!("SELECT {GEOFENCE_COLUMNS} FROM {ks}.geofences"),
+        ),
+        (
+            "delete_geofence",
+            format!("DELETE FROM {ks}.geofences WHERE geofence_id = :geofence_id"),
+        ),
+        (
+            "delete_fence_members",
+            format!("DELETE FROM {ks}.geofence_members WHERE geofence_id = :geofence_id"),
+        ),
+        (
+            "insert_member",
+            format!(
+                "INSERT INTO {ks}.geofence_members (geofence_id, device_id, entered_at) \
+                 VALUES (:geofence_id, :device_id, :entered_at) USING TIMESTAMP :write_time"
+            ),
+        ),
+        (
+            "delete_member",
+            format!(
+                "DELETE FROM {ks}.geofence_members USING TIMESTAMP :write_time \
+                 WHERE geofence_id = :geofence_id AND device_id = :device_id"
+            ),
+        ),
+        (
+            "select_members",
+            format!(
+                "SELECT device_id, entered_at FROM {ks}.geofence_members \
+                 WHERE geofence_id = :geofence_id AND device_id > :after_device \
+                 LIMIT :row_limit"
+            ),
+        ),
+        (
             // One partition read of a key no device can have (`#` is not a
             // device id character): proves the table exists and enough
             // replicas answer, without scanning.
@@ -243,6 +298,14 @@ const IDEMPOTENT: &[&str] = &[
     "delete_device",
     "select_device",
     "select_all_devices",
+    "insert_geofence",
+    "select_geofence",
+    "select_all_geofences",
+    "delete_geofence",
+    "delete_fence_members",
+    "insert_member",
+    "delete_member",
+    "select_members",
     "ready",
 ];
 
@@ -293,7 +356,34 @@ impl Statements {
             delete_device: take("delete_device")?,
             select_device: take("select_device")?,
             select_all_devices: take("select_all_devices")?,
+            insert_geofence: take("insert_geofence")?,
+            select_geofence: take("select_geofence")?,
+            select_all_geofences: take("select_all_geofences")?,
+            delete_geofence: take("delete_geofence")?,
+            delete_fence_members: take("delete_fence_members")?,
+            insert_member: take("insert_member")?,
+            delete_member: take("delete_member")?,
+            select_members: take("select_members")?,
             ready: take("ready")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// fleetd retries every statement (`exec::with_retry`) and rewrites a
+    /// failed batch whole, so each one must be idempotent and marked so for
+    /// the driver; a new statement missing from the list fails here.
+    #[test]
+    fn every_statement_is_marked_idempotent() {
+        let names: Vec<&str> = cql("ks").into_iter().map(|(name, _)| name).collect();
+        for name in &names {
+            assert!(IDEMPOTENT.contains(name), "{name} is not marked idempotent");
+        }
+        for name in IDEMPOTENT {
+            assert!(names.contains(name), "{name} is no statement");
+        }
     }
 }

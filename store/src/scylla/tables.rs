@@ -7,15 +7,20 @@
 
 use std::collections::HashMap;
 
-use fleetd_schemas::{Alert, DeviceId, DeviceInfo, DeviceTrip, Trip, VehicleState};
+use fleetd_schemas::{
+    Alert, DeviceId, DeviceInfo, DeviceTrip, GeofenceId, MembershipChange, Trip, VehicleState,
+};
 use futures::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::statements::{Statements, Stmt};
-use super::values::{AlertRow, Bind, DeviceRow, StateRow, TripRow};
+use super::values::{AlertRow, Bind, DeviceRow, GeofenceRow, MemberRow, StateRow, TripRow};
 use super::{DAY_MS, ScyllaStore, day_of};
-use crate::{AlertPage, AlertQuery, StoreError, TripPage, TripQuery, WriteBatch, cursor, keys};
+use crate::{
+    AlertPage, AlertQuery, FenceMember, MemberPage, StoreError, StoredGeofence, TripPage,
+    TripQuery, WriteBatch, cursor, keys,
+};
 
 /// Partitions per day of `alerts_by_day`.
 pub(crate) const ALERT_SHARDS: i32 = 8;
@@ -54,6 +59,7 @@ pub(super) struct BatchDocs<'a> {
     states: Vec<(&'a DeviceId, &'a VehicleState, String)>,
     trips: Vec<(&'a DeviceTrip, String)>,
     alerts: Vec<(&'a Alert, String)>,
+    memberships: &'a [MembershipChange],
 }
 
 impl<'a> BatchDocs<'a> {
@@ -74,6 +80,7 @@ impl<'a> BatchDocs<'a> {
                 .collect(),
             trips: trips.into_values().map(|t| (t, to_json(&t.trip))).collect(),
             alerts: batch.alerts.iter().map(|a| (a, to_json(a))).collect(),
+            memberships: &batch.memberships,
         }
     }
 
@@ -122,6 +129,23 @@ impl<'a> BatchDocs<'a> {
                     ..Bind::default()
                 },
             ));
+        }
+        // Written at the event's device time, so an enter and a later exit
+        // of the same fence resolve by time whatever order they land in.
+        for change in self.memberships {
+            let bind = Bind {
+                fence_id: Some(change.fence.as_str()),
+                device_id: Some(change.device.as_str()),
+                write_time: Some(change.ts_ms.saturating_mul(1000)),
+                entered_at: change.entered.then_some(change.ts_ms),
+                ..Bind::default()
+            };
+            let stmt = if change.entered {
+                &st.insert_member
+            } else {
+                &st.delete_member
+            };
+            ops.push((stmt, bind));
         }
     }
 }
@@ -352,6 +376,109 @@ impl ScyllaStore {
             .map(device_info)
             .collect()
     }
+}
+
+impl ScyllaStore {
+    pub(super) async fn write_geofence(&self, fence: &StoredGeofence) -> Result<(), StoreError> {
+        let bind = Bind {
+            geofence: Some(fence),
+            ..Bind::default()
+        };
+        self.run(&self.inner.statements.insert_geofence, bind)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn read_geofence(
+        &self,
+        id: &GeofenceId,
+    ) -> Result<Option<StoredGeofence>, StoreError> {
+        let bind = Bind {
+            fence_id: Some(id.as_str()),
+            ..Bind::default()
+        };
+        let rows: Vec<GeofenceRow> = self
+            .rows(&self.inner.statements.select_geofence, bind)
+            .await?;
+        rows.into_iter().next().map(stored_geofence).transpose()
+    }
+
+    /// Deletes the fence row, then its member partition. A failure in
+    /// between leaves members of a fence that no longer exists: the API
+    /// never lists them (it answers 404 for the fence), and it deletes a
+    /// fence before creating one under a new id.
+    pub(super) async fn remove_geofence(&self, id: &GeofenceId) -> Result<bool, StoreError> {
+        let existed = self.read_geofence(id).await?.is_some();
+        let bind = Bind {
+            fence_id: Some(id.as_str()),
+            ..Bind::default()
+        };
+        self.run(&self.inner.statements.delete_geofence, bind)
+            .await?;
+        self.run(&self.inner.statements.delete_fence_members, bind)
+            .await?;
+        Ok(existed)
+    }
+
+    pub(super) async fn read_all_geofences(&self) -> Result<Vec<StoredGeofence>, StoreError> {
+        self.scan::<GeofenceRow>(&self.inner.statements.select_all_geofences)
+            .await?
+            .into_iter()
+            .map(stored_geofence)
+            .collect()
+    }
+
+    pub(super) async fn read_members(
+        &self,
+        fence: &GeofenceId,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<MemberPage, StoreError> {
+        if limit == 0 {
+            return Err(StoreError::InvalidQuery(
+                "member limit must be at least 1".into(),
+            ));
+        }
+        let bind = Bind {
+            fence_id: Some(fence.as_str()),
+            // Every device id sorts after the empty string.
+            after_device: Some(after.map_or("", |d| d.as_str())),
+            row_limit: Some(i32::try_from(limit.saturating_add(1)).unwrap_or(i32::MAX)),
+            ..Bind::default()
+        };
+        let rows: Vec<MemberRow> = self
+            .rows(&self.inner.statements.select_members, bind)
+            .await?;
+        let mut items = rows
+            .into_iter()
+            .map(|row| {
+                Ok(FenceMember {
+                    device: parse_device(&row.device_id)?,
+                    entered_ms: row.entered_at.map_or(0, |t| t.0),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        items.sort_by(|a, b| a.device.cmp(&b.device));
+        let mut page = MemberPage::default();
+        if items.len() > limit {
+            items.truncate(limit);
+            page.next_cursor = items.last().map(|m| m.device.to_string());
+        }
+        page.items = items;
+        Ok(page)
+    }
+}
+
+fn stored_geofence(row: GeofenceRow) -> Result<StoredGeofence, StoreError> {
+    let id = GeofenceId::parse(&row.geofence_id)
+        .map_err(|err| StoreError::Corrupt(format!("geofence id: {err}")))?;
+    Ok(StoredGeofence {
+        id,
+        geojson: row
+            .geojson
+            .ok_or_else(|| StoreError::Corrupt("geofence: null geojson".into()))?,
+        updated_ms: row.updated_at.map_or(0, |t| t.0),
+    })
 }
 
 fn device_info(row: DeviceRow) -> Result<(DeviceId, DeviceInfo), StoreError> {

@@ -16,7 +16,7 @@ use scylla::serialize::value::SerializeValue;
 use scylla::serialize::writers::RowWriter;
 use scylla::value::CqlTimestamp;
 
-use crate::StoreError;
+use crate::{StoreError, StoredGeofence};
 
 /// The position columns every SELECT returns, in [`PositionRow`]'s order.
 pub(crate) const POSITION_COLUMNS: &str = "device_id, ts, lat, lon, accuracy_m, altitude_m, \
@@ -66,6 +66,14 @@ pub(crate) struct Bind<'a> {
     /// Supplies the registry columns (`name`, `class`, `speed_limit_kmh`,
     /// `updated_at`); `tags` comes from `json`.
     pub(crate) device: Option<&'a DeviceInfo>,
+    /// Supplies `geofence_id`, `geojson` and `updated_at` of a fence row.
+    pub(crate) geofence: Option<&'a StoredGeofence>,
+    /// `geofence_id` for statements about one fence (deletes, member reads).
+    pub(crate) fence_id: Option<&'a str>,
+    /// `entered_at`: when a device entered a fence, Unix ms.
+    pub(crate) entered_at: Option<i64>,
+    /// `after_device`: member pages start after this device id.
+    pub(crate) after_device: Option<&'a str>,
 }
 
 /// A bind marker [`Bind`] has no value for.
@@ -131,13 +139,23 @@ impl SerializeRow for Bind<'_> {
                     .kind
                     .code()
                     .serialize(typ, cell)?,
-                "geofence_id" => self
-                    .alert
+                "geofence_id" => match (self.fence_id, self.geofence, self.alert) {
+                    (Some(id), _, _) => Some(id),
+                    (None, Some(g), _) => Some(g.id.as_str()),
+                    (None, None, Some(a)) => a.geofence_id.as_ref().map(|g| g.as_str()),
+                    (None, None, None) => return Err(missing()),
+                }
+                .serialize(typ, cell)?,
+                "geojson" => self
+                    .geofence
                     .ok_or_else(missing)?
-                    .geofence_id
-                    .as_ref()
-                    .map(|g| g.as_str())
+                    .geojson
+                    .as_str()
                     .serialize(typ, cell)?,
+                "entered_at" => {
+                    CqlTimestamp(self.entered_at.ok_or_else(missing)?).serialize(typ, cell)?
+                }
+                "after_device" => self.after_device.ok_or_else(missing)?.serialize(typ, cell)?,
                 "name" => self
                     .device
                     .ok_or_else(missing)?
@@ -155,8 +173,14 @@ impl SerializeRow for Bind<'_> {
                     .ok_or_else(missing)?
                     .speed_limit_kmh
                     .serialize(typ, cell)?,
-                "updated_at" => CqlTimestamp(self.device.ok_or_else(missing)?.updated_ms)
-                    .serialize(typ, cell)?,
+                "updated_at" => {
+                    let ms = match (self.device, self.geofence) {
+                        (Some(d), _) => d.updated_ms,
+                        (None, Some(g)) => g.updated_ms,
+                        (None, None) => return Err(missing()),
+                    };
+                    CqlTimestamp(ms).serialize(typ, cell)?
+                }
                 column => {
                     let (r, p) = p.ok_or_else(missing)?;
                     match column {
@@ -281,5 +305,23 @@ pub(crate) struct DeviceRow {
 
 /// The columns [`DeviceRow`] reads, in order.
 pub(crate) const DEVICE_COLUMNS: &str = "device_id, name, class, speed_limit_kmh, tags, updated_at";
+/// A `geofences` row.
+#[derive(Debug, DeserializeRow)]
+pub(crate) struct GeofenceRow {
+    pub(crate) geofence_id: String,
+    pub(crate) geojson: Option<String>,
+    pub(crate) updated_at: Option<CqlTimestamp>,
+}
+
+/// The columns [`GeofenceRow`] reads, in order.
+pub(crate) const GEOFENCE_COLUMNS: &str = "geofence_id, geojson, updated_at";
+
+/// A `geofence_members` row.
+#[derive(Debug, DeserializeRow)]
+pub(crate) struct MemberRow {
+    pub(crate) device_id: String,
+    pub(crate) entered_at: Option<CqlTimestamp>,
+}
+
 /// The columns [`AlertRow`] reads, in order.
 pub(crate) const ALERT_COLUMNS: &str = "id, alert";

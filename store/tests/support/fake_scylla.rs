@@ -65,6 +65,8 @@ struct Table {
     partition_key: Vec<String>,
     /// Partition key then clustering columns.
     primary_key: Vec<String>,
+    /// `WITH CLUSTERING ORDER BY (col DESC)`: rows come newest first.
+    clustering_desc: bool,
 }
 
 /// What PREPARE answered for one statement.
@@ -362,7 +364,7 @@ fn describe(text: &str, tables: &HashMap<String, Table>) -> Prepared {
             "from_ts" | "to_ts" => "timestamp",
             "from_day" | "to_day" => "int",
             "row_limit" => "int",
-            "from_id" | "to_id" => "text",
+            "from_id" | "to_id" | "after_device" => "text",
             other => panic!("bind marker :{other} is no column of {table_name}: {text}"),
         }
         .to_owned()
@@ -447,6 +449,8 @@ fn parse_schema() -> HashMap<String, Table> {
                 columns: HashMap::new(),
                 partition_key: Vec::new(),
                 primary_key: Vec::new(),
+                clustering_desc: rest[close..].contains("CLUSTERING ORDER BY")
+                    && rest[close..].contains(" DESC)"),
             };
             for part in parts {
                 if let Some(key) = part.strip_prefix("PRIMARY KEY") {
@@ -558,13 +562,15 @@ fn put_short_bytes(out: &mut BytesMut, b: &[u8]) {
 /// A minimal in-memory CQL engine for fleetd's statement shapes, so the
 /// conformance suite can run the ScyllaDB backend's logic against the fake
 /// node: upserts keyed by the primary key, write timestamps (a row or
-/// tombstone with a newer timestamp wins, as in ScyllaDB), deletes,
+/// tombstone with a newer timestamp wins, as in ScyllaDB), row and
+/// partition deletes,
 /// equality and range conditions, `ORDER BY ts ASC` and `LIMIT`. TTLs are
 /// not modelled.
 #[derive(Default)]
 struct Engine {
     rows: HashMap<String, Vec<StoredRow>>,
-    /// Deletion timestamps by (table, key).
+    /// Deletion timestamps by (table, key), the key being a whole primary
+    /// key or a partition key.
     tombstones: HashMap<(String, Vec<Key>), i64>,
     clock: i64,
 }
@@ -623,9 +629,13 @@ impl Engine {
                 .map(|(name, _)| (name.clone(), values[name].clone()))
                 .collect();
             let key: Vec<Key> = table.primary_key.iter().map(|c| key_of(&cols[c])).collect();
-            if let Some(&dead) = self.tombstones.get(&(p.table.clone(), key.clone()))
-                && dead >= ts
-            {
+            // A row or partition tombstone at least as new shadows the write.
+            let shadowed = (table.partition_key.len()..=key.len()).any(|n| {
+                self.tombstones
+                    .get(&(p.table.clone(), key[..n].to_vec()))
+                    .is_some_and(|&dead| dead >= ts)
+            });
+            if shadowed {
                 return Vec::new();
             }
             let rows = self.rows.entry(p.table.clone()).or_default();
@@ -638,24 +648,29 @@ impl Engine {
         }
         let conditions = conditions(text, values);
         if text.starts_with("DELETE") {
+            // A row delete names the whole primary key; a partition delete
+            // only the partition key.
             let key: Vec<Key> = table
                 .primary_key
                 .iter()
-                .map(|c| {
-                    let (_, _, v) = conditions
+                .map_while(|c| {
+                    conditions
                         .iter()
-                        .find(|(col, _, _)| col == c)
-                        .expect("full key");
-                    v.clone()
+                        .find(|(col, op, _)| col == c && op == "=")
+                        .map(|(_, _, v)| v.clone())
                 })
                 .collect();
+            assert!(
+                key.len() == table.primary_key.len() || key.len() == table.partition_key.len(),
+                "DELETE must name a row or a partition: {text}"
+            );
             let dead = self
                 .tombstones
                 .entry((p.table.clone(), key.clone()))
                 .or_insert(ts);
             *dead = (*dead).max(ts);
             if let Some(rows) = self.rows.get_mut(&p.table) {
-                rows.retain(|r| !(r.key == key && r.ts <= ts));
+                rows.retain(|r| !(r.key.starts_with(&key) && r.ts <= ts));
             }
             return Vec::new();
         }
@@ -669,6 +684,7 @@ impl Engine {
                             let have = key_of(&r.cols[col]);
                             match op.as_str() {
                                 "=" => have == *v,
+                                ">" => have > *v,
                                 ">=" => have >= *v,
                                 "<=" => have <= *v,
                                 other => panic!("operator {other}"),
@@ -678,8 +694,13 @@ impl Engine {
                     .collect()
             })
             .unwrap_or_default();
-        // `ORDER BY col ASC|DESC`: real nodes return clustering order; the
-        // fake keeps insertion order, so it sorts when asked.
+        // Real nodes return a partition's rows in clustering order (and
+        // `ORDER BY col ASC|DESC` picks the direction); the fake keeps
+        // insertion order, so it sorts: by primary key, or as asked.
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        if table.clustering_desc {
+            found.reverse();
+        }
         if let Some(order) = text.split(" ORDER BY ").nth(1) {
             let mut words = order.split_whitespace();
             let col = words.next().expect("order column").to_owned();
