@@ -96,7 +96,12 @@ async fn restart_in_the_middle_of_a_trip_keeps_one_trip_and_the_odometer() {
         "[processor]\nsweep_s = 1\n[vehicle]\nstopped_after_s = 5.0\ntrip_end_s = 15.0\n",
     )
     .expect("config");
-    let args = ["--config", config.to_str().expect("utf-8"), "--window-ms", "200"];
+    let args = [
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--window-ms",
+        "200",
+    ];
     // 15 m/s due north, one fix a second; then standing for 30 s.
     let t0 = now_ms() - 600_000;
     let step_deg = 15.0 / 111_195.0;

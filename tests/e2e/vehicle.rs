@@ -139,7 +139,8 @@ async fn lowered_speed_limit_applies_within_a_window_and_alerts_once_per_episode
     }
 
     // Without a limit of its own, the device's class limit applies.
-    let (status, _) = put_device(&server, "van-7", json!({"name": "Van 7", "class": "truck"})).await;
+    let (status, _) =
+        put_device(&server, "van-7", json!({"name": "Van 7", "class": "truck"})).await;
     assert_eq!(status, 200);
     let (_, state) = server.get("/v1/vehicles/van-7").await;
     assert_eq!(state["class"], "truck", "{state}");
@@ -173,7 +174,11 @@ async fn filtered_fixes_are_counted_by_reason_sampled_and_kept_flagged() {
     let state = state_at(&server, "filt-1", t0 + 9_000).await;
     assert_eq!(state["ts_ms"], t0 + 9_000, "latest is the newest real fix");
 
-    for (reason, n) in [("duplicate", 1.0), ("teleport", 1.0), ("poor_accuracy", 1.0)] {
+    for (reason, n) in [
+        ("duplicate", 1.0),
+        ("teleport", 1.0),
+        ("poor_accuracy", 1.0),
+    ] {
         let series = format!("fleetd_filtered_total{{reason=\"{reason}\"}}");
         assert_eq!(server.metric(&series).await, n, "{series}");
     }
