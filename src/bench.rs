@@ -6,6 +6,7 @@
 //! reports throughput, loss per QoS, latency percentiles, batch sizes and
 //! durations (from the server's `/metrics`) and the server's CPU/RSS.
 
+mod fences;
 mod live;
 mod probe;
 mod scrape;
@@ -105,6 +106,11 @@ pub struct BenchArgs {
     /// none: every client receives every position.
     #[arg(long, requires = "sse_clients")]
     pub sse_bbox: Option<String>,
+    /// Create this many geofences (50-vertex polygons, 100–1000 m, spread
+    /// over the grid city) through the API before the phases, so every
+    /// position is evaluated against them.
+    #[arg(long, default_value_t = 0)]
+    pub geofences: usize,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -129,6 +135,9 @@ pub struct BenchReport {
     pub machine_cores: usize,
     /// One per QoS asked for.
     pub phases: Vec<Phase>,
+    /// Geofences created before the phases (`--geofences`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geofences: Option<fences::FenceSetup>,
     /// The `near` query load, if asked for.
     pub near: Option<QueryLoad>,
     /// Live stream clients (`--sse-clients`), over all phases.
@@ -167,6 +176,8 @@ pub struct Phase {
     pub duplicates_dropped: u64,
     /// Late positions (history only).
     pub late_positions: u64,
+    /// Alerts raised (geofence enter/exit/dwell, overspeed).
+    pub alerts: u64,
     /// Offline batches delivered.
     pub offline_batches: u64,
     /// Deliberate faults the fleet injected.
@@ -254,6 +265,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let http_client = reqwest::Client::new();
     let center = roads.as_ref().map_or((52.52, 13.405), |r| r.center());
 
+    let geofences = match args.geofences {
+        0 => None,
+        n => {
+            if !args.json {
+                eprintln!("geofences: creating {n} over {:.0} km x {:.0} km", args.city_km, args.city_km);
+            }
+            Some(fences::create(&http, n, center, args.city_km, args.seed, !args.json).await?)
+        }
+    };
     let sse = match args.sse_clients {
         0 => None,
         n => Some(live::start(&http, n, args.sse_bbox.as_deref()).await?),
@@ -355,6 +375,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         chaos: args.chaos,
         machine_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         phases,
+        geofences,
         near,
         live,
         server_rss_mb: rss,
@@ -438,6 +459,7 @@ async fn run_phase(
         broker_dropped: delta("fleetd_broker_dropped_total"),
         duplicates_dropped: delta("fleetd_duplicates_total"),
         late_positions: delta("fleetd_late_positions_total"),
+        alerts: delta("fleetd_alerts_total"),
         offline_batches: report.batches,
         chaos: report.chaos,
         latency_ms: latency,
@@ -456,6 +478,12 @@ fn print_human(r: &BenchReport) {
         "fleetd bench: {} vehicles on {}, target {}/s over {} connections, {} cores shared by client and server",
         r.vehicles, r.map, r.target_rate, r.connections, r.machine_cores
     );
+    if let Some(g) = &r.geofences {
+        println!(
+            "geofences: {} created in {:.1} s ({:.0}/s)",
+            g.fences, g.seconds, g.per_s
+        );
+    }
     for p in &r.phases {
         println!("QoS {}:", p.qos);
         println!(
@@ -463,6 +491,9 @@ fn print_human(r: &BenchReport) {
             p.published, p.publish_rate, p.duration_s, p.failed
         );
         println!("  stored     {:>10}  ({:.0}/s)", p.stored, p.stored_rate);
+        if p.alerts > 0 {
+            println!("  alerts     {:>10}", p.alerts);
+        }
         println!(
             "  lost       {:>10}   (broker dropped {}, rejected {}, duplicates dropped {}, late {})",
             p.lost, p.broker_dropped, p.rejected, p.duplicates_dropped, p.late_positions
