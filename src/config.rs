@@ -316,8 +316,8 @@ impl StoreConfig {
         let ca = path(&self.scylla_tls_ca);
         let cert = path(&self.scylla_tls_cert);
         let key = path(&self.scylla_tls_key);
-        let server_name = (!self.scylla_tls_server_name.is_empty())
-            .then(|| self.scylla_tls_server_name.clone());
+        let server_name =
+            (!self.scylla_tls_server_name.is_empty()).then(|| self.scylla_tls_server_name.clone());
         if !self.scylla_tls {
             let set = [
                 ("scylla_tls_ca", ca.is_some()),

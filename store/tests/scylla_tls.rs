@@ -98,9 +98,10 @@ impl TlsFront {
             Some(ca) => {
                 let mut roots = RootCertStore::empty();
                 roots.add(ca.issuer.der().clone()).expect("client CA");
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .expect("client verifier");
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .expect("client verifier");
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
@@ -176,9 +177,12 @@ fn trusting(ca_file: PathBuf) -> ScyllaTls {
 }
 
 async fn connect(settings: ScyllaSettings) -> Result<ScyllaStore, StoreError> {
-    tokio::time::timeout(Duration::from_secs(20), ScyllaStore::connect(settings, false))
-        .await
-        .expect("connect ends within 20 s")
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        ScyllaStore::connect(settings, false),
+    )
+    .await
+    .expect("connect ends within 20 s")
 }
 
 fn position(device: &str, ts_ms: i64) -> EnrichedPosition {
@@ -215,11 +219,17 @@ async fn writes_through(store: &ScyllaStore, fake: &FakeScylla, device: &str) {
         history: vec![position(device, 1_700_000_000_000)],
         ..WriteBatch::default()
     };
-    store.write_batch(batch).await.expect("batch written over TLS");
+    store
+        .write_batch(batch)
+        .await
+        .expect("batch written over TLS");
     let executed = fake.executed();
     let history: Vec<_> = executed[before..]
         .iter()
-        .filter(|e| e.text.starts_with(&format!("INSERT INTO {KEYSPACE}.positions ")))
+        .filter(|e| {
+            e.text
+                .starts_with(&format!("INSERT INTO {KEYSPACE}.positions "))
+        })
         .collect();
     assert_eq!(history.len(), 1, "{executed:#?}");
     assert_eq!(history[0].text_of("device_id"), device);
@@ -254,7 +264,10 @@ async fn connects_over_tls_and_writes_a_batch() {
         .expect("connects over TLS");
     writes_through(&store, &fake, "tls-truck-1").await;
     let handshakes = front.handshakes();
-    assert!(!handshakes.is_empty(), "the driver went through the TLS front");
+    assert!(
+        !handshakes.is_empty(),
+        "the driver went through the TLS front"
+    );
     assert!(handshakes.iter().all(Result::is_ok), "{handshakes:?}");
     assert!(
         !fake.prepared_texts().is_empty(),
@@ -289,7 +302,10 @@ async fn the_node_certificate_must_name_the_node() {
     let ca_file = write(dir.path(), "ca.pem", &ca.pem());
     let ip = scylla_proxy::get_exclusive_local_address();
     // A certificate for a DNS name only, not for the address fleetd dials.
-    let node = ca.issue(&["scylla.fleet.test".into()], ExtendedKeyUsagePurpose::ServerAuth);
+    let node = ca.issue(
+        &["scylla.fleet.test".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
     let front = TlsFront::start(ip, &node, None, fake.addr).await;
 
     let by_address = refused(connect(settings(&front, trusting(ca_file.clone()))).await);
@@ -322,7 +338,8 @@ async fn mutual_tls_needs_a_client_certificate_from_the_cluster_ca() {
     let node = ca.issue(&[ip.to_string()], ExtendedKeyUsagePurpose::ServerAuth);
     let front = TlsFront::start(ip, &node, Some(&ca), fake.addr).await;
     let client = ca.issue(&["fleetd".into()], ExtendedKeyUsagePurpose::ClientAuth);
-    let stranger = Ca::new("stranger CA").issue(&["fleetd".into()], ExtendedKeyUsagePurpose::ClientAuth);
+    let stranger =
+        Ca::new("stranger CA").issue(&["fleetd".into()], ExtendedKeyUsagePurpose::ClientAuth);
     let identity = |issued: &Issued, name: &str| ClientCertificate {
         cert_file: write(dir.path(), &format!("{name}.pem"), &issued.cert_pem),
         key_file: write(dir.path(), &format!("{name}.key"), &issued.key_pem),
@@ -368,7 +385,10 @@ async fn unusable_tls_files_are_configuration_errors() {
     let other_key = write(dir.path(), "other.key", &other.key_pem);
     // Nothing listens: every case must fail before connecting.
     let nowhere = ScyllaSettings {
-        contact_points: vec![format!("{}:9042", scylla_proxy::get_exclusive_local_address())],
+        contact_points: vec![format!(
+            "{}:9042",
+            scylla_proxy::get_exclusive_local_address()
+        )],
         connect_timeout: Duration::from_secs(1),
         ..ScyllaSettings::default()
     };

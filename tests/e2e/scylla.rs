@@ -58,7 +58,7 @@ async fn serve_on_scylla_reports_unavailability_on_readyz_and_recovers() {
     assert!(near.to_string().contains("sc-1"), "{near}");
     // Per-statement latency, labelled with the statement's name.
     let metrics = server.get_text("/metrics").await;
-    for statement in ["insert_position", "insert_latest", "select_latest"] {
+    for statement in ["insert_latest", "insert_cell", "select_latest"] {
         let series = format!("fleetd_scylla_statement_seconds_count{{statement=\"{statement}\"}}");
         assert!(
             crate::util::parse_metric(&metrics, &series) >= 1.0,
@@ -109,12 +109,24 @@ async fn serve_on_scylla_reports_unavailability_on_readyz_and_recovers() {
 /// (QoS 1), so thousands go out in one burst.
 fn mosquitto_pub_lines(port: u16, topic: &str, lines: &str) {
     let mut child = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-l"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-l",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("mosquitto_pub is not installed: run scripts/test, which installs mosquitto-clients");
+        .expect(
+            "mosquitto_pub is not installed: run scripts/test, which installs mosquitto-clients",
+        );
     child
         .stdin
         .take()
@@ -132,9 +144,9 @@ fn mosquitto_pub_lines(port: u16, topic: &str, lines: &str) {
 // The policy while the store is down (README, "When ScyllaDB is down or
 // overloaded"): the batch being written is retried and held, the next one
 // gathers up to `max_batch`, the bounded queues fill, and then ingest waits
-// (backpressure) instead of buffering more; when the cluster is back, every
-// held position is written. Queues are made tiny here so that a burst
-// exceeds them many times over.
+// (backpressure) and stops reading the broker instead of buffering more;
+// when the cluster is back, every position is written. Queues are made tiny
+// here so that a burst exceeds them several times over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_outage_holds_batches_pushes_back_on_ingest_and_loses_nothing() {
     let mut fake = FakeScylla::start().await;
@@ -168,7 +180,7 @@ async fn store_outage_holds_batches_pushes_back_on_ingest_and_loses_nothing() {
         Condition::RequestOpcode(RequestOpcode::Execute),
         RequestReaction::forge_with_error(example_db_errors::unavailable()),
     )]);
-    const N: i64 = 3000;
+    const N: i64 = 10_000;
     let first_ts = now_ms() - N * 1000;
     let lines: String = (0..N)
         .map(|i| {
@@ -180,28 +192,41 @@ async fn store_outage_holds_batches_pushes_back_on_ingest_and_loses_nothing() {
         .collect();
     mosquitto_pub_lines(server.mqtt_port, "fleet/bp-1/pos", &lines);
 
-    let blocked = server
-        .wait_for(Duration::from_secs(15), || async {
-            let n = server.metric("fleetd_ingest_blocked_seconds_count").await;
-            (n > 0.0).then_some(n)
+    // What fleetd can hold while the store is down, in positions: the batch
+    // being retried and the next one (each < max_batch + one chunk), one
+    // chunk in the partition queue, the dispatcher, the ingest queue and
+    // ingest's own blocked send (ingest chunks are at most 512 positions).
+    const CHUNK: f64 = 512.0;
+    let bound = 2.0 * (50.0 + CHUNK) + 4.0 * CHUNK;
+    let last = std::cell::Cell::new(-1.0);
+    let settled = server
+        .wait_for(Duration::from_secs(30), || async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = server.metric("fleetd_received_total").await;
+            let before = last.replace(now);
+            (now == before && now > 0.0).then_some(now)
         })
         .await;
+    let held =
+        settled.unwrap_or_else(|| panic!("ingest never stopped reading; log:\n{}", server.log()));
     assert!(
-        blocked.is_some(),
-        "ingest never waited on the full queues; log:\n{}",
-        server.log()
+        held <= bound,
+        "ingest read {held} positions during the outage, more than the {bound} fleetd can hold"
     );
     assert!(
         server.log().contains("store write failed; retrying"),
         "the batch was retried while the store was down; log:\n{}",
         server.log()
     );
-    assert_eq!(server.metric("fleetd_store_dropped_positions_total").await, 0.0);
+    assert_eq!(
+        server.metric("fleetd_store_dropped_positions_total").await,
+        0.0
+    );
 
     fake.reset_rules();
-    let path = format!("/v1/vehicles/bp-1/track?limit={}", N + 10);
+    let path = format!("/v1/vehicles/bp-1/track?limit={N}");
     let stored = server
-        .wait_for(Duration::from_secs(30), || async {
+        .wait_for(Duration::from_secs(90), || async {
             let (status, body) = server.get(&path).await;
             let items = body["items"].as_array().map_or(0, Vec::len);
             (status == 200 && items as i64 == N).then_some(body)
@@ -220,7 +245,12 @@ async fn store_outage_holds_batches_pushes_back_on_ingest_and_loses_nothing() {
         items[items.len() - 1]["ts_ms"].as_i64(),
         Some(first_ts + (N - 1) * 1000)
     );
-    assert_eq!(server.metric("fleetd_store_dropped_positions_total").await, 0.0);
+    assert_eq!(server.metric("fleetd_received_total").await, N as f64);
+    assert!(server.metric("fleetd_ingest_blocked_seconds_count").await >= 1.0);
+    assert_eq!(
+        server.metric("fleetd_store_dropped_positions_total").await,
+        0.0
+    );
     assert_eq!(server.metric("fleetd_broker_dropped_total").await, 0.0);
 }
 
@@ -282,12 +312,24 @@ async fn a_batch_failing_every_attempt_is_dropped_and_counted() {
     let track = server
         .wait_for(Duration::from_secs(15), || async {
             let (status, body) = server.get("/v1/vehicles/drop-1/track").await;
-            (status == 200).then_some(body)
+            let stored = body["items"]
+                .as_array()
+                .is_some_and(|items| !items.is_empty());
+            (status == 200 && stored).then_some(body)
         })
         .await
-        .unwrap_or_else(|| panic!("the position after the outage was not stored; log:\n{}", server.log()));
+        .unwrap_or_else(|| {
+            panic!(
+                "the position after the outage was not stored; log:\n{}",
+                server.log()
+            )
+        });
     let items = track["items"].as_array().expect("items");
-    assert_eq!(items.len(), 1, "only the position after the outage: {track}");
+    assert_eq!(
+        items.len(),
+        1,
+        "only the position after the outage: {track}"
+    );
     assert_eq!(items[0]["ts_ms"].as_i64(), Some(after));
     assert_eq!(server.metric("fleetd_positions_stored_total").await, 1.0);
 }

@@ -129,7 +129,11 @@ impl ScyllaStore {
             StoreError::Unavailable(format!(
                 "cannot connect to ScyllaDB at {}{}: {err}",
                 settings.contact_points.join(","),
-                if settings.tls.is_some() { " over TLS" } else { "" }
+                if settings.tls.is_some() {
+                    " over TLS"
+                } else {
+                    ""
+                }
             ))
         })?;
         if migrate {

@@ -119,15 +119,13 @@ impl ScyllaTls {
                         client.key_file.display()
                     ))
                 })?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|err| {
-                        StoreError::Config(format!(
-                            "scylla TLS client certificate {} and key {}: {err}",
-                            client.cert_file.display(),
-                            client.key_file.display()
-                        ))
-                    })?
+                builder.with_client_auth_cert(chain, key).map_err(|err| {
+                    StoreError::Config(format!(
+                        "scylla TLS client certificate {} and key {}: {err}",
+                        client.cert_file.display(),
+                        client.key_file.display()
+                    ))
+                })?
             }
         };
         Ok(Arc::new(config))
@@ -142,8 +140,9 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Every certificate of a PEM file (other PEM sections are skipped).
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, StoreError> {
-    let fail =
-        |err: &dyn fmt::Display| StoreError::Config(format!("scylla TLS {what} file {}: {err}", path.display()));
+    let fail = |err: &dyn fmt::Display| {
+        StoreError::Config(format!("scylla TLS {what} file {}: {err}", path.display()))
+    };
     CertificateDer::pem_file_iter(path)
         .map_err(|err| fail(&err))?
         .collect::<Result<Vec<_>, _>>()
@@ -151,9 +150,8 @@ fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, S
 }
 
 fn server_name(name: &str) -> Result<ServerName<'static>, StoreError> {
-    ServerName::try_from(name.to_owned()).map_err(|err| {
-        StoreError::Config(format!("scylla TLS server name {name:?}: {err}"))
-    })
+    ServerName::try_from(name.to_owned())
+        .map_err(|err| StoreError::Config(format!("scylla TLS server name {name:?}: {err}")))
 }
 
 /// The standard WebPKI verification, against a configured name instead of
@@ -236,6 +234,9 @@ mod tests {
             .client_config()
             .expect_err("no such file");
         assert!(matches!(err, StoreError::Config(_)), "{err:?}");
-        assert!(err.to_string().contains("/nonexistent/fleetd-ca.pem"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/fleetd-ca.pem"),
+            "{err}"
+        );
     }
 }
