@@ -77,8 +77,9 @@ pub struct VehicleSettings {
     /// A trip shorter than this is discarded when it ends: the vehicle was
     /// moved in a car park, or the stop was interrupted by noise.
     pub min_trip_m: f64,
-    /// A stopped vehicle starts moving after this many consecutive fixes
-    /// outside the stop radius (one noisy fix does not start a trip).
+    /// A stopped vehicle, or one not yet seen moving, starts moving after
+    /// this many consecutive fixes outside the stop radius (one noisy fix
+    /// does not start a trip).
     pub depart_fixes: u32,
     /// Overspeed fires after the limit has been exceeded for this long.
     pub overspeed_grace_ms: i64,

@@ -451,3 +451,7 @@ fn derive_motion_over(p: &mut EnrichedPosition, prev: Fix, d: f64) {
         p.heading_derived = true;
     }
 }
+
+#[cfg(test)]
+#[path = "motion_tests.rs"]
+mod tests;
