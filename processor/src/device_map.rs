@@ -110,7 +110,8 @@ impl Index<&DeviceId> for DeviceMap {
 
     /// Panics if `id` is unknown, like `HashMap`'s index.
     fn index(&self, id: &DeviceId) -> &DeviceState {
-        self.get(id).unwrap_or_else(|| panic!("unknown device {id}"))
+        self.get(id)
+            .unwrap_or_else(|| panic!("unknown device {id}"))
     }
 }
 

@@ -164,12 +164,18 @@ impl LatestIndex {
         }
     }
 
-    /// Adds positions read back from disk (at open).
-    pub(crate) fn restore(&self, positions: impl IntoIterator<Item = EnrichedPosition>) {
+    /// Adds positions read back from disk (at open), one at a time so
+    /// that a million of them never sit in a vector; stops at the first
+    /// error.
+    pub(crate) fn restore(
+        &self,
+        positions: impl IntoIterator<Item = Result<EnrichedPosition, StoreError>>,
+    ) -> Result<(), StoreError> {
         let mut index = self.write();
         for position in positions {
-            index.set(&position);
+            index.set(&position?);
         }
+        Ok(())
     }
 
     /// `device`'s latest position.
@@ -488,7 +494,10 @@ mod tests {
             for (id, p) in &truth {
                 assert_eq!(index.get(id).as_ref(), Some(p));
             }
-            let (lat, lon) = (52.5 + rng.random_range(0.0..0.1), 13.3 + rng.random_range(0.0..0.2));
+            let (lat, lon) = (
+                52.5 + rng.random_range(0.0..0.1),
+                13.3 + rng.random_range(0.0..0.2),
+            );
             let radius_m = rng.random_range(0.0..5_000.0);
             let queries = [
                 AreaQuery::Near { lat, lon, radius_m },
