@@ -577,6 +577,8 @@ impl FileConfig {
 }
 
 /// The storage backend chosen.
+// Built once at start and moved, never stored in bulk: its size is moot.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreBackend {
     /// Embedded fjall store in a directory.

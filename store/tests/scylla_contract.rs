@@ -381,3 +381,57 @@ async fn migration_creates_the_keyspace_and_every_table() {
     );
     let _ = fake.proxy.finish().await;
 }
+
+#[tokio::test]
+async fn a_batch_keeps_at_most_max_inflight_statements_in_flight() {
+    let mut fake = FakeScylla::start().await;
+    const MAX_INFLIGHT: usize = 3;
+    let store = ScyllaStore::connect(
+        ScyllaSettings {
+            max_inflight: MAX_INFLIGHT,
+            retry_max: 0,
+            // Longer than the test: unanswered statements stay in flight.
+            request_timeout: Duration::from_secs(60),
+            ..settings(&fake)
+        },
+        false,
+    )
+    .await
+    .expect("connects");
+    // The node swallows every EXECUTE: each one the driver sends stays in
+    // flight, so the number that arrive is the number in flight at once.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    fake.prepend_rules(vec![RequestRule(
+        Condition::RequestOpcode(RequestOpcode::Execute),
+        RequestReaction::drop_frame().with_feedback_when_performed(tx),
+    )]);
+    let t0 = 1_700_000_000_000;
+    let batch = WriteBatch {
+        // Ten history rows and their day: eleven statements.
+        history: (0..10)
+            .map(|i| position("tram-5", t0 + i * 1000, 60.17, 24.94))
+            .collect(),
+        ..WriteBatch::default()
+    };
+    let writer = tokio::spawn({
+        let store = store.clone();
+        async move { store.write_batch(batch).await }
+    });
+    let mut arrived = 0;
+    while arrived < MAX_INFLIGHT {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the first statements arrive")
+            .expect("feedback channel open");
+        arrived += 1;
+    }
+    // Nothing more may arrive until one of those is answered.
+    let more = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+    assert!(
+        more.is_err(),
+        "more than {MAX_INFLIGHT} statements in flight"
+    );
+    assert!(!writer.is_finished());
+    writer.abort();
+    let _ = fake.proxy.finish().await;
+}
