@@ -755,3 +755,38 @@ fn parked_device_with_20_m_jitter_for_an_hour_stays_parked() {
         }
     }
 }
+
+/// A device reporting every 70 s while driving, its fixes held 30 s by the
+/// reorder allowance: it is never silent for the 90 s that end a trip,
+/// although its state is applied up to 100 s apart. Silence is counted from
+/// arrivals, so the sweep leaves its trip alone.
+#[test]
+fn sparse_reports_waiting_in_the_reorder_buffer_are_not_silence() {
+    let vehicle = VehicleSettings {
+        reorder_ms: 30_000,
+        stopped_after_ms: 60_000,
+        trip_end_ms: 90_000,
+        ..VehicleSettings::default()
+    };
+    let t0 = 1_700_000_000_000;
+    let reports: Vec<PositionReport> = (0..40)
+        .map(|i| {
+            let ts_ms = t0 + i * 70_000;
+            let (lat, lon) = offset(52.0, 13.0, i as f64 * 700.0, 0.3);
+            TracePoint {
+                ts_ms,
+                lat,
+                lon,
+                speed_mps: None,
+            }
+            .report(ts_ms + 500)
+        })
+        .collect();
+    let run = replay(reports, &vehicle);
+    let ctx = format!("trips {:?}, filtered {:?}", run.trips, run.filtered);
+    assert_eq!(run.trips.len(), 1, "{ctx}");
+    let trip = &run.trips[0];
+    assert_eq!(trip.start_ts_ms, t0, "{ctx}");
+    assert_eq!(trip.end_ts_ms, Some(t0 + 39 * 70_000), "{ctx}");
+    assert!((trip.distance_m - 39.0 * 700.0).abs() < 39.0 * 7.0, "{ctx}");
+}
