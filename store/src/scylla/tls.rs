@@ -41,22 +41,12 @@ pub struct ScyllaTls {
 }
 
 /// A client certificate chain and its private key, both PEM files.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCertificate {
     /// The certificate, then any intermediates.
     pub cert_file: PathBuf,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
-}
-
-impl fmt::Debug for ClientCertificate {
-    // Paths only: never anything read from the key file.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientCertificate")
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
-            .finish()
-    }
 }
 
 impl ScyllaTls {
