@@ -1,7 +1,10 @@
 //! The store contract, run against every backend: always the embedded
 //! fjall store, and ScyllaDB when `SCYLLA_URI` (or `FLEETD_SCYLLA_URI`) names
 //! a cluster (`host:9042[,host2:9042]`); each ScyllaDB test then migrates
-//! a fresh keyspace `fleetd_conformance_<pid>_<n>` with RF 1.
+//! a fresh keyspace `fleetd_conformance_<pid>_<n>` with RF 1. With
+//! `SCYLLA_TLS_CA` (a PEM file) it connects over TLS, with
+//! `SCYLLA_TLS_CERT` and `SCYLLA_TLS_KEY` as client certificate and
+//! `SCYLLA_TLS_SERVER_NAME` as the name to verify, if set.
 //!
 //! Without the variable the real-cluster half prints a skip message. The
 //! ScyllaDB backend's own logic (day partitions, cursors, minute buckets,
@@ -73,6 +76,7 @@ async fn backends() -> Vec<Backend> {
                 ),
                 replication_factor: 1,
                 consistency: fleetd_store::scylla::Consistency::One,
+                tls: tls_from_env(),
                 ..ScyllaSettings::default()
             };
             let store = ScyllaStore::connect(settings, true)
@@ -88,6 +92,25 @@ async fn backends() -> Vec<Backend> {
         Err(_) => eprintln!("conformance: SCYLLA_URI is not set; skipping the ScyllaDB backend"),
     }
     all
+}
+
+/// TLS settings for the real cluster, from `SCYLLA_TLS_*`.
+fn tls_from_env() -> Option<fleetd_store::scylla::ScyllaTls> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let ca_file = var("SCYLLA_TLS_CA")?;
+    let client_cert = match (var("SCYLLA_TLS_CERT"), var("SCYLLA_TLS_KEY")) {
+        (Some(cert), Some(key)) => Some(fleetd_store::scylla::ClientCertificate {
+            cert_file: cert.into(),
+            key_file: key.into(),
+        }),
+        (None, None) => None,
+        _ => panic!("set both SCYLLA_TLS_CERT and SCYLLA_TLS_KEY, or neither"),
+    };
+    Some(fleetd_store::scylla::ScyllaTls {
+        ca_file: ca_file.into(),
+        client_cert,
+        server_name: var("SCYLLA_TLS_SERVER_NAME"),
+    })
 }
 
 fn id(s: &str) -> DeviceId {
