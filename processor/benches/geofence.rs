@@ -15,6 +15,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use fleetd_processor::geofence::{Geofence, GeofenceIndex, IndexSettings, Shape};
 use fleetd_schemas::GeofenceId;
 use geo::{BoundingRect, Contains, Coord, LineString, Point, Polygon, Rect};
+use h3o::{CellIndex, LatLng, Resolution};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -105,8 +106,8 @@ impl LinearScan {
     }
 }
 
-fn build(case: &Case) -> GeofenceIndex {
-    let mut index = GeofenceIndex::new(IndexSettings::default());
+fn build(case: &Case, settings: IndexSettings) -> GeofenceIndex {
+    let mut index = GeofenceIndex::new(settings);
     for f in &case.fences {
         index.insert(f.clone());
     }
@@ -164,41 +165,76 @@ fn dump(dir: &Path, n: usize, case: &Case, index: &GeofenceIndex) {
     }
 }
 
-/// Point checks per second: the index at 10k and 100k fences, the linear
-/// scan at 10k, in one group so they are measured side by side.
+/// Point checks per second: the index at 10k and 100k fences, with covers
+/// capped at res 9 (the default: the pipeline's detail cell serves the
+/// lookup) and at res 13 (finer covers, fewer candidates, but a cell of its
+/// own per lookup), each looked up from lat/lon alone and with the point's
+/// res-9 cell known; the linear scan at 10k. One group, so they are
+/// measured side by side.
 pub(crate) fn contains(c: &mut Criterion) {
     let mut group = c.benchmark_group("geofence_contains");
     for n in [10_000, 100_000] {
         let case = case(n, 42);
-        let rss_before = rss_bytes();
-        let start = std::time::Instant::now();
-        let index = build(&case);
-        let built = start.elapsed();
-        let rss_after = rss_bytes();
-        eprintln!(
-            "{n} fences: built in {:.2} s ({:.1} µs/fence); index estimate {:.0} B/fence, RSS +{:.0} B/fence; {:.3} hits/point",
-            built.as_secs_f64(),
-            built.as_secs_f64() * 1e6 / n as f64,
-            index.memory_bytes() as f64 / n as f64,
-            rss_after.saturating_sub(rss_before) as f64 / n as f64,
-            total_hits(&index, &case.points) as f64 / POINTS as f64,
-        );
-        if let Some(dir) = std::env::var_os("FLEETD_GEOFENCE_DUMP") {
-            dump(Path::new(&dir), n, &case, &index);
-        }
-        group.throughput(Throughput::Elements(POINTS as u64));
-        group.bench_function(BenchmarkId::new("h3_index", n), |b| {
-            let mut hits = Vec::new();
-            b.iter(|| {
-                let mut total = 0;
-                for &(lat, lon) in &case.points {
-                    hits.clear();
-                    index.containing(black_box(lat), black_box(lon), &mut hits);
-                    total += hits.len();
-                }
-                total
+        // As in the pipeline, where each fix's res-9 cell is already
+        // computed (for storage) before fences are evaluated.
+        let cells: Vec<CellIndex> = case
+            .points
+            .iter()
+            .map(|&(lat, lon)| {
+                LatLng::new(lat, lon)
+                    .expect("valid point")
+                    .to_cell(Resolution::Nine)
+            })
+            .collect();
+        for (label, max_res) in [("res9", Resolution::Nine), ("res13", Resolution::Thirteen)] {
+            let settings = IndexSettings {
+                max_res,
+                ..IndexSettings::default()
+            };
+            let rss_before = rss_bytes();
+            let start = std::time::Instant::now();
+            let index = build(&case, settings);
+            let built = start.elapsed();
+            let rss_after = rss_bytes();
+            eprintln!(
+                "{n} fences, covers to {label}: built in {:.2} s ({:.1} µs/fence); index estimate {:.0} B/fence, RSS +{:.0} B/fence; {:.3} hits/point",
+                built.as_secs_f64(),
+                built.as_secs_f64() * 1e6 / n as f64,
+                index.memory_bytes() as f64 / n as f64,
+                rss_after.saturating_sub(rss_before) as f64 / n as f64,
+                total_hits(&index, &case.points) as f64 / POINTS as f64,
+            );
+            if max_res == IndexSettings::default().max_res
+                && let Some(dir) = std::env::var_os("FLEETD_GEOFENCE_DUMP")
+            {
+                dump(Path::new(&dir), n, &case, &index);
+            }
+            group.throughput(Throughput::Elements(POINTS as u64));
+            group.bench_function(BenchmarkId::new(format!("{label}_from_latlng"), n), |b| {
+                let mut hits = Vec::new();
+                b.iter(|| {
+                    let mut total = 0;
+                    for &(lat, lon) in &case.points {
+                        hits.clear();
+                        index.containing(black_box(lat), black_box(lon), &mut hits);
+                        total += hits.len();
+                    }
+                    total
+                });
             });
-        });
+            group.bench_function(BenchmarkId::new(format!("{label}_cell_known"), n), |b| {
+                let mut hits = Vec::new();
+                b.iter(|| {
+                    let mut total = 0;
+                    for (&(lat, lon), &cell) in case.points.iter().zip(&cells) {
+                        hits.clear();
+                        index.containing_in_cell(black_box(lat), black_box(lon), cell, &mut hits);
+                        total += hits.len();
+                    }
+                    total
+                });
+            });
+        }
         if n == 10_000 {
             let scan = LinearScan::new(&case.fences);
             // A tenth of the points: a scan of 10k fences is slow.
@@ -219,7 +255,7 @@ pub(crate) fn contains(c: &mut Criterion) {
 /// One PUT: replacing a fence in an index of 100k (remove + cover + insert).
 pub(crate) fn insert(c: &mut Criterion) {
     let case = case(100_000, 42);
-    let mut index = build(&case);
+    let mut index = build(&case, IndexSettings::default());
     let mut rng = SmallRng::seed_from_u64(7);
     let mut group = c.benchmark_group("geofence_insert");
     group.bench_function("replace_one_in_100k", |b| {

@@ -9,7 +9,7 @@ use fleetd_schemas::{
     PositionReport, RejectReason, Rejection,
 };
 use fleetd_store::{LatestUpdate, WriteBatch};
-use h3o::{LatLng, Resolution};
+use h3o::{CellIndex, LatLng, Resolution};
 
 use crate::geofence::{self, FenceFix, Geofences};
 use crate::registry::Registry;
@@ -236,6 +236,7 @@ pub fn process_batch(
                     lat: r.lat,
                     lon: r.lon,
                     accuracy_m: r.accuracy_m,
+                    cell: CellIndex::try_from(position.h3.detail).ok(),
                 };
                 let first = effects.alerts.len();
                 geofence::evaluate(

@@ -19,10 +19,6 @@ use rustc_hash::FxHashSet;
 
 use crate::geofence::model::{Circle, Shape};
 
-/// Finest resolution a cover uses (edge ≈ 3.5 m): finer cells would only
-/// cost memory for fences smaller than a car.
-const MAX_RES: u8 = 13;
-
 /// Metres per degree of latitude, rounded up (the meridian degree is
 /// 110.57–111.69 km), so sampling steps computed with it are never too long.
 const M_PER_DEG_UPPER: f64 = 111_700.0;
@@ -46,10 +42,11 @@ impl Cover {
 /// Covers `shape` with about `budget` cells: the finest resolution whose
 /// estimated cell count fits, made coarser while the real count exceeds four
 /// times the budget (so a country and a parking lot both stay bounded).
-pub(crate) fn cover(shape: &Shape, budget: usize) -> Cover {
+/// No cell is finer than `max_res`.
+pub(crate) fn cover(shape: &Shape, budget: usize, max_res: Resolution) -> Cover {
     let budget = budget.max(1);
     let (perimeter_m, area_m2, rings) = measure(shape);
-    let mut res = pick_resolution(perimeter_m, area_m2, rings, budget);
+    let mut res = pick_resolution(perimeter_m, area_m2, rings, budget, max_res);
     loop {
         let cap = 4 * budget;
         let built = match shape {
@@ -102,9 +99,15 @@ fn measure_polygons(polygons: &[Polygon<f64>]) -> (f64, f64, usize) {
     (perimeter, area, rings)
 }
 
-fn pick_resolution(perimeter_m: f64, area_m2: f64, rings: usize, budget: usize) -> Resolution {
+fn pick_resolution(
+    perimeter_m: f64,
+    area_m2: f64,
+    rings: usize,
+    budget: usize,
+    max_res: Resolution,
+) -> Resolution {
     let mut res = Resolution::Zero;
-    for r in Resolution::range(Resolution::Zero, resolution(MAX_RES)) {
+    for r in Resolution::range(Resolution::Zero, max_res) {
         // Boundary cells: ~one core cell per 1.6 edges of perimeter, tripled
         // by the neighbour ring; interior cells before compaction.
         let estimate =
@@ -116,10 +119,6 @@ fn pick_resolution(perimeter_m: f64, area_m2: f64, rings: usize, budget: usize) 
         }
     }
     res
-}
-
-fn resolution(r: u8) -> Resolution {
-    Resolution::try_from(r).unwrap_or(Resolution::Zero)
 }
 
 /// An upper bound of the length of the planar segment a–b in metres.

@@ -30,11 +30,21 @@ pub struct IndexSettings {
     /// Target number of H3 cells per fence. More cells mean fewer exact
     /// tests and more memory; a fence gets at most four times this many.
     pub cell_budget: usize,
+    /// Finest resolution of any cover. A lookup starts from the point's
+    /// cell at the finest resolution in use; the processor already has
+    /// every fix's cell at its detail resolution (9 by default), so with
+    /// covers no finer than that a lookup computes no H3 cell of its own
+    /// (half the cost of a check). Fences smaller than a cell (res 9: edge
+    /// ~170 m) then get boundary cells only, each hit tested exactly.
+    pub max_res: Resolution,
 }
 
 impl Default for IndexSettings {
     fn default() -> Self {
-        Self { cell_budget: 48 }
+        Self {
+            cell_budget: 48,
+            max_res: Resolution::Nine,
+        }
     }
 }
 
@@ -54,7 +64,7 @@ pub enum Containment {
 pub struct PreparedFence {
     fence: Geofence,
     cover: Cover,
-    cell_budget: usize,
+    settings: IndexSettings,
 }
 
 impl PreparedFence {
@@ -145,11 +155,11 @@ impl GeofenceIndex {
     /// touching an index, so that a shared index is locked only for
     /// [`GeofenceIndex::insert_prepared`].
     pub fn prepare(settings: IndexSettings, fence: Geofence) -> PreparedFence {
-        let cover = cover::cover(&fence.shape, settings.cell_budget);
+        let cover = cover::cover(&fence.shape, settings.cell_budget, settings.max_res);
         PreparedFence {
             fence,
             cover,
-            cell_budget: settings.cell_budget,
+            settings,
         }
     }
 
@@ -160,10 +170,11 @@ impl GeofenceIndex {
         let PreparedFence {
             fence,
             mut cover,
-            cell_budget,
+            settings,
         } = prepared;
-        if cell_budget != self.settings.cell_budget {
-            cover = cover::cover(&fence.shape, self.settings.cell_budget);
+        if settings != self.settings {
+            let s = self.settings;
+            cover = cover::cover(&fence.shape, s.cell_budget, s.max_res);
         }
         let old = self.remove(&fence.id);
         let part_boxes = cover::polygons(&fence.shape)
@@ -219,7 +230,22 @@ impl GeofenceIndex {
 
     /// Appends to `out` every fence containing the point (boundary excluded).
     pub fn containing<'a>(&'a self, lat: f64, lon: f64, out: &mut Vec<&'a Geofence>) {
-        self.visit(lat, lon, |slot| out.push(&slot.fence));
+        self.visit(lat, lon, None, |slot| out.push(&slot.fence));
+    }
+
+    /// [`GeofenceIndex::containing`] for a point whose H3 cell is known:
+    /// `cell` must be the cell `LatLng::to_cell` gives for the point at its
+    /// resolution (not a parent of a finer one). When that resolution is at
+    /// least the finest the index uses, the lookup needs no H3 computation;
+    /// otherwise it computes the cell itself.
+    pub fn containing_in_cell<'a>(
+        &'a self,
+        lat: f64,
+        lon: f64,
+        cell: CellIndex,
+        out: &mut Vec<&'a Geofence>,
+    ) {
+        self.visit(lat, lon, Some(cell), |slot| out.push(&slot.fence));
     }
 
     /// Where the point is relative to fence `id`, with `margin_m` metres of
@@ -293,17 +319,26 @@ impl GeofenceIndex {
     }
 
     /// Calls `f` with every slot whose fence contains the point.
-    fn visit<'a>(&'a self, lat: f64, lon: f64, mut f: impl FnMut(&'a Slot)) {
+    fn visit<'a>(
+        &'a self,
+        lat: f64,
+        lon: f64,
+        known: Option<CellIndex>,
+        mut f: impl FnMut(&'a Slot),
+    ) {
         let Some(&finest) = self.used.last() else {
             return;
         };
         if !(lat.abs() <= 90.0 && lon.abs() <= 180.0) {
             return;
         }
-        let Ok(ll) = LatLng::new(lat, lon) else {
-            return;
+        let cell = match known {
+            Some(cell) if cell.resolution() >= finest => cell,
+            _ => match LatLng::new(lat, lon) {
+                Ok(ll) => ll.to_cell(finest),
+                Err(_) => return,
+            },
         };
-        let cell = ll.to_cell(finest);
         for &res in &self.used {
             let Some(c) = cell.parent(res) else { continue };
             let entries: &[u32] = match self.cells.get(&u64::from(c)) {

@@ -3,6 +3,7 @@
 
 use fleetd_schemas::GeofenceId;
 use geo::{Contains, Coord, Distance, Geodesic, LineString, Point, Polygon};
+use h3o::{LatLng, Resolution};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -78,9 +79,22 @@ fn check(fences: &[Geofence], points: &[(f64, f64)], settings: IndexSettings) ->
     assert_eq!(index.len(), fences.len());
     let mut hits = Vec::new();
     let mut inside = 0;
-    for &(lat, lon) in points {
+    for (i, &(lat, lon)) in points.iter().enumerate() {
         hits.clear();
-        index.containing(lat, lon, &mut hits);
+        // Every third point as the processor asks, with its cell at the
+        // detail resolution or finer; the rest from lat/lon alone.
+        let known = LatLng::new(lat, lon).ok().map(|ll| {
+            let res = if i % 2 == 0 {
+                Resolution::Nine
+            } else {
+                Resolution::Twelve
+            };
+            ll.to_cell(res)
+        });
+        match known {
+            Some(cell) if i % 3 == 0 => index.containing_in_cell(lat, lon, cell, &mut hits),
+            _ => index.containing(lat, lon, &mut hits),
+        }
         let mut got: Vec<&str> = hits.iter().map(|f| f.id.as_str()).collect();
         got.sort_unstable();
         let mut want: Vec<&str> = fences
@@ -166,13 +180,21 @@ fn random_case(seed: u64, n_fences: usize) -> (Vec<Geofence>, Vec<(f64, f64)>) {
 
 #[test]
 fn matches_brute_force_over_all_sizes() {
-    for (seed, budget) in [(1, 24), (2, 24), (3, 4), (4, 96)] {
+    let cases = [
+        (1, 24, Resolution::Nine),
+        (2, 24, Resolution::Thirteen),
+        (3, 4, Resolution::Nine),
+        (4, 96, Resolution::Eleven),
+        (5, 48, Resolution::Seven),
+    ];
+    for (seed, budget, max_res) in cases {
         let (fences, points) = random_case(seed, 60);
         let inside = check(
             &fences,
             &points,
             IndexSettings {
                 cell_budget: budget,
+                max_res,
             },
         );
         // Points land both inside and outside, or the test proves nothing.

@@ -5,6 +5,7 @@
 //! the same fixes gives the same alerts (with the same ids).
 
 use fleetd_schemas::{Alert, AlertDetail, AlertKind, DeviceFences, DeviceId, Membership};
+use h3o::CellIndex;
 
 use crate::geofence::index::{Containment, GeofenceIndex};
 use crate::geofence::model::Geofence;
@@ -43,6 +44,9 @@ pub struct FenceFix<'a> {
     pub lon: f64,
     /// Reported horizontal accuracy (radius), metres.
     pub accuracy_m: Option<f32>,
+    /// The fix's H3 cell, when already computed (the processor has it at
+    /// its detail resolution): spares the index computing it.
+    pub cell: Option<CellIndex>,
 }
 
 /// Drops, without alerts, memberships of fences no longer in `index`
@@ -126,7 +130,10 @@ pub fn evaluate(
         i += 1;
     }
     let mut hits = Vec::new();
-    index.containing(fix.lat, fix.lon, &mut hits);
+    match fix.cell {
+        Some(cell) => index.containing_in_cell(fix.lat, fix.lon, cell, &mut hits),
+        None => index.containing(fix.lat, fix.lon, &mut hits),
+    }
     if hits.len() > 1 {
         hits.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     }

@@ -63,6 +63,10 @@ fn check(
                 lat,
                 lon,
                 accuracy_m,
+                // As the processor passes it: the fix's res-9 cell.
+                cell: h3o::LatLng::new(lat, lon)
+                    .ok()
+                    .map(|ll| ll.to_cell(h3o::Resolution::Nine)),
             },
             index,
             settings,
@@ -271,6 +275,7 @@ fn dwell_fires_once_per_visit() {
             lat,
             lon,
             accuracy_m,
+            cell: None,
         };
         evaluate(
             &mut state,
