@@ -232,7 +232,7 @@
 
   // --- geofences ----------------------------------------------------------
   function loadGeofences() {
-    fetch('/v1/geofences').then(function (r) {
+    fetch('/v1/geofences?limit=1000').then(function (r) {
       if (r.status === 404) { el('geofence-note').textContent = 'No geofence API on this server.'; return null; }
       return r.ok ? r.json() : null;
     }).then(function (body) {
@@ -250,7 +250,7 @@
         }
         if (layer) { layer.bindTooltip(String(name)); layer.addTo(map); }
       });
-      el('geofence-note').textContent = items.length + ' geofences';
+      el('geofence-note').textContent = items.length + (body.next_cursor ? '+' : '') + ' geofences';
     }).catch(function () {});
   }
 
