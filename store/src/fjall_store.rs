@@ -69,9 +69,9 @@ impl FjallStore {
     pub fn open(path: &Path) -> Result<FjallStore, StoreError> {
         std::fs::create_dir_all(path).map_err(fjall::Error::from)?;
         // fjall's defaults (64 MiB memtables, 512 MiB of journal) are kept:
-        // 16 MiB memtables and a 128 MiB journal wrote a million distinct
-        // devices' rows ~25% slower (`fleetd bench --store-rows`) at the
-        // same peak RSS.
+        // 16 MiB memtables with a 128 MiB journal made no difference beyond
+        // the noise of a shared machine in `fleetd bench --store-rows` over
+        // a million distinct devices (write rate and peak RSS).
         let db = Database::builder(path).open()?;
         let latest = db.keyspace("latest", KeyspaceCreateOptions::default)?;
         let history = db.keyspace("history", KeyspaceCreateOptions::default)?;
