@@ -510,7 +510,10 @@ impl GeofenceConfig {
             );
         }
         if !(self.max_radius_m.is_finite() && self.max_radius_m > 0.0) {
-            bail!("geofences.max_radius_m must be > 0, got {}", self.max_radius_m);
+            bail!(
+                "geofences.max_radius_m must be > 0, got {}",
+                self.max_radius_m
+            );
         }
         if !(4..=10_000).contains(&self.cell_budget) {
             bail!(
@@ -540,6 +543,7 @@ impl GeofenceConfig {
             },
             index: fleetd_processor::geofence::IndexSettings {
                 cell_budget: self.cell_budget,
+                ..Default::default()
             },
             tracking: fleetd_processor::geofence::FenceSettings {
                 min_outside_ms: (self.min_outside_s * 1000.0).round() as i64,
@@ -824,8 +828,11 @@ mod tests {
         c.geofences.max_vertices = 3;
         let err = c.validate().expect_err("too few vertices").to_string();
         assert!(err.contains("geofences.max_vertices"), "{err}");
-        let c: FileConfig = toml::from_str("[geofences]
-min_outside_s = 12.5").expect("parses");
+        let c: FileConfig = toml::from_str(
+            "[geofences]
+min_outside_s = 12.5",
+        )
+        .expect("parses");
         let s = c.validate().expect("valid");
         assert_eq!(s.geofences.tracking.min_outside_ms, 12_500);
     }

@@ -79,20 +79,26 @@ pub async fn create(
             .acquire_owned()
             .await
             .context("fence semaphore")?;
-        let (client, url) = (client.clone(), format!("{http}/v1/geofences/bench-fence-{i}"));
+        let (client, url) = (
+            client.clone(),
+            format!("{http}/v1/geofences/bench-fence-{i}"),
+        );
         tasks.spawn(async move {
             let _permit = permit;
             let r = client.put(&url).json(&body).send().await?;
             let status = r.status();
             if !status.is_success() {
-                bail!("PUT {url}: {status}: {}", r.text().await.unwrap_or_default());
+                bail!(
+                    "PUT {url}: {status}: {}",
+                    r.text().await.unwrap_or_default()
+                );
             }
             Ok(())
         });
         while let Some(result) = tasks.try_join_next() {
             result.context("fence task")??;
             done += 1;
-            if show_progress && n >= 10 && done % (n / 10) == 0 {
+            if show_progress && n >= 10 && done.is_multiple_of(n / 10) {
                 eprintln!("geofences: {done}/{n} created");
             }
         }

@@ -70,9 +70,18 @@ pub(crate) async fn put(
             .map_err(invalid)?
     };
     let existed = state.store.geofence(&id).await?.is_some();
-    if !existed {
-        // Members left by an earlier fence of this id (a delete that failed
-        // half-way) must not appear inside the new one.
+    // Members left by an earlier fence of this id (a delete that failed
+    // half-way) must not appear inside the new one. Only then: on ScyllaDB
+    // the clearing is a tombstone at server time, which would also hide
+    // the new fence's first enters (their device time is a little older).
+    if !existed
+        && !state
+            .store
+            .geofence_members(&id, None, 1)
+            .await?
+            .items
+            .is_empty()
+    {
         state.store.delete_geofence(&id).await?;
     }
     let stored = StoredGeofence {
@@ -163,9 +172,7 @@ pub(crate) async fn list(
     let after = params
         .cursor
         .as_deref()
-        .map(|c| {
-            GeofenceId::parse(c).map_err(|_| bad(format!("malformed cursor {}", echo(c))))
-        })
+        .map(|c| GeofenceId::parse(c).map_err(|_| bad(format!("malformed cursor {}", echo(c)))))
         .transpose()?;
     let (fences, more) = state.geofences.page(after.as_ref(), limit);
     let next_cursor = more
