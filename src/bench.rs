@@ -269,7 +269,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         0 => None,
         n => {
             if !args.json {
-                eprintln!("geofences: creating {n} over {:.0} km x {:.0} km", args.city_km, args.city_km);
+                eprintln!(
+                    "geofences: creating {n} over {:.0} km x {:.0} km",
+                    args.city_km, args.city_km
+                );
             }
             Some(fences::create(&http, n, center, args.city_km, args.seed, !args.json).await?)
         }

@@ -10,8 +10,8 @@ use axum::body::Body;
 use axum::http::header::{ALLOW, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use fleetd_schemas::{
-    Alert, AlertDetail, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition,
-    GeofenceId, H3Cells, PositionReport, RejectReason, RejectionLog, Trip, VehicleState,
+    Alert, AlertDetail, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, GeofenceId,
+    H3Cells, PositionReport, RejectReason, RejectionLog, Trip, VehicleState,
 };
 use fleetd_store::{
     AlertPage, AlertQuery, AreaQuery, FjallStore, HistoryPage, HistoryQuery, LatestUpdate,
@@ -963,9 +963,15 @@ async fn geofence_crud_validation_and_membership() {
     assert_eq!(body["id"], "depot");
     assert_eq!(body["properties"]["team"], "night");
     assert!(body["updated_ms"].as_i64().is_some_and(|t| t > 0));
-    assert_eq!(h.put("/v1/geofences/depot", &square).await.status, StatusCode::OK);
+    assert_eq!(
+        h.put("/v1/geofences/depot", &square).await.status,
+        StatusCode::OK
+    );
     let circle = json!({"center": [13.4, 52.5], "radius_m": 50.0});
-    assert_eq!(h.put("/v1/geofences/a-circle", &circle).await.status, StatusCode::CREATED);
+    assert_eq!(
+        h.put("/v1/geofences/a-circle", &circle).await.status,
+        StatusCode::CREATED
+    );
     assert_eq!(h.state.geofences.len(), 2, "the processor's index follows");
 
     let reply = h.get("/v1/geofences/depot").await;
@@ -975,17 +981,35 @@ async fn geofence_crud_validation_and_membership() {
     assert_eq!(list["geofences"][0]["id"], "a-circle");
     assert_eq!(list["total"], 2);
     let next = list["next_cursor"].as_str().expect("cursor").to_owned();
-    let list = h.get(&format!("/v1/geofences?limit=1&cursor={next}")).await.json();
+    let list = h
+        .get(&format!("/v1/geofences?limit=1&cursor={next}"))
+        .await
+        .json();
     assert_eq!(list["geofences"][0]["id"], "depot");
     assert_eq!(list["next_cursor"], Value::Null);
 
     // Every bad input is a 400 that says what is wrong.
     let cases = [
-        (json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}), "intersects itself"),
-        (json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1]]]}), "not closed"),
-        (json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [0, 0]]]}), "position"),
-        (json!({"type": "Polygon", "coordinates": [[[0, 0], [200, 0], [1, 1], [0, 0]]]}), "out of range"),
-        (json!({"type": "Point", "coordinates": [0, 0]}), "unsupported geometry"),
+        (
+            json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}),
+            "intersects itself",
+        ),
+        (
+            json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1]]]}),
+            "not closed",
+        ),
+        (
+            json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [0, 0]]]}),
+            "position",
+        ),
+        (
+            json!({"type": "Polygon", "coordinates": [[[0, 0], [200, 0], [1, 1], [0, 0]]]}),
+            "out of range",
+        ),
+        (
+            json!({"type": "Point", "coordinates": [0, 0]}),
+            "unsupported geometry",
+        ),
         (json!({"center": [0, 0], "radius_m": -5}), "radius_m"),
         (json!([1, 2]), "JSON object"),
     ];
@@ -999,8 +1023,12 @@ async fn geofence_crud_validation_and_membership() {
     h.put("/v1/geofences/bad%20id", &circle)
         .await
         .assert_error(StatusCode::BAD_REQUEST, "bad_request");
-    h.get("/v1/geofences/bad").await.assert_error(StatusCode::NOT_FOUND, "not_found");
-    h.get("/v1/geofences?limit=0").await.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    h.get("/v1/geofences/bad")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.get("/v1/geofences?limit=0")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
 
     // Membership as the processor writes it.
     let depot = GeofenceId::parse("depot").expect("id");
@@ -1026,16 +1054,33 @@ async fn geofence_crud_validation_and_membership() {
         .await
         .expect("write");
     let inside = h.get("/v1/geofences/depot/vehicles").await.json();
-    assert_eq!(inside["vehicles"], json!([{"device_id": "car-1", "entered_ms": 1000}]));
+    assert_eq!(
+        inside["vehicles"],
+        json!([{"device_id": "car-1", "entered_ms": 1000}])
+    );
     let fences = h.get("/v1/vehicles/car-1/geofences").await.json();
-    assert_eq!(fences["geofences"], json!([{"geofence_id": "depot", "name": "Depot", "entered_ms": 1000}]));
-    h.get("/v1/geofences/nope/vehicles").await.assert_error(StatusCode::NOT_FOUND, "not_found");
-    h.get("/v1/vehicles/nobody/geofences").await.assert_error(StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        fences["geofences"],
+        json!([{"geofence_id": "depot", "name": "Depot", "entered_ms": 1000}])
+    );
+    h.get("/v1/geofences/nope/vehicles")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.get("/v1/vehicles/nobody/geofences")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
 
     // Deleting ends the membership everywhere.
-    assert_eq!(h.delete("/v1/geofences/depot").await.status, StatusCode::NO_CONTENT);
-    h.delete("/v1/geofences/depot").await.assert_error(StatusCode::NOT_FOUND, "not_found");
-    h.get("/v1/geofences/depot/vehicles").await.assert_error(StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        h.delete("/v1/geofences/depot").await.status,
+        StatusCode::NO_CONTENT
+    );
+    h.delete("/v1/geofences/depot")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.get("/v1/geofences/depot/vehicles")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
     let fences = h.get("/v1/vehicles/car-1/geofences").await.json();
     assert_eq!(fences["count"], 0);
     assert_eq!(h.state.geofences.len(), 1);

@@ -247,7 +247,7 @@ fn overspeed_uses_the_registry_and_fires_once() {
         let ctx = BatchContext {
             now_ms: t * 1000,
             registry: &registry,
-        geofences: &crate::geofence::Geofences::default(),
+            geofences: &crate::geofence::Geofences::default(),
             release_all: false,
             sweep: false,
         };

@@ -46,9 +46,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 pub use batch::{BatchContext, BatchOutcome, EnrichSettings, cells, process_batch};
+pub use device_map::{DeviceEntry, DeviceMap};
 pub use registry::Registry;
 pub use settings::{ProcessorSettings, VehicleSettings};
-pub use device_map::{DeviceEntry, DeviceMap};
 pub use state::{DeviceState, LatestFix, PartitionState};
 
 /// What the processor shares with the rest of fleetd.

@@ -11,8 +11,8 @@ use fleetd_store::{Store, WriteBatch};
 use tokio::sync::mpsc;
 
 use crate::batch::{BatchContext, BatchOutcome, process_batch};
-use crate::live::LiveHub;
 use crate::geofence::Geofences;
+use crate::live::LiveHub;
 use crate::registry::Registry;
 use crate::settings::ProcessorSettings;
 use crate::state::PartitionState;

@@ -269,12 +269,8 @@ impl Store for FjallStore {
         limit: usize,
     ) -> Result<MemberPage, StoreError> {
         let (fence, after) = (fence.clone(), after.cloned());
-        self.blocking(move |inner| {
-            inner
-                .tables
-                .geofence_members(&fence, after.as_ref(), limit)
-        })
-        .await
+        self.blocking(move |inner| inner.tables.geofence_members(&fence, after.as_ref(), limit))
+            .await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -774,8 +774,16 @@ async fn geofences_and_their_members() {
         };
         s.put_geofence(&depot).await.expect("put");
         s.put_geofence(&yard).await.expect("put");
-        assert_eq!(s.geofence(&depot.id).await.expect("get"), Some(depot.clone()), "{name}");
-        assert_eq!(s.geofence(&fence_id("none")).await.expect("get"), None, "{name}");
+        assert_eq!(
+            s.geofence(&depot.id).await.expect("get"),
+            Some(depot.clone()),
+            "{name}"
+        );
+        assert_eq!(
+            s.geofence(&fence_id("none")).await.expect("get"),
+            None,
+            "{name}"
+        );
         let mut all = s.all_geofences().await.expect("all");
         all.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(all, [depot.clone(), yard.clone()], "{name}");
@@ -808,14 +816,21 @@ async fn geofences_and_their_members() {
             ..WriteBatch::default()
         };
         s.write_batch(exit).await.expect("write");
-        let depot_members: Vec<String> = members(s, "depot").await.into_iter().map(|m| m.0).collect();
+        let depot_members: Vec<String> =
+            members(s, "depot").await.into_iter().map(|m| m.0).collect();
         assert_eq!(depot_members, ["car-1", "car-3"], "{name}");
         let zero = s.geofence_members(&depot.id, None, 0).await;
         assert!(matches!(zero, Err(StoreError::InvalidQuery(_))), "{name}");
 
         // Deleting a fence removes it and its members, not other fences'.
-        assert!(s.delete_geofence(&depot.id).await.expect("delete"), "{name}");
-        assert!(!s.delete_geofence(&depot.id).await.expect("delete"), "{name}");
+        assert!(
+            s.delete_geofence(&depot.id).await.expect("delete"),
+            "{name}"
+        );
+        assert!(
+            !s.delete_geofence(&depot.id).await.expect("delete"),
+            "{name}"
+        );
         assert_eq!(s.geofence(&depot.id).await.expect("get"), None, "{name}");
         assert!(members(s, "depot").await.is_empty(), "{name}");
         assert_eq!(members(s, "yard").await.len(), 1, "{name}");

@@ -159,11 +159,17 @@ async fn geofence_alerts_over_rest_mqtt_and_owntracks_and_membership_survives_re
     let data = dir.path().join("data");
     let config = dir.path().join("fleetd.toml");
     std::fs::write(&config, "[geofences]\nmin_outside_s = 3.0\n").expect("config");
-    let args = ["--window-ms", "200", "--config", config.to_str().expect("utf-8")];
+    let args = [
+        "--window-ms",
+        "200",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ];
     let mut server = Fleetd::start(&data, &args).await;
 
     // Invalid fences are 400 with a precise message; nothing is stored.
-    let bowtie = json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]});
+    let bowtie =
+        json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]});
     let (status, body) = put(&server, "/v1/geofences/bad", &bowtie).await;
     assert_eq!(status, 400, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
@@ -176,10 +182,20 @@ async fn geofence_alerts_over_rest_mqtt_and_owntracks_and_membership_survives_re
     assert_eq!(server.get("/v1/geofences/bad").await.0, 404);
 
     // A 1.1 km x 0.7 km depot with a 5 s dwell threshold.
-    let (status, body) = put(&server, "/v1/geofences/depot", &square("Depot", 0.005, Some(5.0))).await;
+    let (status, body) = put(
+        &server,
+        "/v1/geofences/depot",
+        &square("Depot", 0.005, Some(5.0)),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["properties"]["owner"], "depot-team");
-    let (status, _) = put(&server, "/v1/geofences/depot", &square("Depot", 0.005, Some(5.0))).await;
+    let (status, _) = put(
+        &server,
+        "/v1/geofences/depot",
+        &square("Depot", 0.005, Some(5.0)),
+    )
+    .await;
     assert_eq!(status, 200, "a second PUT replaces");
     let (status, list) = server.get("/v1/geofences").await;
     assert_eq!((status, list["count"].clone()), (200, json!(1)), "{list}");
@@ -210,7 +226,11 @@ async fn geofence_alerts_over_rest_mqtt_and_owntracks_and_membership_survives_re
         .expect("publish");
     let truck = wait_alerts(&server, "device=truck-1", 3).await;
     let kinds: Vec<&str> = truck.iter().map(|a| a.0.as_str()).collect();
-    assert_eq!(kinds, ["enter", "dwell", "exit"], "one of each per crossing");
+    assert_eq!(
+        kinds,
+        ["enter", "dwell", "exit"],
+        "one of each per crossing"
+    );
     assert!(truck.iter().all(|a| a.2 == "depot"));
 
     // alice's OwnTracks phone, one fix every 10 s, walks into the depot
@@ -267,11 +287,23 @@ async fn geofence_alerts_over_rest_mqtt_and_owntracks_and_membership_survives_re
 
     // A fence created around alice: she enters it on her next fix. Deleted:
     // its membership ends without an exit, even when she walks away.
-    let (status, _) = put(&server, "/v1/geofences/kiosk", &json!({"center": [LON + 0.0005, LAT], "radius_m": 60.0, "properties": {"name": "Kiosk"}})).await;
+    let (status, _) = put(
+        &server,
+        "/v1/geofences/kiosk",
+        &json!({"center": [LON + 0.0005, LAT], "radius_m": 60.0, "properties": {"name": "Kiosk"}}),
+    )
+    .await;
     assert_eq!(status, 201);
-    mosquitto_pub(server.mqtt_port, "owntracks/alice/phone", &owntracks(ts + 200, 30.0));
+    mosquitto_pub(
+        server.mqtt_port,
+        "owntracks/alice/phone",
+        &owntracks(ts + 200, 30.0),
+    );
     let kiosk = wait_alerts(&server, "geofence=kiosk", 1).await;
-    assert_eq!(kiosk, [("enter".into(), "alice/phone".into(), "kiosk".into())]);
+    assert_eq!(
+        kiosk,
+        [("enter".into(), "alice/phone".into(), "kiosk".into())]
+    );
     assert_eq!(delete(&server, "/v1/geofences/kiosk").await, 204);
     assert_eq!(delete(&server, "/v1/geofences/kiosk").await, 404);
     assert_eq!(server.get("/v1/geofences/kiosk/vehicles").await.0, 404);
@@ -284,7 +316,11 @@ async fn geofence_alerts_over_rest_mqtt_and_owntracks_and_membership_survives_re
     }
     // Let those fixes through the reorder allowance and a few windows.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(alerts(&server, "geofence=kiosk").await.len(), 1, "no phantom exit");
+    assert_eq!(
+        alerts(&server, "geofence=kiosk").await.len(),
+        1,
+        "no phantom exit"
+    );
     let (_, fences) = server.get("/v1/vehicles/alice%2Fphone/geofences").await;
     assert_eq!(fences["count"], 1, "{fences}");
 
@@ -319,5 +355,10 @@ async fn geofence_alerts_over_rest_mqtt_and_owntracks_and_membership_survives_re
     assert_eq!(left[0]["event"], "leave");
     let (_, inside) = server.get("/v1/geofences/depot/vehicles").await;
     assert_eq!(inside["count"], 0, "{inside}");
-    assert!(server.metric("fleetd_alerts_published_total{result=\"published\"}").await >= 1.0);
+    assert!(
+        server
+            .metric("fleetd_alerts_published_total{result=\"published\"}")
+            .await
+            >= 1.0
+    );
 }

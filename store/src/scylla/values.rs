@@ -155,7 +155,10 @@ impl SerializeRow for Bind<'_> {
                 "entered_at" => {
                     CqlTimestamp(self.entered_at.ok_or_else(missing)?).serialize(typ, cell)?
                 }
-                "after_device" => self.after_device.ok_or_else(missing)?.serialize(typ, cell)?,
+                "after_device" => self
+                    .after_device
+                    .ok_or_else(missing)?
+                    .serialize(typ, cell)?,
                 "name" => self
                     .device
                     .ok_or_else(missing)?
