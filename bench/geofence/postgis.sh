@@ -56,11 +56,17 @@ psql_ -c "CREATE EXTENSION postgis" >/dev/null
 postgis_version=$(psql_ -At -c "SELECT postgis_full_version()" | cut -d' ' -f1-2)
 pg_version=$(psql_ -At -c "SHOW server_version")
 
-printf '%-8s %14s %14s %8s %s\n' fences "fleetd chk/s" "postgis chk/s" ratio "(hits: fleetd / postgis)"
+printf '%-8s %16s %16s %14s %8s %s\n' fences "fleetd lat/lon/s" "fleetd cell/s" "postgis chk/s" ratio "(hits: fleetd / postgis)"
+rate() {  # criterion mean of bench $1 → checks per second
+  local est="target/criterion/geofence_contains/$1/$n/new/estimates.json"
+  python3 -c "import json,sys; e=json.load(open('$est')); print(round($points / (e['mean']['point_estimate'] * 1e-9)))"
+}
 for n in "${sizes[@]}"; do
-  est="target/criterion/geofence_contains/h3_index/$n/new/estimates.json"
   points=$(wc -l < "$work/data/points-$n.tsv")
-  fleetd_rate=$(python3 -c "import json,sys; e=json.load(open('$est')); print(round($points / (e['mean']['point_estimate'] * 1e-9)))")
+  # From lat/lon alone: the like-for-like figure against PostGIS. With the
+  # point's res-9 cell known: what a check costs inside the pipeline.
+  fleetd_rate=$(rate res9_from_latlng)
+  fleetd_cell_rate=$(rate res9_cell_known)
   psql_ >/dev/null <<SQL
 DROP TABLE IF EXISTS fences, points;
 CREATE TABLE fences (id text PRIMARY KEY, geom geometry(Polygon, 4326) NOT NULL);
@@ -88,7 +94,7 @@ SQL
   fleetd_hits=$(cat "$work/data/hits-$n.txt")
   pg_rate=$(python3 -c "print(round($points / ($best / 1000)))")
   ratio=$(python3 -c "print(f'{$fleetd_rate / $pg_rate:.1f}x')")
-  printf '%-8s %14s %14s %8s (%s / %s)\n' "$n" "$fleetd_rate" "$pg_rate" "$ratio" "$fleetd_hits" "$pg_hits"
+  printf '%-8s %16s %16s %14s %8s (%s / %s)\n' "$n" "$fleetd_rate" "$fleetd_cell_rate" "$pg_rate" "$ratio" "$fleetd_hits" "$pg_hits"
   if [ "$fleetd_hits" != "$pg_hits" ]; then
     echo "postgis.sh: hit counts differ for $n fences" >&2
     exit 1
