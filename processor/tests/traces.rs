@@ -790,3 +790,45 @@ fn sparse_reports_waiting_in_the_reorder_buffer_are_not_silence() {
     assert_eq!(trip.end_ts_ms, Some(t0 + 39 * 70_000), "{ctx}");
     assert!((trip.distance_m - 39.0 * 700.0).abs() < 39.0 * 7.0, "{ctx}");
 }
+
+/// Beyond the lateness bound: the run delivered up to 60 s late under a
+/// 30 s reorder allowance. What misses the allowance is not corrected for:
+/// it is stored flagged `too_late` and left out of the state, so nothing is
+/// lost from history, `latest` never goes back, and the odometer only
+/// misses the corners those fixes would have added.
+#[test]
+fn lateness_beyond_the_allowance_is_stored_flagged_not_applied() {
+    let trace = trace("run-kent-tomtom-1hz.csv");
+    let vehicle = settings();
+    let clean_run = replay(clean(&trace.points), &vehicle);
+    let mut rng = SmallRng::seed_from_u64(5);
+    let deliveries: Vec<PositionReport> = trace
+        .points
+        .iter()
+        .map(|p| p.report(p.ts_ms + rng.random_range(0..2 * LATENESS_MS)))
+        .collect();
+    let run = replay(deliveries, &vehicle);
+    let too_late = run.count(RejectReason::TooLate);
+    let ctx = format!(
+        "{too_late} too late; odometer {:.1} m vs {:.1} m clean; trips {:?}",
+        run.odometer_m,
+        clean_run.odometer_m,
+        run.trips
+            .iter()
+            .map(|t| (t.start_ts_ms, t.end_ts_ms))
+            .collect::<Vec<_>>()
+    );
+    eprintln!("beyond the allowance: {ctx}");
+    assert!(too_late > 0, "{ctx}");
+    assert_eq!(run.history.len(), trace.points.len(), "{ctx}");
+    let flagged = run
+        .history
+        .iter()
+        .filter(|p| p.flag == Some(RejectReason::TooLate))
+        .count();
+    assert_eq!(flagged as u64, too_late, "{ctx}");
+    assert_eq!(run.latest.last(), clean_run.latest.last(), "{ctx}");
+    assert!(run.latest.windows(2).all(|w| w[0].0 < w[1].0), "{ctx}");
+    assert!(run.odometer_m <= clean_run.odometer_m + 1.0, "{ctx}");
+    assert!(run.odometer_m >= 0.99 * clean_run.odometer_m, "{ctx}");
+}
