@@ -589,3 +589,51 @@ async fn malformed_cursor_is_an_invalid_query() {
     let zero_limit = store.history(&id("car"), &history_query(0, 10, 0)).await;
     assert!(matches!(zero_limit, Err(StoreError::InvalidQuery(_))));
 }
+
+/// A data directory of an earlier version holds the area index on disk in an
+/// `area` keyspace; opening it drops that keyspace and serves latest and area
+/// reads from the `latest` keyspace it rebuilds its index from.
+#[tokio::test]
+async fn legacy_area_keyspace_is_dropped_at_open() {
+    use prost::Message;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let truck = position("truck-1", 1_000, 52.52, 13.405);
+    {
+        let db = fjall::Database::builder(dir.path())
+            .open()
+            .expect("open fjall");
+        let latest = db
+            .keyspace("latest", fjall::KeyspaceCreateOptions::default)
+            .expect("latest keyspace");
+        let area = db
+            .keyspace("area", fjall::KeyspaceCreateOptions::default)
+            .expect("area keyspace");
+        let value = fleetd_schemas::storage::StoredPosition::from(&truck).encode_to_vec();
+        latest.insert("truck-1", value.clone()).expect("insert");
+        area.insert(b"stale area row".to_vec(), value)
+            .expect("insert");
+        db.persist(fjall::PersistMode::SyncAll).expect("persist");
+    }
+    {
+        let store = open(&dir);
+        assert_eq!(
+            store.latest(&id("truck-1")).await.expect("latest"),
+            Some(truck.clone())
+        );
+        let around = AreaQuery::Near {
+            lat: 52.52,
+            lon: 13.405,
+            radius_m: 50.0,
+        };
+        assert_eq!(
+            store.latest_in_area(&around, 10).await.expect("area"),
+            vec![truck]
+        );
+        store.flush().await.expect("flush");
+    }
+    let db = fjall::Database::builder(dir.path())
+        .open()
+        .expect("reopen fjall");
+    assert!(!db.keyspace_exists("area"));
+}
