@@ -1,7 +1,10 @@
 //! Payload decoders: protobuf and JSON `fleet.v1` positions, OwnTracks JSON.
 //!
 //! Decoding and validation never fail loudly: every problem becomes a
-//! [`Reject`] with a reason code, and the caller counts it.
+//! [`Reject`] with a reason code, and the caller counts it. MQTT messages are
+//! decoded by topic ([`Decoder::decode`]); payloads that come without a topic
+//! (HTTP ingest) by [`PayloadRoute`] ([`Decoder::decode_payload`]), through
+//! the same formats, limits and reasons.
 
 use fleetd_schemas::proto;
 use fleetd_schemas::{DeviceId, PositionReport, RejectReason};
@@ -18,6 +21,13 @@ pub struct Reject {
     pub reason: RejectReason,
     /// What exactly was wrong, for `GET /v1/rejections`.
     pub detail: String,
+    /// The device, when the payload itself named it (fleetd JSON positions
+    /// carry their `device_id`); otherwise the caller knows it from the
+    /// topic or the request.
+    pub device: Option<DeviceId>,
+    /// The rejected position's place (from 0) in a payload that is an array
+    /// of positions; `None` when the whole payload was rejected.
+    pub index: Option<usize>,
 }
 
 impl Reject {
@@ -25,8 +35,26 @@ impl Reject {
         Self {
             reason,
             detail: detail.into(),
+            device: None,
+            index: None,
         }
     }
+}
+
+/// What a payload that arrives without an MQTT topic is: the transport (the
+/// HTTP API) tells, and the decoder treats it like the matching topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PayloadRoute {
+    /// An OwnTracks message of the device `user/device`, as published on
+    /// `owntracks/{user}/{device}`.
+    OwnTracks(DeviceId),
+    /// fleetd JSON: one position object, or an array of them, each naming
+    /// its device in `device_id` (required, since there is no topic).
+    JsonPositions,
+    /// The transport could not tell which device sent the payload: it is
+    /// rejected as `bad_device_id` with this explanation.
+    UnknownDevice(String),
 }
 
 /// What decoding one message produced besides accepted positions.
@@ -67,15 +95,8 @@ impl Decoder {
         accepted: &mut Vec<PositionReport>,
         rejects: &mut Vec<Reject>,
     ) -> Outcome {
-        if payload.len() > self.limits.max_payload_bytes {
-            rejects.push(Reject::new(
-                RejectReason::Oversize,
-                format!(
-                    "payload is {} bytes, the limit is {}",
-                    payload.len(),
-                    self.limits.max_payload_bytes
-                ),
-            ));
+        if let Err(reject) = self.check_size(payload.len()) {
+            rejects.push(reject);
             return Outcome::Decoded;
         }
         let mut push = |device: &DeviceId, raw: Result<RawPosition, Reject>| match raw
@@ -104,11 +125,9 @@ impl Decoder {
                 }
                 Err(reject) => rejects.push(reject),
             },
-            TopicRoute::OwnTracks(device) => match decode_owntracks(payload) {
-                Ok(Some(raw)) => push(device, Ok(raw)),
-                Ok(None) => return Outcome::Ignored("owntracks_non_location"),
-                Err(reject) => rejects.push(reject),
-            },
+            TopicRoute::OwnTracks(device) => {
+                return self.owntracks(device, payload, received_ms, accepted, rejects);
+            }
             TopicRoute::Ignored => return Outcome::Ignored("output_topic"),
             TopicRoute::BadDeviceId(e) => {
                 rejects.push(Reject::new(RejectReason::BadDeviceId, e.to_string()));
@@ -121,6 +140,136 @@ impl Decoder {
             }
         }
         Outcome::Decoded
+    }
+
+    /// Decodes one payload that came without a topic (HTTP ingest), with
+    /// the same formats, limits and reasons as [`Decoder::decode`]. Buffers
+    /// as there.
+    pub fn decode_payload(
+        &self,
+        route: &PayloadRoute,
+        payload: &[u8],
+        received_ms: i64,
+        accepted: &mut Vec<PositionReport>,
+        rejects: &mut Vec<Reject>,
+    ) -> Outcome {
+        if let Err(reject) = self.check_size(payload.len()) {
+            rejects.push(reject);
+            return Outcome::Decoded;
+        }
+        match route {
+            PayloadRoute::OwnTracks(device) => {
+                self.owntracks(device, payload, received_ms, accepted, rejects)
+            }
+            PayloadRoute::JsonPositions => {
+                self.json_positions(payload, received_ms, accepted, rejects);
+                Outcome::Decoded
+            }
+            PayloadRoute::UnknownDevice(detail) => {
+                rejects.push(Reject::new(RejectReason::BadDeviceId, detail.clone()));
+                Outcome::Decoded
+            }
+        }
+    }
+
+    /// `oversize` when a payload of `len` bytes is over the limit.
+    pub fn check_size(&self, len: usize) -> Result<(), Reject> {
+        if len > self.limits.max_payload_bytes {
+            return Err(Reject::new(
+                RejectReason::Oversize,
+                format!(
+                    "payload is {len} bytes, the limit is {}",
+                    self.limits.max_payload_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn owntracks(
+        &self,
+        device: &DeviceId,
+        payload: &[u8],
+        received_ms: i64,
+        accepted: &mut Vec<PositionReport>,
+        rejects: &mut Vec<Reject>,
+    ) -> Outcome {
+        // A zero-length message clears a retained one in MQTT mode, and the
+        // apps POST it as such in HTTP mode (a deleted friend): not input.
+        if payload.iter().all(u8::is_ascii_whitespace) {
+            return Outcome::Ignored("owntracks_empty");
+        }
+        match decode_owntracks(payload) {
+            Ok(Some(raw)) => match self.limits.validate(device, raw, received_ms) {
+                Ok(report) => accepted.push(report),
+                Err(reject) => rejects.push(reject),
+            },
+            Ok(None) => return Outcome::Ignored("owntracks_non_location"),
+            Err(reject) => rejects.push(reject),
+        }
+        Outcome::Decoded
+    }
+
+    /// fleetd JSON positions that name their device: one object or an array.
+    fn json_positions(
+        &self,
+        payload: &[u8],
+        received_ms: i64,
+        accepted: &mut Vec<PositionReport>,
+        rejects: &mut Vec<Reject>,
+    ) {
+        let (positions, is_array) = match decode_device_positions(payload) {
+            Ok(decoded) => decoded,
+            Err(reject) => {
+                rejects.push(reject);
+                return;
+            }
+        };
+        if positions.len() > self.limits.max_batch_positions {
+            rejects.push(Reject::new(
+                RejectReason::BatchTooLarge,
+                format!(
+                    "batch holds {} positions, the limit is {}",
+                    positions.len(),
+                    self.limits.max_batch_positions
+                ),
+            ));
+            return;
+        }
+        for (i, position) in positions.into_iter().enumerate() {
+            let index = is_array.then_some(i);
+            let device = match position.device_id.as_deref().map(DeviceId::parse) {
+                Some(Ok(device)) => device,
+                Some(Err(e)) => {
+                    rejects.push(Reject {
+                        index,
+                        ..Reject::new(RejectReason::BadDeviceId, format!("device_id: {e}"))
+                    });
+                    continue;
+                }
+                None => {
+                    rejects.push(Reject {
+                        index,
+                        ..Reject::new(
+                            RejectReason::BadDeviceId,
+                            "missing device_id (required when the payload has no topic)",
+                        )
+                    });
+                    continue;
+                }
+            };
+            match self
+                .limits
+                .validate(&device, position.position.into(), received_ms)
+            {
+                Ok(report) => accepted.push(report),
+                Err(reject) => rejects.push(Reject {
+                    device: Some(device),
+                    index,
+                    ..reject
+                }),
+            }
+        }
     }
 }
 
@@ -185,6 +334,31 @@ fn decode_batch(payload: &[u8]) -> Result<Vec<RawPosition>, Reject> {
     }
 }
 
+/// Decodes fleetd JSON positions with their `device_id`: one object, or an
+/// array (the flag says which, so rejections of an array's elements carry
+/// their index).
+fn decode_device_positions(payload: &[u8]) -> Result<(Vec<DevicePosition>, bool), Reject> {
+    let malformed = |e: serde_json::Error| {
+        Reject::new(
+            RejectReason::Malformed,
+            format!("invalid JSON position: {e}"),
+        )
+    };
+    match payload.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice::<Vec<DevicePosition>>(payload)
+            .map(|p| (p, true))
+            .map_err(malformed),
+        Some(b'{') => serde_json::from_slice::<DevicePosition>(payload)
+            .map(|p| (vec![p], false))
+            .map_err(malformed),
+        Some(_) => Err(Reject::new(
+            RejectReason::Malformed,
+            "expected a JSON position object or an array of them",
+        )),
+        None => Err(Reject::new(RejectReason::Malformed, "payload is empty")),
+    }
+}
+
 /// Decodes an OwnTracks message: `Ok(None)` for `_type`s other than
 /// `location` (they are not errors).
 fn decode_owntracks(payload: &[u8]) -> Result<Option<RawPosition>, Reject> {
@@ -227,6 +401,14 @@ struct JsonPosition {
     heading_deg: Option<f64>,
     battery_pct: Option<f64>,
     seq: Option<u64>,
+}
+
+/// A [`JsonPosition`] that names its device, for payloads without a topic.
+#[derive(Debug, Deserialize)]
+struct DevicePosition {
+    device_id: Option<String>,
+    #[serde(flatten)]
+    position: JsonPosition,
 }
 
 impl From<JsonPosition> for RawPosition {

@@ -207,3 +207,127 @@ fn batch_limit() {
     assert!(ok.is_empty());
     assert_eq!(reasons(&bad), ["batch_too_large"]);
 }
+
+fn decode_payload(
+    route: &PayloadRoute,
+    payload: &[u8],
+) -> (Vec<PositionReport>, Vec<Reject>, Outcome) {
+    let decoder = Decoder::new(Limits::default());
+    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+    let outcome = decoder.decode_payload(route, payload, NOW, &mut ok, &mut bad);
+    (ok, bad, outcome)
+}
+
+#[test]
+fn json_positions_name_their_device() {
+    let one = br#"{"device_id": "van-7", "ts_ms": 1749999999000, "lat": 1.5, "lon": 2.5, "speed_mps": 3}"#;
+    let (ok, bad, outcome) = decode_payload(&PayloadRoute::JsonPositions, one);
+    assert!(bad.is_empty(), "{bad:?}");
+    assert_eq!(outcome, Outcome::Decoded);
+    assert_eq!(ok[0].device_id.as_str(), "van-7");
+    assert_eq!(
+        (ok[0].lat, ok[0].lon, ok[0].speed_mps),
+        (1.5, 2.5, Some(3.0))
+    );
+
+    // Every element is validated on its own; rejections say which one.
+    let many = br#"[{"device_id": "a", "ts_ms": 1749999999000, "lat": 1, "lon": 2},
+                    {"ts_ms": 1749999999000, "lat": 1, "lon": 2},
+                    {"device_id": "bad id", "ts_ms": 1749999999000, "lat": 1, "lon": 2},
+                    {"device_id": "b", "ts_ms": 1749999999000, "lat": 1, "lon": 999},
+                    {"device_id": "alice/phone", "ts_ms": 1749999999500, "lat": 1, "lon": 2}]"#;
+    let (ok, bad, _) = decode_payload(&PayloadRoute::JsonPositions, many);
+    let ids: Vec<&str> = ok.iter().map(|r| r.device_id.as_str()).collect();
+    assert_eq!(ids, ["a", "alice/phone"]);
+    let got: Vec<_> = bad
+        .iter()
+        .map(|r| {
+            (
+                r.index,
+                r.reason.code(),
+                r.device.as_ref().map(|d| d.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(1), "bad_device_id", None),
+            (Some(2), "bad_device_id", None),
+            (Some(3), "bad_coordinates", Some("b")),
+        ]
+    );
+    assert!(
+        bad[0].detail.contains("missing device_id"),
+        "{}",
+        bad[0].detail
+    );
+
+    // A single object's rejection has no index.
+    let (_, bad, _) = decode_payload(
+        &PayloadRoute::JsonPositions,
+        br#"{"device_id": "a", "ts_ms": 1760000000000, "lat": 1, "lon": 2}"#,
+    );
+    assert_eq!(reasons(&bad), ["future_timestamp"]);
+    assert_eq!(bad[0].index, None);
+}
+
+#[test]
+fn json_positions_garbage_and_limits() {
+    for (payload, want) in [
+        (b"".to_vec(), "malformed"),
+        (b"  ".to_vec(), "malformed"),
+        (b"42".to_vec(), "malformed"),
+        (br#"{"device_id": "a", "lat": "x"}"#.to_vec(), "malformed"),
+        (br#"[{"device_id": "a"}, 7]"#.to_vec(), "malformed"),
+        (vec![b'['; 300 * 1024], "oversize"),
+    ] {
+        let (ok, bad, _) = decode_payload(&PayloadRoute::JsonPositions, &payload);
+        assert!(ok.is_empty());
+        assert_eq!(
+            reasons(&bad),
+            [want],
+            "{:?}",
+            String::from_utf8_lossy(&payload[..payload.len().min(40)])
+        );
+    }
+    let many: Vec<String> = (0..1001)
+        .map(|i| {
+            format!(
+                r#"{{"device_id": "a", "ts_ms": {}, "lat": 1, "lon": 1}}"#,
+                NOW - 10_000 + i
+            )
+        })
+        .collect();
+    let payload = format!("[{}]", many.join(","));
+    let (ok, bad, _) = decode_payload(&PayloadRoute::JsonPositions, payload.as_bytes());
+    assert!(ok.is_empty());
+    assert_eq!(reasons(&bad), ["batch_too_large"]);
+
+    let (_, bad, _) = decode_payload(&PayloadRoute::UnknownDevice("who?".into()), b"{}");
+    assert_eq!(reasons(&bad), ["bad_device_id"]);
+    assert_eq!(bad[0].detail, "who?");
+}
+
+#[test]
+fn owntracks_without_topic_decodes_like_the_topic() {
+    let msg =
+        br#"{"_type":"location","tid":"ph","lat":48.85,"lon":2.35,"tst":1749999990,"vel":36}"#;
+    let alice = DeviceId::parse("alice/phone").expect("id");
+    let (ok, bad, outcome) = decode_payload(&PayloadRoute::OwnTracks(alice.clone()), msg);
+    assert_eq!((ok.clone(), bad.clone(), outcome), {
+        let (ok, bad, outcome) = decode("owntracks/alice/phone", msg);
+        (ok, bad, outcome)
+    });
+    assert_eq!(ok[0].speed_mps, Some(10.0));
+
+    // Zero-length messages (a deleted friend, a cleared retained message)
+    // are not input, over either transport.
+    let (ok, bad, outcome) = decode_payload(&PayloadRoute::OwnTracks(alice), b"");
+    assert!(ok.is_empty() && bad.is_empty());
+    assert_eq!(outcome, Outcome::Ignored("owntracks_empty"));
+    assert_eq!(
+        decode("owntracks/alice/phone", b"").2,
+        Outcome::Ignored("owntracks_empty")
+    );
+}

@@ -8,6 +8,10 @@
 //! * [`run_embedded`] is the ingest task: link → [`Ingestor`] → chunks on a
 //!   bounded channel to the processor, with backpressure; it drains the link
 //!   on shutdown.
+//! * [`Submitter`] is ingest for request/response transports (the HTTP
+//!   API's `POST /v1/positions`): a payload and its [`PayloadRoute`] in,
+//!   the same decoding, validation and rejection log, the same queue; it
+//!   answers "full" instead of waiting.
 //!
 //! * [`alerts`] publishes alerts back out: `fleet/{device_id}/alerts` and
 //!   OwnTracks transitions, through the embedded broker or an external one.
@@ -22,12 +26,14 @@ pub mod decode;
 mod error;
 mod external;
 mod pipeline;
+mod submit;
 pub mod topic;
 mod validate;
 
 pub use broker::{BrokerSettings, EmbeddedBroker};
-pub use decode::{Decoder, Outcome, Reject};
+pub use decode::{Decoder, Outcome, PayloadRoute, Reject};
 pub use error::IngestError;
 pub use external::{ExternalBrokerSettings, run_external};
 pub use pipeline::{Ingestor, MAX_CHUNK, run_embedded};
+pub use submit::{SubmitError, Submitted, Submitter};
 pub use validate::{Limits, RawPosition};

@@ -86,31 +86,62 @@ impl Ingestor {
         let outcome = self
             .decoder
             .decode(&route, payload, received_ms, chunk, &mut self.rejects);
-        let accepted = chunk.len() - before;
-        if accepted > 0 {
-            metrics::counter!("fleetd_received_total").increment(accepted as u64);
-        }
-        if let Outcome::Ignored(kind) = outcome {
-            metrics::counter!("fleetd_ignored_total", "kind" => kind).increment(1);
-        }
+        count_received(chunk.len() - before);
+        count_outcome(outcome);
+        let device = match &route {
+            topic::TopicRoute::Position(d)
+            | topic::TopicRoute::PositionBatch(d)
+            | topic::TopicRoute::OwnTracks(d) => Some(d.as_str()),
+            _ => None,
+        };
         for reject in self.rejects.drain(..) {
-            let device = match &route {
-                topic::TopicRoute::Position(d)
-                | topic::TopicRoute::PositionBatch(d)
-                | topic::TopicRoute::OwnTracks(d) => Some(d.as_str()),
-                _ => None,
-            };
-            tracing::debug!(topic, reason = reject.reason.code(), detail = %reject.detail, "rejected input");
-            self.rejections.record(
-                reject.reason,
+            record_reject(
+                &self.rejections,
                 topic,
                 device,
-                reject.detail,
+                reject,
                 payload,
                 received_ms,
             );
         }
     }
+}
+
+/// Counts positions handed to the processor (`fleetd_received_total`).
+pub(crate) fn count_received(n: usize) {
+    if n > 0 {
+        metrics::counter!("fleetd_received_total").increment(n as u64);
+    }
+}
+
+/// Counts a payload that was not input (`fleetd_ignored_total{kind}`).
+pub(crate) fn count_outcome(outcome: Outcome) {
+    if let Outcome::Ignored(kind) = outcome {
+        metrics::counter!("fleetd_ignored_total", "kind" => kind).increment(1);
+    }
+}
+
+/// Counts and samples one rejection, the same way for every transport.
+/// `device` is the one the transport knows (topic, request); a device the
+/// payload named itself wins.
+pub(crate) fn record_reject(
+    rejections: &RejectionLog,
+    source: &str,
+    device: Option<&str>,
+    reject: Reject,
+    payload: &[u8],
+    received_ms: i64,
+) {
+    let device = reject.device.as_ref().map(|d| d.as_str()).or(device);
+    tracing::debug!(source, reason = reject.reason.code(), detail = %reject.detail, "rejected input");
+    rejections.record(
+        reject.reason,
+        source,
+        device,
+        reject.detail,
+        payload,
+        received_ms,
+    );
 }
 
 /// Runs ingest from the embedded broker's link until `cancel`, then drains
