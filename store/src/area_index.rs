@@ -46,7 +46,7 @@ struct Index {
     handles: HashMap<DeviceId, u32>,
     slots: Vec<Slot>,
     /// Res-7 cell → the devices whose latest position lies in it.
-    cells: HashMap<u64, Vec<Entry>>,
+    cells: HashMap<u64, Bucket>,
 }
 
 /// One device: its id and latest position.
@@ -56,6 +56,26 @@ struct Slot {
     latest: Compact,
     /// Where the device's entry sits in its cell's bucket, or [`NOT_INDEXED`].
     at: u32,
+}
+
+/// The devices of one res-7 cell.
+#[derive(Debug)]
+struct Bucket {
+    entries: Vec<Entry>,
+    /// A lat/lon box around the cell, so a query skips cells that cannot
+    /// hold a match without testing their entries (a cover adds a ring of
+    /// cells around the area, most of which lie outside it); `None` where
+    /// a box would not be tight (near the poles, across the antimeridian).
+    bounds: Option<BBox>,
+}
+
+impl Bucket {
+    fn new(cell: u64) -> Self {
+        Self {
+            entries: Vec::new(),
+            bounds: cell_bounds(cell),
+        }
+    }
 }
 
 /// A bucket entry: what the exact test reads, next to each other in memory.
@@ -223,8 +243,13 @@ impl LatestIndex {
             return Ok(found);
         };
         let index = self.read();
-        let mut visit = |bucket: &Vec<Entry>| {
-            for entry in bucket {
+        let mut visit = |bucket: &Bucket| {
+            if let (Some(query), Some(cell)) = (test.prefilter, bucket.bounds)
+                && !overlaps(&query, &cell)
+            {
+                return false;
+            }
+            for entry in &bucket.entries {
                 if test.contains(entry.lat, entry.lon)
                     && let Some(slot) = index.slots.get(entry.handle as usize)
                 {
@@ -319,7 +344,7 @@ impl Index {
         if old_cell.is_some() && old_cell == new_cell {
             if let Some(e) = old_cell
                 .and_then(|c| self.cells.get_mut(&c))
-                .and_then(|bucket| bucket.get_mut(old_at as usize))
+                .and_then(|bucket| bucket.entries.get_mut(old_at as usize))
             {
                 *e = entry;
             }
@@ -330,9 +355,9 @@ impl Index {
         }
         let at = match new_cell {
             Some(cell) => {
-                let bucket = self.cells.entry(cell).or_default();
-                bucket.push(entry);
-                u32::try_from(bucket.len() - 1).unwrap_or(NOT_INDEXED)
+                let bucket = self.cells.entry(cell).or_insert_with(|| Bucket::new(cell));
+                bucket.entries.push(entry);
+                u32::try_from(bucket.entries.len() - 1).unwrap_or(NOT_INDEXED)
             }
             None => NOT_INDEXED,
         };
@@ -347,17 +372,18 @@ impl Index {
         let Some(bucket) = self.cells.get_mut(&cell) else {
             return;
         };
+        let entries = &mut bucket.entries;
         let at = at as usize;
-        if at >= bucket.len() {
+        if at >= entries.len() {
             return;
         }
-        bucket.swap_remove(at);
-        if let Some(moved) = bucket.get(at)
+        entries.swap_remove(at);
+        if let Some(moved) = entries.get(at)
             && let Some(slot) = self.slots.get_mut(moved.handle as usize)
         {
             slot.at = at as u32;
         }
-        if bucket.is_empty() {
+        if entries.is_empty() {
             self.cells.remove(&cell);
         }
     }
@@ -366,8 +392,8 @@ impl Index {
 /// The exact test of a query, with a cheap box test first for circles.
 struct Test {
     area: AreaQuery,
-    /// For circles: a box around the circle that rejects most candidates
-    /// without trigonometry.
+    /// A box around the area (the query's own, or a circle's) that rejects
+    /// whole cells, and most candidates, without trigonometry.
     prefilter: Option<BBox>,
 }
 
@@ -382,7 +408,8 @@ impl Test {
                     max_lat: b.max_lat + PREFILTER_SLACK_DEG,
                 })
             }
-            _ => None,
+            AreaQuery::BBox(bbox) => Some(bbox),
+            AreaQuery::Cell(_) => None,
         };
         Self {
             area: *area,
@@ -393,6 +420,53 @@ impl Test {
     fn contains(&self, lat: f64, lon: f64) -> bool {
         self.prefilter.is_none_or(|b| b.contains(lat, lon)) && self.area.contains(lat, lon)
     }
+}
+
+/// Margin around a cell's vertices, degrees of latitude (~11 m): a cell's
+/// edges are great-circle arcs, which bow away from the straight lat/lon
+/// line between two vertices by well under a metre at res 7 outside the
+/// polar caps.
+const CELL_MARGIN_DEG: f64 = 1e-4;
+/// Beyond this latitude boxes are not worth it (longitude degrees shrink
+/// to nothing and cells may hold a pole).
+const MAX_BOUNDED_LAT: f64 = 80.0;
+
+/// A box around a res-7 cell: its vertices' extent plus a margin; `None`
+/// when the cell is invalid, near a pole or spans the antimeridian.
+fn cell_bounds(raw: u64) -> Option<BBox> {
+    let cell = CellIndex::try_from(raw).ok()?;
+    let boundary = cell.boundary();
+    let (mut min_lat, mut max_lat) = (f64::INFINITY, f64::NEG_INFINITY);
+    let (mut min_lon, mut max_lon) = (f64::INFINITY, f64::NEG_INFINITY);
+    for vertex in boundary.iter() {
+        min_lat = min_lat.min(vertex.lat());
+        max_lat = max_lat.max(vertex.lat());
+        min_lon = min_lon.min(vertex.lng());
+        max_lon = max_lon.max(vertex.lng());
+    }
+    let polar = max_lat.abs().max(min_lat.abs()) > MAX_BOUNDED_LAT;
+    if !min_lat.is_finite() || polar || max_lon - min_lon > 180.0 {
+        return None;
+    }
+    let lon_margin = CELL_MARGIN_DEG / MAX_BOUNDED_LAT.to_radians().cos();
+    Some(BBox {
+        min_lon: min_lon - lon_margin,
+        min_lat: min_lat - CELL_MARGIN_DEG,
+        max_lon: max_lon + lon_margin,
+        max_lat: max_lat + CELL_MARGIN_DEG,
+    })
+}
+
+/// Whether a query box (which may cross the antimeridian) meets a cell box
+/// (which never does).
+fn overlaps(query: &BBox, cell: &BBox) -> bool {
+    let lat = query.min_lat <= cell.max_lat && cell.min_lat <= query.max_lat;
+    let lon = if query.crosses_antimeridian() {
+        cell.max_lon >= query.min_lon || cell.min_lon <= query.max_lon
+    } else {
+        query.min_lon <= cell.max_lon && cell.min_lon <= query.max_lon
+    };
+    lat && lon
 }
 
 /// How many res-`res` descendants `cell` has at most (`cell` itself when it
@@ -476,13 +550,20 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(7);
         let index = LatestIndex::default();
         let mut truth = std::collections::BTreeMap::new();
-        for round in 0..40i64 {
+        for round in 0..60i64 {
+            // A 30 × 30 km patch, in Berlin or (every other round, where a
+            // degree of longitude is a third as long) in Tromsø: several
+            // res-7 cells per device walk, and jumps between the two.
+            let (lat0, lon0, lon_span) = if round % 2 == 0 {
+                (52.4, 13.2, 0.44)
+            } else {
+                (69.5, 18.6, 0.78)
+            };
             let batch: Vec<LatestUpdate> = (0..rng.random_range(1..300))
                 .map(|_| {
                     let device = format!("d{}", rng.random_range(0..500));
-                    // A 30 × 30 km patch: several res-7 cells per device walk.
-                    let lat = 52.4 + rng.random_range(0.0..0.27);
-                    let lon = 13.2 + rng.random_range(0.0..0.44);
+                    let lat = lat0 + rng.random_range(0.0..0.27);
+                    let lon = lon0 + rng.random_range(0.0..lon_span);
                     update(position(&device, round, lat, lon))
                 })
                 .collect();
@@ -495,8 +576,8 @@ mod tests {
                 assert_eq!(index.get(id).as_ref(), Some(p));
             }
             let (lat, lon) = (
-                52.5 + rng.random_range(0.0..0.1),
-                13.3 + rng.random_range(0.0..0.2),
+                lat0 + 0.1 + rng.random_range(0.0..0.1),
+                lon0 + 0.1 + rng.random_range(0.0..lon_span / 2.0),
             );
             let radius_m = rng.random_range(0.0..5_000.0);
             let queries = [
