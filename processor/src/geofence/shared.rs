@@ -139,14 +139,48 @@ impl Geofences {
         let settings = self.read().settings();
         let wanted: std::collections::HashSet<GeofenceId> =
             fences.iter().map(|f| f.id.clone()).collect();
-        for fence in fences {
-            if self.read().get(&fence.id) == Some(&fence) {
-                continue;
-            }
-            let prepared = GeofenceIndex::prepare(settings, fence);
-            self.write().insert_prepared(prepared);
-            report.upserted += 1;
+        let changed: Vec<Geofence> = {
+            let index = self.read();
+            fences
+                .into_iter()
+                .filter(|f| index.get(&f.id) != Some(f))
+                .collect()
+        };
+        report.upserted = changed.len();
+        // Covers are independent: compute them on every core (a start with
+        // 100k fences is ~15 s of covers on one), then insert each quickly.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(changed.len().div_ceil(1000).max(1));
+        let chunk = changed.len().div_ceil(threads).max(1);
+        let mut changed = changed;
+        let mut parts = Vec::with_capacity(threads);
+        while changed.len() > chunk {
+            parts.push(changed.split_off(changed.len() - chunk));
         }
+        parts.push(changed);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = parts
+                .into_iter()
+                .map(|part| {
+                    scope.spawn(move || {
+                        let prepared: Vec<_> = part
+                            .into_iter()
+                            .map(|f| GeofenceIndex::prepare(settings, f))
+                            .collect();
+                        let mut index = self.write();
+                        for p in prepared {
+                            index.insert_prepared(p);
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                if worker.join().is_err() {
+                    tracing::error!("a geofence cover thread panicked");
+                }
+            }
+        });
         let stale: Vec<GeofenceId> = self
             .read()
             .iter()
@@ -159,5 +193,74 @@ impl Geofences {
         }
         report.removed = stale.len();
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use geo::Coord;
+
+    use super::*;
+    use crate::geofence::model::{Circle, Shape};
+
+    fn circle(id: &str, lon: f64, radius_m: f64) -> Geofence {
+        Geofence {
+            id: GeofenceId::parse(id).expect("id"),
+            name: None,
+            properties: serde_json::Map::new(),
+            dwell_s: None,
+            shape: Shape::Circle(Circle {
+                center: Coord { x: lon, y: 52.5 },
+                radius_m,
+            }),
+        }
+    }
+
+    #[test]
+    fn sync_replaces_only_what_changed_and_removes_the_rest() {
+        let set = Geofences::default();
+        let first: Vec<Geofence> = (0..2500)
+            .map(|i| circle(&format!("f{i}"), 13.0 + i as f64 * 1e-3, 50.0))
+            .collect();
+        let report = set.sync(first.clone());
+        assert_eq!(
+            report,
+            SyncReport {
+                upserted: 2500,
+                removed: 0
+            }
+        );
+        assert_eq!(set.len(), 2500);
+        let inside = |lon: f64| {
+            let index = set.read();
+            let mut hits = Vec::new();
+            index.containing(52.5, lon, &mut hits);
+            hits.len()
+        };
+        assert_eq!(inside(13.0), 1);
+
+        // Same set again: nothing to do.
+        assert_eq!(set.sync(first.clone()), SyncReport::default());
+        // One moved, one gone, one new.
+        let mut second = first;
+        second[0] = circle("f0", 16.0, 50.0);
+        second.pop();
+        second.push(circle("new", 15.0, 50.0));
+        let report = set.sync(second);
+        assert_eq!(
+            report,
+            SyncReport {
+                upserted: 2,
+                removed: 1
+            }
+        );
+        assert_eq!(set.len(), 2500);
+        assert_eq!(inside(13.0), 0, "f0 moved away");
+        assert_eq!(inside(16.0), 1);
+        assert!(set.contains(&GeofenceId::parse("new").expect("id")));
+        assert!(!set.contains(&GeofenceId::parse("f2499").expect("id")));
+        let (page, more) = set.page(None, 2);
+        let ids: Vec<&str> = page.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!((ids, more), (vec!["f0", "f1"], true));
     }
 }
