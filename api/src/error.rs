@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use fleetd_schemas::RejectReason;
 use fleetd_store::StoreError;
 use serde::Serialize;
 
@@ -31,6 +33,25 @@ pub enum ApiError {
     /// 413 `payload_too_large`: the request body exceeds the limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// Input that `POST /v1/positions` could not use: 400 (413 for
+    /// `oversize`) with the rejection reason as the code, as counted in
+    /// `fleetd_rejected_total{reason}`.
+    #[error("{message}")]
+    Rejected {
+        /// Why, as for MQTT input.
+        reason: RejectReason,
+        /// What exactly was wrong.
+        message: String,
+    },
+    /// 503 `overloaded`: the processor is behind and its queue is full. The
+    /// response carries `Retry-After`.
+    #[error("{message}")]
+    Overloaded {
+        /// What to tell the client.
+        message: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// 503 `not_ready`: the process is up but has not finished starting.
     #[error("{0}")]
     NotReady(String),
@@ -55,9 +76,15 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotReady(_) | Self::Unavailable(_) | Self::Timeout(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Rejected {
+                reason: RejectReason::Oversize,
+                ..
+            } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Rejected { .. } => StatusCode::BAD_REQUEST,
+            Self::Overloaded { .. }
+            | Self::NotReady(_)
+            | Self::Unavailable(_)
+            | Self::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,6 +96,8 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::Rejected { reason, .. } => reason.code(),
+            Self::Overloaded { .. } => "overloaded",
             Self::NotReady(_) => "not_ready",
             Self::Unavailable(_) => "unavailable",
             Self::Timeout(_) => "timeout",
@@ -131,6 +160,11 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status(), Json(body)).into_response();
+        if let Self::Overloaded { retry_after, .. } = &self {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, retry_after_value(*retry_after));
+        }
         if let Some(cause) = self.hidden_cause() {
             response
                 .extensions_mut()
@@ -160,6 +194,11 @@ impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
         Self::from_rejection(rejection.status(), rejection.body_text())
     }
+}
+
+/// A `Retry-After` value: whole seconds, at least 1.
+pub(crate) fn retry_after_value(after: Duration) -> HeaderValue {
+    HeaderValue::from(after.as_secs().max(1))
 }
 
 /// Axum's rejection texts start with a capital; ours are lowercase.
@@ -194,6 +233,33 @@ mod tests {
         let response = err.into_response();
         let cause = response.extensions().get::<ErrorCause>();
         assert_eq!(cause.map(|c| c.0.as_str()), Some("disk on fire"));
+    }
+
+    #[test]
+    fn ingest_rejections_use_the_reason_code() {
+        let bad = ApiError::Rejected {
+            reason: RejectReason::BadCoordinates,
+            message: "lat 95 is not in [-90, 90]".into(),
+        };
+        assert_eq!(
+            (bad.status(), bad.code()),
+            (StatusCode::BAD_REQUEST, "bad_coordinates")
+        );
+        let big = ApiError::Rejected {
+            reason: RejectReason::Oversize,
+            message: "too big".into(),
+        };
+        assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let busy = ApiError::Overloaded {
+            message: "later".into(),
+            retry_after: Duration::from_millis(200),
+        };
+        let response = busy.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(RETRY_AFTER).map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
     }
 
     #[test]

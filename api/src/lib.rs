@@ -11,7 +11,8 @@
 //! Main pieces:
 //!
 //! * [`ApiState`]: what handlers share (store, rejection log, Prometheus
-//!   handle, readiness flag). The binary builds it once and passes it to
+//!   handle, readiness flag, and ingest's `Submitter` for
+//!   `POST /v1/positions`). The binary builds it once and passes it to
 //!   [`serve`] (or to [`router`] in tests, with `oneshot` and no sockets).
 //! * [`ApiError`]: the one error type of every handler. It renders as
 //!   `{"error": {"code": "...", "message": "..."}}` with the matching status,
@@ -38,17 +39,20 @@
 //! | `PUT/GET/DELETE /v1/geofences/{id}`, `GET /v1/geofences?limit=&cursor=` | geofences |
 //! | `GET /v1/geofences/{id}/vehicles`, `GET /v1/vehicles/{id}/geofences` | who is inside now |
 //! | `GET /v1/alerts?since=&until=&device=&geofence=&kind=&limit=&cursor=` | alerts, newest first |
+//! | `POST /v1/positions` | HTTP ingest: OwnTracks HTTP mode and fleetd JSON, through ingest's `Submitter` |
 //! | `GET /v1/rejections?limit=` | recent rejected inputs, newest first |
 //! | `GET /v1/stream`, `GET /v1/ws` | live positions and alerts (SSE, WebSocket), resumable |
 //! | `GET /v1/cells?res=&bbox=` | live vehicle counts per H3 cell (`format=json|geojson`) |
 //! | `GET /`, `GET /assets/{name}` | the live map page and its embedded assets |
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics` | operations |
+//! | `GET /openapi.json` | the OpenAPI 3.1 document of all of the above (`api/openapi.json`) |
 //!
 //! Device ids containing `/` (OwnTracks `user/device`) must be
 //! percent-encoded in paths: `/v1/vehicles/alice%2Fphone`.
 //!
 //! The JSON shapes are documented in the `dto` module (vehicle, GeoJSON) and
-//! on each handler.
+//! on each handler, and for clients in `api/openapi.json` (served at
+//! `/openapi.json`), which tests hold to the router and to real responses.
 
 mod body;
 mod conn;
@@ -63,6 +67,10 @@ mod routes;
 mod state;
 
 #[cfg(test)]
+mod openapi_tests;
+#[cfg(test)]
+mod positions_tests;
+#[cfg(test)]
 mod router_tests;
 #[cfg(test)]
 mod stream_tests;
@@ -70,7 +78,7 @@ mod stream_tests;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -118,6 +126,7 @@ pub fn router(state: ApiState) -> Router {
             get(routes::geofences::of_vehicle),
         )
         .route("/v1/alerts", get(routes::alerts::list))
+        .route("/v1/positions", post(routes::positions::post))
         .route("/v1/rejections", get(routes::rejections::recent))
         .route("/v1/cells", get(routes::cells::cells))
         .route("/", get(routes::map::index))
@@ -127,6 +136,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
+        .route("/openapi.json", get(routes::openapi::spec))
         // Must come after the routes: it applies to the routes added so far.
         .method_not_allowed_fallback(routes::fallback::method_not_allowed)
         .fallback(routes::fallback::not_found)

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use fleetd_ingest::Submitter;
 use fleetd_processor::Registry;
 use fleetd_processor::geofence::Geofences;
 use fleetd_processor::live::{LiveHub, LiveSettings};
@@ -41,6 +42,10 @@ pub struct ApiState {
     pub request_timeout: Duration,
     /// Live streams, the heatmap and the map page.
     pub live: LiveApi,
+    /// HTTP ingest (`POST /v1/positions`): decodes like MQTT ingest and
+    /// queues into the processor's input. `None` until the binary wires it;
+    /// the route then answers 503.
+    pub ingest: Option<Submitter>,
 }
 
 /// What the live routes share: the hub, per-client limits, the shutdown
@@ -94,7 +99,15 @@ impl ApiState {
                 StreamSettings::default(),
                 &MapSettings::default(),
             ),
+            ingest: None,
         }
+    }
+
+    /// Takes HTTP ingest through `submitter` (sharing the processor's queue).
+    #[must_use]
+    pub fn with_ingest(mut self, submitter: Submitter) -> Self {
+        self.ingest = Some(submitter);
+        self
     }
 
     /// Shares `registry` with the processor (the binary passes the one the

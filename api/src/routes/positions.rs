@@ -1,0 +1,277 @@
+//! `POST /v1/positions`: HTTP ingest, for OwnTracks apps in HTTP mode and
+//! for clients posting fleetd JSON positions. This module only reads the
+//! request and shapes the answer; ingest's `Submitter` decodes, validates,
+//! counts rejections and queues exactly as for MQTT input.
+//!
+//! Which format a body is: a JSON object with `_type` is an OwnTracks
+//! message, and so is any body sent with OwnTracks' identity (`X-Limit-U` /
+//! `X-Limit-D` headers, `?u=&d=`); anything else is fleetd JSON.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use fleetd_ingest::{PayloadRoute, Reject, SubmitError, Submitted, Submitter};
+use fleetd_schemas::DeviceId;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{ApiError, retry_after_value};
+use crate::extract::Query;
+use crate::params::echo;
+use crate::state::ApiState;
+
+/// The `source` of rejections sampled from this route (`GET /v1/rejections`).
+const SOURCE: &str = "http";
+
+/// How long a client is asked to wait (`Retry-After`) when the queue is full
+/// or fleetd is not ready: about one processing window, after which the
+/// processor has taken a batch.
+const RETRY_AFTER_DELAY: Duration = Duration::from_secs(1);
+
+/// Why an OwnTracks message could not be given a device id.
+const NO_OWNTRACKS_ID: &str = "OwnTracks HTTP mode needs a user and a device: set Username and \
+     Device ID in the app (it sends them as X-Limit-U and X-Limit-D), or add ?u=USER&d=DEVICE \
+     to the URL";
+
+/// Query parameters: the OwnTracks Recorder's way of naming user and device.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct PositionsParams {
+    u: Option<String>,
+    d: Option<String>,
+}
+
+/// The answer to fleetd JSON: 202 `{"accepted": N, "rejected": [...]}`.
+#[derive(Debug, Serialize)]
+struct Receipt {
+    accepted: usize,
+    rejected: Vec<Rejected>,
+}
+
+/// One rejected position of a fleetd JSON body.
+#[derive(Debug, Serialize)]
+struct Rejected {
+    /// Its place in the array (absent for a single object).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_id: Option<String>,
+    reason: &'static str,
+    detail: String,
+}
+
+/// `POST /v1/positions`.
+///
+/// * OwnTracks message: 200 `[]` when it was queued or is not a location
+///   (other `_type`s, zero-length bodies); the array is where a server may
+///   hand the app cards or commands.
+/// * fleetd JSON (one position or an array, each with `device_id`): 202
+///   `{"accepted", "rejected": [{"index"?, "device_id"?, "reason",
+///   "detail"}]}` when at least one position was queued (or the array was
+///   empty).
+/// * Nothing usable: 400 (413 for `oversize`) with the first rejection's
+///   reason as `error.code`; every rejection is counted in
+///   `fleetd_rejected_total{reason}` and sampled in `GET /v1/rejections`.
+/// * Queue full: 503 `overloaded`, not ready or shutting down: 503
+///   `not_ready`, both with `Retry-After`; nothing was queued.
+pub(crate) async fn post(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(params): Query<PositionsParams>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(ingest) = state.ingest.clone() else {
+        return Err(ApiError::NotReady("HTTP ingest is not running".into()));
+    };
+    if !state.ready.load(Ordering::Acquire) {
+        return Ok(retry_later(ApiError::NotReady(
+            "not ready: fleetd is starting or shutting down; nothing was queued".into(),
+        )));
+    }
+    let body = read_body(&ingest, &headers, body).await?;
+    let route = route(&headers, &params, &body);
+    let owntracks = route != PayloadRoute::JsonPositions;
+    let submitted = match ingest.submit(&route, SOURCE, &body) {
+        Ok(submitted) => submitted,
+        Err(SubmitError::QueueFull) => {
+            return Err(ApiError::Overloaded {
+                message: "the processor is behind; nothing was queued, retry later".into(),
+                retry_after: RETRY_AFTER_DELAY,
+            });
+        }
+        Err(_closed) => {
+            return Ok(retry_later(ApiError::NotReady(
+                "fleetd is shutting down; nothing was queued".into(),
+            )));
+        }
+    };
+    if owntracks {
+        owntracks_answer(submitted)
+    } else {
+        json_answer(submitted)
+    }
+}
+
+/// Reads the body up to the payload limit; a larger one is `oversize`
+/// (413), counted like an oversize MQTT payload.
+async fn read_body(ingest: &Submitter, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = ingest.limits().max_payload_bytes;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(rejected(ingest.reject_oversize(SOURCE, declared), 0));
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(err) if over_limit(&err) => Err(rejected(ingest.reject_oversize(SOURCE, None), 0)),
+        Err(err) => Err(ApiError::BadRequest(format!(
+            "cannot read the request body: {err}"
+        ))),
+    }
+}
+
+/// Whether reading a body failed because it exceeded the limit.
+fn over_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The fields of an OwnTracks message that decide how it is routed.
+#[derive(Debug, Deserialize)]
+struct OwnTracksProbe {
+    #[serde(rename = "_type")]
+    kind: Option<IgnoredAny>,
+    /// The app's two-character tracker id: the device of last resort.
+    tid: Option<Value>,
+}
+
+/// Tells the format and, for OwnTracks, the device `user/device`: the user
+/// from `X-Limit-U`, `?u=` or the basic-auth user name; the device from
+/// `X-Limit-D`, `?d=` or the message's `tid`.
+fn route(headers: &HeaderMap, params: &PositionsParams, body: &[u8]) -> PayloadRoute {
+    let header = |name: &str| non_empty(headers.get(name).and_then(|v| v.to_str().ok()));
+    let user = header("x-limit-u").or(non_empty(params.u.as_deref()));
+    let device = header("x-limit-d").or(non_empty(params.d.as_deref()));
+    let probe = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice::<OwnTracksProbe>(body).ok(),
+        _ => None,
+    };
+    let typed = probe.as_ref().is_some_and(|p| p.kind.is_some());
+    if !typed && user.is_none() && device.is_none() {
+        return PayloadRoute::JsonPositions;
+    }
+    let user = user.map(str::to_owned).or_else(|| basic_auth_user(headers));
+    let device = device.map(str::to_owned).or_else(|| {
+        probe
+            .and_then(|p| p.tid)
+            .and_then(|tid| tid.as_str().map(str::to_owned))
+            .filter(|tid| !tid.is_empty())
+    });
+    match (user, device) {
+        (Some(user), Some(device)) => {
+            let id = format!("{user}/{device}");
+            match DeviceId::parse(&id) {
+                Ok(id) => PayloadRoute::OwnTracks(id),
+                Err(e) => PayloadRoute::UnknownDevice(format!(
+                    "OwnTracks device id {} (user/device): {e}",
+                    echo(&id)
+                )),
+            }
+        }
+        _ => PayloadRoute::UnknownDevice(NO_OWNTRACKS_ID.into()),
+    }
+}
+
+fn non_empty(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// The user name of HTTP basic authentication. fleetd has no
+/// authentication yet: the password is not checked, the name only tells
+/// whose device it is.
+fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, _password) = decoded.split_once(':')?;
+    (!user.is_empty()).then(|| user.to_owned())
+}
+
+/// OwnTracks apps expect 200 with a JSON array (cards, commands; none here).
+fn owntracks_answer(submitted: Submitted) -> Result<Response, ApiError> {
+    if submitted.accepted == 0
+        && submitted.ignored.is_none()
+        && let Some(first) = submitted.rejects.into_iter().next()
+    {
+        return Err(rejected(first, 0));
+    }
+    Ok(Json(Value::Array(Vec::new())).into_response())
+}
+
+fn json_answer(submitted: Submitted) -> Result<Response, ApiError> {
+    if submitted.accepted == 0 && !submitted.rejects.is_empty() {
+        let more = submitted.rejects.len() - 1;
+        let mut rejects = submitted.rejects;
+        return Err(rejected(rejects.swap_remove(0), more));
+    }
+    let receipt = Receipt {
+        accepted: submitted.accepted,
+        rejected: submitted
+            .rejects
+            .into_iter()
+            .map(|r| Rejected {
+                index: r.index,
+                device_id: r.device.map(|d| d.to_string()),
+                reason: r.reason.code(),
+                detail: r.detail,
+            })
+            .collect(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(receipt)).into_response())
+}
+
+/// The error of a request none of whose input was usable: its first
+/// rejection, and how many more there were.
+fn rejected(first: Reject, more: usize) -> ApiError {
+    let mut message = match first.index {
+        Some(i) => format!("position {i}: {}", first.detail),
+        None => first.detail,
+    };
+    if more > 0 {
+        message.push_str(&format!(" (and {more} more rejected)"));
+    }
+    ApiError::Rejected {
+        reason: first.reason,
+        message,
+    }
+}
+
+/// `err` with a `Retry-After` header.
+fn retry_later(err: ApiError) -> Response {
+    let mut response = err.into_response();
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, retry_after_value(RETRY_AFTER_DELAY));
+    response
+}
