@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fleetd_api::{ApiState, LiveApi};
-use fleetd_ingest::{Decoder, EmbeddedBroker, Ingestor};
+use fleetd_ingest::{Decoder, EmbeddedBroker, Ingestor, Submitter};
 use fleetd_processor::geofence::{Geofence, Geofences};
 use fleetd_processor::live::{KindSet, LiveEvent, LiveHub, SeqEvent, Subscription};
 use fleetd_processor::{Processor, ProcessorPorts, Registry};
@@ -49,6 +49,16 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     // stream resumes from the replay buffer); publishing never waits.
     let hub = LiveHub::new(settings.live.clone());
 
+    // Backpressure policy of this queue: MQTT ingest awaits when it is full
+    // (see fleetd_ingest::run_embedded), HTTP ingest answers 503 at once
+    // (fleetd_ingest::Submitter); its size bounds the memory in between.
+    let (queue_tx, queue_rx) = mpsc::channel(settings.processor.queue_chunks);
+    let http_ingest = Submitter::new(
+        Decoder::new(settings.limits.clone()),
+        Arc::clone(&rejections),
+        queue_tx.clone(),
+    );
+
     // The API comes up first so /healthz and /readyz answer during start-up.
     let http = tokio::net::TcpListener::bind(settings.http)
         .await
@@ -62,6 +72,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     .with_registry(Arc::clone(&registry))
     .with_geofences(Arc::clone(&geofences))
     .with_request_timeout(settings.request_timeout)
+    .with_ingest(http_ingest.clone())
     .with_live(LiveApi::new(
         hub.clone(),
         settings.streams.clone(),
@@ -70,9 +81,6 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let api_cancel = CancellationToken::new();
     let api = tokio::spawn(fleetd_api::serve(http, api_state, api_cancel.clone()));
 
-    // Backpressure policy of this queue: ingest awaits when it is full (see
-    // fleetd_ingest::run_embedded); its size bounds the memory in between.
-    let (queue_tx, queue_rx) = mpsc::channel(settings.processor.queue_chunks);
     let processor = Processor::start(
         settings.processor.clone(),
         Arc::clone(&store),
@@ -212,6 +220,8 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
             Ok(Err(e)) => tracing::error!(error = %e, "ingest failed"),
             Err(e) => tracing::error!(error = %e, "ingest task failed"),
         }
+        // The processor's input closes when its last sender goes.
+        http_ingest.close();
         tracing::info!("processor flushing");
         processor.join().await;
         refresh_cancel.cancel();

@@ -13,6 +13,7 @@ mod fleet;
 mod formats;
 mod garbage;
 mod geofences;
+mod http_ingest;
 mod live;
 mod map;
 mod restart;
