@@ -18,6 +18,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc malloc: with a million devices glibc's
+/// per-thread arenas held ~1.2 GB (fjall memtables and batches freed on
+/// other threads than they were allocated on); see BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     telemetry::init_logging(cli.verbose);
