@@ -24,9 +24,67 @@ pub(crate) struct Reorder {
     /// Waiting fixes, by ascending `ts_ms`.
     pending: Vec<EnrichedPosition>,
     /// Device times recently released, for duplicate detection (bounded).
-    recent: Vec<i64>,
+    recent: RecentTimes,
     /// Newest device time seen.
     max_ts: i64,
+}
+
+/// The last [`RECENT_MAX`] device times released, oldest first, each kept
+/// as a `u32` offset from `base` (49 days of range): every device that has
+/// sent 64 fixes holds this buffer, so 4 bytes instead of 8 per time is
+/// 256 bytes per device (256 MB at a million devices).
+#[derive(Debug, Clone, Default)]
+struct RecentTimes {
+    base: i64,
+    offsets: Vec<u32>,
+}
+
+impl RecentTimes {
+    fn contains(&self, ts_ms: i64) -> bool {
+        self.offset(ts_ms)
+            .is_some_and(|offset| self.offsets.contains(&offset))
+    }
+
+    fn offset(&self, ts_ms: i64) -> Option<u32> {
+        ts_ms
+            .checked_sub(self.base)
+            .and_then(|d| u32::try_from(d).ok())
+    }
+
+    /// Remembers `ts_ms`, forgetting the oldest time beyond the bound.
+    fn push(&mut self, ts_ms: i64) {
+        if self.offsets.len() >= RECENT_MAX {
+            self.offsets.remove(0);
+        }
+        if self.offsets.is_empty() {
+            self.base = ts_ms;
+        }
+        match self.offset(ts_ms) {
+            Some(offset) => self.offsets.push(offset),
+            None => self.rebase(ts_ms),
+        }
+    }
+
+    /// The rare time that does not fit the current base (older than it, or
+    /// 49 days newer): re-expresses the kept times from a new base, dropping
+    /// those more than 49 days older than the newest.
+    fn rebase(&mut self, ts_ms: i64) {
+        let times: Vec<i64> = self.times().chain(std::iter::once(ts_ms)).collect();
+        let newest = times.iter().copied().max().unwrap_or(ts_ms);
+        let floor = newest.saturating_sub(i64::from(u32::MAX));
+        let kept: Vec<i64> = times.into_iter().filter(|&t| t >= floor).collect();
+        self.base = kept.iter().copied().min().unwrap_or(ts_ms);
+        let base = self.base;
+        self.offsets = kept
+            .into_iter()
+            .filter_map(|t| u32::try_from(t - base).ok())
+            .collect();
+    }
+
+    /// The remembered times, oldest first.
+    fn times(&self) -> impl Iterator<Item = i64> + '_ {
+        self.offsets.iter().map(|&o| self.base + i64::from(o))
+    }
 }
 
 impl Reorder {
@@ -39,7 +97,7 @@ impl Reorder {
     /// at `applied_ts` (0: none yet).
     pub(crate) fn classify(&self, ts_ms: i64, applied_ts: i64) -> Admission {
         let seen = (applied_ts != 0 && ts_ms == applied_ts)
-            || self.recent.contains(&ts_ms)
+            || self.recent.contains(ts_ms)
             || self
                 .pending
                 .binary_search_by_key(&ts_ms, |p| p.report.ts_ms)
@@ -82,16 +140,9 @@ impl Reorder {
                 || p.report.received_ms <= now_ms.saturating_sub(allowance_ms)
         };
         let n = self.pending.iter().take_while(|p| due(p)).count();
-        let keep = RECENT_MAX.saturating_sub(n.min(RECENT_MAX));
-        if self.recent.len() > keep {
-            let excess = self.recent.len() - keep;
-            self.recent.drain(..excess);
+        for p in &self.pending[n.saturating_sub(RECENT_MAX)..n] {
+            self.recent.push(p.report.ts_ms);
         }
-        let skip = n.saturating_sub(RECENT_MAX);
-        self.recent
-            .extend(self.pending[skip..n].iter().map(|p| p.report.ts_ms));
-        // Amortized growth can overshoot the bound (e.g. 50 → 100).
-        self.recent.shrink_to(RECENT_MAX);
         let released = if n == self.pending.len() {
             std::mem::take(&mut self.pending)
         } else {
@@ -165,10 +216,11 @@ mod tests {
             assert_eq!(r.release(0, 0, true).count(), 50);
             // Emptied: the buffer's allocation is given back.
             assert_eq!(r.pending.capacity(), 0);
-            assert!(r.recent.len() <= RECENT_MAX && r.recent.capacity() <= RECENT_MAX);
+            let recent = &r.recent.offsets;
+            assert!(recent.len() <= RECENT_MAX && recent.capacity() <= RECENT_MAX);
         }
         // The newest released times are the ones remembered.
-        assert_eq!(r.recent.len(), RECENT_MAX);
+        assert_eq!(r.recent.offsets.len(), RECENT_MAX);
         assert_eq!(r.classify(4_049, 0), Admission::Duplicate);
         // 50 of round 4 and the last 14 of round 3.
         assert_eq!(r.classify(4_000, 0), Admission::Duplicate);
@@ -179,7 +231,26 @@ mod tests {
             r.insert(p(ts, 0));
         }
         assert_eq!(r.release(0, 0, true).count(), 100);
-        assert_eq!(r.recent.first(), Some(&(10_100 - RECENT_MAX as i64)));
-        assert_eq!(r.recent.last(), Some(&10_099));
+        let times: Vec<i64> = r.recent.times().collect();
+        assert_eq!(times.first(), Some(&(10_100 - RECENT_MAX as i64)));
+        assert_eq!(times.last(), Some(&10_099));
+    }
+
+    #[test]
+    fn remembered_times_survive_any_spacing() {
+        let mut recent = RecentTimes::default();
+        // Out of order, and further apart than a u32 of milliseconds.
+        let far = 60 * 86_400_000;
+        for ts in [1_000, 500, 1_000 + far, 2_000 + far] {
+            recent.push(ts);
+            assert!(recent.contains(ts), "{ts}");
+        }
+        // The times more than 49 days older than the newest are forgotten.
+        assert!(!recent.contains(1_000) && !recent.contains(500));
+        assert_eq!(
+            recent.times().collect::<Vec<_>>(),
+            [1_000 + far, 2_000 + far]
+        );
+        assert!(!recent.contains(i64::MIN) && !recent.contains(i64::MAX));
     }
 }

@@ -201,12 +201,14 @@ pub struct VehicleState {
     /// While stopped: path from the anchor through the departing fixes.
     #[serde(default)]
     pub departing_m: f64,
-    /// Overspeed episode in progress.
+    /// Overspeed episode in progress. Boxed, like `suspect`: every device
+    /// keeps a state, few are in either episode, and inline each would
+    /// cost every device 32 bytes more (a million devices: 64 MB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overspeed: Option<Overspeed>,
+    pub overspeed: Option<Box<Overspeed>>,
     /// Teleport run being confirmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub suspect: Option<Suspect>,
+    pub suspect: Option<Box<Suspect>>,
     /// Server time the newest fix was received (for closing the trips of
     /// devices that went silent).
     #[serde(default)]

@@ -22,7 +22,7 @@ pub(crate) enum Verdict {
 /// teleport run `suspect` (updated in place).
 pub(crate) fn check(
     last: Option<Fix>,
-    suspect: &mut Option<Suspect>,
+    suspect: &mut Option<Box<Suspect>>,
     fix: Fix,
     accuracy_m: Option<f32>,
     settings: &VehicleSettings,
@@ -40,11 +40,12 @@ pub(crate) fn check(
         return Verdict::Accept;
     }
     let run = match suspect.take() {
-        Some(s) if plausible(s.fix, fix, accuracy, settings) => Suspect {
-            fix,
-            count: s.count + 1,
-        },
-        _ => Suspect { fix, count: 1 },
+        Some(mut s) if plausible(s.fix, fix, accuracy, settings) => {
+            s.fix = fix;
+            s.count += 1;
+            s
+        }
+        _ => Box::new(Suspect { fix, count: 1 }),
     };
     if run.count >= settings.teleport_confirm.max(1) {
         Verdict::Relocate

@@ -11,7 +11,7 @@ const MPS_PER_KMH: f64 = 1000.0 / 3600.0;
 /// Updates `episode` with a moving fix at `speed_mps` under `limit_kmh`
 /// and returns the alert when one fires.
 pub(crate) fn update(
-    episode: &mut Option<Overspeed>,
+    episode: &mut Option<Box<Overspeed>>,
     device: &DeviceId,
     fix: Fix,
     speed_mps: f64,
@@ -24,9 +24,11 @@ pub(crate) fn update(
         return None;
     };
     if speed_mps > limit_kmh * MPS_PER_KMH {
-        let e = episode.get_or_insert(Overspeed {
-            since_ms: fix.ts_ms,
-            ..Overspeed::default()
+        let e = episode.get_or_insert_with(|| {
+            Box::new(Overspeed {
+                since_ms: fix.ts_ms,
+                ..Overspeed::default()
+            })
         });
         e.below_since_ms = None;
         e.max_speed_mps = e.max_speed_mps.max(speed_mps);
