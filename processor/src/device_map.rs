@@ -1,15 +1,15 @@
-//! A partition's devices: a dense vector of states plus an id → slot map.
+//! A partition's devices: a dense vector of states plus an id → slot table.
 //!
 //! A `HashMap<DeviceId, DeviceState>` keeps each ~0.5 kB state inside its
 //! table, and a hash table is between ½ and ⅞ full, so at a million devices
 //! the empty buckets alone cost about as much as the states. Here the table
-//! holds 4-byte slots and the states sit packed in a `Vec`, which grows by
-//! doubling but only touches the memory it fills.
+//! holds 4-byte slots (the id is read back from the row) and the states sit
+//! packed in a `Vec`, which grows by doubling but only touches the memory
+//! it fills.
 
-use std::collections::HashMap;
 use std::ops::Index;
 
-use fleetd_schemas::DeviceId;
+use fleetd_schemas::{DeviceId, DeviceSlots};
 
 use crate::state::DeviceState;
 
@@ -17,7 +17,7 @@ use crate::state::DeviceState;
 /// never removed (a device's state outlives its silence).
 #[derive(Debug, Default)]
 pub struct DeviceMap {
-    slots: HashMap<DeviceId, u32>,
+    slots: DeviceSlots,
     devices: Vec<(DeviceId, DeviceState)>,
 }
 
@@ -39,16 +39,24 @@ impl DeviceMap {
         self.devices.is_empty()
     }
 
+    /// `id`'s slot in `devices`.
+    fn slot(&self, id: &DeviceId) -> Option<usize> {
+        let devices = &self.devices;
+        self.slots
+            .get(id, |slot| &devices[slot as usize].0)
+            .map(|slot| slot as usize)
+    }
+
     /// `id`'s state.
     pub fn get(&self, id: &DeviceId) -> Option<&DeviceState> {
-        let slot = *self.slots.get(id)?;
-        self.devices.get(slot as usize).map(|(_, s)| s)
+        let slot = self.slot(id)?;
+        self.devices.get(slot).map(|(_, s)| s)
     }
 
     /// `id`'s state, mutable.
     pub fn get_mut(&mut self, id: &DeviceId) -> Option<&mut DeviceState> {
-        let slot = *self.slots.get(id)?;
-        self.devices.get_mut(slot as usize).map(|(_, s)| s)
+        let slot = self.slot(id)?;
+        self.devices.get_mut(slot).map(|(_, s)| s)
     }
 
     /// Sets `id`'s state, replacing any it had.
@@ -76,15 +84,21 @@ impl<'a> DeviceEntry<'a> {
     /// The device's state, created empty if it had none.
     pub fn or_default(self) -> &'a mut DeviceState {
         let DeviceEntry { map, id } = self;
-        let slot = match map.slots.get(&id) {
-            Some(&slot) => slot as usize,
+        let slot = match map.slot(&id) {
+            Some(slot) => slot,
             None => {
                 let slot = map.devices.len();
                 // A partition would need 4 billion devices to overflow, far
                 // past memory; saturate rather than panic on the hot path.
-                map.slots
-                    .insert(id.clone(), u32::try_from(slot).unwrap_or(u32::MAX));
-                map.devices.push((id, DeviceState::default()));
+                let DeviceMap { slots, devices } = map;
+                devices.push((id, DeviceState::default()));
+                let last = devices.len() - 1;
+                let id_of = |s: u32| &devices[(s as usize).min(last)].0;
+                slots.insert(
+                    &devices[last].0,
+                    u32::try_from(slot).unwrap_or(u32::MAX),
+                    id_of,
+                );
                 slot
             }
         };

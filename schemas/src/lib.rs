@@ -22,6 +22,7 @@ mod alert;
 mod fences;
 mod position;
 mod rejection;
+mod slots;
 mod vehicle;
 
 pub use alert::{Alert, AlertDetail, AlertKind, GeofenceId};
@@ -30,6 +31,7 @@ pub use position::{
     DeviceId, EnrichedPosition, H3Cells, InvalidDeviceId, MAX_DEVICE_ID_LEN, PositionReport,
 };
 pub use rejection::{RejectReason, Rejection, RejectionLog};
+pub use slots::DeviceSlots;
 pub use vehicle::{
     Anchor, DeviceInfo, DeviceTrip, Fix, Motion, Overspeed, Suspect, Trip, VehicleState,
 };

@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use fleetd_schemas::{DeviceId, EnrichedPosition, H3Cells, PositionReport, RejectReason};
+use fleetd_schemas::{
+    DeviceId, DeviceSlots, EnrichedPosition, H3Cells, PositionReport, RejectReason,
+};
 use h3o::{CellIndex, Resolution};
 use tracing::warn;
 
@@ -43,7 +45,7 @@ pub(crate) struct LatestIndex {
 struct Index {
     /// Device → handle (index into `slots`). Handles are never reused: the
     /// store has no way to forget a device's latest position.
-    handles: HashMap<DeviceId, u32>,
+    handles: DeviceSlots,
     slots: Vec<Slot>,
     /// Res-7 cell → the devices whose latest position lies in it.
     cells: HashMap<u64, Bucket>,
@@ -201,7 +203,7 @@ impl LatestIndex {
     /// `device`'s latest position.
     pub(crate) fn get(&self, device: &DeviceId) -> Option<EnrichedPosition> {
         let index = self.read();
-        let slot = index.slots.get(*index.handles.get(device)? as usize)?;
+        let slot = index.slots.get(index.handle(device)? as usize)?;
         Some(slot.latest.expand(&slot.id))
     }
 
@@ -300,6 +302,12 @@ impl LatestIndex {
 }
 
 impl Index {
+    /// `device`'s handle, if it has a latest position.
+    fn handle(&self, device: &DeviceId) -> Option<u32> {
+        let slots = &self.slots;
+        self.handles.get(device, |h| &slots[h as usize].id)
+    }
+
     /// Makes `position` its device's latest.
     fn set(&mut self, position: &EnrichedPosition) {
         let device = &position.report.device_id;
@@ -314,19 +322,21 @@ impl Index {
                 "latest position has no valid res-7 area cell; left out of area queries"
             );
         }
-        let handle = match self.handles.get(device) {
-            Some(&handle) => handle,
+        let handle = match self.handle(device) {
+            Some(handle) => handle,
             None => {
                 let Ok(handle) = u32::try_from(self.slots.len()) else {
                     warn!(device_id = %device, "latest index is full; device left out");
                     return;
                 };
-                self.handles.insert(device.clone(), handle);
                 self.slots.push(Slot {
                     id: device.clone(),
                     latest,
                     at: NOT_INDEXED,
                 });
+                let slots = &self.slots;
+                self.handles
+                    .insert(device, handle, |h| &slots[h as usize].id);
                 handle
             }
         };
