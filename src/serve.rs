@@ -66,7 +66,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let api_state = ApiState::new(
         Arc::clone(&store),
         Arc::clone(&rejections),
-        metrics,
+        metrics.clone(),
         Arc::clone(&ready),
     )
     .with_registry(Arc::clone(&registry))
@@ -94,21 +94,27 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     )
     .await
     .context("cannot restore processor state from the store")?;
-    let refresh_cancel = CancellationToken::new();
-    let mut refresh = vec![tokio::spawn(refresh_registry(
-        Arc::clone(&store),
-        Arc::clone(&registry),
-        settings.registry_refresh,
-        refresh_cancel.clone(),
-    ))];
+    let background_cancel = CancellationToken::new();
+    let mut background = vec![
+        tokio::spawn(refresh_registry(
+            Arc::clone(&store),
+            Arc::clone(&registry),
+            settings.registry_refresh,
+            background_cancel.clone(),
+        )),
+        tokio::spawn(crate::telemetry::metrics_upkeep(
+            metrics,
+            background_cancel.clone(),
+        )),
+    ];
     // With a shared store, other nodes change fences too; the embedded
     // store has no other writer than this node's API.
     if matches!(settings.store, StoreBackend::Scylla { .. }) {
-        refresh.push(tokio::spawn(refresh_geofences(
+        background.push(tokio::spawn(refresh_geofences(
             Arc::clone(&store),
             Arc::clone(&geofences),
             fence_settings.refresh,
-            refresh_cancel.clone(),
+            background_cancel.clone(),
         )));
     }
 
@@ -224,10 +230,10 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         http_ingest.close();
         tracing::info!("processor flushing");
         processor.join().await;
-        refresh_cancel.cancel();
-        for task in refresh {
+        background_cancel.cancel();
+        for task in background {
             if let Err(e) = task.await {
-                tracing::warn!(error = %e, "refresh task failed");
+                tracing::warn!(error = %e, "background task failed");
             }
         }
         // Every alert is in the hub now: forward what is left, then let the

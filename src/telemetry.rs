@@ -1,7 +1,10 @@
 //! Logging and the Prometheus metrics recorder.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -48,4 +51,23 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .context("metric buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")
+}
+
+/// How often histogram samples are folded into their buckets.
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every few seconds
+/// until `cancel`. The recorder keeps each sample (8 bytes) until an upkeep
+/// or a scrape of `/metrics`; the pipeline records two per position, so a
+/// fleetd that nobody scrapes would otherwise grow by ~1 MB/s at 50k
+/// positions/s (`install_recorder` leaves this to the caller).
+pub async fn metrics_upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(METRICS_UPKEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
 }
