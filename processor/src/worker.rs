@@ -176,13 +176,15 @@ async fn flush(
     if stored {
         publish_live(&ports.live, &write);
         let stored_ms = now_ms();
+        // One handle per batch: looking a histogram up costs a registry
+        // hash per call, and these record per position.
+        let ingest_to_store = metrics::histogram!("fleetd_ingest_to_store_seconds");
         for p in &write.history {
-            metrics::histogram!("fleetd_ingest_to_store_seconds")
-                .record((stored_ms - p.report.received_ms).max(0) as f64 / 1000.0);
+            ingest_to_store.record((stored_ms - p.report.received_ms).max(0) as f64 / 1000.0);
         }
+        let event_lag = metrics::histogram!("fleetd_event_lag_seconds");
         for u in &write.latest {
-            metrics::histogram!("fleetd_event_lag_seconds")
-                .record((stored_ms - u.position.report.ts_ms).max(0) as f64 / 1000.0);
+            event_lag.record((stored_ms - u.position.report.ts_ms).max(0) as f64 / 1000.0);
         }
         metrics::counter!("fleetd_positions_stored_total").increment(write.history.len() as u64);
     }
