@@ -167,17 +167,10 @@ impl Store for FjallStore {
         device: &DeviceId,
         query: &HistoryQuery,
     ) -> Result<HistoryPage, StoreError> {
-        if query.limit == 0 {
-            return Err(StoreError::InvalidQuery(
-                "history limit must be at least 1".into(),
-            ));
-        }
-        let resume_ms = query.cursor.as_deref().map(cursor::decode).transpose()?;
-        let from_ms = resume_ms.map_or(query.from_ms, |ts| ts.max(query.from_ms));
-        let (to_ms, limit, device) = (query.to_ms, query.limit, device.clone());
-        if from_ms > to_ms {
+        let Some((from_ms, to_ms)) = query.page_range()? else {
             return Ok(HistoryPage::default());
-        }
+        };
+        let (limit, device) = (query.limit, device.clone());
         self.blocking(move |inner| inner.history_page(&device, from_ms, to_ms, limit))
             .await
     }

@@ -109,6 +109,22 @@ pub struct HistoryQuery {
     pub cursor: Option<String>,
 }
 
+impl HistoryQuery {
+    /// The inclusive `(from_ms, to_ms)` range this page covers, `from_ms`
+    /// moved up to the cursor; `None` when the range is empty. Both
+    /// backends page the same way, so they validate the same way.
+    pub(crate) fn page_range(&self) -> Result<Option<(i64, i64)>, StoreError> {
+        if self.limit == 0 {
+            return Err(StoreError::InvalidQuery(
+                "history limit must be at least 1".into(),
+            ));
+        }
+        let resume_ms = self.cursor.as_deref().map(cursor::decode).transpose()?;
+        let from_ms = resume_ms.map_or(self.from_ms, |ts| ts.max(self.from_ms));
+        Ok((from_ms <= self.to_ms).then_some((from_ms, self.to_ms)))
+    }
+}
+
 /// A query for one device's trips, newest first.
 #[derive(Debug, Clone)]
 pub struct TripQuery {

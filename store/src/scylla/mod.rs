@@ -438,17 +438,9 @@ impl Store for ScyllaStore {
         device: &DeviceId,
         query: &HistoryQuery,
     ) -> Result<HistoryPage, StoreError> {
-        if query.limit == 0 {
-            return Err(StoreError::InvalidQuery(
-                "history limit must be at least 1".into(),
-            ));
-        }
-        let resume_ms = query.cursor.as_deref().map(cursor::decode).transpose()?;
-        let from_ms = resume_ms.map_or(query.from_ms, |ts| ts.max(query.from_ms));
-        let to_ms = query.to_ms;
-        if from_ms > to_ms {
+        let Some((from_ms, to_ms)) = query.page_range()? else {
             return Ok(HistoryPage::default());
-        }
+        };
         let st = &self.inner.statements;
         let id = device.as_str();
         let day_rows: Vec<DayRow> = self
