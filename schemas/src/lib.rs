@@ -24,6 +24,7 @@ mod position;
 mod rejection;
 mod slots;
 mod vehicle;
+mod vehicle_storage;
 
 pub use alert::{Alert, AlertDetail, AlertKind, GeofenceId};
 pub use fences::{DeviceFences, Membership, MembershipChange};

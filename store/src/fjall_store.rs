@@ -342,7 +342,7 @@ impl Inner {
         let t = &self.tables;
         let mut states: HashMap<&str, Vec<u8>> = HashMap::with_capacity(batch.states.len());
         for (device, state) in &batch.states {
-            states.insert(device.as_str(), fjall_tables::encode(state));
+            states.insert(device.as_str(), fjall_tables::encode_state(state));
         }
         for (key, value) in states {
             fjall_batch.insert(&t.state, key, value);
