@@ -1,9 +1,9 @@
 //! The embedded backend's small tables: vehicle state, trips, alerts, the
 //! device registry, geofences and their members.
 //!
-//! | keyspace           | key                               | value (JSON)   |
+//! | keyspace           | key                               | value          |
 //! |--------------------|-----------------------------------|----------------|
-//! | `state`            | `device_id`                       | `VehicleState` (protobuf) |
+//! | `state`            | `device_id`                       | `VehicleState` |
 //! | `trips`            | `device_id 0x00 ts(start)`        | `Trip`         |
 //! | `alerts`           | `alert_id` (sorts by time)        | `Alert`        |
 //! | `alerts_by_device` | `device_id 0x00 alert_id`         | empty          |
