@@ -11,7 +11,7 @@
 //!   ScyllaDB cluster (module [`scylla`]; schema in `schemas/cql/`).
 //!
 //! Area queries ([`AreaQuery`]) are answered from an index of latest
-//! positions keyed by their H3 cell at [`H3Cells::AREA_RES`]
+//! positions keyed by their H3 cell at [`H3Cells::AREA_RES`](fleetd_schemas::H3Cells::AREA_RES)
 //! (see [`fleetd_schemas::H3Cells`]).
 
 mod area;

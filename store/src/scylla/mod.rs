@@ -18,7 +18,7 @@
 //! A write batch becomes independent single-partition statements (no
 //! multi-partition batches), run with at most
 //! [`ScyllaSettings::max_inflight`] in flight, each retried on transient
-//! errors ([`exec`]). The batch is not atomic: a failure part-way leaves some
+//! errors (`exec.rs`). The batch is not atomic: a failure part-way leaves some
 //! rows written, and the processor writes the whole batch again, which is
 //! safe because every statement is idempotent.
 //!
