@@ -463,7 +463,7 @@ async fn real_responses_match_the_documented_schemas() {
                 VehicleState {
                     ts_ms: p.report.ts_ms,
                     odometer_m: 9_000.0,
-                    trip: Some(open),
+                    trip: Some(Box::new(open)),
                     ..VehicleState::default()
                 },
             )],

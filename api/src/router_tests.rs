@@ -885,7 +885,7 @@ async fn alerts_and_trips_are_served_and_validated() {
     let state = VehicleState {
         ts_ms: p.report.ts_ms,
         odometer_m: 9_000.0,
-        trip: Some(open.clone()),
+        trip: Some(Box::new(open.clone())),
         ..VehicleState::default()
     };
     h.store

@@ -189,14 +189,14 @@ fn replay(mut deliveries: Vec<PositionReport>, vehicle: &VehicleSettings) -> Rep
         if !drained && next == deliveries.len() && !state.has_buffered() {
             drained = true;
             out.odometer_at_last_fix = vs.odometer_m;
-            out.open_trip_at_last_fix = vs.trip.clone();
+            out.open_trip_at_last_fix = vs.trip.as_deref().cloned();
         }
         now += WINDOW_MS;
     }
     assert!(drained, "the reorder buffer never drained");
     let vs = &state.devices[&device()].vehicle;
     out.odometer_m = vs.odometer_m;
-    out.open_trip = vs.trip.clone();
+    out.open_trip = vs.trip.as_deref().cloned();
     out.motion = Some(vs.motion);
     out
 }

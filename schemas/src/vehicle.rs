@@ -185,9 +185,10 @@ pub struct VehicleState {
     /// Metres driven since the device was first seen (stationary jitter,
     /// teleports and poor fixes excluded).
     pub odometer_m: f64,
-    /// The open trip, if the vehicle is on one.
+    /// The open trip, if the vehicle is on one. Boxed: 112 bytes that every
+    /// parked device would otherwise carry empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trip: Option<Trip>,
+    pub trip: Option<Box<Trip>>,
     /// The newest accepted fix (the reference of the teleport filter and of
     /// derived speed/heading).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -21,7 +21,7 @@ impl From<&VehicleState> for StoredVehicleState {
             },
             motion_since_ms: s.motion_since_ms,
             odometer_m: s.odometer_m,
-            trip: s.trip.as_ref().map(StoredTrip::from),
+            trip: s.trip.as_deref().map(StoredTrip::from),
             last_fix: s.last_fix.map(StoredFix::from),
             anchor: s.anchor.as_ref().map(StoredAnchor::from),
             departing: s.departing,
@@ -81,7 +81,7 @@ impl TryFrom<StoredVehicleState> for VehicleState {
             },
             motion_since_ms: s.motion_since_ms,
             odometer_m: s.odometer_m,
-            trip: s.trip.map(Trip::from),
+            trip: s.trip.map(|t| Box::new(Trip::from(t))),
             last_fix: s.last_fix.map(Fix::from),
             anchor: s.anchor.map(Anchor::from),
             departing: s.departing,
@@ -212,7 +212,7 @@ mod tests {
             motion: Motion::Stopped,
             motion_since_ms: f.ts_ms - 5_000,
             odometer_m: 123_456.789_012,
-            trip: Some(Trip {
+            trip: Some(Box::new(Trip {
                 start_ts_ms: 1,
                 start: (2.0, 3.0),
                 end_ts_ms: Some(4),
@@ -222,7 +222,7 @@ mod tests {
                 distance_m: 10.5,
                 max_speed_mps: 11.5,
                 points: 12,
-            }),
+            })),
             last_fix: Some(f),
             anchor: Some(Anchor {
                 fix: fix(13, 14.0, 15.0),

@@ -361,7 +361,7 @@ mod tests {
             motion: Motion::Moving,
             motion_since_ms: fix.ts_ms - 5_000,
             odometer_m: 123_456.789_012,
-            trip: Some(Trip::start_at(fix)),
+            trip: Some(Box::new(Trip::start_at(fix))),
             last_fix: Some(fix),
             anchor: Some(Anchor {
                 fix,

@@ -516,7 +516,7 @@ async fn vehicle_state_trips_and_registry_round_trip() {
             motion: Motion::Moving,
             motion_since_ms: now - 5_000,
             odometer_m: 12_345.678,
-            trip: Some(trip(now - 60_000, None, 800.0)),
+            trip: Some(Box::new(trip(now - 60_000, None, 800.0))),
             last_fix: Some(Fix {
                 ts_ms: now,
                 lat: 52.52,

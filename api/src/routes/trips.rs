@@ -38,7 +38,7 @@ pub(crate) async fn list(
     let first_page = query.cursor.is_none();
     let TripPage { items, next_cursor } = state.store.trips(&device, &query).await?;
     let open = vehicle
-        .and_then(|v| v.trip)
+        .and_then(|v| v.trip.map(|t| *t))
         .filter(|t| first_page && (query.from_ms..=query.to_ms).contains(&t.start_ts_ms));
     let trips = open
         .iter()
@@ -131,7 +131,7 @@ async fn find_trip(state: &ApiState, device: &DeviceId, trip_id: &str) -> Result
     })?;
     let vehicle = known_vehicle(state, device).await?;
     if let Some(open) = vehicle
-        .and_then(|v| v.trip)
+        .and_then(|v| v.trip.map(|t| *t))
         .filter(|t| t.start_ts_ms == start)
     {
         return Ok(open);

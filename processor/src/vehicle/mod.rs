@@ -271,7 +271,7 @@ fn step_motion(
             state.odometer_m += seg_m;
             let trip = state
                 .trip
-                .get_or_insert_with(|| Trip::start_at(state.last_fix.unwrap_or(fix)));
+                .get_or_insert_with(|| Box::new(Trip::start_at(state.last_fix.unwrap_or(fix))));
             trip.distance_m += seg_m;
             trip.points += 1;
             trip.last_ts_ms = fix.ts_ms;
@@ -341,7 +341,9 @@ fn depart(state: &mut VehicleState, fix: Fix) {
     state.motion = Motion::Moving;
     state.motion_since_ms = start.ts_ms;
     state.odometer_m += carried_m;
-    let trip = state.trip.get_or_insert_with(|| Trip::start_at(start));
+    let trip = state
+        .trip
+        .get_or_insert_with(|| Box::new(Trip::start_at(start)));
     trip.distance_m += carried_m;
     trip.points += carried_points;
     trip.last_ts_ms = fix.ts_ms;
@@ -376,7 +378,7 @@ pub(crate) fn close_trip(
         trip.last = (end.lat, end.lon);
     }
     if trip.distance_m >= settings.min_trip_m {
-        effects.closed_trips.push(trip);
+        effects.closed_trips.push(*trip);
     }
 }
 
