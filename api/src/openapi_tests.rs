@@ -12,8 +12,8 @@ use axum::http::{Method, Request, StatusCode};
 use axum::response::IntoResponse;
 use fleetd_ingest::{Decoder, Limits, Submitter};
 use fleetd_schemas::{
-    Alert, AlertDetail, AlertKind, DeviceId, DeviceTrip, EnrichedPosition, H3Cells, PositionReport,
-    RejectionLog, Trip, VehicleState, now_ms,
+    Alert, AlertDetail, AlertKind, DeviceTrip, PositionReport, RejectionLog, Trip, VehicleState,
+    now_ms,
 };
 use fleetd_store::{FjallStore, LatestUpdate, WriteBatch};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -22,6 +22,7 @@ use tempfile::TempDir;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
+use crate::router_tests::position;
 use crate::routes::openapi::OPENAPI_JSON;
 use crate::{ApiError, ApiState, router};
 
@@ -318,32 +319,6 @@ async fn every_route_and_method_is_documented_and_nothing_else() {
             .cloned()
             .collect();
         assert_eq!(operations, allowed, "{path}: documented vs served methods");
-    }
-}
-
-fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
-    let ll = h3o::LatLng::new(lat, lon).expect("valid coordinates");
-    EnrichedPosition {
-        report: PositionReport {
-            device_id: DeviceId::parse(device).expect("valid id"),
-            ts_ms,
-            lat,
-            lon,
-            accuracy_m: Some(4.5),
-            altitude_m: None,
-            speed_mps: Some(10.0),
-            heading_deg: Some(90.0),
-            battery_pct: None,
-            seq: Some(1),
-            received_ms: ts_ms + 100,
-        },
-        h3: H3Cells {
-            area: ll.to_cell(h3o::Resolution::Seven).into(),
-            detail: ll.to_cell(h3o::Resolution::Nine).into(),
-        },
-        speed_derived: false,
-        heading_derived: true,
-        flag: None,
     }
 }
 

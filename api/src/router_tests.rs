@@ -153,7 +153,8 @@ async fn send_body(app: Router, method: Method, uri: &str, body: Body) -> Reply 
     }
 }
 
-fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
+/// A stored-looking position (also the OpenAPI tests' fixture).
+pub(crate) fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
     let ll = h3o::LatLng::new(lat, lon).expect("valid coordinates");
     EnrichedPosition {
         report: PositionReport {

@@ -92,12 +92,10 @@ impl<'a> DeviceEntry<'a> {
                 // past memory; saturate rather than panic on the hot path.
                 let DeviceMap { slots, devices } = map;
                 devices.push((id, DeviceState::default()));
-                let last = devices.len() - 1;
-                let id_of = |s: u32| &devices[(s as usize).min(last)].0;
                 slots.insert(
-                    &devices[last].0,
+                    &devices[slot].0,
                     u32::try_from(slot).unwrap_or(u32::MAX),
-                    id_of,
+                    |s| &devices[s as usize].0,
                 );
                 slot
             }
