@@ -388,7 +388,7 @@ pub struct LiveConfig {
 
 impl Default for LiveConfig {
     fn default() -> Self {
-        let hub = fleetd_processor::live::LiveSettings::default();
+        let hub = fleetd_live::LiveSettings::default();
         let stream = fleetd_api::StreamSettings::default();
         Self {
             replay_positions: hub.replay_positions,
@@ -410,7 +410,7 @@ impl LiveConfig {
     fn validate(
         &self,
     ) -> anyhow::Result<(
-        fleetd_processor::live::LiveSettings,
+        fleetd_live::LiveSettings,
         fleetd_api::StreamSettings,
         fleetd_api::MapSettings,
     )> {
@@ -441,7 +441,7 @@ impl LiveConfig {
         }
         let non_empty = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
         Ok((
-            fleetd_processor::live::LiveSettings {
+            fleetd_live::LiveSettings {
                 replay_positions: self.replay_positions,
                 replay_alerts: self.replay_alerts,
                 replay_age: Duration::from_secs(self.replay_age_s),
@@ -476,9 +476,9 @@ pub struct GeofenceConfig {
 
 impl Default for GeofenceConfig {
     fn default() -> Self {
-        let limits = fleetd_processor::geofence::GeofenceLimits::default();
-        let index = fleetd_processor::geofence::IndexSettings::default();
-        let tracking = fleetd_processor::geofence::FenceSettings::default();
+        let limits = fleetd_geofence::GeofenceLimits::default();
+        let index = fleetd_geofence::IndexSettings::default();
+        let tracking = fleetd_geofence::FenceSettings::default();
         Self {
             max_vertices: limits.max_vertices,
             max_radius_m: limits.max_radius_m,
@@ -493,9 +493,9 @@ impl Default for GeofenceConfig {
 /// Validated `[geofences]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeofenceSettings {
-    pub limits: fleetd_processor::geofence::GeofenceLimits,
-    pub index: fleetd_processor::geofence::IndexSettings,
-    pub tracking: fleetd_processor::geofence::FenceSettings,
+    pub limits: fleetd_geofence::GeofenceLimits,
+    pub index: fleetd_geofence::IndexSettings,
+    pub tracking: fleetd_geofence::FenceSettings,
     /// How often fences are reloaded from a shared (ScyllaDB) store, for
     /// changes made through other nodes.
     pub refresh: Duration,
@@ -537,15 +537,15 @@ impl GeofenceConfig {
             bail!("geofences.refresh_s must be > 0");
         }
         Ok(GeofenceSettings {
-            limits: fleetd_processor::geofence::GeofenceLimits {
+            limits: fleetd_geofence::GeofenceLimits {
                 max_vertices: self.max_vertices,
                 max_radius_m: self.max_radius_m,
             },
-            index: fleetd_processor::geofence::IndexSettings {
+            index: fleetd_geofence::IndexSettings {
                 cell_budget: self.cell_budget,
                 ..Default::default()
             },
-            tracking: fleetd_processor::geofence::FenceSettings {
+            tracking: fleetd_geofence::FenceSettings {
                 min_outside_ms: (self.min_outside_s * 1000.0).round() as i64,
                 default_accuracy_m: self.default_accuracy_m,
             },
@@ -623,7 +623,7 @@ pub struct ServeSettings {
     pub request_timeout: Duration,
     pub demo_vehicles: usize,
     pub demo_rate_hz: f64,
-    pub live: fleetd_processor::live::LiveSettings,
+    pub live: fleetd_live::LiveSettings,
     pub streams: fleetd_api::StreamSettings,
     pub map: fleetd_api::MapSettings,
     pub geofences: GeofenceSettings,

@@ -4,7 +4,7 @@
 //! This is the only crate that knows HTTP and JSON. It reads from the store
 //! through an `Arc<dyn Store>`, and writes only the device registry and the
 //! geofences (to the store and to the processor's
-//! [`fleetd_processor::Registry`] and [`fleetd_processor::geofence::Geofences`]); the
+//! [`fleetd_store::Registry`] and [`fleetd_geofence::Geofences`]); the
 //! API is stateless over the store, so several nodes can serve the same
 //! backend.
 //!

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use fleetd_processor::live::{EventKind, Gap, KindSet, LiveEvent, LiveHub, SeqEvent, Subscription};
+use fleetd_live::{EventKind, Gap, KindSet, LiveEvent, LiveHub, SeqEvent, Subscription};
 use fleetd_schemas::{DeviceId, GeofenceId};
-use fleetd_store::BBox;
+use fleetd_schemas::BBox;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;

@@ -5,9 +5,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use fleetd_ingest::Submitter;
-use fleetd_processor::Registry;
-use fleetd_processor::geofence::Geofences;
-use fleetd_processor::live::{LiveHub, LiveSettings};
+use fleetd_store::Registry;
+use fleetd_geofence::Geofences;
+use fleetd_live::{LiveHub, LiveSettings};
 use fleetd_schemas::RejectionLog;
 use fleetd_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use fleetd_processor::live::{LiveHub, LiveSettings};
+use fleetd_live::{LiveHub, LiveSettings};
 use fleetd_schemas::{
     Alert, AlertDetail, AlertKind, DeviceId, EnrichedPosition, GeofenceId, H3Cells, PositionReport,
     RejectionLog,

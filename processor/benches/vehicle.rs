@@ -14,11 +14,10 @@ use std::cell::Cell;
 use std::hint::black_box;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
-use fleetd_processor::geofence::Geofences;
-use fleetd_processor::{
-    BatchContext, EnrichSettings, PartitionState, Registry, cells, process_batch,
-};
+use fleetd_geofence::Geofences;
+use fleetd_processor::{BatchContext, EnrichSettings, PartitionState, cells, process_batch};
 use fleetd_schemas::{DeviceId, DeviceInfo, PositionReport};
+use fleetd_store::Registry;
 use h3o::Resolution;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;

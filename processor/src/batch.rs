@@ -9,10 +9,10 @@ use fleetd_schemas::{
     PositionReport, RejectReason, Rejection,
 };
 use fleetd_store::{LatestUpdate, WriteBatch};
-use h3o::{CellIndex, LatLng, Resolution};
+use h3o::{CellIndex, Resolution};
 
-use crate::geofence::{self, FenceFix, Geofences};
-use crate::registry::Registry;
+use fleetd_geofence::{self as geofence, FenceFix, Geofences};
+use fleetd_store::Registry;
 use crate::reorder::Admission;
 use crate::settings::VehicleSettings;
 use crate::state::{DeviceState, LatestFix, PartitionState};
@@ -376,14 +376,9 @@ fn filter_detail(
     }
 }
 
-/// Both H3 cells of a point; `None` only for coordinates ingest would never
-/// pass (non-finite).
+/// Both H3 cells of a point (see [`H3Cells::of`]).
 pub fn cells(lat: f64, lon: f64, detail_res: Resolution) -> Option<H3Cells> {
-    let ll = LatLng::new(lat, lon).ok()?;
-    Some(H3Cells {
-        area: u64::from(ll.to_cell(Resolution::Seven)),
-        detail: u64::from(ll.to_cell(detail_res)),
-    })
+    H3Cells::of(lat, lon, detail_res)
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ fn run_with(
     let ctx = BatchContext {
         now_ms,
         registry: &registry,
-        geofences: &crate::geofence::Geofences::default(),
+        geofences: &fleetd_geofence::Geofences::default(),
         release_all: false,
         sweep: false,
     };
@@ -247,7 +247,7 @@ fn overspeed_uses_the_registry_and_fires_once() {
         let ctx = BatchContext {
             now_ms: t * 1000,
             registry: &registry,
-            geofences: &crate::geofence::Geofences::default(),
+            geofences: &fleetd_geofence::Geofences::default(),
             release_all: false,
             sweep: false,
         };

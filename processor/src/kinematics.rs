@@ -1,18 +1,12 @@
 //! Geodesy helpers: distances, bearings.
 
 use geo::{Bearing, Distance, Geodesic, Haversine, Point};
+pub use fleetd_schemas::haversine_m as distance_m;
 
 /// WGS84 ellipsoidal (geodesic, Karney) distance in metres: what odometers
 /// and trip lengths add up, so they match survey-grade references.
 pub fn geodesic_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     Geodesic.distance(Point::new(lon1, lat1), Point::new(lon2, lat2))
-}
-
-/// Great-circle distance in metres between two (lat, lon) points on the
-/// mean-radius sphere: cheap, for radius and plausibility tests where its
-/// 0.1–0.5% error does not matter.
-pub fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    Haversine.distance(Point::new(lon1, lat1), Point::new(lon2, lat2))
 }
 
 /// Initial bearing in degrees [0, 360) from the first point to the second.

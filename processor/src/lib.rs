@@ -10,25 +10,25 @@
 //!   blocking pool (sort, dedupe, H3, latest, reorder, vehicle state:
 //!   filters, motion, odometer, trips, overspeed), then writes one
 //!   [`fleetd_store::WriteBatch`].
-//! * [`Registry`] is the enrichment cache of the device registry, written by
-//!   the API and read once per batch; [`geofence::Geofences`] likewise holds
+//! * [`fleetd_store::Registry`] is the enrichment cache of the device registry, written by
+//!   the API and read once per batch; [`fleetd_geofence::Geofences`] likewise holds
 //!   the fence index, and every applied fix is evaluated against it
 //!   (enter/exit/dwell alerts, memberships kept in the vehicle state).
 //! * Input is a bounded channel of position chunks; when it closes, workers
 //!   flush what they hold and [`Processor::join`] returns.
 //!
 //! * After a batch is stored, the worker publishes its latest positions and
-//!   alerts to the [`live::LiveHub`], which feeds the live streams.
+//!   alerts to the [`fleetd_live::LiveHub`], which feeds the live streams.
 //!
 //! The enrichment functions ([`process_batch`]) do no I/O and read no clock.
 
 mod batch;
 mod device_map;
 mod dispatch;
-pub mod geofence;
+
 pub mod kinematics;
-pub mod live;
-mod registry;
+
+
 mod reorder;
 mod settings;
 mod state;
@@ -41,13 +41,13 @@ use std::sync::Arc;
 use fleetd_schemas::{PositionReport, RejectionLog};
 use fleetd_store::{Store, StoreError};
 
-use crate::geofence::Geofences;
+use fleetd_geofence::Geofences;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 pub use batch::{BatchContext, BatchOutcome, EnrichSettings, cells, process_batch};
 pub use device_map::{DeviceEntry, DeviceMap};
-pub use registry::Registry;
+
 pub use settings::{ProcessorSettings, VehicleSettings};
 pub use state::{DeviceState, LatestFix, PartitionState};
 
@@ -55,13 +55,13 @@ pub use state::{DeviceState, LatestFix, PartitionState};
 #[derive(Clone)]
 pub struct ProcessorPorts {
     /// The device registry cache, joined into every batch.
-    pub registry: Arc<Registry>,
+    pub registry: Arc<fleetd_store::Registry>,
     /// The geofences, evaluated for every applied fix.
     pub geofences: Arc<Geofences>,
     /// Where filtered fixes are sampled for `GET /v1/rejections`.
     pub rejections: Arc<RejectionLog>,
     /// Where stored batches are published for live streams.
-    pub live: live::LiveHub,
+    pub live: fleetd_live::LiveHub,
 }
 
 /// A running processor.
@@ -76,7 +76,7 @@ impl Processor {
     /// joins the registry, is evaluated against the geofences, and samples
     /// its filtered fixes into the rejection log; after it is stored, its
     /// latest positions and alerts go to the live hub (see
-    /// [`live::LiveHub::publish`]).
+    /// [`fleetd_live::LiveHub::publish`]).
     pub async fn start(
         settings: ProcessorSettings,
         store: Arc<dyn Store>,

@@ -11,9 +11,9 @@ use fleetd_store::{Store, WriteBatch};
 use tokio::sync::mpsc;
 
 use crate::batch::{BatchContext, BatchOutcome, process_batch};
-use crate::geofence::Geofences;
-use crate::live::LiveHub;
-use crate::registry::Registry;
+use fleetd_geofence::Geofences;
+use fleetd_live::LiveHub;
+use fleetd_store::Registry;
 use crate::settings::ProcessorSettings;
 use crate::state::PartitionState;
 

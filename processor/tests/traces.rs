@@ -13,11 +13,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use fleetd_processor::geofence::Geofences;
-use fleetd_processor::{
-    BatchContext, EnrichSettings, PartitionState, Registry, VehicleSettings, process_batch,
-};
+use fleetd_geofence::Geofences;
+use fleetd_processor::{BatchContext, EnrichSettings, PartitionState, VehicleSettings, process_batch};
 use fleetd_schemas::{DeviceId, EnrichedPosition, Motion, PositionReport, RejectReason, Trip};
+use fleetd_store::Registry;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;

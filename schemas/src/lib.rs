@@ -12,6 +12,8 @@
 //! * [`Alert`]: an enter/exit/dwell/overspeed event, stored, streamed and
 //!   published to devices; [`GeofenceId`] names fences and [`DeviceFences`]
 //!   holds a device's current fence memberships.
+//! * [`BBox`] and [`haversine_m`]: the plain geometry of area queries and
+//!   stream filters.
 //! * [`Rejection`] and [`RejectionLog`]: why an input was dropped, counted and
 //!   sampled for `GET /v1/rejections`.
 //!
@@ -20,6 +22,7 @@
 
 mod alert;
 mod fences;
+mod geodesy;
 mod position;
 mod rejection;
 mod slots;
@@ -28,6 +31,7 @@ mod vehicle_storage;
 
 pub use alert::{Alert, AlertDetail, AlertKind, GeofenceId};
 pub use fences::{DeviceFences, Membership, MembershipChange};
+pub use geodesy::{BBox, EARTH_RADIUS_M, haversine_m};
 pub use position::{
     DeviceId, EnrichedPosition, H3Cells, InvalidDeviceId, MAX_DEVICE_ID_LEN, PositionReport,
 };

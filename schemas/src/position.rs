@@ -137,6 +137,16 @@ pub struct H3Cells {
 impl H3Cells {
     /// Resolution of the area index (cells ~5 km², edge ~1.4 km).
     pub const AREA_RES: u8 = 7;
+
+    /// Both cells of a point, the detail one at `detail_res`; `None` only
+    /// for coordinates ingest would never pass (non-finite).
+    pub fn of(lat: f64, lon: f64, detail_res: h3o::Resolution) -> Option<Self> {
+        let ll = h3o::LatLng::new(lat, lon).ok()?;
+        Some(Self {
+            area: u64::from(ll.to_cell(h3o::Resolution::Seven)),
+            detail: u64::from(ll.to_cell(detail_res)),
+        })
+    }
 }
 
 /// A report plus what the processor derived for it; the unit the store keeps.

@@ -167,18 +167,7 @@ impl CityGrid {
     }
 }
 
-/// Mean Earth radius (IUGG), in metres.
-const EARTH_RADIUS_M: f64 = 6_371_008.8;
-
-/// Great-circle distance in metres between two WGS84 points given in
-/// degrees (haversine on the mean sphere).
-pub fn haversine_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    let (phi1, phi2) = (lat1.to_radians(), lat2.to_radians());
-    let dphi = phi2 - phi1;
-    let dlambda = (lon2 - lon1).to_radians();
-    let a = (dphi / 2.0).sin().powi(2) + phi1.cos() * phi2.cos() * (dlambda / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_M * a.sqrt().min(1.0).asin()
-}
+pub use fleetd_schemas::haversine_m;
 
 #[cfg(test)]
 mod tests {

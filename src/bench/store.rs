@@ -90,7 +90,7 @@ fn batches(
             vehicle.advance(Duration::from_secs(1));
         }
         let fix = vehicle.fix();
-        let Some(h3) = fleetd_processor::cells(fix.lat, fix.lon, h3o::Resolution::Nine) else {
+        let Some(h3) = fleetd_schemas::H3Cells::of(fix.lat, fix.lon, h3o::Resolution::Nine) else {
             continue;
         };
         let ts_ms = base_ms + round * 1000 + (i % 1000) as i64;

@@ -23,6 +23,7 @@ mod error;
 mod fjall_store;
 mod fjall_tables;
 mod keys;
+mod registry;
 pub mod scylla;
 
 use async_trait::async_trait;
@@ -35,6 +36,7 @@ pub use area::{AreaQuery, BBox};
 pub use error::StoreError;
 pub use fjall_store::FjallStore;
 pub use fjall_tables::ALERT_SCAN_BUDGET;
+pub use registry::Registry;
 pub use scylla::{ScyllaSettings, ScyllaStore};
 
 /// What one micro-batch of one processor partition writes.

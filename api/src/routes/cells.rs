@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use fleetd_processor::live::{CELL_RESOLUTIONS, CellsAnswer};
+use fleetd_live::{CELL_RESOLUTIONS, CellsAnswer};
 use serde::{Deserialize, Serialize};
 
 use super::geojson;

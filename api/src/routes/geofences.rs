@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use fleetd_processor::geofence::{Geofence, GeofenceError};
+use fleetd_geofence::{Geofence, GeofenceError};
 use fleetd_schemas::{DeviceId, GeofenceId};
 use fleetd_store::{StoreError, StoredGeofence};
 use serde::{Deserialize, Serialize};

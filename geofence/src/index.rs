@@ -17,8 +17,8 @@ use geo::{BoundingRect, Contains, Coord, Distance, Geodesic, Haversine, Point, R
 use h3o::{CellIndex, LatLng, Resolution};
 use rustc_hash::FxHashMap;
 
-use crate::geofence::cover::{self, Cover};
-use crate::geofence::model::{Geofence, Shape};
+use crate::cover::{self, Cover};
+use crate::model::{Geofence, Shape};
 
 /// Metres per degree on the mean-radius sphere (6,371,008.8 m), for the
 /// local plane in which boundary distances are measured.

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fleetd_schemas::{Alert, AlertDetail, AlertKind, DeviceId, EnrichedPosition, PositionReport};
-use fleetd_store::BBox;
+use fleetd_schemas::{
+    Alert, AlertDetail, AlertKind, BBox, DeviceId, EnrichedPosition, H3Cells, PositionReport,
+};
 use h3o::{LatLng, Resolution};
 use tokio::sync::broadcast::error::TryRecvError;
 
@@ -26,7 +27,7 @@ fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
             seq: None,
             received_ms: ts_ms,
         },
-        h3: crate::cells(lat, lon, Resolution::Nine).expect("cells"),
+        h3: H3Cells::of(lat, lon, Resolution::Nine).expect("cells"),
         speed_derived: false,
         heading_derived: false,
         flag: None,

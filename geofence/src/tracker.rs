@@ -7,8 +7,8 @@
 use fleetd_schemas::{Alert, AlertDetail, AlertKind, DeviceFences, DeviceId, Membership};
 use h3o::CellIndex;
 
-use crate::geofence::index::{Containment, GeofenceIndex};
-use crate::geofence::model::Geofence;
+use crate::index::{Containment, GeofenceIndex};
+use crate::model::Geofence;
 
 /// Membership rules.
 #[derive(Debug, Clone, Copy, PartialEq)]

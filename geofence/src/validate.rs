@@ -12,7 +12,7 @@ use geo::{
     Polygon,
 };
 
-use crate::geofence::model::{GeofenceError, Location};
+use crate::model::{GeofenceError, Location};
 
 /// One edge, with the ring it belongs to, for the sweep.
 #[derive(Debug, Clone, Copy)]

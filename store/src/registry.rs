@@ -85,8 +85,9 @@ impl Registry {
         })
     }
 
-    /// A read view for one batch.
-    pub(crate) fn read(&self) -> RwLockReadGuard<'_, HashMap<DeviceId, DeviceInfo>> {
+    /// A read view for one batch: readers take it once per batch, never
+    /// across an `.await`; writers wait for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, HashMap<DeviceId, DeviceInfo>> {
         self.devices.read().unwrap_or_else(|e| e.into_inner())
     }
 }

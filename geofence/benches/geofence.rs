@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use fleetd_processor::geofence::{Geofence, GeofenceIndex, IndexSettings, Shape};
+use fleetd_geofence::{Geofence, GeofenceIndex, IndexSettings, Shape};
 use fleetd_schemas::GeofenceId;
 use geo::{BoundingRect, Contains, Coord, LineString, Point, Polygon, Rect};
 use h3o::{CellIndex, LatLng, Resolution};

@@ -13,10 +13,14 @@
 //!   buffered events after a sequence number (resume), and names what it
 //!   cannot replay as [`Gap`]s. Subscribing and publishing share one lock,
 //!   so nothing falls between the replayed events and the live ones.
+//! * [`Follower`] is how a consumer reads the hub: it subscribes, replays,
+//!   names gaps and resubscribes after falling behind, so the live streams
+//!   and alert publishing share one resume algorithm.
 //! * [`LiveHub::cells`] answers live vehicle counts per H3 cell (res 5–9),
 //!   kept up to date incrementally from the published positions.
 
 mod cells;
+mod follower;
 mod replay;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +32,7 @@ use tokio::sync::broadcast;
 
 use cells::CellCounts;
 pub use cells::{CELL_RESOLUTIONS, CellCount, CellsAnswer};
+pub use follower::{Follower, Step};
 use replay::Replay;
 
 /// Settings of the live hub (`[live]` in fleetd.toml).
@@ -428,7 +433,7 @@ impl LiveHub {
     pub fn cells(
         &self,
         res: h3o::Resolution,
-        bbox: Option<&fleetd_store::BBox>,
+        bbox: Option<&fleetd_schemas::BBox>,
         limit: usize,
     ) -> Option<CellsAnswer> {
         let mut cells = lock(&self.inner.cells);

@@ -7,7 +7,7 @@ use fleetd_schemas::GeofenceId;
 use geo::{Coord, LineString, MultiPolygon, Polygon};
 use serde_json::{Map, Value};
 
-use crate::geofence::validate;
+use crate::validate;
 
 /// Limits a fence must keep to be accepted. They bound the work one fence
 /// costs at insert time and per checked point.

@@ -5,9 +5,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use fleetd_schemas::GeofenceId;
 
-use crate::geofence::index::{GeofenceIndex, IndexSettings};
-use crate::geofence::model::{Geofence, GeofenceLimits};
-use crate::geofence::tracker::FenceSettings;
+use crate::index::{GeofenceIndex, IndexSettings};
+use crate::model::{Geofence, GeofenceLimits};
+use crate::tracker::FenceSettings;
 
 /// Every geofence, indexed, behind one lock.
 ///
@@ -201,7 +201,7 @@ mod tests {
     use geo::Coord;
 
     use super::*;
-    use crate::geofence::model::{Circle, Shape};
+    use crate::model::{Circle, Shape};
 
     fn circle(id: &str, lon: f64, radius_m: f64) -> Geofence {
         Geofence {

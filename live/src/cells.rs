@@ -9,8 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use fleetd_schemas::{DeviceId, EnrichedPosition};
-use fleetd_store::BBox;
+use fleetd_schemas::{BBox, DeviceId, EnrichedPosition};
 use h3o::{CellIndex, LatLng, Resolution};
 
 /// The resolutions `GET /v1/cells` serves.

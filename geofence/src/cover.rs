@@ -17,7 +17,7 @@ use geo::{ChamberlainDuquetteArea, Contains, Coord, MultiPolygon, Point, Polygon
 use h3o::{CellIndex, LatLng, Resolution};
 use rustc_hash::FxHashSet;
 
-use crate::geofence::model::{Circle, Shape};
+use crate::model::{Circle, Shape};
 
 /// Metres per degree of latitude, rounded up (the meridian degree is
 /// 110.57–111.69 km), so sampling steps computed with it are never too long.
