@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use fleetd_ingest::IngestModeName;
+use fleetd_store::StoreBackendName;
+use fleetd_store::scylla::Consistency;
+
 use crate::config::{DEFAULT_CONFIG, FileConfig};
 
 /// fleetd: real-time location backend for fleets of phones and vehicles.
@@ -40,7 +44,7 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     /// Ingest mode: embedded (broker inside fleetd) or external [default: embedded].
     #[arg(long, env = "FLEETD_INGEST")]
-    pub ingest: Option<String>,
+    pub ingest: Option<IngestModeName>,
     /// External MQTT broker, host:port (with --ingest external).
     #[arg(long, env = "FLEETD_BROKER")]
     pub broker: Option<String>,
@@ -58,7 +62,7 @@ pub struct ServeArgs {
     pub window_ms: Option<u64>,
     /// Storage backend: fjall (embedded) or scylla [default: fjall].
     #[arg(long, env = "FLEETD_STORE")]
-    pub store: Option<String>,
+    pub store: Option<StoreBackendName>,
     /// ScyllaDB contact points, host:port[,host:port...].
     #[arg(long, env = "FLEETD_SCYLLA_URI")]
     pub scylla_uri: Option<String>,
@@ -68,7 +72,7 @@ pub struct ServeArgs {
     /// Consistency of every ScyllaDB read and write: one, local_quorum,
     /// quorum or all [default: local_quorum].
     #[arg(long, env = "FLEETD_SCYLLA_CONSISTENCY")]
-    pub scylla_consistency: Option<String>,
+    pub scylla_consistency: Option<Consistency>,
     /// Replication factor per datacenter when --scylla-migrate creates the
     /// keyspace [default: 3].
     #[arg(long, env = "FLEETD_SCYLLA_REPLICATION_FACTOR")]
@@ -109,8 +113,8 @@ impl ServeArgs {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        if let Some(v) = &self.ingest {
-            config.ingest.mode = v.clone();
+        if let Some(v) = self.ingest {
+            config.ingest.mode = v;
         }
         if let Some(v) = &self.broker {
             config.ingest.broker = v.clone();
@@ -127,45 +131,33 @@ impl ServeArgs {
         if let Some(v) = self.window_ms {
             config.processor.window_ms = v;
         }
-        if let Some(v) = &self.store {
-            config.store.backend = v.clone();
+        if let Some(v) = self.store {
+            config.store.backend = v;
         }
-        if let Some(v) = &self.scylla_uri {
-            config.store.scylla_uri = v.clone();
+        let scylla = &mut config.store.scylla;
+        let strings = [
+            (&self.scylla_uri, &mut scylla.uri),
+            (&self.scylla_keyspace, &mut scylla.keyspace),
+            (&self.scylla_username, &mut scylla.username),
+            (&self.scylla_password, &mut scylla.password),
+            (&self.scylla_tls_ca, &mut scylla.tls_ca),
+            (&self.scylla_tls_cert, &mut scylla.tls_cert),
+            (&self.scylla_tls_key, &mut scylla.tls_key),
+            (&self.scylla_tls_server_name, &mut scylla.tls_server_name),
+        ];
+        for (flag, key) in strings {
+            if let Some(v) = flag {
+                key.clone_from(v);
+            }
         }
-        if let Some(v) = &self.scylla_keyspace {
-            config.store.scylla_keyspace = v.clone();
-        }
-        if let Some(v) = &self.scylla_consistency {
-            config.store.scylla_consistency = v.clone();
+        if let Some(v) = self.scylla_consistency {
+            scylla.consistency = v;
         }
         if let Some(v) = self.scylla_replication_factor {
-            config.store.scylla_replication_factor = v;
+            scylla.replication_factor = v;
         }
-        if let Some(v) = &self.scylla_username {
-            config.store.scylla_username = v.clone();
-        }
-        if let Some(v) = &self.scylla_password {
-            config.store.scylla_password = v.clone();
-        }
-        if self.scylla_migrate {
-            config.store.scylla_migrate = true;
-        }
-        if self.scylla_tls {
-            config.store.scylla_tls = true;
-        }
-        if let Some(v) = &self.scylla_tls_ca {
-            config.store.scylla_tls_ca = v.clone();
-        }
-        if let Some(v) = &self.scylla_tls_cert {
-            config.store.scylla_tls_cert = v.clone();
-        }
-        if let Some(v) = &self.scylla_tls_key {
-            config.store.scylla_tls_key = v.clone();
-        }
-        if let Some(v) = &self.scylla_tls_server_name {
-            config.store.scylla_tls_server_name = v.clone();
-        }
+        scylla.migrate |= self.scylla_migrate;
+        scylla.tls |= self.scylla_tls;
         if let Some(v) = self.demo {
             config.demo.vehicles = v;
         }
@@ -217,8 +209,8 @@ mod tests {
     #[test]
     fn scylla_flags_reach_the_store_section() {
         let args = ServeArgs {
-            store: Some("scylla".into()),
-            scylla_consistency: Some("quorum".into()),
+            store: Some(StoreBackendName::Scylla),
+            scylla_consistency: Some(Consistency::Quorum),
             scylla_replication_factor: Some(5),
             scylla_tls: true,
             scylla_tls_ca: Some("/etc/fleetd/ca.pem".into()),
@@ -228,12 +220,14 @@ mod tests {
             ..Default::default()
         };
         let store = args.resolve().expect("resolves").store;
-        assert_eq!(store.scylla_consistency, "quorum");
-        assert_eq!(store.scylla_replication_factor, 5);
-        assert!(store.scylla_tls);
-        assert_eq!(store.scylla_tls_ca, "/etc/fleetd/ca.pem");
-        assert_eq!(store.scylla_tls_cert, "/etc/fleetd/client.pem");
-        assert_eq!(store.scylla_tls_key, "/etc/fleetd/client.key");
-        assert_eq!(store.scylla_tls_server_name, "scylla.internal");
+        assert_eq!(store.backend, StoreBackendName::Scylla);
+        let scylla = store.scylla;
+        assert_eq!(scylla.consistency, Consistency::Quorum);
+        assert_eq!(scylla.replication_factor, 5);
+        assert!(scylla.tls);
+        assert_eq!(scylla.tls_ca, "/etc/fleetd/ca.pem");
+        assert_eq!(scylla.tls_cert, "/etc/fleetd/client.pem");
+        assert_eq!(scylla.tls_key, "/etc/fleetd/client.key");
+        assert_eq!(scylla.tls_server_name, "scylla.internal");
     }
 }

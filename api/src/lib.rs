@@ -55,6 +55,7 @@
 //! `/openapi.json`), which tests hold to the router and to real responses.
 
 mod body;
+mod config;
 mod conn;
 mod dto;
 mod error;
@@ -82,6 +83,7 @@ use axum::routing::{get, post, put};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use config::{ApiConfig, ApiSettings, LiveApiSettings, LiveConfig};
 pub use error::ApiError;
 pub use live::StreamSettings;
 pub use routes::map::MapSettings;
@@ -165,10 +167,13 @@ pub async fn serve(
         tracing::info!(%addr, "http api listening");
     }
     state.live.shutdown = shutdown.child_token();
+    let pumps = state.live.tasks.clone();
     let app = router(state).into_make_service_with_connect_info::<conn::Conn>();
     axum::serve(conn::KillableListener(listener), app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
+    pumps.close();
+    pumps.wait().await;
     tracing::info!("http api stopped");
     Ok(())
 }

@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use fleetd_live::{EventKind, Gap, KindSet, LiveEvent, LiveHub, SeqEvent, Subscription};
-use fleetd_schemas::{DeviceId, GeofenceId};
+use fleetd_live::{EventKind, Follower, Gap, KindSet, LiveEvent, LiveHub, SeqEvent};
 use fleetd_schemas::BBox;
+use fleetd_schemas::{DeviceId, GeofenceId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::dto::Vehicle;
 use crate::error::ApiError;
@@ -373,6 +373,8 @@ pub(crate) struct Pump {
     pub(crate) transport: Transport,
     pub(crate) settings: StreamSettings,
     pub(crate) shutdown: CancellationToken,
+    /// Where the pump task is spawned, so the API's shutdown waits for it.
+    pub(crate) tasks: TaskTracker,
     /// Cancelled when the client is dropped as slow, so the transport can
     /// close its connection.
     pub(crate) kill: CancellationToken,
@@ -388,8 +390,11 @@ pub(crate) fn start(pump: Pump, since: Option<u64>, preamble: Option<Bytes>) -> 
         queued: Arc::clone(&queued),
         transport: pump.transport,
     };
-    let subscription = pump.hub.subscribe(since, pump.filter.kinds);
-    tokio::spawn(run(pump, subscription, since, preamble, tx, queued));
+    // Subscribed before the task runs, so nothing published after the
+    // request is missed.
+    let follower = Follower::new(&pump.hub, since, pump.filter.kinds);
+    let tasks = pump.tasks.clone();
+    tasks.spawn(run(pump, follower, preamble, tx, queued));
     queue
 }
 
@@ -427,8 +432,7 @@ impl Sender {
 
 async fn run(
     pump: Pump,
-    subscription: Subscription,
-    since: Option<u64>,
+    follower: Follower,
     preamble: Option<Bytes>,
     tx: mpsc::Sender<Frame>,
     queued: Arc<AtomicUsize>,
@@ -440,7 +444,7 @@ async fn run(
         queued,
         budget: pump.settings.client_buffer_bytes,
     };
-    let end = pump_loop(&pump, &sender, subscription, since, preamble).await;
+    let end = pump_loop(&pump, &sender, follower, preamble).await;
     metrics::gauge!("fleetd_live_clients", "transport" => label).decrement(1.0);
     match &end {
         Err(reason) => {
@@ -461,22 +465,16 @@ async fn run(
     tracing::debug!(transport = label, peer = %pump.peer, ?end, "live client ended");
 }
 
+/// Moves the follower's steps into the client's queue, one frame per step:
+/// the first (the preamble, what cannot be replayed, then the replay), one
+/// per published batch, and a catch-up after falling behind the broadcast.
 async fn pump_loop(
     pump: &Pump,
     sender: &Sender,
-    mut subscription: Subscription,
-    since: Option<u64>,
-    preamble: Option<Bytes>,
+    mut follower: Follower,
+    mut preamble: Option<Bytes>,
 ) -> Result<PumpEnd, String> {
     let transport = pump.transport;
-    let mut last_seq = since.unwrap_or(0);
-    // Resume: what the hub could not replay, then the replay itself.
-    let mut first = Frame::new();
-    if let Some(p) = preamble {
-        first.push(p);
-    }
-    last_seq = catch_up(pump, &mut first, &subscription, last_seq);
-    sender.send(first)?;
     let mut heartbeat = tokio::time::interval(pump.settings.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.reset();
@@ -486,32 +484,25 @@ async fn pump_loop(
             biased;
             _ = pump.shutdown.cancelled() => return Ok(PumpEnd::Shutdown),
             _ = sender.tx.closed() => return Ok(PumpEnd::ClientGone),
-            received = subscription.receiver.recv() => match received {
-                Ok(batch) => {
-                    let mut frame = Frame::new();
-                    for e in batch.events.iter().filter(|e| e.seq > last_seq) {
-                        add_event(pump, &mut frame, e);
-                    }
-                    if let Some(e) = batch.events.last() {
-                        last_seq = last_seq.max(e.seq);
-                    }
-                    if !frame.parts.is_empty() {
-                        sender.send(frame)?;
-                        idle = false;
-                    }
-                }
-                Err(RecvError::Lagged(n)) => {
+            step = follower.next() => {
+                if step.lagged {
                     metrics::counter!("fleetd_live_lagged_total", "transport" => transport.label()).increment(1);
-                    tracing::debug!(peer = %pump.peer, batches = n, last_seq, "live client lagged; resuming from the replay buffer");
-                    subscription = pump.hub.subscribe(Some(last_seq), pump.filter.kinds);
-                    let mut frame = Frame::new();
-                    last_seq = catch_up(pump, &mut frame, &subscription, last_seq);
-                    if !frame.parts.is_empty() {
-                        sender.send(frame)?;
-                    }
+                    tracing::debug!(peer = %pump.peer, last_seq = follower.last_seq(), "live client lagged; resuming from the replay buffer");
                 }
-                // The hub is gone: the process is stopping.
-                Err(RecvError::Closed) => return Ok(PumpEnd::Shutdown),
+                let mut frame = Frame::new();
+                if let Some(p) = preamble.take() {
+                    frame.push(p);
+                }
+                for gap in &step.gaps {
+                    frame.push(encode_gap(transport, gap));
+                }
+                for e in step.events() {
+                    add_event(pump, &mut frame, e);
+                }
+                if !frame.parts.is_empty() {
+                    idle &= frame.events == 0;
+                    sender.send(frame)?;
+                }
             },
             _ = heartbeat.tick() => {
                 if transport == Transport::Sse && idle {
@@ -521,20 +512,6 @@ async fn pump_loop(
             }
         }
     }
-}
-
-/// Adds a subscription's gaps and replayed events to `frame`; returns the
-/// sequence number after which live events follow. Everything up to the
-/// subscription's `last_seq` has been replayed, named as a gap, or was
-/// published before the client asked for it.
-fn catch_up(pump: &Pump, frame: &mut Frame, subscription: &Subscription, last_seq: u64) -> u64 {
-    for gap in &subscription.gaps {
-        frame.push(encode_gap(pump.transport, gap));
-    }
-    for e in subscription.replay.iter().filter(|e| e.seq > last_seq) {
-        add_event(pump, frame, e);
-    }
-    subscription.last_seq
 }
 
 fn add_event(pump: &Pump, frame: &mut Frame, e: &Arc<SeqEvent>) {

@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use fleetd_ingest::Submitter;
-use fleetd_store::Registry;
 use fleetd_geofence::Geofences;
+use fleetd_ingest::Submitter;
 use fleetd_live::{LiveHub, LiveSettings};
 use fleetd_schemas::RejectionLog;
-use fleetd_store::Store;
+use fleetd_store::{Registry, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::live::StreamSettings;
 use crate::routes::map::{MapSettings, render_index};
@@ -60,6 +60,9 @@ pub struct LiveApi {
     /// shutdown does not wait on open streams. [`crate::serve`] ties it to
     /// its own shutdown token.
     pub shutdown: CancellationToken,
+    /// Every stream's pump task; [`crate::serve`] waits for them after the
+    /// server has stopped, so no pump outlives the API.
+    pub tasks: TaskTracker,
     /// The map page with its config, rendered once.
     pub(crate) index_html: Arc<str>,
 }
@@ -71,6 +74,7 @@ impl LiveApi {
             hub,
             settings,
             shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             index_html: Arc::from(render_index(map)),
         }
     }

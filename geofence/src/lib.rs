@@ -1,7 +1,8 @@
 //! Geofences: the domain model, the point index and the membership tracker.
 //!
-//! Pure and I/O-free, like the other enrichers; the processor, store and API
-//! call it.
+//! Pure and I/O-free, like the other enrichers: no store, no clock. The
+//! processor evaluates fixes against it and keeps it loaded from the store;
+//! the API validates and indexes the fences it writes.
 //!
 //! * [`Geofence::parse`] reads the HTTP input (GeoJSON Feature or geometry
 //!   with a Polygon or MultiPolygon, or a circle `{center, radius_m}`),
@@ -23,6 +24,7 @@
 //! MultiPolygon); circles use the WGS84 geodesic distance (Karney's
 //! algorithm, via geo's `Geodesic`, accurate to nanometres).
 
+mod config;
 mod cover;
 mod index;
 mod model;
@@ -30,6 +32,7 @@ mod shared;
 mod tracker;
 mod validate;
 
+pub use config::{DEFAULT_REFRESH, GeofenceConfig, GeofenceSettings};
 pub use index::{Containment, GeofenceIndex, IndexSettings, PreparedFence};
 pub use model::{Circle, Geofence, GeofenceError, GeofenceLimits, Location, Shape};
 pub use shared::{Geofences, SyncReport};

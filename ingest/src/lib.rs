@@ -1,5 +1,7 @@
 //! Ingest for fleetd: MQTT in, validated [`PositionReport`]s out.
 //!
+//! * [`MqttIngest`] is the stage the binary starts: the embedded broker or
+//!   an external one, and the task that feeds the processor's queue.
 //! * [`EmbeddedBroker`] runs rumqttd inside the fleetd process and gives the
 //!   ingest link (subscribed to [`topic::SUBSCRIPTIONS`]).
 //! * [`Ingestor`] decodes one MQTT message (protobuf, JSON or OwnTracks JSON,
@@ -13,8 +15,9 @@
 //!   the same decoding, validation and rejection log, the same queue; it
 //!   answers "full" instead of waiting.
 //!
-//! * [`alerts`] publishes alerts back out: `fleet/{device_id}/alerts` and
-//!   OwnTracks transitions, through the embedded broker or an external one.
+//! * [`alerts`] publishes alerts back out: [`AlertPublisher`] follows the
+//!   live hub and publishes `fleet/{device_id}/alerts` and OwnTracks
+//!   transitions, through the embedded broker or an external one.
 //!
 //! This is the only crate that knows MQTT.
 //!
@@ -22,18 +25,23 @@
 
 pub mod alerts;
 mod broker;
+mod config;
 pub mod decode;
 mod error;
 mod external;
+mod mqtt;
 mod pipeline;
 mod submit;
 pub mod topic;
 mod validate;
 
+pub use alerts::{AlertPublisher, AlertTarget};
 pub use broker::{BrokerSettings, EmbeddedBroker};
+pub use config::{IngestConfig, IngestMode, IngestModeName, IngestSettings, parse_addr};
 pub use decode::{Decoder, Outcome, PayloadRoute, Reject};
 pub use error::IngestError;
 pub use external::{ExternalBrokerSettings, run_external};
+pub use mqtt::MqttIngest;
 pub use pipeline::{Ingestor, MAX_CHUNK, run_embedded};
 pub use submit::{SubmitError, Submitted, Submitter};
 pub use validate::{Limits, RawPosition};

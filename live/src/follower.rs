@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::{Gap, KindSet, LiveBatch, LiveHub, SeqEvent};
 
@@ -128,7 +128,8 @@ impl Follower {
     }
 
     fn resubscribe(&mut self) {
-        let (receiver, step, last_seq) = subscribe(&self.hub, Some(self.last_seq), self.kinds, true);
+        let (receiver, step, last_seq) =
+            subscribe(&self.hub, Some(self.last_seq), self.kinds, true);
         self.receiver = receiver;
         self.last_seq = last_seq;
         self.catch_up = Some(step);

@@ -11,12 +11,12 @@ use fleetd_schemas::{
 use fleetd_store::{LatestUpdate, WriteBatch};
 use h3o::{CellIndex, Resolution};
 
-use fleetd_geofence::{self as geofence, FenceFix, Geofences};
-use fleetd_store::Registry;
 use crate::reorder::Admission;
 use crate::settings::VehicleSettings;
 use crate::state::{DeviceState, LatestFix, PartitionState};
 use crate::vehicle::{self, Effects, Limits, gate};
+use fleetd_geofence::{self as geofence, FenceFix, Geofences};
+use fleetd_store::Registry;
 
 /// Filtered fixes sampled for `GET /v1/rejections` per reason and batch.
 const SAMPLES_PER_REASON: usize = 4;

@@ -1,7 +1,7 @@
 //! Geodesy helpers: distances, bearings.
 
-use geo::{Bearing, Distance, Geodesic, Haversine, Point};
 pub use fleetd_schemas::haversine_m as distance_m;
+use geo::{Bearing, Distance, Geodesic, Haversine, Point};
 
 /// WGS84 ellipsoidal (geodesic, Karney) distance in metres: what odometers
 /// and trip lengths add up, so they match survey-grade references.

@@ -23,11 +23,12 @@
 //! The enrichment functions ([`process_batch`]) do no I/O and read no clock.
 
 mod batch;
+mod caches;
+mod config;
 mod device_map;
 mod dispatch;
 
 pub mod kinematics;
-
 
 mod reorder;
 mod settings;
@@ -44,10 +45,12 @@ use fleetd_store::{Store, StoreError};
 use fleetd_geofence::Geofences;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 pub use batch::{BatchContext, BatchOutcome, EnrichSettings, cells, process_batch};
 pub use device_map::{DeviceEntry, DeviceMap};
 
+pub use config::{ProcessorConfig, VehicleConfig};
 pub use settings::{ProcessorSettings, VehicleSettings};
 pub use state::{DeviceState, LatestFix, PartitionState};
 
@@ -66,12 +69,19 @@ pub struct ProcessorPorts {
 
 /// A running processor.
 pub struct Processor {
-    tasks: JoinSet<()>,
+    /// The dispatcher and the partition workers: they end when the input
+    /// closes and every worker has flushed.
+    workers: JoinSet<()>,
+    /// Stops the cache refreshers once the workers are done.
+    caches: CancellationToken,
+    cache_tasks: JoinSet<()>,
     devices: usize,
 }
 
 impl Processor {
-    /// Restores state from `store` and starts the dispatcher and workers,
+    /// Loads the registry and geofence caches from `store` (and keeps them
+    /// fresh, see [`ProcessorSettings::registry_refresh`]), restores state
+    /// from `store` and starts the dispatcher and workers,
     /// reading position chunks from `input` until it closes. Each batch
     /// joins the registry, is evaluated against the geofences, and samples
     /// its filtered fixes into the rejection log; after it is stored, its
@@ -89,6 +99,29 @@ impl Processor {
             rejections,
             live,
         } = ports;
+        caches::load_registry(&*store, &registry).await?;
+        let fences = caches::load_geofences(&*store, &geofences).await?;
+        tracing::info!(
+            geofences = fences,
+            devices = registry.len(),
+            "enrichment caches loaded"
+        );
+        let caches = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(caches::refresh_registry(
+            Arc::clone(&store),
+            Arc::clone(&registry),
+            settings.registry_refresh,
+            caches.clone(),
+        ));
+        if let Some(every) = settings.geofence_refresh {
+            tasks.spawn(caches::refresh_geofences(
+                Arc::clone(&store),
+                Arc::clone(&geofences),
+                every,
+                caches.clone(),
+            ));
+        }
         let partitions = settings.partitions.max(1);
         let mut states: Vec<PartitionState> =
             (0..partitions).map(|_| PartitionState::default()).collect();
@@ -128,12 +161,12 @@ impl Processor {
             window_ms = settings.window.as_millis() as u64,
             "processor state restored"
         );
-        let mut tasks = JoinSet::new();
+        let mut workers = JoinSet::new();
         let mut senders = Vec::with_capacity(partitions);
         for (partition, state) in states.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel(settings.partition_queue_chunks.max(1));
             senders.push(tx);
-            tasks.spawn(worker::run_partition(
+            workers.spawn(worker::run_partition(
                 partition,
                 rx,
                 state,
@@ -141,8 +174,13 @@ impl Processor {
                 settings.clone(),
             ));
         }
-        tasks.spawn(dispatch::run(input, senders));
-        Ok(Self { tasks, devices })
+        workers.spawn(dispatch::run(input, senders));
+        Ok(Self {
+            workers,
+            caches,
+            cache_tasks: tasks,
+            devices,
+        })
     }
 
     /// How many devices' state was restored at start.
@@ -150,11 +188,18 @@ impl Processor {
         self.devices
     }
 
-    /// Waits until input has closed and every worker has flushed.
+    /// Waits until input has closed and every worker has flushed, then
+    /// stops the cache refreshers.
     pub async fn join(mut self) {
-        while let Some(result) = self.tasks.join_next().await {
+        while let Some(result) = self.workers.join_next().await {
             if let Err(e) = result {
                 tracing::error!(error = %e, "processor task failed");
+            }
+        }
+        self.caches.cancel();
+        while let Some(result) = self.cache_tasks.join_next().await {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "cache refresh task failed");
             }
         }
     }

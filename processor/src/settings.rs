@@ -1,5 +1,6 @@
 //! Processor settings (`[processor]` and `[vehicle]` in fleetd.toml).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::batch::EnrichSettings;
@@ -27,6 +28,14 @@ pub struct ProcessorSettings {
     /// How often a partition looks for open trips of devices that went
     /// silent (and closes them).
     pub sweep_every: Duration,
+    /// How often the registry cache reloads from the store, picking up
+    /// changes made through other fleetd nodes.
+    pub registry_refresh: Duration,
+    /// How often the geofences reload from the store; `None` when no other
+    /// node writes them (the embedded store).
+    pub geofence_refresh: Option<Duration>,
+    /// Speed limits per registry class, km/h (a device's own limit wins).
+    pub class_speed_limits_kmh: HashMap<String, f64>,
 }
 
 impl Default for ProcessorSettings {
@@ -40,6 +49,9 @@ impl Default for ProcessorSettings {
             store_retry_max: 10,
             enrich: EnrichSettings::default(),
             sweep_every: Duration::from_secs(30),
+            registry_refresh: Duration::from_secs(30),
+            geofence_refresh: None,
+            class_speed_limits_kmh: HashMap::new(),
         }
     }
 }
@@ -93,7 +105,7 @@ impl Default for VehicleSettings {
         Self {
             reorder_ms: 2_000,
             max_accuracy_m: 100.0,
-            max_speed_mps: 300.0 / 3.6,
+            max_speed_mps: crate::config::MAX_SPEED_KMH / 3.6,
             teleport_slack_m: 20.0,
             teleport_confirm: 3,
             stop_radius_m: 50.0,

@@ -11,11 +11,11 @@ use fleetd_store::{Store, WriteBatch};
 use tokio::sync::mpsc;
 
 use crate::batch::{BatchContext, BatchOutcome, process_batch};
+use crate::settings::ProcessorSettings;
+use crate::state::PartitionState;
 use fleetd_geofence::Geofences;
 use fleetd_live::LiveHub;
 use fleetd_store::Registry;
-use crate::settings::ProcessorSettings;
-use crate::state::PartitionState;
 
 /// What every partition worker shares: where to write and what to join.
 #[derive(Clone)]

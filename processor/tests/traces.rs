@@ -14,7 +14,9 @@
 use std::collections::{HashMap, HashSet};
 
 use fleetd_geofence::Geofences;
-use fleetd_processor::{BatchContext, EnrichSettings, PartitionState, VehicleSettings, process_batch};
+use fleetd_processor::{
+    BatchContext, EnrichSettings, PartitionState, VehicleSettings, process_batch,
+};
 use fleetd_schemas::{DeviceId, EnrichedPosition, Motion, PositionReport, RejectReason, Trip};
 use fleetd_store::Registry;
 use rand::rngs::SmallRng;

@@ -25,6 +25,7 @@ mod fences;
 mod geodesy;
 mod position;
 mod rejection;
+mod setting;
 mod slots;
 mod vehicle;
 mod vehicle_storage;
@@ -36,6 +37,7 @@ pub use position::{
     DeviceId, EnrichedPosition, H3Cells, InvalidDeviceId, MAX_DEVICE_ID_LEN, PositionReport,
 };
 pub use rejection::{RejectReason, Rejection, RejectionLog};
+pub use setting::InvalidSetting;
 pub use slots::DeviceSlots;
 pub use vehicle::{
     Anchor, DeviceInfo, DeviceTrip, Fix, Motion, Overspeed, Suspect, Trip, VehicleState,

@@ -30,8 +30,10 @@ pub enum AreaQuery {
 /// Checks that a box lies inside [-180, 180] x [-90, 90] with its south
 /// edge below its north edge.
 fn validate_bbox(bbox: &BBox) -> Result<(), StoreError> {
-    let coords_ok =
-        is_lat(bbox.min_lat) && is_lat(bbox.max_lat) && is_lon(bbox.min_lon) && is_lon(bbox.max_lon);
+    let coords_ok = is_lat(bbox.min_lat)
+        && is_lat(bbox.max_lat)
+        && is_lon(bbox.min_lon)
+        && is_lon(bbox.max_lon);
     if !coords_ok {
         return Err(StoreError::InvalidQuery(format!(
             "bbox {bbox:?} is outside [-180, 180] x [-90, 90]"

@@ -17,6 +17,7 @@
 mod area;
 mod area_index;
 mod codec;
+mod config;
 mod cover;
 mod cursor;
 mod error;
@@ -33,6 +34,7 @@ use fleetd_schemas::{
 };
 
 pub use area::{AreaQuery, BBox};
+pub use config::{ScyllaConfig, StoreBackend, StoreBackendName, StoreConfig, open};
 pub use error::StoreError;
 pub use fjall_store::FjallStore;
 pub use fjall_tables::ALERT_SCAN_BUDGET;

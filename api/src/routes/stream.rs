@@ -126,6 +126,7 @@ fn start(
         transport,
         settings: state.live.settings.clone(),
         shutdown: state.live.shutdown.clone(),
+        tasks: state.live.tasks.clone(),
         kill,
         peer,
     };

@@ -91,7 +91,8 @@ impl std::fmt::Debug for Credentials {
 
 /// The consistency levels fleetd offers (a subset of CQL's: the serial and
 /// `ANY` levels make no sense for its statements).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 #[non_exhaustive]
 pub enum Consistency {
     /// One replica.
@@ -102,6 +103,20 @@ pub enum Consistency {
     Quorum,
     /// Every replica.
     All,
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl TryFrom<String> for Consistency {
+    type Error = StoreError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
 }
 
 impl Consistency {
