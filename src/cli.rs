@@ -30,7 +30,7 @@ pub enum Command {
     Simulate(crate::simulate::SimulateArgs),
     /// End-to-end load test: starts fleetd (or targets a running one), drives
     /// a simulated fleet and reports throughput, loss, latency, CPU and RSS.
-    Bench(crate::bench::BenchArgs),
+    Bench(fleetd_bench::BenchArgs),
     /// Print the commented default configuration file.
     GenerateConfig,
 }
@@ -174,7 +174,7 @@ impl Cli {
                 crate::serve::run(settings).await
             }
             Command::Simulate(args) => crate::simulate::run(args).await,
-            Command::Bench(args) => crate::bench::run(args).await,
+            Command::Bench(args) => fleetd_bench::run(args).await,
             Command::GenerateConfig => {
                 print!("{DEFAULT_CONFIG}");
                 Ok(())

@@ -2,12 +2,11 @@
 //!
 //! This file is wiring only: parse the command line, load settings, run a
 //! subcommand. `serve` lives in `serve.rs`, the simulator front-end in
-//! `simulate.rs`, the end-to-end benchmark in `bench.rs`.
+//! `simulate.rs`; the end-to-end benchmark is the `fleetd-bench` crate.
 
 // A binary exports nothing; `pub` marks what modules offer each other.
 #![allow(unreachable_pub)]
 
-mod bench;
 mod cli;
 mod config;
 mod serve;

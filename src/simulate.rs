@@ -1,11 +1,10 @@
 //! `fleetd simulate`: the command-line front-end of the fleet simulator.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use fleetd_simulator::{Chaos, Outages, Qos, RoadMap, SimConfig};
+use fleetd_simulator::{Chaos, Outages, Qos, RoadMap, SimConfig, parse_duration};
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `fleetd simulate`.
@@ -53,51 +52,13 @@ pub struct SimulateArgs {
     pub json: bool,
 }
 
-/// Parses `90`, `90s`, `250ms`, `5m` or `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| s.split_at(i));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 60s, 5m or 1h"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
-    };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("{s:?} is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-/// Loads `--map` (off the async runtime: parsing a large extract takes a
-/// while).
-pub fn load_map(map: Option<&str>) -> anyhow::Result<Option<Arc<RoadMap>>> {
-    let Some(name) = map else {
-        return Ok(None);
-    };
-    let roads = RoadMap::named(name).with_context(|| format!("--map {name}"))?;
-    tracing::info!(
-        map = name,
-        nodes = roads.node_count(),
-        segments = roads.edge_count(),
-        km = roads.total_length_m() / 1000.0,
-        "road map loaded"
-    );
-    Ok(Some(Arc::new(roads)))
-}
-
 /// Runs the simulator until the duration passes or Ctrl-C.
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let map = args.map.clone();
-    let roads = tokio::task::spawn_blocking(move || load_map(map.as_deref()))
+    let roads = tokio::task::spawn_blocking(move || RoadMap::load(map.as_deref()))
         .await
-        .context("map loading task")??;
+        .context("map loading task")?
+        .with_context(|| format!("--map {}", args.map.as_deref().unwrap_or_default()))?;
     let config = SimConfig {
         broker: args.broker,
         vehicles: args.vehicles,
@@ -132,20 +93,4 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         eprintln!("{}", report.summary());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("abc").is_err());
-    }
 }

@@ -3,7 +3,7 @@
 //! Decoding and validation never fail loudly: every problem becomes a
 //! [`Reject`] with a reason code, and the caller counts it. MQTT messages are
 //! decoded by topic ([`Decoder::decode`]); payloads that come without a topic
-//! (HTTP ingest) by [`PayloadRoute`] ([`Decoder::decode_payload`]), through
+//! (HTTP ingest) with the request's [`HttpIdentity`] ([`Decoder::decode_http`]), through
 //! the same formats, limits and reasons.
 
 use fleetd_schemas::proto;
@@ -41,21 +41,54 @@ impl Reject {
     }
 }
 
-/// What a payload that arrives without an MQTT topic is: the transport (the
-/// HTTP API) tells, and the decoder treats it like the matching topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PayloadRoute {
-    /// An OwnTracks message of the device `user/device`, as published on
-    /// `owntracks/{user}/{device}`.
-    OwnTracks(DeviceId),
-    /// fleetd JSON: one position object, or an array of them, each naming
-    /// its device in `device_id` (required, since there is no topic).
-    JsonPositions,
-    /// The transport could not tell which device sent the payload: it is
-    /// rejected as `bad_device_id` with this explanation.
-    UnknownDevice(String),
+/// What an HTTP request says about who sent its body, as the transport read
+/// it; [`Decoder::decode_http`] decides from it and the body what the body
+/// is, so the transport never parses device payloads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpIdentity {
+    /// OwnTracks' user: `X-Limit-U`, or `?u=` as the OwnTracks Recorder takes it.
+    pub owntracks_user: Option<String>,
+    /// OwnTracks' device: `X-Limit-D`, or `?d=`.
+    pub owntracks_device: Option<String>,
+    /// The user name the request logged in with (HTTP basic), which an
+    /// OwnTracks app sends as its user.
+    pub login: Option<String>,
 }
+
+impl HttpIdentity {
+    /// Whether the request names an OwnTracks user or device, which makes
+    /// its body an OwnTracks message whatever it holds.
+    fn names_owntracks(&self) -> bool {
+        self.owntracks_user.is_some() || self.owntracks_device.is_some()
+    }
+}
+
+/// Which format an HTTP body turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpFormat {
+    /// An OwnTracks message (a JSON object with `_type`, or any body sent
+    /// with OwnTracks' identity).
+    OwnTracks,
+    /// fleetd JSON: one position object or an array of them, each naming
+    /// its device in `device_id` (required, since there is no topic).
+    FleetJson,
+}
+
+/// What [`Decoder::decode_http`] found besides positions and rejections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpDecoded {
+    /// The body's format, which decides the shape of the answer.
+    pub format: HttpFormat,
+    /// The OwnTracks device `user/device`, when there was one.
+    pub device: Option<DeviceId>,
+    /// Decoded, or not input at all.
+    pub outcome: Outcome,
+}
+
+/// Why an OwnTracks message could not be given a device id.
+const NO_OWNTRACKS_ID: &str = "OwnTracks HTTP mode needs a user and a device: set Username and \
+     Device ID in the app (it sends them as X-Limit-U and X-Limit-D), or add ?u=USER&d=DEVICE \
+     to the URL";
 
 /// What decoding one message produced besides accepted positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,34 +175,90 @@ impl Decoder {
         Outcome::Decoded
     }
 
-    /// Decodes one payload that came without a topic (HTTP ingest), with
-    /// the same formats, limits and reasons as [`Decoder::decode`]. Buffers
-    /// as there.
-    pub fn decode_payload(
+    /// Decodes one HTTP body, which came without a topic, with the same
+    /// formats, limits and reasons as [`Decoder::decode`], parsing it once.
+    /// A JSON object with `_type`, or any body sent with an OwnTracks user
+    /// or device, is an OwnTracks message of `user/device` (user from the
+    /// identity, else the login; device from the identity, else the
+    /// message's `tid`); anything else is fleetd JSON. Buffers as there.
+    pub fn decode_http(
         &self,
-        route: &PayloadRoute,
+        identity: &HttpIdentity,
         payload: &[u8],
         received_ms: i64,
         accepted: &mut Vec<PositionReport>,
         rejects: &mut Vec<Reject>,
-    ) -> Outcome {
+    ) -> HttpDecoded {
+        let mut decoded = HttpDecoded {
+            format: if identity.names_owntracks() {
+                HttpFormat::OwnTracks
+            } else {
+                HttpFormat::FleetJson
+            },
+            device: None,
+            outcome: Outcome::Decoded,
+        };
         if let Err(reject) = self.check_size(payload.len()) {
             rejects.push(reject);
-            return Outcome::Decoded;
+            return decoded;
         }
-        match route {
-            PayloadRoute::OwnTracks(device) => {
-                self.owntracks(device, payload, received_ms, accepted, rejects)
+        let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+        if first == Some(&b'{') {
+            let object = match serde_json::from_slice::<HttpObject>(payload) {
+                Ok(object) => object,
+                Err(e) => {
+                    let what = match decoded.format {
+                        HttpFormat::OwnTracks => "OwnTracks JSON",
+                        HttpFormat::FleetJson => "JSON position",
+                    };
+                    rejects.push(Reject::new(
+                        RejectReason::Malformed,
+                        format!("invalid {what}: {e}"),
+                    ));
+                    return decoded;
+                }
+            };
+            if object.kind.is_some() || identity.names_owntracks() {
+                decoded.format = HttpFormat::OwnTracks;
+                let Some(device) = owntracks_device(identity, object.tid.as_deref(), rejects)
+                else {
+                    return decoded;
+                };
+                decoded.outcome = self.owntracks_message(
+                    &device,
+                    object.owntracks(),
+                    received_ms,
+                    accepted,
+                    rejects,
+                );
+                decoded.device = Some(device);
+            } else {
+                self.json_positions(
+                    vec![object.device_position()],
+                    false,
+                    received_ms,
+                    accepted,
+                    rejects,
+                );
             }
-            PayloadRoute::JsonPositions => {
-                self.json_positions(payload, received_ms, accepted, rejects);
-                Outcome::Decoded
-            }
-            PayloadRoute::UnknownDevice(detail) => {
-                rejects.push(Reject::new(RejectReason::BadDeviceId, detail.clone()));
-                Outcome::Decoded
-            }
+            return decoded;
         }
+        match decoded.format {
+            HttpFormat::OwnTracks => {
+                let Some(device) = owntracks_device(identity, None, rejects) else {
+                    return decoded;
+                };
+                decoded.outcome = self.owntracks(&device, payload, received_ms, accepted, rejects);
+                decoded.device = Some(device);
+            }
+            HttpFormat::FleetJson => match decode_device_positions(payload) {
+                Ok((positions, is_array)) => {
+                    self.json_positions(positions, is_array, received_ms, accepted, rejects)
+                }
+                Err(reject) => rejects.push(reject),
+            },
+        }
+        decoded
     }
 
     /// `oversize` when a payload of `len` bytes is over the limit.
@@ -199,7 +288,27 @@ impl Decoder {
         if payload.iter().all(u8::is_ascii_whitespace) {
             return Outcome::Ignored("owntracks_empty");
         }
-        match decode_owntracks(payload) {
+        match serde_json::from_slice::<OwnTracksMessage>(payload) {
+            Ok(msg) => self.owntracks_message(device, msg, received_ms, accepted, rejects),
+            Err(e) => {
+                rejects.push(Reject::new(
+                    RejectReason::Malformed,
+                    format!("invalid OwnTracks JSON: {e}"),
+                ));
+                Outcome::Decoded
+            }
+        }
+    }
+
+    fn owntracks_message(
+        &self,
+        device: &DeviceId,
+        msg: OwnTracksMessage,
+        received_ms: i64,
+        accepted: &mut Vec<PositionReport>,
+        rejects: &mut Vec<Reject>,
+    ) -> Outcome {
+        match owntracks_position(msg) {
             Ok(Some(raw)) => match self.limits.validate(device, raw, received_ms) {
                 Ok(report) => accepted.push(report),
                 Err(reject) => rejects.push(reject),
@@ -210,21 +319,16 @@ impl Decoder {
         Outcome::Decoded
     }
 
-    /// fleetd JSON positions that name their device: one object or an array.
+    /// fleetd JSON positions that name their device: one object or the
+    /// elements of an array (`is_array`: rejections then carry the index).
     fn json_positions(
         &self,
-        payload: &[u8],
+        positions: Vec<DevicePosition>,
+        is_array: bool,
         received_ms: i64,
         accepted: &mut Vec<PositionReport>,
         rejects: &mut Vec<Reject>,
     ) {
-        let (positions, is_array) = match decode_device_positions(payload) {
-            Ok(decoded) => decoded,
-            Err(reject) => {
-                rejects.push(reject);
-                return;
-            }
-        };
         if positions.len() > self.limits.max_batch_positions {
             rejects.push(Reject::new(
                 RejectReason::BatchTooLarge,
@@ -359,15 +463,38 @@ fn decode_device_positions(payload: &[u8]) -> Result<(Vec<DevicePosition>, bool)
     }
 }
 
-/// Decodes an OwnTracks message: `Ok(None)` for `_type`s other than
+/// The device `user/device` of an OwnTracks message posted over HTTP, or a
+/// `bad_device_id` rejection saying what is missing.
+fn owntracks_device(
+    identity: &HttpIdentity,
+    tid: Option<&str>,
+    rejects: &mut Vec<Reject>,
+) -> Option<DeviceId> {
+    fn non_empty(v: &Option<String>) -> Option<&str> {
+        v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+    }
+    let user = non_empty(&identity.owntracks_user).or(non_empty(&identity.login));
+    let device = non_empty(&identity.owntracks_device).or(tid.filter(|t| !t.is_empty()));
+    let (Some(user), Some(device)) = (user, device) else {
+        rejects.push(Reject::new(RejectReason::BadDeviceId, NO_OWNTRACKS_ID));
+        return None;
+    };
+    let id = format!("{user}/{device}");
+    match DeviceId::parse(&id) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            rejects.push(Reject::new(
+                RejectReason::BadDeviceId,
+                format!("OwnTracks device id {id:?} (user/device): {e}"),
+            ));
+            None
+        }
+    }
+}
+
+/// An OwnTracks message's position: `Ok(None)` for `_type`s other than
 /// `location` (they are not errors).
-fn decode_owntracks(payload: &[u8]) -> Result<Option<RawPosition>, Reject> {
-    let msg = serde_json::from_slice::<OwnTracksMessage>(payload).map_err(|e| {
-        Reject::new(
-            RejectReason::Malformed,
-            format!("invalid OwnTracks JSON: {e}"),
-        )
-    })?;
+fn owntracks_position(msg: OwnTracksMessage) -> Result<Option<RawPosition>, Reject> {
     match msg.kind.as_deref() {
         Some("location") => Ok(Some(RawPosition {
             ts_ms: msg.tst.map(|s| s.saturating_mul(1000)),
@@ -441,6 +568,67 @@ impl From<proto::Position> for RawPosition {
             heading_deg: p.heading_deg.map(f64::from),
             battery_pct: p.battery_pct.map(f64::from),
             seq: p.seq,
+        }
+    }
+}
+
+/// A JSON object posted over HTTP: the fields of both formats it may be,
+/// read in one pass; [`Decoder::decode_http`] then takes one view of it.
+#[derive(Debug, Deserialize)]
+struct HttpObject {
+    #[serde(rename = "_type")]
+    kind: Option<String>,
+    /// The OwnTracks app's two-character tracker id: the device of last resort.
+    tid: Option<String>,
+    device_id: Option<String>,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    // fleetd JSON
+    ts_ms: Option<i64>,
+    accuracy_m: Option<f64>,
+    altitude_m: Option<f64>,
+    speed_mps: Option<f64>,
+    heading_deg: Option<f64>,
+    battery_pct: Option<f64>,
+    seq: Option<u64>,
+    // OwnTracks
+    tst: Option<i64>,
+    acc: Option<f64>,
+    alt: Option<f64>,
+    vel: Option<f64>,
+    cog: Option<f64>,
+    batt: Option<f64>,
+}
+
+impl HttpObject {
+    fn owntracks(self) -> OwnTracksMessage {
+        OwnTracksMessage {
+            kind: self.kind,
+            tst: self.tst,
+            lat: self.lat,
+            lon: self.lon,
+            acc: self.acc,
+            alt: self.alt,
+            vel: self.vel,
+            cog: self.cog,
+            batt: self.batt,
+        }
+    }
+
+    fn device_position(self) -> DevicePosition {
+        DevicePosition {
+            device_id: self.device_id,
+            position: JsonPosition {
+                ts_ms: self.ts_ms,
+                lat: self.lat,
+                lon: self.lon,
+                accuracy_m: self.accuracy_m,
+                altitude_m: self.altitude_m,
+                speed_mps: self.speed_mps,
+                heading_deg: self.heading_deg,
+                battery_pct: self.battery_pct,
+                seq: self.seq,
+            },
         }
     }
 }

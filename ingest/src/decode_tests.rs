@@ -208,20 +208,35 @@ fn batch_limit() {
     assert_eq!(reasons(&bad), ["batch_too_large"]);
 }
 
-fn decode_payload(
-    route: &PayloadRoute,
+fn decode_http(
+    identity: &HttpIdentity,
     payload: &[u8],
 ) -> (Vec<PositionReport>, Vec<Reject>, Outcome) {
     let decoder = Decoder::new(Limits::default());
     let (mut ok, mut bad) = (Vec::new(), Vec::new());
-    let outcome = decoder.decode_payload(route, payload, NOW, &mut ok, &mut bad);
-    (ok, bad, outcome)
+    let decoded = decoder.decode_http(identity, payload, NOW, &mut ok, &mut bad);
+    (ok, bad, decoded.outcome)
+}
+
+/// No identity: fleetd JSON unless the body is a typed OwnTracks message.
+const ANONYMOUS: HttpIdentity = HttpIdentity {
+    owntracks_user: None,
+    owntracks_device: None,
+    login: None,
+};
+
+fn identity(user: Option<&str>, device: Option<&str>, login: Option<&str>) -> HttpIdentity {
+    HttpIdentity {
+        owntracks_user: user.map(str::to_owned),
+        owntracks_device: device.map(str::to_owned),
+        login: login.map(str::to_owned),
+    }
 }
 
 #[test]
 fn json_positions_name_their_device() {
     let one = br#"{"device_id": "van-7", "ts_ms": 1749999999000, "lat": 1.5, "lon": 2.5, "speed_mps": 3}"#;
-    let (ok, bad, outcome) = decode_payload(&PayloadRoute::JsonPositions, one);
+    let (ok, bad, outcome) = decode_http(&ANONYMOUS, one);
     assert!(bad.is_empty(), "{bad:?}");
     assert_eq!(outcome, Outcome::Decoded);
     assert_eq!(ok[0].device_id.as_str(), "van-7");
@@ -236,7 +251,7 @@ fn json_positions_name_their_device() {
                     {"device_id": "bad id", "ts_ms": 1749999999000, "lat": 1, "lon": 2},
                     {"device_id": "b", "ts_ms": 1749999999000, "lat": 1, "lon": 999},
                     {"device_id": "alice/phone", "ts_ms": 1749999999500, "lat": 1, "lon": 2}]"#;
-    let (ok, bad, _) = decode_payload(&PayloadRoute::JsonPositions, many);
+    let (ok, bad, _) = decode_http(&ANONYMOUS, many);
     let ids: Vec<&str> = ok.iter().map(|r| r.device_id.as_str()).collect();
     assert_eq!(ids, ["a", "alice/phone"]);
     let got: Vec<_> = bad
@@ -264,8 +279,8 @@ fn json_positions_name_their_device() {
     );
 
     // A single object's rejection has no index.
-    let (_, bad, _) = decode_payload(
-        &PayloadRoute::JsonPositions,
+    let (_, bad, _) = decode_http(
+        &ANONYMOUS,
         br#"{"device_id": "a", "ts_ms": 1760000000000, "lat": 1, "lon": 2}"#,
     );
     assert_eq!(reasons(&bad), ["future_timestamp"]);
@@ -282,7 +297,7 @@ fn json_positions_garbage_and_limits() {
         (br#"[{"device_id": "a"}, 7]"#.to_vec(), "malformed"),
         (vec![b'['; 300 * 1024], "oversize"),
     ] {
-        let (ok, bad, _) = decode_payload(&PayloadRoute::JsonPositions, &payload);
+        let (ok, bad, _) = decode_http(&ANONYMOUS, &payload);
         assert!(ok.is_empty());
         assert_eq!(
             reasons(&bad),
@@ -300,21 +315,22 @@ fn json_positions_garbage_and_limits() {
         })
         .collect();
     let payload = format!("[{}]", many.join(","));
-    let (ok, bad, _) = decode_payload(&PayloadRoute::JsonPositions, payload.as_bytes());
+    let (ok, bad, _) = decode_http(&ANONYMOUS, payload.as_bytes());
     assert!(ok.is_empty());
     assert_eq!(reasons(&bad), ["batch_too_large"]);
 
-    let (_, bad, _) = decode_payload(&PayloadRoute::UnknownDevice("who?".into()), b"{}");
+    // An OwnTracks identity without its device, and no tid to fall back on.
+    let (_, bad, _) = decode_http(&identity(Some("alice"), None, None), b"{}");
     assert_eq!(reasons(&bad), ["bad_device_id"]);
-    assert_eq!(bad[0].detail, "who?");
+    assert!(bad[0].detail.contains("X-Limit-D"), "{}", bad[0].detail);
 }
 
 #[test]
 fn owntracks_without_topic_decodes_like_the_topic() {
     let msg =
         br#"{"_type":"location","tid":"ph","lat":48.85,"lon":2.35,"tst":1749999990,"vel":36}"#;
-    let alice = DeviceId::parse("alice/phone").expect("id");
-    let (ok, bad, outcome) = decode_payload(&PayloadRoute::OwnTracks(alice.clone()), msg);
+    let alice = identity(Some("alice"), Some("phone"), None);
+    let (ok, bad, outcome) = decode_http(&alice, msg);
     assert_eq!((ok.clone(), bad.clone(), outcome), {
         let (ok, bad, outcome) = decode("owntracks/alice/phone", msg);
         (ok, bad, outcome)
@@ -323,11 +339,53 @@ fn owntracks_without_topic_decodes_like_the_topic() {
 
     // Zero-length messages (a deleted friend, a cleared retained message)
     // are not input, over either transport.
-    let (ok, bad, outcome) = decode_payload(&PayloadRoute::OwnTracks(alice), b"");
+    let (ok, bad, outcome) = decode_http(&alice, b"");
     assert!(ok.is_empty() && bad.is_empty());
     assert_eq!(outcome, Outcome::Ignored("owntracks_empty"));
     assert_eq!(
         decode("owntracks/alice/phone", b"").2,
         Outcome::Ignored("owntracks_empty")
     );
+}
+
+#[test]
+fn http_bodies_are_told_apart_by_type_and_identity() {
+    let decoder = Decoder::new(Limits::default());
+    let run = |identity: &HttpIdentity, body: &[u8]| {
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        let decoded = decoder.decode_http(identity, body, NOW, &mut ok, &mut bad);
+        (decoded, ok, bad)
+    };
+    let typed = br#"{"_type":"location","tid":"ph","lat":1,"lon":2,"tst":1749999990}"#;
+    // A typed message with only a login: the login is the user, tid the device.
+    let (d, ok, bad) = run(&identity(None, None, Some("bob")), typed);
+    assert_eq!((d.format, bad.len()), (HttpFormat::OwnTracks, 0), "{bad:?}");
+    assert_eq!(ok[0].device_id.as_str(), "bob/ph");
+    assert_eq!(d.device.as_ref().map(|d| d.as_str()), Some("bob/ph"));
+    // X-Limit-U/D win over the login and the tid.
+    let (_, ok, _) = run(&identity(Some("alice"), Some("phone"), Some("bob")), typed);
+    assert_eq!(ok[0].device_id.as_str(), "alice/phone");
+    // A typed message with no user at all names what is missing.
+    let (d, ok, bad) = run(&ANONYMOUS, typed);
+    assert_eq!(d.format, HttpFormat::OwnTracks);
+    assert!(ok.is_empty());
+    assert_eq!(reasons(&bad), ["bad_device_id"]);
+    // An untyped object with a login and no OwnTracks identity is fleetd JSON.
+    let fleet = br#"{"device_id":"van-1","ts_ms":1749999999000,"lat":1,"lon":2}"#;
+    let (d, ok, bad) = run(&identity(None, None, Some("bob")), fleet);
+    assert_eq!(
+        (d.format, ok.len(), bad.len()),
+        (HttpFormat::FleetJson, 1, 0)
+    );
+    // The same body with an OwnTracks identity is an OwnTracks message
+    // without `_type`: malformed, not silently read as fleetd JSON.
+    let (d, ok, bad) = run(&identity(Some("alice"), Some("phone"), None), fleet);
+    assert_eq!((d.format, ok.len()), (HttpFormat::OwnTracks, 0));
+    assert_eq!(reasons(&bad), ["malformed"]);
+    // Broken JSON is malformed whichever format it claims to be.
+    for identity in [ANONYMOUS, identity(Some("a"), Some("b"), None)] {
+        let (_, ok, bad) = run(&identity, b"{\"lat\": ");
+        assert!(ok.is_empty());
+        assert_eq!(reasons(&bad), ["malformed"]);
+    }
 }

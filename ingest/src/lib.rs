@@ -11,7 +11,8 @@
 //!   bounded channel to the processor, with backpressure; it drains the link
 //!   on shutdown.
 //! * [`Submitter`] is ingest for request/response transports (the HTTP
-//!   API's `POST /v1/positions`): a payload and its [`PayloadRoute`] in,
+//!   API's `POST /v1/positions`): a payload and the [`HttpIdentity`] its
+//!   request carried in,
 //!   the same decoding, validation and rejection log, the same queue; it
 //!   answers "full" instead of waiting.
 //!
@@ -38,7 +39,7 @@ mod validate;
 pub use alerts::{AlertPublisher, AlertTarget};
 pub use broker::{BrokerSettings, EmbeddedBroker};
 pub use config::{IngestConfig, IngestMode, IngestModeName, IngestSettings, parse_addr};
-pub use decode::{Decoder, Outcome, PayloadRoute, Reject};
+pub use decode::{Decoder, HttpDecoded, HttpFormat, HttpIdentity, Outcome, Reject};
 pub use error::IngestError;
 pub use external::{ExternalBrokerSettings, run_external};
 pub use mqtt::MqttIngest;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use fleetd_schemas::{PositionReport, RejectReason, RejectionLog, now_ms};
 use tokio::sync::mpsc;
 
-use crate::decode::{Decoder, Outcome, PayloadRoute, Reject};
+use crate::decode::{Decoder, HttpFormat, HttpIdentity, Outcome, Reject};
 use crate::pipeline::{MAX_CHUNK, count_outcome, count_received, record_reject};
 use crate::validate::Limits;
 
@@ -34,6 +34,8 @@ pub struct Submitter {
 /// What became of one payload whose positions (if any) were queued.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Submitted {
+    /// What the payload was, which decides the shape of the answer.
+    pub format: HttpFormat,
     /// Positions queued for the processor.
     pub accepted: usize,
     /// Rejections, in payload order; already counted and sampled.
@@ -76,12 +78,13 @@ impl Submitter {
         self.decoder.limits()
     }
 
-    /// Decodes and validates `payload` as `route` says, counts and samples
+    /// Decodes and validates `payload` (see [`Decoder::decode_http`] for
+    /// how `identity` and the body decide its format), counts and samples
     /// its rejections under `source` (as `GET /v1/rejections` shows it), and
     /// queues the accepted positions: all of them or, with an error, none.
     pub fn submit(
         &self,
-        route: &PayloadRoute,
+        identity: &HttpIdentity,
         source: &str,
         payload: &[u8],
     ) -> Result<Submitted, SubmitError> {
@@ -94,14 +97,11 @@ impl Submitter {
         let received_ms = now_ms();
         let mut positions = Vec::new();
         let mut rejects = Vec::new();
-        let outcome =
+        let decoded =
             self.decoder
-                .decode_payload(route, payload, received_ms, &mut positions, &mut rejects);
-        count_outcome(outcome);
-        let device = match route {
-            PayloadRoute::OwnTracks(device) => Some(device.as_str()),
-            _ => None,
-        };
+                .decode_http(identity, payload, received_ms, &mut positions, &mut rejects);
+        count_outcome(decoded.outcome);
+        let device = decoded.device.as_ref().map(|d| d.as_str());
         for reject in &rejects {
             record_reject(
                 &self.rejections,
@@ -118,9 +118,10 @@ impl Submitter {
             count_received(accepted);
         }
         Ok(Submitted {
+            format: decoded.format,
             accepted,
             rejects,
-            ignored: match outcome {
+            ignored: match decoded.outcome {
                 Outcome::Ignored(kind) => Some(kind),
                 Outcome::Decoded => None,
             },
@@ -204,8 +205,6 @@ fn enqueue(
 
 #[cfg(test)]
 mod tests {
-    use fleetd_schemas::DeviceId;
-
     use super::*;
 
     fn submitter(capacity: usize) -> (Submitter, mpsc::Receiver<Vec<PositionReport>>) {
@@ -232,7 +231,7 @@ mod tests {
         let (submitter, mut rx) = submitter(4);
         let payload = positions_json("van-1", MAX_CHUNK + 3);
         let submitted = submitter
-            .submit(&PayloadRoute::JsonPositions, "http", payload.as_bytes())
+            .submit(&HttpIdentity::default(), "http", payload.as_bytes())
             .expect("queued");
         assert_eq!(submitted.accepted, MAX_CHUNK + 3);
         assert!(submitted.rejects.is_empty());
@@ -247,7 +246,7 @@ mod tests {
     async fn full_queue_takes_nothing_and_closed_queue_says_so() {
         let (submitter, mut rx) = submitter(2);
         let one = positions_json("van-1", 1);
-        let route = PayloadRoute::JsonPositions;
+        let route = HttpIdentity::default();
         for _ in 0..2 {
             submitter
                 .submit(&route, "http", one.as_bytes())
@@ -280,7 +279,7 @@ mod tests {
         let (submitter, mut rx) = submitter(1);
         let payload = positions_json("van-1", MAX_CHUNK + 1);
         submitter
-            .submit(&PayloadRoute::JsonPositions, "http", payload.as_bytes())
+            .submit(&HttpIdentity::default(), "http", payload.as_bytes())
             .expect("queued");
         assert_eq!(rx.recv().await.map(|c| c.len()), Some(MAX_CHUNK + 1));
     }
@@ -297,7 +296,7 @@ mod tests {
                 {{"device_id": "van-2", "ts_ms": {now}, "lat": 1, "lon": 1}}]"#
         );
         let submitted = submitter
-            .submit(&PayloadRoute::JsonPositions, "http", payload.as_bytes())
+            .submit(&HttpIdentity::default(), "http", payload.as_bytes())
             .expect("queued");
         assert_eq!(submitted.accepted, 1);
         let got: Vec<_> = submitted
@@ -315,15 +314,20 @@ mod tests {
         assert_eq!(recent[1].source, "http");
         assert_eq!(recent[1].device_id.as_deref(), Some("van-1"));
 
-        let alice = DeviceId::parse("alice/phone").expect("id");
+        let alice = HttpIdentity {
+            owntracks_user: Some("alice".into()),
+            owntracks_device: Some("phone".into()),
+            login: None,
+        };
         let submitted = submitter
             .submit(
-                &PayloadRoute::OwnTracks(alice),
+                &alice,
                 "http",
                 br#"{"_type": "location", "lat": 1, "lon": 2}"#,
             )
             .expect("decoded");
         assert_eq!(submitted.accepted, 0);
+        assert_eq!(submitted.format, HttpFormat::OwnTracks);
         assert_eq!(log.recent(1)[0].device_id.as_deref(), Some("alice/phone"));
 
         let oversize = submitter.reject_oversize("http", Some(1 << 30));

@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use osmpbf::{Element, ElementReader};
 use petgraph::algo::{astar, kosaraju_scc};
@@ -89,6 +90,24 @@ struct RawWay {
 }
 
 impl RoadMap {
+    /// [`RoadMap::named`] for an optional `--map`, shared and logged; `None`
+    /// for none. Parsing a large extract takes a while: call it off the
+    /// async runtime.
+    pub fn load(name_or_path: Option<&str>) -> Result<Option<Arc<RoadMap>>, SimError> {
+        let Some(name) = name_or_path else {
+            return Ok(None);
+        };
+        let roads = RoadMap::named(name)?;
+        tracing::info!(
+            map = name,
+            nodes = roads.node_count(),
+            segments = roads.edge_count(),
+            km = roads.total_length_m() / 1000.0,
+            "road map loaded"
+        );
+        Ok(Some(Arc::new(roads)))
+    }
+
     /// The embedded extract by name ([`EMBEDDED_MAP`]), or else a `.osm.pbf`
     /// file at that path.
     pub fn named(name_or_path: &str) -> Result<RoadMap, SimError> {

@@ -1,11 +1,9 @@
 //! `POST /v1/positions`: HTTP ingest, for OwnTracks apps in HTTP mode and
 //! for clients posting fleetd JSON positions. This module only reads the
-//! request and shapes the answer; ingest's `Submitter` decodes, validates,
-//! counts rejections and queues exactly as for MQTT input.
-//!
-//! Which format a body is: a JSON object with `_type` is an OwnTracks
-//! message, and so is any body sent with OwnTracks' identity (`X-Limit-U` /
-//! `X-Limit-D` headers, `?u=&d=`); anything else is fleetd JSON.
+//! request (the body as bytes, and who it says sent it: `X-Limit-U` /
+//! `X-Limit-D`, `?u=&d=`, the basic-auth user) and shapes the answer;
+//! ingest's `Submitter` tells the format, decodes, validates, counts
+//! rejections and queues exactly as for MQTT input.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,15 +15,12 @@ use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use fleetd_ingest::{PayloadRoute, Reject, SubmitError, Submitted, Submitter};
-use fleetd_schemas::DeviceId;
-use serde::de::IgnoredAny;
+use fleetd_ingest::{HttpFormat, HttpIdentity, Reject, SubmitError, Submitted, Submitter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{ApiError, retry_after_value};
 use crate::extract::Query;
-use crate::params::echo;
 use crate::state::ApiState;
 
 /// The `source` of rejections sampled from this route (`GET /v1/rejections`).
@@ -35,11 +30,6 @@ const SOURCE: &str = "http";
 /// or fleetd is not ready: about one processing window, after which the
 /// processor has taken a batch.
 const RETRY_AFTER_DELAY: Duration = Duration::from_secs(1);
-
-/// Why an OwnTracks message could not be given a device id.
-const NO_OWNTRACKS_ID: &str = "OwnTracks HTTP mode needs a user and a device: set Username and \
-     Device ID in the app (it sends them as X-Limit-U and X-Limit-D), or add ?u=USER&d=DEVICE \
-     to the URL";
 
 /// Query parameters: the OwnTracks Recorder's way of naming user and device.
 #[derive(Debug, Default, Deserialize)]
@@ -96,9 +86,7 @@ pub(crate) async fn post(
         )));
     }
     let body = read_body(&ingest, &headers, body).await?;
-    let route = route(&headers, &params, &body);
-    let owntracks = route != PayloadRoute::JsonPositions;
-    let submitted = match ingest.submit(&route, SOURCE, &body) {
+    let submitted = match ingest.submit(&identity(&headers, params), SOURCE, &body) {
         Ok(submitted) => submitted,
         Err(SubmitError::QueueFull) => {
             return Err(ApiError::Overloaded {
@@ -112,10 +100,9 @@ pub(crate) async fn post(
             )));
         }
     };
-    if owntracks {
-        owntracks_answer(submitted)
-    } else {
-        json_answer(submitted)
+    match submitted.format {
+        HttpFormat::OwnTracks => owntracks_answer(submitted),
+        HttpFormat::FleetJson => json_answer(submitted),
     }
 }
 
@@ -151,49 +138,18 @@ fn over_limit(err: &axum::Error) -> bool {
     false
 }
 
-/// The fields of an OwnTracks message that decide how it is routed.
-#[derive(Debug, Deserialize)]
-struct OwnTracksProbe {
-    #[serde(rename = "_type")]
-    kind: Option<IgnoredAny>,
-    /// The app's two-character tracker id: the device of last resort.
-    tid: Option<Value>,
-}
-
-/// Tells the format and, for OwnTracks, the device `user/device`: the user
-/// from `X-Limit-U`, `?u=` or the basic-auth user name; the device from
-/// `X-Limit-D`, `?d=` or the message's `tid`.
-fn route(headers: &HeaderMap, params: &PositionsParams, body: &[u8]) -> PayloadRoute {
+/// Who the request says sent it: OwnTracks' user and device (headers, or
+/// the OwnTracks Recorder's `?u=&d=`) and the basic-auth user name.
+fn identity(headers: &HeaderMap, params: PositionsParams) -> HttpIdentity {
     let header = |name: &str| non_empty(headers.get(name).and_then(|v| v.to_str().ok()));
-    let user = header("x-limit-u").or(non_empty(params.u.as_deref()));
-    let device = header("x-limit-d").or(non_empty(params.d.as_deref()));
-    let probe = match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => serde_json::from_slice::<OwnTracksProbe>(body).ok(),
-        _ => None,
-    };
-    let typed = probe.as_ref().is_some_and(|p| p.kind.is_some());
-    if !typed && user.is_none() && device.is_none() {
-        return PayloadRoute::JsonPositions;
-    }
-    let user = user.map(str::to_owned).or_else(|| basic_auth_user(headers));
-    let device = device.map(str::to_owned).or_else(|| {
-        probe
-            .and_then(|p| p.tid)
-            .and_then(|tid| tid.as_str().map(str::to_owned))
-            .filter(|tid| !tid.is_empty())
-    });
-    match (user, device) {
-        (Some(user), Some(device)) => {
-            let id = format!("{user}/{device}");
-            match DeviceId::parse(&id) {
-                Ok(id) => PayloadRoute::OwnTracks(id),
-                Err(e) => PayloadRoute::UnknownDevice(format!(
-                    "OwnTracks device id {} (user/device): {e}",
-                    echo(&id)
-                )),
-            }
-        }
-        _ => PayloadRoute::UnknownDevice(NO_OWNTRACKS_ID.into()),
+    HttpIdentity {
+        owntracks_user: header("x-limit-u")
+            .or(non_empty(params.u.as_deref()))
+            .map(str::to_owned),
+        owntracks_device: header("x-limit-d")
+            .or(non_empty(params.d.as_deref()))
+            .map(str::to_owned),
+        login: basic_auth_user(headers),
     }
 }
 

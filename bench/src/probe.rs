@@ -37,13 +37,13 @@ pub struct Latency {
 }
 
 /// A histogram of microseconds (1 µs to 60 s, 3 significant digits).
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // Fixed, valid bounds: construction cannot fail.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Percentiles of a microsecond histogram, in ms; `None` if empty.
-pub fn latency(h: &Histogram<u64>) -> Option<Latency> {
+pub(crate) fn latency(h: &Histogram<u64>) -> Option<Latency> {
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     (!h.is_empty()).then(|| Latency {
         samples: h.len(),
@@ -56,7 +56,7 @@ pub fn latency(h: &Histogram<u64>) -> Option<Latency> {
 }
 
 /// What the probes share.
-pub struct Probes {
+pub(crate) struct Probes {
     /// Publish→visible latencies, µs.
     pub latencies: Mutex<Histogram<u64>>,
     /// Probe positions never seen within [`PROBE_TIMEOUT`].
@@ -69,7 +69,7 @@ pub struct Probes {
 
 impl Probes {
     /// Empty counters.
-    pub fn new() -> Arc<Probes> {
+    pub(crate) fn new() -> Arc<Probes> {
         Arc::new(Probes {
             latencies: Mutex::new(histogram()),
             timed_out: AtomicU64::new(0),
@@ -80,7 +80,7 @@ impl Probes {
 }
 
 /// A connected rumqttc client (event loop in a task), after its CONNACK.
-pub async fn connect(broker: &str, id: &str) -> anyhow::Result<rumqttc::AsyncClient> {
+pub(crate) async fn connect(broker: &str, id: &str) -> anyhow::Result<rumqttc::AsyncClient> {
     let (host, port) = broker
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
@@ -119,7 +119,7 @@ pub async fn connect(broker: &str, id: &str) -> anyhow::Result<rumqttc::AsyncCli
 /// Probe number `index`: publishes a position at (`lat`, `lon`) with a
 /// fresh `ts_ms`, polls until the API returns exactly it, records the
 /// latency, pauses, repeats until stopped.
-pub async fn run_probe(
+pub(crate) async fn run_probe(
     index: usize,
     client: rumqttc::AsyncClient,
     http: reqwest::Client,
@@ -194,7 +194,7 @@ pub struct QueryLoad {
 /// Runs `total` `near` queries of `radius_m` at random points of the box
 /// `(min_lat, min_lon, max_lat, max_lon)`, `concurrency` at a time, and times
 /// each. `limit` is the API's page size for each answer.
-pub async fn near_queries(
+pub(crate) async fn near_queries(
     base: &str,
     area: (f64, f64, f64, f64),
     radius_m: f64,

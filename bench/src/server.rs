@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 /// A fleetd the bench started; stopped (SIGINT, then kill) when dropped.
-pub struct ChildServer {
+pub(crate) struct ChildServer {
     child: Child,
     /// MQTT address, `127.0.0.1:port`.
     pub mqtt: String,
@@ -23,7 +23,7 @@ pub struct ChildServer {
 impl ChildServer {
     /// Starts `fleetd serve` (this executable) with `window_ms` and waits
     /// until `/readyz` answers.
-    pub async fn start(window_ms: u64) -> anyhow::Result<ChildServer> {
+    pub(crate) async fn start(window_ms: u64) -> anyhow::Result<ChildServer> {
         let data = tempfile::tempdir().context("temporary data directory")?;
         let port = || -> anyhow::Result<u16> {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -71,7 +71,7 @@ impl ChildServer {
     }
 
     /// The child's process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -94,7 +94,7 @@ impl Drop for ChildServer {
 }
 
 /// User + system CPU seconds of process `pid` (`None`: this process).
-pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/stat"),
         None => "/proc/self/stat".to_owned(),
@@ -103,7 +103,7 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
 }
 
 /// CPU seconds from a `/proc/PID/stat` line (Linux; USER_HZ = 100).
-pub fn cpu_from_stat(stat: &str) -> Option<f64> {
+pub(crate) fn cpu_from_stat(stat: &str) -> Option<f64> {
     // Fields after the parenthesised command name; utime and stime are the
     // 14th and 15th fields of the whole line.
     let rest = stat.get(stat.rfind(')')? + 2..)?;
@@ -114,7 +114,7 @@ pub fn cpu_from_stat(stat: &str) -> Option<f64> {
 }
 
 /// Current and peak RSS of process `pid` (`None`: this process) in MB.
-pub fn memory_mb(pid: Option<u32>) -> (Option<f64>, Option<f64>) {
+pub(crate) fn memory_mb(pid: Option<u32>) -> (Option<f64>, Option<f64>) {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/status"),
         None => "/proc/self/status".to_owned(),

@@ -54,7 +54,7 @@ fn star(rng: &mut SmallRng, lat: f64, lon: f64, r_m: f64) -> serde_json::Value {
 
 /// PUTs `n` fences `bench-fence-{i}` spread over a square of `side_km`
 /// around `center`, with a progress line every 10%.
-pub async fn create(
+pub(crate) async fn create(
     http: &str,
     n: usize,
     center: (f64, f64),

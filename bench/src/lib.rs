@@ -1,10 +1,18 @@
-//! `fleetd bench`: an end-to-end load test. It starts fleetd as a child
-//! process on loopback (or targets a running one), drives the simulator's
+//! `fleetd bench`: the end-to-end load test, a crate of its own so that the
+//! server's crate carries none of its code or dependencies.
+//!
+//! [`run`] with [`BenchArgs`] (the subcommand's flags) starts fleetd as a
+//! child process on loopback (the `fleetd` executable running the bench, or
+//! targets a running server), drives the simulator's
 //! fleet (multiplexed connections, any map, optional chaos) at a fixed total
 //! rate, once per QoS asked for, measures publish→queryable latency with
 //! probe vehicles polled over HTTP, optionally loads the `near` query, and
 //! reports throughput, loss per QoS, latency percentiles, batch sizes and
 //! durations (from the server's `/metrics`) and the server's CPU/RSS.
+//!
+//! Its scripts (`side-by-side`, `scaling`, `geofence/`) run it against peer
+//! systems and write `results/`; it is an application crate, so errors are
+//! `anyhow` like the binary's.
 
 mod fences;
 mod live;
@@ -27,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use self::probe::{Latency, Probes, QueryLoad};
 use self::scrape::{HistogramDelta, Scrape};
 use self::server::{ChildServer, cpu_seconds, memory_mb};
-use crate::simulate::{load_map, parse_duration};
+use fleetd_simulator::{RoadMap, parse_duration};
 
 /// Flags of `fleetd bench`.
 #[derive(Debug, Args)]
@@ -249,9 +257,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let map_name = args.map.clone();
-    let roads = tokio::task::spawn_blocking(move || load_map(map_name.as_deref()))
+    let roads = tokio::task::spawn_blocking(move || RoadMap::load(map_name.as_deref()))
         .await
-        .context("map loading task")??;
+        .context("map loading task")?
+        .with_context(|| format!("--map {}", args.map.as_deref().unwrap_or_default()))?;
     let server = match (&args.broker, &args.http) {
         (Some(_), Some(_)) => None,
         _ => Some(ChildServer::start(args.window_ms).await?),

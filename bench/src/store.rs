@@ -19,7 +19,7 @@ use serde::Serialize;
 /// `blocks` × 150 m around Berlin's centre, seeded with `seed`; the same
 /// construction as the simulator's first phase, so the first fix of each
 /// vehicle is the first position it publishes.
-pub fn fleet(vehicles: usize, blocks: u32, seed: u64) -> Vec<(String, Vehicle)> {
+pub(crate) fn fleet(vehicles: usize, blocks: u32, seed: u64) -> Vec<(String, Vehicle)> {
     let grid = CityGrid::with_blocks(52.52, 13.405, blocks, 150.0);
     let width = vehicles.saturating_sub(1).to_string().len().max(4);
     (0..vehicles)
@@ -33,7 +33,7 @@ pub fn fleet(vehicles: usize, blocks: u32, seed: u64) -> Vec<(String, Vehicle)> 
 }
 
 /// Writes `device_id,lat,lon` of each vehicle's first fix.
-pub fn export_fleet(path: &Path, fleet: &[(String, Vehicle)]) -> anyhow::Result<()> {
+pub(crate) fn export_fleet(path: &Path, fleet: &[(String, Vehicle)]) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?,
     );
@@ -48,7 +48,7 @@ pub fn export_fleet(path: &Path, fleet: &[(String, Vehicle)]) -> anyhow::Result<
 
 /// The store bench result.
 #[derive(Debug, Serialize)]
-pub struct StoreWrite {
+pub(crate) struct StoreWrite {
     /// History rows written.
     pub rows: u64,
     /// Rows per `write_batch`.
@@ -167,7 +167,7 @@ fn export_rows(path: &Path, batches: &[WriteBatch]) -> anyhow::Result<()> {
 
 /// Builds `rows` rows of `vehicles` vehicles, optionally exports them, and
 /// writes them batch by batch into a fresh embedded store.
-pub async fn store_write(
+pub(crate) async fn store_write(
     vehicles: usize,
     rows: u64,
     batch_rows: usize,

@@ -40,7 +40,7 @@ pub struct LiveReport {
 }
 
 /// Running clients.
-pub struct LiveClients {
+pub(crate) struct LiveClients {
     tasks: JoinSet<ClientResult>,
     clients: usize,
     stop: Arc<AtomicBool>,
@@ -56,7 +56,7 @@ struct ClientResult {
 
 /// Opens `n` streams to the fleetd at `http` (`http://host:port`), with an
 /// optional `bbox` filter, and waits (up to 30 s) until they are open.
-pub async fn start(http: &str, n: usize, bbox: Option<&str>) -> anyhow::Result<LiveClients> {
+pub(crate) async fn start(http: &str, n: usize, bbox: Option<&str>) -> anyhow::Result<LiveClients> {
     let addr = http
         .trim_start_matches("http://")
         .trim_end_matches('/')
@@ -91,7 +91,7 @@ pub async fn start(http: &str, n: usize, bbox: Option<&str>) -> anyhow::Result<L
 
 impl LiveClients {
     /// Stops the clients and sums up what they saw.
-    pub async fn finish(mut self, server_dropped_slow: u64) -> anyhow::Result<LiveReport> {
+    pub(crate) async fn finish(mut self, server_dropped_slow: u64) -> anyhow::Result<LiveReport> {
         let elapsed = self.started.elapsed().as_secs_f64();
         self.stop.store(true, Ordering::Relaxed);
         let mut histogram =

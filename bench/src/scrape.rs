@@ -10,7 +10,7 @@ use serde::Serialize;
 /// One scrape of `/metrics`: every sample line, by series (name plus labels
 /// as printed).
 #[derive(Debug, Clone, Default)]
-pub struct Scrape {
+pub(crate) struct Scrape {
     samples: BTreeMap<String, f64>,
 }
 
@@ -29,7 +29,7 @@ pub struct HistogramDelta {
 
 impl Scrape {
     /// GETs `{base}/metrics` and parses it.
-    pub async fn fetch(client: &reqwest::Client, base: &str) -> anyhow::Result<Scrape> {
+    pub(crate) async fn fetch(client: &reqwest::Client, base: &str) -> anyhow::Result<Scrape> {
         let text = client
             .get(format!("{base}/metrics"))
             .send()
@@ -44,7 +44,7 @@ impl Scrape {
     }
 
     /// Parses Prometheus text exposition; comment and malformed lines are skipped.
-    pub fn parse(text: &str) -> Scrape {
+    pub(crate) fn parse(text: &str) -> Scrape {
         let samples = text
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -57,7 +57,7 @@ impl Scrape {
     }
 
     /// The sum of every series of metric `name` (all label sets); 0 when absent.
-    pub fn total(&self, name: &str) -> f64 {
+    pub(crate) fn total(&self, name: &str) -> f64 {
         self.samples
             .iter()
             .filter(|(series, _)| {
@@ -71,7 +71,7 @@ impl Scrape {
 
     /// Histogram `name` (no labels other than `le`) between `before` and
     /// this scrape; `None` when nothing was observed in between.
-    pub fn histogram_since(&self, before: &Scrape, name: &str) -> Option<HistogramDelta> {
+    pub(crate) fn histogram_since(&self, before: &Scrape, name: &str) -> Option<HistogramDelta> {
         let delta = |s: &str| {
             self.samples.get(s).copied().unwrap_or(0.0)
                 - before.samples.get(s).copied().unwrap_or(0.0)
