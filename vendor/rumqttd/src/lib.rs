@@ -1,6 +1,11 @@
 use std::fmt;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
+
+pub use hooks::{
+    AckFuture, AckOutcome, ConnectInfo, ConnectRefusal, ConnectionHooks, ConnectionMeta,
+    DisconnectReason, IncomingPublish, PublishVerdict, SessionHooks, TlsIdentity,
+};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,10 +28,11 @@ pub use link::local;
 pub use link::meters;
 pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
 use segments::Storage;
-pub use server::{Broker, LinkType, Server};
+pub use server::{Broker, ConnectionError, LinkType, MqttVersion, Server, StreamAcceptor};
 
 pub use self::router::shared_subs::Strategy;
 
+pub mod hooks;
 mod link;
 pub mod protocol;
 mod router;

@@ -99,6 +99,24 @@ impl<'a> LinkBuilder<'a> {
     }
 
     pub fn build(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        let (pending, event) = self.prepare();
+        pending.router_tx.send((0, event))?;
+        pending.link_rx.recv()?;
+        pending.finish()
+    }
+
+    /// Like [`LinkBuilder::build`], but waits for the router without blocking
+    /// the async runtime's thread. Remote links (network connections) use
+    /// this: with the blocking variant, a router that is busy with a burst of
+    /// connections stalls every connection served by the same thread.
+    pub async fn build_async(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        let (pending, event) = self.prepare();
+        pending.router_tx.send_async((0, event)).await?;
+        pending.link_rx.recv_async().await?;
+        pending.finish()
+    }
+
+    fn prepare(self) -> (PendingLink, Event) {
         // Connect to router
         // Local connections to the router shall have access to all subscriptions
         let mut connection = Connection::new(
@@ -122,10 +140,32 @@ impl<'a> LinkBuilder<'a> {
             outgoing,
         };
 
-        self.router_tx.send((0, event))?;
+        let pending = PendingLink {
+            router_tx: self.router_tx,
+            link_rx,
+            outgoing_data_buffer,
+            incoming_data_buffer,
+        };
+        (pending, event)
+    }
+}
 
-        link_rx.recv()?;
-        let notification = outgoing_data_buffer.lock().pop_front().unwrap();
+/// A link whose `Event::Connect` is on its way to the router.
+struct PendingLink {
+    router_tx: Sender<(ConnectionId, Event)>,
+    link_rx: Receiver<()>,
+    outgoing_data_buffer: Arc<Mutex<VecDeque<Notification>>>,
+    incoming_data_buffer: Arc<Mutex<VecDeque<Packet>>>,
+}
+
+impl PendingLink {
+    /// Reads the router's answer (woken through `link_rx`) and builds the link.
+    fn finish(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        let notification = self
+            .outgoing_data_buffer
+            .lock()
+            .pop_front()
+            .ok_or(LinkError::NotConnectionAck)?;
 
         // Right now link identifies failure with dropped rx in router,
         // which is probably ok. We need this here to get id assigned by router
@@ -134,8 +174,8 @@ impl<'a> LinkBuilder<'a> {
             _message => return Err(LinkError::NotConnectionAck),
         };
 
-        let tx = LinkTx::new(id, self.router_tx.clone(), incoming_data_buffer);
-        let rx = LinkRx::new(id, self.router_tx, link_rx, outgoing_data_buffer);
+        let tx = LinkTx::new(id, self.router_tx.clone(), self.incoming_data_buffer);
+        let rx = LinkRx::new(id, self.router_tx, self.link_rx, self.outgoing_data_buffer);
         Ok((tx, rx, notification))
     }
 }
@@ -342,6 +382,12 @@ impl LinkRx {
 
     pub fn id(&self) -> ConnectionId {
         self.connection_id
+    }
+
+    /// True once the router dropped its end of this link, i.e. it removed
+    /// the connection (and may reuse its id for another one).
+    pub fn router_dropped(&self) -> bool {
+        self.router_rx.is_disconnected()
     }
 
     pub fn recv(&mut self) -> Result<Option<Notification>, LinkError> {

@@ -51,8 +51,9 @@ impl<P: Protocol> Network<P> {
     ) -> Network<P> {
         Network {
             socket,
-            read: BytesMut::with_capacity(10 * 1024),
-            write: BytesMut::with_capacity(10 * 1024),
+            // Both grow on demand.
+            read: BytesMut::with_capacity(2 * 1024),
+            write: BytesMut::with_capacity(2 * 1024),
             max_incoming_size,
             max_connection_buffer_len,
             // Overwritten by keepalive value in connect packet, otherwise we
@@ -63,9 +64,34 @@ impl<P: Protocol> Network<P> {
         }
     }
 
+    /// Sets the read timeout from the client's keep-alive: 1.5 × the
+    /// interval (MQTT 3.1.1 §3.1.2.10). A keep-alive of 0 turns the
+    /// mechanism off: reads then wait without a timeout.
     pub fn set_keepalive(&mut self, keepalive: u16) {
+        if keepalive == 0 {
+            self.keepalive = Duration::MAX;
+            return;
+        }
         let keepalive = Duration::from_secs(keepalive as u64);
         self.keepalive = keepalive + keepalive.mul_f32(0.5);
+    }
+
+    /// MQTT protocol level of this connection's codec (4 or 5).
+    pub fn protocol_level(&self) -> u8 {
+        self.protocol.protocol_level()
+    }
+
+    /// Frames one packet from bytes already read, without touching the
+    /// socket. `None` if the buffer holds no complete packet.
+    pub fn try_read(&mut self) -> Result<Option<Packet>, Error> {
+        match self
+            .protocol
+            .read_mut(&mut self.read, self.max_incoming_size)
+        {
+            Ok(packet) => Ok(Some(packet)),
+            Err(protocol::Error::InsufficientBytes(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads more than 'required' bytes to frame a packet into self.read buffer

@@ -748,4 +748,9 @@ pub enum Error {
 pub trait Protocol {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error>;
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error>;
+    /// MQTT protocol level this codec speaks (4 for MQTT 3.1.1, 5 for MQTT 5).
+    /// Used to choose return codes that exist in that version.
+    fn protocol_level(&self) -> u8 {
+        4
+    }
 }

@@ -1,12 +1,14 @@
 use crate::link::alerts::{self};
 use crate::link::console::ConsoleLink;
-use crate::link::network::{self, Network, N};
-use crate::link::remote::{self, mqtt_connect, RemoteLink};
+use crate::hooks::{ConnectionHooks, ConnectionMeta};
+use crate::link::network::N;
+use crate::link::remote;
+use crate::server::acceptor::{ConnectionTask, StreamAcceptor, WillHandlers};
 use crate::link::{bridge, timer};
 use crate::local::LinkBuilder;
 use crate::protocol::v4::V4;
 use crate::protocol::v5::V5;
-use crate::protocol::{Packet, Protocol};
+use crate::protocol::Protocol;
 #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
 use crate::server::tls::{self, TLSAcceptor};
 use crate::{meters, ConnectionSettings, Meter};
@@ -14,8 +16,7 @@ use flume::{RecvError, SendError, Sender};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use tracing::{error, field, info, warn, Instrument};
-use uuid::Uuid;
+use tracing::{debug, error, field, info, warn, Instrument, Span};
 
 #[cfg(feature = "websocket")]
 use async_tungstenite::tokio::accept_hdr_async;
@@ -38,7 +39,7 @@ use crate::link::local::{self, LinkRx, LinkTx};
 use crate::router::{Event, Router};
 use crate::{Config, ConnectionId, ServerSettings};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::error::Elapsed;
 use tokio::{task, time};
 
@@ -67,6 +68,8 @@ pub enum Error {
 pub struct Broker {
     config: Arc<Config>,
     router_tx: Sender<(ConnectionId, Event)>,
+    /// Hooks for the config-driven listeners started by [`Broker::start`].
+    hooks: Option<Arc<dyn ConnectionHooks>>,
 }
 
 impl Broker {
@@ -87,11 +90,19 @@ impl Broker {
                 // Start router first and then cluster in the background
                 let router_tx = router.spawn();
                 // cluster.spawn();
-                Broker { config, router_tx }
+                Broker {
+                    config,
+                    router_tx,
+                    hooks: None,
+                }
             }
             None => {
                 let router_tx = router.spawn();
-                Broker { config, router_tx }
+                Broker {
+                    config,
+                    router_tx,
+                    hooks: None,
+                }
             }
         }
     }
@@ -155,6 +166,23 @@ impl Broker {
         Ok((link_tx, link_rx))
     }
 
+    /// An acceptor that serves MQTT connections on streams the caller
+    /// accepted itself (its own TCP/TLS listeners), with `settings` for
+    /// every connection it serves. Obtain it before [`Broker::start`] (which
+    /// blocks); it stays usable for the life of the router. It is
+    /// independent of the `[v4]`/`[v5]`/`[ws]` listeners in the config,
+    /// which keep working when configured.
+    pub fn acceptor(&self, settings: ConnectionSettings) -> StreamAcceptor {
+        StreamAcceptor::new(settings, self.router_tx.clone())
+    }
+
+    /// Sets connection hooks (see [`crate::hooks`]) for the listeners that
+    /// [`Broker::start`] runs from the config. For streams handed to a
+    /// [`StreamAcceptor`], use [`StreamAcceptor::with_hooks`].
+    pub fn set_connection_hooks(&mut self, hooks: Arc<dyn ConnectionHooks>) {
+        self.hooks = Some(hooks);
+    }
+
     #[tracing::instrument(skip(self))]
     pub fn start(&mut self) -> Result<(), Error> {
         if self.config.v4.is_none()
@@ -206,6 +234,7 @@ impl Broker {
             for (_, config) in v4_config.clone() {
                 let server_thread = thread::Builder::new().name(config.name.clone());
                 let mut server = Server::new(config, self.router_tx.clone(), V4);
+                server.hooks.clone_from(&self.hooks);
                 let handle = server_thread.spawn(move || {
                     let mut runtime = tokio::runtime::Builder::new_current_thread();
                     let runtime = runtime.enable_all().build().unwrap();
@@ -224,6 +253,7 @@ impl Broker {
             for (_, config) in v5_config.clone() {
                 let server_thread = thread::Builder::new().name(config.name.clone());
                 let mut server = Server::new(config, self.router_tx.clone(), V5);
+                server.hooks.clone_from(&self.hooks);
                 let handle = server_thread.spawn(move || {
                     let mut runtime = tokio::runtime::Builder::new_current_thread();
                     let runtime = runtime.enable_all().build().unwrap();
@@ -249,6 +279,7 @@ impl Broker {
                 let server_thread = thread::Builder::new().name(config.name.clone());
                 //TODO: Add support for V5 procotol with websockets. Registered in config or on ServerSettings
                 let mut server = Server::new(config, self.router_tx.clone(), V4);
+                server.hooks.clone_from(&self.hooks);
                 let handle = server_thread.spawn(move || {
                     let mut runtime = tokio::runtime::Builder::new_current_thread();
                     let runtime = runtime.enable_all().build().unwrap();
@@ -338,17 +369,21 @@ pub enum LinkType {
     Remote,
 }
 
-#[derive(PartialEq)]
-enum AwaitingWill {
-    Cancel,
-    Fire,
-}
+/// Listen backlog of the config-driven listeners. tokio's `TcpListener::bind`
+/// uses 1024; a reconnect storm of a few thousand clients overflows that and
+/// the kernel drops SYNs, which clients retry only after 1 s, 3 s, 7 s, ...
+/// The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// Pause after a failed `accept` (e.g. EMFILE), instead of spinning.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 pub struct Server<P> {
     config: ServerSettings,
     router_tx: Sender<(ConnectionId, Event)>,
     protocol: P,
-    awaiting_will_handler: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+    awaiting_will_handler: WillHandlers,
+    hooks: Option<Arc<dyn ConnectionHooks>>,
 }
 
 impl<P: Protocol + Clone + Send + 'static> Server<P> {
@@ -362,29 +397,43 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             router_tx,
             protocol,
             awaiting_will_handler: Arc::new(Mutex::new(HashMap::default())),
+            hooks: None,
         }
     }
 
-    // Depending on TLS or not create a new Network
-    async fn tls_accept(&self, stream: TcpStream) -> Result<(Box<dyn N>, Option<String>), Error> {
-        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
-        match &self.config.tls {
-            Some(c) => {
-                let (tenant_id, network) = TLSAcceptor::new(c)?.accept(stream).await?;
-                Ok((network, tenant_id))
-            }
-            None => Ok((Box::new(stream), None)),
-        }
-        #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
-        Ok((Box::new(stream), None))
+    fn bind(&self) -> io::Result<TcpListener> {
+        let addr = self.config.listen;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As tokio's and std's `bind` do on Unix.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
     }
 
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
-        let listener = TcpListener::bind(&self.config.listen).await?;
+        let listener = self.bind()?;
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
         let mut count: usize = 0;
 
+        // Load certificates once, not per connection (upstream read the
+        // files for every accepted connection, in the accept loop).
+        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+        let tls_acceptor = match &self.config.tls {
+            Some(c) => Some(Arc::new(TLSAcceptor::new(c)?)),
+            None => None,
+        };
+
         let config = Arc::new(self.config.connections.clone());
+        #[cfg_attr(
+            not(any(feature = "use-rustls", feature = "use-native-tls", feature = "websocket")),
+            allow(unused_variables)
+        )]
+        let connect_timeout = Duration::from_millis(config.connection_timeout_ms.into());
         info!(
             config = self.config.name,
             listen_addr = self.config.listen.to_string(),
@@ -396,72 +445,101 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 Ok((s, r)) => (s, r),
                 Err(e) => {
                     error!(error=?e, "Unable to accept socket.");
+                    time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
             };
 
-            let (network, tenant_id) = match self.tls_accept(stream).await {
-                Ok(o) => o,
-                Err(e) => {
-                    error!(error=?e, "Tls accept error");
-                    continue;
-                }
-            };
-
-            info!(
-                name=?self.config.name, ?addr, count, tenant=?tenant_id, "accept"
-            );
-
-            let config = config.clone();
-            let router_tx = self.router_tx.clone();
+            debug!(name=?self.config.name, ?addr, count, "accept");
             count += 1;
 
+            let connection = ConnectionTask {
+                settings: config.clone(),
+                hooks: self.hooks.clone(),
+                tenant_id: None,
+                router_tx: self.router_tx.clone(),
+                will_handlers: self.awaiting_will_handler.clone(),
+                meta: ConnectionMeta::new(Some(addr)),
+            };
+            #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+            let tls_acceptor = tls_acceptor.clone();
             let protocol = self.protocol.clone();
-            match link_type {
-                #[cfg(feature = "websocket")]
-                LinkType::Websocket => {
-                    let stream = match accept_hdr_async(network, WSCallback).await {
-                        Ok(s) => Box::new(WsStream::new(s)),
-                        Err(e) => {
-                            error!(error=?e, "Websocket failed handshake");
-                            continue;
+
+            // The TLS and WebSocket handshakes run in the connection's own
+            // task, bounded by the connection timeout: upstream ran them in
+            // the accept loop, where one slow or silent client stalled every
+            // other accept.
+            let task = async move {
+                #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+                let (stream, tenant_id): (Box<dyn N>, Option<String>) = match tls_acceptor {
+                    Some(tls) => match time::timeout(connect_timeout, tls.accept(stream)).await {
+                        Ok(Ok((tenant_id, network))) => (network, tenant_id),
+                        Ok(Err(e)) => {
+                            debug!(error=?e, "TLS handshake failed");
+                            return;
                         }
-                    };
-                    task::spawn(
-                        remote(
-                            config,
-                            tenant_id.clone(),
-                            router_tx,
-                            stream,
-                            protocol,
-                            self.awaiting_will_handler.clone(),
-                        )
-                        .instrument(tracing::info_span!(
-                            "websocket_link",
-                            client_id = field::Empty,
-                            connection_id = field::Empty
-                        )),
-                    )
+                        Err(_) => {
+                            debug!("TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    None => (Box::new(stream), None),
+                };
+                #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
+                let (stream, tenant_id): (Box<dyn N>, Option<String>) = (Box::new(stream), None);
+
+                let stream: Box<dyn N> = match link_type {
+                    #[cfg(feature = "websocket")]
+                    LinkType::Websocket => {
+                        match time::timeout(connect_timeout, accept_hdr_async(stream, WSCallback))
+                            .await
+                        {
+                            Ok(Ok(s)) => Box::new(WsStream::new(s)),
+                            Ok(Err(e)) => {
+                                debug!(error=?e, "Websocket failed handshake");
+                                return;
+                            }
+                            Err(_) => {
+                                debug!("Websocket handshake timed out");
+                                return;
+                            }
+                        }
+                    }
+                    LinkType::Remote => stream,
+                };
+                Span::current().record("tenant_id", field::debug(&tenant_id));
+                let connection = ConnectionTask {
+                    tenant_id,
+                    ..connection
+                };
+                if let Err(e) = connection.run(stream, protocol).await {
+                    if e.is_client_side() {
+                        debug!(error = %e, "connection ended");
+                    } else {
+                        warn!(error = %e, "connection ended");
+                    }
                 }
-                LinkType::Remote => task::spawn(
-                    remote(
-                        config,
-                        tenant_id.clone(),
-                        router_tx,
-                        network,
-                        protocol,
-                        self.awaiting_will_handler.clone(),
-                    )
-                    .instrument(tracing::error_span!(
-                        "remote_link",
-                        ?tenant_id,
-                        client_id = field::Empty,
-                        connection_id = field::Empty,
-                    )),
+            };
+            let span = match link_type {
+                #[cfg(feature = "websocket")]
+                LinkType::Websocket => tracing::info_span!(
+                    "websocket_link",
+                    tenant_id = field::Empty,
+                    client_id = field::Empty,
+                    connection_id = field::Empty
+                ),
+                LinkType::Remote => tracing::error_span!(
+                    "remote_link",
+                    tenant_id = field::Empty,
+                    client_id = field::Empty,
+                    connection_id = field::Empty,
                 ),
             };
+            task::spawn(task.instrument(span));
 
-            time::sleep(delay).await;
+            if !delay.is_zero() {
+                time::sleep(delay).await;
+            }
         }
     }
 }
@@ -481,149 +559,5 @@ impl Callback for WSCallback {
             .headers_mut()
             .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
         Ok(response)
-    }
-}
-
-/// A new network connection should wait for a mqtt connect packet. This should be handled
-/// asynchronously to avoid blocking other new connections while this connection is
-/// waiting for mqtt connect packet. Also this honours connection wait time as per config to prevent
-/// denial of service attacks (rogue clients which only establish network connections without
-/// sending a mqtt connection packet to make the server reach its concurrent connection limit).
-async fn remote<P: Protocol>(
-    config: Arc<ConnectionSettings>,
-    tenant_id: Option<String>,
-    router_tx: Sender<(ConnectionId, Event)>,
-    stream: Box<dyn N>,
-    protocol: P,
-    will_handlers: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
-) {
-    let mut network = Network::new(
-        stream,
-        config.max_payload_size,
-        config.max_inflight_count,
-        protocol,
-    );
-
-    let dynamic_filters = config.dynamic_filters;
-
-    let connect_packet = match mqtt_connect(config, &mut network).await {
-        Ok(p) => p,
-        Err(e) => {
-            error!(error=?e, "Error while handling MQTT connect packet");
-            return;
-        }
-    };
-
-    let (mut client_id, clean_session) = match &connect_packet {
-        Packet::Connect(ref connect, _, _, _, _) => {
-            (connect.client_id.clone(), connect.clean_session)
-        }
-        _ => unreachable!(),
-    };
-
-    let mut assigned_client_id = None;
-    if client_id.is_empty() {
-        let uuid = Uuid::new_v4().simple();
-        client_id = format!("rumqtt-{uuid}");
-        assigned_client_id = Some(client_id.clone());
-    }
-
-    if let Some(tenant_id) = &tenant_id {
-        // client_id is set to "tenant_id.client_id"
-        // this is to make sure we are consistent,
-        // as Connection uses this format of client_id
-        client_id = format!("{tenant_id}.{client_id}");
-    }
-
-    if let Some(sender) = will_handlers.lock().unwrap().remove(&client_id) {
-        let awaiting_will = if clean_session {
-            AwaitingWill::Fire
-        } else {
-            AwaitingWill::Cancel
-        };
-        sender.try_send(awaiting_will).unwrap();
-    }
-
-    let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
-    will_handlers
-        .lock()
-        .unwrap()
-        .insert(client_id.clone(), will_tx);
-
-    // Start the link
-    let mut link = match RemoteLink::new(
-        router_tx.clone(),
-        tenant_id.clone(),
-        network,
-        connect_packet,
-        dynamic_filters,
-        assigned_client_id,
-    )
-    .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            error!(error=?e, "Remote link error");
-            return;
-        }
-    };
-
-    let connection_id = link.connection_id;
-    let will_delay_interval = link.will_delay_interval;
-    let mut send_disconnect = true;
-
-    match link.start().await {
-        // Connection got closed. This shouldn't usually happen.
-        Ok(_) => error!("connection-stop"),
-        // No need to send a disconnect message when disconnection
-        // originated internally in the router.
-        Err(remote::Error::Link(e)) => {
-            error!(error=?e, "router-drop");
-            send_disconnect = false;
-        }
-        // Connection was closed by peer
-        Err(remote::Error::Network(network::Error::Io(err)) | remote::Error::Io(err))
-            if err.kind() == io::ErrorKind::ConnectionAborted =>
-        {
-            info!(error=?err, "disconnected");
-        }
-        // Any other error
-        Err(e) => {
-            error!(error=?e, "disconnected");
-        }
-    };
-
-    if send_disconnect {
-        let disconnect = Event::Disconnect;
-        let message = (connection_id, disconnect);
-        router_tx.send(message).ok();
-    }
-
-    // this is important to stop the connection
-    drop(link);
-
-    let publish_will = match tokio::time::timeout(
-        Duration::from_secs(will_delay_interval as u64),
-        will_rx.recv_async(),
-    )
-    .await
-    {
-        Ok(w) => w.is_ok_and(|k| k == AwaitingWill::Fire),
-        Err(_) => {
-            // no need to keep the sender after timeout
-            will_handlers.lock().unwrap().remove(&client_id);
-            // as will delay interval has passed, publish the will message
-            true
-        }
-    };
-
-    if publish_will {
-        let message = Event::PublishWill((client_id, tenant_id));
-        // is this connection_id really correct at this point?
-        // as we have disconnected already, some other connection
-        // might be using this connection ID!
-        // It won't matter in this case as we don't use it
-        // but might affect logs?
-        router_tx.send((connection_id, message)).ok();
     }
 }
