@@ -5,7 +5,7 @@ use std::{
 
 use flume::{Receiver, Sender};
 use parking_lot::Mutex;
-use tracing::{error, warn};
+use tracing::warn;
 
 use crate::{
     protocol::Packet,
@@ -32,7 +32,11 @@ impl Incoming {
     #[inline]
     pub(crate) fn new(client_id: String) -> Self {
         Self {
-            buffer: Arc::new(Mutex::new(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY))),
+            // Grows on demand: the router swaps it with its own (large) cache
+            // on every exchange, so a preallocated buffer only cost memory
+            // and allocation time per connection (a connect storm pays it
+            // thousands of times at once).
+            buffer: Arc::new(Mutex::new(VecDeque::new())),
             meter: Default::default(),
             client_id,
         }
@@ -72,13 +76,11 @@ impl Outgoing {
     #[inline]
     pub(crate) fn new(client_id: String) -> (Self, Receiver<()>) {
         let (handle, rx) = flume::bounded(MAX_CHANNEL_CAPACITY);
-        let data_buffer = VecDeque::with_capacity(MAX_CHANNEL_CAPACITY);
-        let inflight_buffer = VecDeque::with_capacity(MAX_INFLIGHT);
-        let unacked_pubrels = VecDeque::with_capacity(MAX_INFLIGHT);
-
-        // Ensure that there won't be any new allocations
-        assert!(MAX_INFLIGHT <= inflight_buffer.capacity());
-        assert!(MAX_CHANNEL_CAPACITY <= data_buffer.capacity());
+        // All grow on demand (see `Incoming::new`); most connections of a
+        // large fleet never receive anything.
+        let data_buffer = VecDeque::new();
+        let inflight_buffer = VecDeque::new();
+        let unacked_pubrels = VecDeque::new();
 
         let outgoing = Self {
             client_id,
@@ -169,7 +171,7 @@ impl Outgoing {
 
         // We don't support out of order acks
         if pkid != head {
-            error!(pkid, head, "out of order ack.");
+            warn!(pkid, head, "out of order ack.");
             return None;
         }
 
@@ -191,7 +193,7 @@ impl Outgoing {
 
         // out of order acks
         if pkid != id {
-            error!(pkid, id, "out of order ack.");
+            warn!(pkid, id, "out of order ack.");
             return None;
         }
 

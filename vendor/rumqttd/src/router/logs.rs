@@ -11,7 +11,7 @@ use crate::{ConnectionId, Filter, Offset, RouterConfig, Topic};
 
 use crate::segments::{CommitLog, Position};
 use crate::Storage;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::time::Instant;
 
@@ -61,6 +61,10 @@ pub struct DataLog {
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// Filters each connection has (or had) parked requests on: a superset,
+    /// so that `clean` visits those filters only instead of every filter of
+    /// the broker (one per topic with dynamic filters) on every disconnect.
+    parked_filters: HashMap<ConnectionId, HashSet<FilterIdx>>,
 }
 
 impl DataLog {
@@ -87,6 +91,7 @@ impl DataLog {
             publish_filters,
             filter_indexes,
             retained_publishes,
+            parked_filters: HashMap::new(),
         })
     }
 
@@ -241,6 +246,10 @@ impl DataLog {
         // filter as `request` is "done", that is, the subscriber has caught up. In other words,
         // there has been atleast 1 call to `native_readv` for the same filter, which means if
         // `native_readv` hasn't paniced, so this won't panic either.
+        self.parked_filters
+            .entry(id)
+            .or_default()
+            .insert(request.filter_idx);
         let data = self.native.get_mut(request.filter_idx).unwrap();
         data.waiters.register(id, request);
     }
@@ -248,8 +257,13 @@ impl DataLog {
     /// Cleanup a connection from all the waiters
     pub fn clean(&mut self, id: ConnectionId) -> Vec<DataRequest> {
         let mut inflight = Vec::new();
-        for (_, data) in self.native.iter_mut() {
-            inflight.append(&mut data.waiters.remove(id));
+        let Some(filters) = self.parked_filters.remove(&id) else {
+            return inflight;
+        };
+        for filter_idx in filters {
+            if let Some(data) = self.native.get_mut(filter_idx) {
+                inflight.append(&mut data.waiters.remove(id));
+            }
         }
 
         inflight
