@@ -67,14 +67,11 @@ pub enum ConnectionError {
 
 impl ConnectionError {
     /// True when the error is the client's doing or a routine end (refused
-    /// credentials, keep-alive timeout, bad packets, closed transport), as
-    /// opposed to a broker-side problem worth a warning.
+    /// credentials, keep-alive timeout, bad packets, closed transport, a
+    /// takeover by a newer connection with the same client id), as opposed
+    /// to the broker being unable to take the connection.
     pub fn is_client_side(&self) -> bool {
-        !matches!(
-            self,
-            ConnectionError::RouterUnavailable
-                | ConnectionError::Session(DisconnectReason::ClosedByBroker)
-        )
+        !matches!(self, ConnectionError::RouterUnavailable)
     }
 }
 
