@@ -569,3 +569,81 @@ async fn many_connections_through_the_acceptor() {
     })
     .await;
 }
+
+/// MQTT 5 through the acceptor with hooks, with rumqttc's v5 client:
+/// a denied filter gets 0x87, a consumed QoS 1 publish is acked only after
+/// its future, a forwarded one reaches the subscriber.
+#[tokio::test]
+async fn mqtt5_acceptor_with_hooks() {
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, SubscribeReasonCode as R5};
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    use rumqttc::v5::{AsyncClient, Event as E5, MqttOptions};
+
+    bounded(async {
+        let gate = AckGate::default();
+        let g = gate.clone();
+        let (mut hooks, _seen_rx) = TestHooks::new(move |p| match p.topic() {
+            "store/me" => g.consume(),
+            _ => PublishVerdict::Forward,
+        });
+        hooks.deny_prefix = Some("secret/".into());
+        let (_broker, acceptor) = acceptor(Some(hooks.arc()));
+        let acceptor = acceptor.with_version(rumqttd::MqttVersion::V5);
+        let (addr, _results) = listen(acceptor).await;
+
+        let mut options = MqttOptions::new("v5-client", "127.0.0.1", addr.port());
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(options, 16);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                tx.send(event).ok();
+            }
+        });
+        let mut next_incoming = async || loop {
+            let e = tokio::time::timeout(WAIT, rx.recv()).await.expect("event").expect("open");
+            match e {
+                E5::Incoming(P5::PingResp(_)) | E5::Incoming(P5::ConnAck(_)) => continue,
+                E5::Incoming(p) => return p,
+                E5::Outgoing(_) => continue,
+            }
+        };
+
+        client.subscribe("open/#", Q5::AtMostOnce).await.expect("subscribe");
+        match next_incoming().await {
+            P5::SubAck(ack) => assert_eq!(ack.return_codes, vec![R5::Success(Q5::AtMostOnce)]),
+            p => panic!("expected SUBACK, got {p:?}"),
+        }
+        client.subscribe("secret/x", Q5::AtMostOnce).await.expect("subscribe");
+        match next_incoming().await {
+            P5::SubAck(ack) => assert_eq!(ack.return_codes, vec![R5::NotAuthorized]),
+            p => panic!("expected SUBACK, got {p:?}"),
+        }
+
+        client
+            .publish("store/me", Q5::AtLeastOnce, false, "v")
+            .await
+            .expect("publish");
+        assert!(
+            tokio::time::timeout(QUIET, next_incoming()).await.is_err(),
+            "no PUBACK before the ack future resolves"
+        );
+        assert_eq!(gate.handed_out(), 1);
+        gate.resolve(0, AckOutcome::Ack);
+        match next_incoming().await {
+            // rumqttc numbers SUBSCRIBEs and PUBLISHes from one counter.
+            P5::PubAck(ack) => assert_eq!(ack.pkid, 3),
+            p => panic!("expected PUBACK, got {p:?}"),
+        }
+
+        client.publish("open/a", Q5::AtMostOnce, false, "hi").await.expect("publish");
+        match next_incoming().await {
+            P5::Publish(p) => {
+                assert_eq!(&p.topic[..], b"open/a");
+                assert_eq!(&p.payload[..], b"hi");
+            }
+            p => panic!("expected PUBLISH, got {p:?}"),
+        }
+    })
+    .await;
+}
