@@ -287,6 +287,12 @@ fn main() {
         .spawn()
         .expect("spawn client process");
     let status = child.wait().expect("client process");
+    // Peak resident memory of the broker process (Linux only).
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM")) {
+            println!("broker process peak RSS: {}", line.trim_start_matches("VmHWM:").trim());
+        }
+    }
     std::process::exit(status.code().unwrap_or(1));
 }
 

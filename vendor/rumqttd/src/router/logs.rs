@@ -394,8 +394,10 @@ impl AckLog {
     /// New log
     pub fn new() -> AckLog {
         AckLog {
-            committed: VecDeque::with_capacity(100),
-            recorded: VecDeque::with_capacity(100),
+            // Grow on demand: preallocating 100 acks and 100 QoS 2
+            // publishes cost every connection tens of KiB.
+            committed: VecDeque::new(),
+            recorded: VecDeque::new(),
         }
     }
 
