@@ -149,7 +149,7 @@ async fn one_connect(addr: SocketAddr, id: usize) -> std::io::Result<tokio::net:
     let mut connack = [0u8; 4];
     s.read_exact(&mut connack).await?;
     if connack != [0x20, 2, 0, 0] {
-        return Err(std::io::Error::other(format!("bad CONNACK {connack:?}")));
+        return Err(std::io::Error::new(std::io::ErrorKind::Other, format!("bad CONNACK {connack:?}")));
     }
     Ok(s)
 }

@@ -26,6 +26,58 @@
 //! 5. When the connection ends, [`SessionHooks::on_disconnect`] is called
 //!    once, then the session is dropped.
 //!
+//! ```no_run
+//! use std::sync::Arc;
+//! use rumqttd::hooks::BoxFuture;
+//! use rumqttd::{AckOutcome, Broker, Config, ConnectInfo, ConnectRefusal, ConnectionHooks,
+//!     ConnectionMeta, ConnectionSettings, IncomingPublish, PublishVerdict, SessionHooks};
+//!
+//! struct Auth; // checks credentials, returns one `Device` per connection
+//! struct Device { id: String }
+//!
+//! impl ConnectionHooks for Auth {
+//!     fn on_connect<'a>(&'a self, info: &'a ConnectInfo)
+//!         -> BoxFuture<'a, Result<Box<dyn SessionHooks>, ConnectRefusal>> {
+//!         Box::pin(async move {
+//!             match info.password.as_deref() {
+//!                 Some("secret") => Ok(Box::new(Device { id: info.client_id.clone() }) as _),
+//!                 _ => Err(ConnectRefusal::BadUserNamePassword),
+//!             }
+//!         })
+//!     }
+//! }
+//!
+//! impl SessionHooks for Device {
+//!     fn on_publish(&mut self, p: &IncomingPublish) -> BoxFuture<'static, PublishVerdict> {
+//!         if p.topic() != format!("fleet/{}/pos", self.id) {
+//!             return Box::pin(async { PublishVerdict::Drop });
+//!         }
+//!         let payload = p.payload().clone(); // no copy
+//!         Box::pin(async move {
+//!             // Queue `payload` for the durable log; ack once it is written.
+//!             let written = async move { let _ = payload; AckOutcome::Ack };
+//!             PublishVerdict::Consume(Some(Box::pin(written)))
+//!         })
+//!     }
+//!     fn on_subscribe(&mut self, filter: &str, _qos: rumqttd::protocol::QoS) -> bool {
+//!         filter == format!("fleet/{}/cmd", self.id)
+//!     }
+//! }
+//!
+//! # async fn run(config: Config, settings: ConnectionSettings, listener: tokio::net::TcpListener) {
+//! // `config.router` as today; no [v4] listener needed, no `start()` needed.
+//! let broker = Broker::new(config);
+//! let acceptor = broker.acceptor(settings).with_hooks(Arc::new(Auth));
+//! loop {
+//!     let Ok((stream, peer)) = listener.accept().await else { continue };
+//!     let acceptor = acceptor.clone();
+//!     tokio::spawn(async move {
+//!         let _ = acceptor.serve(stream, ConnectionMeta::new(Some(peer))).await;
+//!     });
+//! }
+//! # }
+//! ```
+//!
 //! [`Broker::set_connection_hooks`]: crate::Broker::set_connection_hooks
 
 use std::fmt;

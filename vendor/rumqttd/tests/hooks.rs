@@ -647,3 +647,10 @@ async fn mqtt5_acceptor_with_hooks() {
     })
     .await;
 }
+
+#[test]
+fn acceptor_is_clone_send_sync_static() {
+    fn check<T: Clone + Send + Sync + 'static>() {}
+    check::<rumqttd::StreamAcceptor>();
+    // `serve`'s future is Send: `listen` spawns it with tokio::spawn.
+}

@@ -74,6 +74,8 @@ async fn routine_disconnects_log_no_warnings_or_errors() {
             raw.write_all(&connect_packet("rst", 30, None)).await.expect("write");
             let mut ack = [0u8; 4];
             raw.read_exact(&mut ack).await.expect("connack");
+            // Deprecated for blocking on drop; with a zero timeout it resets.
+            #[allow(deprecated)]
             raw.set_linger(Some(Duration::ZERO)).expect("linger");
             drop(raw);
             // Keep-alive timeout (1 s -> closed after 1.5 s).
