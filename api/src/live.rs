@@ -110,8 +110,7 @@ impl StreamParams {
             .as_deref()
             .map(|raw| {
                 parse_ids("geofence", raw, |s| {
-                    GeofenceId::parse(s)
-                        .map_err(|e| e.to_string().replace("device id", "geofence id"))
+                    GeofenceId::parse(s).map_err(|e| e.to_string())
                 })
             })
             .transpose()?;

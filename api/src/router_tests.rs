@@ -11,7 +11,7 @@ use axum::http::header::{ALLOW, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use fleetd_schemas::{
     Alert, AlertDetail, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, GeofenceId,
-    H3Cells, PositionReport, RejectReason, RejectionLog, Trip, VehicleState,
+    RejectReason, RejectionLog, Trip, VehicleState,
 };
 use fleetd_store::{
     AlertPage, AlertQuery, AreaQuery, FjallStore, HistoryPage, HistoryQuery, LatestUpdate,
@@ -155,29 +155,14 @@ async fn send_body(app: Router, method: Method, uri: &str, body: Body) -> Reply 
 
 /// A stored-looking position (also the OpenAPI tests' fixture).
 pub(crate) fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
-    let ll = h3o::LatLng::new(lat, lon).expect("valid coordinates");
-    EnrichedPosition {
-        report: PositionReport {
-            device_id: DeviceId::parse(device).expect("valid id"),
-            ts_ms,
-            lat,
-            lon,
-            accuracy_m: Some(4.5),
-            altitude_m: None,
-            speed_mps: Some(10.0),
-            heading_deg: Some(90.0),
-            battery_pct: None,
-            seq: Some(ts_ms as u64),
-            received_ms: ts_ms + 100,
-        },
-        h3: H3Cells {
-            area: ll.to_cell(h3o::Resolution::Seven).into(),
-            detail: ll.to_cell(h3o::Resolution::Nine).into(),
-        },
-        speed_derived: false,
-        heading_derived: true,
-        flag: None,
-    }
+    let mut p = fleetd_schemas::test_support::position(device, ts_ms, lat, lon);
+    p.report.accuracy_m = Some(4.5);
+    p.report.speed_mps = Some(10.0);
+    p.report.heading_deg = Some(90.0);
+    p.report.seq = Some(ts_ms as u64);
+    p.report.received_ms = ts_ms + 100;
+    p.heading_derived = true;
+    p
 }
 
 fn cell_hex(raw: u64) -> String {

@@ -10,8 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use fleetd_live::{LiveHub, LiveSettings};
 use fleetd_schemas::{
-    Alert, AlertDetail, AlertKind, DeviceId, EnrichedPosition, GeofenceId, H3Cells, PositionReport,
-    RejectionLog,
+    Alert, AlertDetail, AlertKind, DeviceId, EnrichedPosition, GeofenceId, RejectionLog,
 };
 use fleetd_store::FjallStore;
 use futures::StreamExt;
@@ -71,36 +70,17 @@ fn alert(device: &str, fence: Option<&str>, ts_ms: i64, lat: f64, lon: f64) -> A
     )
 }
 
-fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
-    let ll = h3o::LatLng::new(lat, lon).expect("ll");
-    EnrichedPosition {
-        report: PositionReport {
-            device_id: DeviceId::parse(device).expect("id"),
-            ts_ms,
-            lat,
-            lon,
-            accuracy_m: None,
-            altitude_m: None,
-            speed_mps: Some(4.0),
-            heading_deg: None,
-            battery_pct: None,
-            seq: None,
-            received_ms: ts_ms,
-        },
-        h3: H3Cells {
-            area: ll.to_cell(h3o::Resolution::Seven).into(),
-            detail: ll.to_cell(h3o::Resolution::Nine).into(),
-        },
-        speed_derived: false,
-        heading_derived: false,
-        flag: None,
-    }
-}
-
 /// Parsed SSE events of an open stream.
 struct Stream {
     body: axum::body::BodyDataStream,
     buf: String,
+}
+
+/// A stream test's position: moving at 4 m/s.
+fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
+    let mut p = fleetd_schemas::test_support::position(device, ts_ms, lat, lon);
+    p.report.speed_mps = Some(4.0);
+    p
 }
 
 #[derive(Debug)]

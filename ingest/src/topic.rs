@@ -1,6 +1,6 @@
 //! MQTT topic routing: which topics fleetd consumes and what they mean.
 
-use fleetd_schemas::{DeviceId, InvalidDeviceId};
+use fleetd_schemas::{DeviceId, InvalidId};
 
 /// The broker filters fleetd's ingest link subscribes to. They are wider than
 /// the topics consumed so that malformed topics under fleetd's namespaces are
@@ -20,7 +20,7 @@ pub enum TopicRoute {
     /// (`fleet/+/alerts`, `owntracks/+/+/event`, `.../cmd`, ...): not input.
     Ignored,
     /// A device topic whose id is not valid.
-    BadDeviceId(InvalidDeviceId),
+    BadDeviceId(InvalidId),
     /// Under `fleet/` or `owntracks/` but not a known shape.
     Unknown,
 }
@@ -48,7 +48,7 @@ pub fn route(topic: &str) -> TopicRoute {
         }
         (Some("owntracks"), Some(user), Some(device), None) => {
             if user.is_empty() || device.is_empty() {
-                return TopicRoute::BadDeviceId(InvalidDeviceId::Empty);
+                return TopicRoute::BadDeviceId(InvalidId::Empty(fleetd_schemas::IdKind::Device));
             }
             match DeviceId::parse(&format!("{user}/{device}")) {
                 Ok(id) => TopicRoute::OwnTracks(id),

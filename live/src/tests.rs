@@ -4,35 +4,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fleetd_schemas::{
-    Alert, AlertDetail, AlertKind, BBox, DeviceId, EnrichedPosition, H3Cells, PositionReport,
-};
+use fleetd_schemas::test_support::position;
+use fleetd_schemas::{Alert, AlertDetail, AlertKind, BBox, DeviceId};
 use h3o::{LatLng, Resolution};
 use tokio::sync::broadcast::error::TryRecvError;
 
 use super::*;
-
-fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
-    EnrichedPosition {
-        report: PositionReport {
-            device_id: DeviceId::parse(device).expect("id"),
-            ts_ms,
-            lat,
-            lon,
-            accuracy_m: None,
-            altitude_m: None,
-            speed_mps: None,
-            heading_deg: None,
-            battery_pct: None,
-            seq: None,
-            received_ms: ts_ms,
-        },
-        h3: H3Cells::of(lat, lon, Resolution::Nine).expect("cells"),
-        speed_derived: false,
-        heading_derived: false,
-        flag: None,
-    }
-}
 
 fn alert(device: &str, ts_ms: i64) -> Alert {
     Alert::new(

@@ -1,24 +1,9 @@
+use fleetd_schemas::test_support::report;
 use fleetd_schemas::{DeviceId, DeviceInfo, Motion};
 
 use crate::settings::VehicleSettings;
 
 use super::*;
-
-fn report(device: &str, ts_ms: i64, lat: f64, lon: f64) -> PositionReport {
-    PositionReport {
-        device_id: DeviceId::parse(device).expect("valid id"),
-        ts_ms,
-        lat,
-        lon,
-        accuracy_m: None,
-        altitude_m: None,
-        speed_mps: None,
-        heading_deg: None,
-        battery_pct: None,
-        seq: None,
-        received_ms: ts_ms,
-    }
-}
 
 /// Settings with no reorder wait, so each batch applies what it gets.
 fn immediate() -> EnrichSettings {

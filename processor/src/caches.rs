@@ -3,6 +3,7 @@
 //! changes made through other fleetd nodes sharing the store arrive (this
 //! node's API writes through to them at once).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,14 +59,18 @@ pub(crate) async fn load_geofences(
     .map_err(|e| StoreError::Task(format!("geofence load: {e}")))
 }
 
-/// Reloads the registry every `every` until `cancel`; a failed reload keeps
-/// the current cache and is retried at the next tick.
-pub(crate) async fn refresh_registry(
-    store: Arc<dyn Store>,
-    registry: Arc<Registry>,
+/// Runs `reload` every `every` until `cancel`; a failed reload keeps what
+/// is cached (the store may be briefly unreachable) and is retried at the
+/// next tick.
+pub(crate) async fn refresh<F, Fut, T>(
+    what: &'static str,
     every: Duration,
     cancel: CancellationToken,
-) {
+    reload: F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
     loop {
@@ -73,29 +78,8 @@ pub(crate) async fn refresh_registry(
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        if let Err(e) = load_registry(&*store, &registry).await {
-            tracing::warn!(error = %e, "registry reload failed; keeping the cache");
-        }
-    }
-}
-
-/// Reloads the geofences every `every` until `cancel`; a failed reload
-/// keeps the current index and is retried at the next tick.
-pub(crate) async fn refresh_geofences(
-    store: Arc<dyn Store>,
-    geofences: Arc<Geofences>,
-    every: Duration,
-    cancel: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        if let Err(e) = load_geofences(&*store, &geofences).await {
-            tracing::warn!(error = %e, "geofence reload failed; keeping the index");
+        if let Err(e) = reload().await {
+            tracing::warn!(cache = what, error = %e, "cache reload failed; keeping the cached copy");
         }
     }
 }

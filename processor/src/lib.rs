@@ -108,19 +108,26 @@ impl Processor {
         );
         let caches = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        tasks.spawn(caches::refresh_registry(
-            Arc::clone(&store),
-            Arc::clone(&registry),
-            settings.registry_refresh,
-            caches.clone(),
-        ));
-        if let Some(every) = settings.geofence_refresh {
-            tasks.spawn(caches::refresh_geofences(
-                Arc::clone(&store),
-                Arc::clone(&geofences),
-                every,
+        {
+            let (store, registry) = (Arc::clone(&store), Arc::clone(&registry));
+            let reload = move || {
+                let (store, registry) = (Arc::clone(&store), Arc::clone(&registry));
+                async move { caches::load_registry(&*store, &registry).await }
+            };
+            tasks.spawn(caches::refresh(
+                "registry",
+                settings.registry_refresh,
                 caches.clone(),
+                reload,
             ));
+        }
+        if let Some(every) = settings.geofence_refresh {
+            let (store, geofences) = (Arc::clone(&store), Arc::clone(&geofences));
+            let reload = move || {
+                let (store, geofences) = (Arc::clone(&store), Arc::clone(&geofences));
+                async move { caches::load_geofences(&*store, &geofences).await }
+            };
+            tasks.spawn(caches::refresh("geofences", every, caches.clone(), reload));
         }
         let partitions = settings.partitions.max(1);
         let mut states: Vec<PartitionState> =

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::position::{DeviceId, InvalidDeviceId, MAX_DEVICE_ID_LEN};
+use crate::position::{DeviceId, IdKind, InvalidId, is_id_char};
 
 /// A validated geofence id: 1–128 characters of `[A-Za-z0-9._:-]`.
 ///
@@ -17,19 +17,8 @@ pub struct GeofenceId(Arc<str>);
 
 impl GeofenceId {
     /// Validates `s` as a geofence id (the device id rules, without `/`).
-    pub fn parse(s: &str) -> Result<Self, InvalidDeviceId> {
-        if s.is_empty() {
-            return Err(InvalidDeviceId::Empty);
-        }
-        if s.len() > MAX_DEVICE_ID_LEN {
-            return Err(InvalidDeviceId::TooLong(s.len()));
-        }
-        if let Some(bad) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
-        {
-            return Err(InvalidDeviceId::BadChar(bad));
-        }
+    pub fn parse(s: &str) -> Result<Self, InvalidId> {
+        InvalidId::check(IdKind::Geofence, s, |_, c| is_id_char(c))?;
         Ok(Self(Arc::from(s)))
     }
 
@@ -52,7 +41,7 @@ impl fmt::Debug for GeofenceId {
 }
 
 impl TryFrom<String> for GeofenceId {
-    type Error = InvalidDeviceId;
+    type Error = InvalidId;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         Self::parse(&s)
     }

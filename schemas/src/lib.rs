@@ -27,6 +27,8 @@ mod position;
 mod rejection;
 mod setting;
 mod slots;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 mod vehicle;
 mod vehicle_storage;
 
@@ -34,7 +36,7 @@ pub use alert::{Alert, AlertDetail, AlertKind, GeofenceId};
 pub use fences::{DeviceFences, Membership, MembershipChange};
 pub use geodesy::{BBox, EARTH_RADIUS_M, haversine_m};
 pub use position::{
-    DeviceId, EnrichedPosition, H3Cells, InvalidDeviceId, MAX_DEVICE_ID_LEN, PositionReport,
+    DeviceId, EnrichedPosition, H3Cells, IdKind, InvalidId, MAX_DEVICE_ID_LEN, PositionReport,
 };
 pub use rejection::{RejectReason, Rejection, RejectionLog};
 pub use setting::InvalidSetting;

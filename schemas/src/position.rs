@@ -16,41 +16,86 @@ pub const MAX_DEVICE_ID_LEN: usize = 128;
 #[serde(try_from = "String", into = "String")]
 pub struct DeviceId(Arc<str>);
 
-/// Why a string is not a valid [`DeviceId`].
+/// What kind of id a [`InvalidId`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    /// A device id ([`DeviceId`]).
+    Device,
+    /// A geofence id ([`crate::GeofenceId`]).
+    Geofence,
+}
+
+impl IdKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::Geofence => "geofence",
+        }
+    }
+
+    /// The characters beyond `[A-Za-z0-9._:-]` this kind allows.
+    fn also_allowed(self) -> &'static str {
+        match self {
+            Self::Device => " (and one / for OwnTracks ids)",
+            Self::Geofence => "",
+        }
+    }
+}
+
+impl fmt::Display for IdKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a string is not a valid id; the message names the kind of id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum InvalidDeviceId {
+pub enum InvalidId {
     /// The id is empty.
-    #[error("device id is empty")]
-    Empty,
+    #[error("{0} id is empty")]
+    Empty(IdKind),
     /// The id is longer than [`MAX_DEVICE_ID_LEN`] bytes.
-    #[error("device id is {0} bytes long, the limit is 128")]
-    TooLong(usize),
-    /// The id contains a character outside `[A-Za-z0-9._:-]`.
-    #[error(
-        "device id contains {0:?}; allowed are A-Z a-z 0-9 . _ : - (and one / for OwnTracks ids)"
-    )]
-    BadChar(char),
+    #[error("{0} id is {1} bytes long, the limit is 128")]
+    TooLong(IdKind, usize),
+    /// The id contains a character its kind does not allow.
+    #[error("{0} id contains {1:?}; allowed are A-Z a-z 0-9 . _ : -{also}", also = .0.also_allowed())]
+    BadChar(IdKind, char),
+}
+
+impl InvalidId {
+    /// Checks the rules every id shares (not empty, not too long) and each
+    /// character with `allowed` (its index and the character).
+    pub(crate) fn check(
+        kind: IdKind,
+        s: &str,
+        mut allowed: impl FnMut(usize, char) -> bool,
+    ) -> Result<(), Self> {
+        if s.is_empty() {
+            return Err(Self::Empty(kind));
+        }
+        if s.len() > MAX_DEVICE_ID_LEN {
+            return Err(Self::TooLong(kind, s.len()));
+        }
+        match s.char_indices().find(|&(i, c)| !allowed(i, c)) {
+            Some((_, bad)) => Err(Self::BadChar(kind, bad)),
+            None => Ok(()),
+        }
+    }
 }
 
 impl DeviceId {
     /// Validates `s` as a device id.
-    pub fn parse(s: &str) -> Result<Self, InvalidDeviceId> {
-        if s.is_empty() {
-            return Err(InvalidDeviceId::Empty);
-        }
-        if s.len() > MAX_DEVICE_ID_LEN {
-            return Err(InvalidDeviceId::TooLong(s.len()));
-        }
+    pub fn parse(s: &str) -> Result<Self, InvalidId> {
         let mut slashes = 0;
-        for (i, c) in s.char_indices() {
-            match c {
-                'A'..='Z' | 'a'..='z' | '0'..='9' | '.' | '_' | ':' | '-' => {}
-                // One separator for OwnTracks `user/device`, never at either end.
-                '/' if slashes == 0 && i > 0 && i + 1 < s.len() => slashes += 1,
-                other => return Err(InvalidDeviceId::BadChar(other)),
+        InvalidId::check(IdKind::Device, s, |i, c| match c {
+            // One separator for OwnTracks `user/device`, never at either end.
+            '/' if slashes == 0 && i > 0 && i + 1 < s.len() => {
+                slashes += 1;
+                true
             }
-        }
+            c => is_id_char(c),
+        })?;
         Ok(Self(Arc::from(s)))
     }
 
@@ -72,8 +117,13 @@ impl fmt::Debug for DeviceId {
     }
 }
 
+/// The characters every id may hold: `[A-Za-z0-9._:-]`.
+pub(crate) fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
+}
+
 impl TryFrom<String> for DeviceId {
-    type Error = InvalidDeviceId;
+    type Error = InvalidId;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         Self::parse(&s)
     }
@@ -192,7 +242,7 @@ impl From<&EnrichedPosition> for crate::storage::StoredPosition {
 }
 
 impl TryFrom<crate::storage::StoredPosition> for EnrichedPosition {
-    type Error = InvalidDeviceId;
+    type Error = InvalidId;
     fn try_from(s: crate::storage::StoredPosition) -> Result<Self, Self::Error> {
         Ok(Self {
             report: PositionReport {
@@ -230,10 +280,10 @@ mod tests {
         for ok in ["a", "truck-17", "x.y_z:1", "alice/phone", &"a".repeat(128)] {
             assert!(DeviceId::parse(ok).is_ok(), "{ok}");
         }
-        assert_eq!(DeviceId::parse(""), Err(InvalidDeviceId::Empty));
+        assert_eq!(DeviceId::parse(""), Err(InvalidId::Empty(IdKind::Device)));
         assert_eq!(
             DeviceId::parse(&"a".repeat(129)),
-            Err(InvalidDeviceId::TooLong(129))
+            Err(InvalidId::TooLong(IdKind::Device, 129))
         );
         for bad in ["a b", "a/b/c", "/a", "a/", "a+", "a#", "é", "a\0"] {
             assert!(DeviceId::parse(bad).is_err(), "{bad}");

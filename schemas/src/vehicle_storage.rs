@@ -6,8 +6,8 @@ use crate::storage::{
     StoredTrip, StoredVehicleState,
 };
 use crate::{
-    Anchor, DeviceFences, Fix, GeofenceId, InvalidDeviceId, Membership, Motion, Overspeed, Suspect,
-    Trip, VehicleState,
+    Anchor, DeviceFences, Fix, GeofenceId, InvalidId, Membership, Motion, Overspeed, Suspect, Trip,
+    VehicleState,
 };
 
 impl From<&VehicleState> for StoredVehicleState {
@@ -55,7 +55,7 @@ impl From<&VehicleState> for StoredVehicleState {
 
 impl TryFrom<StoredVehicleState> for VehicleState {
     /// A membership's fence id that is no longer valid.
-    type Error = InvalidDeviceId;
+    type Error = InvalidId;
 
     fn try_from(s: StoredVehicleState) -> Result<Self, Self::Error> {
         let members = s
@@ -69,7 +69,7 @@ impl TryFrom<StoredVehicleState> for VehicleState {
                     dwell_fired: m.dwell_fired,
                 })
             })
-            .collect::<Result<Vec<_>, InvalidDeviceId>>()?;
+            .collect::<Result<Vec<_>, InvalidId>>()?;
         Ok(Self {
             ts_ms: s.ts_ms,
             motion: match s.motion {

@@ -499,33 +499,9 @@ mod tests {
     use super::*;
 
     fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
-        let cell = |res| {
-            h3o::LatLng::new(lat, lon)
-                .map(|p| u64::from(p.to_cell(res)))
-                .expect("finite")
-        };
-        EnrichedPosition {
-            report: PositionReport {
-                device_id: DeviceId::parse(device).expect("valid id"),
-                ts_ms,
-                lat,
-                lon,
-                accuracy_m: None,
-                altitude_m: None,
-                speed_mps: None,
-                heading_deg: None,
-                battery_pct: None,
-                seq: None,
-                received_ms: ts_ms + 5,
-            },
-            h3: H3Cells {
-                area: cell(Resolution::Seven),
-                detail: cell(Resolution::Nine),
-            },
-            speed_derived: false,
-            heading_derived: false,
-            flag: None,
-        }
+        let mut p = fleetd_schemas::test_support::position(device, ts_ms, lat, lon);
+        p.report.received_ms = ts_ms + 5;
+        p
     }
 
     fn update(position: EnrichedPosition) -> LatestUpdate {

@@ -144,17 +144,10 @@ impl Tables {
         device: &DeviceId,
         query: &TripQuery,
     ) -> Result<TripPage, StoreError> {
-        if query.limit == 0 {
-            return Err(StoreError::InvalidQuery(
-                "trip limit must be at least 1".into(),
-            ));
-        }
-        let resume = query.cursor.as_deref().map(cursor::decode).transpose()?;
-        let to_ms = resume.map_or(query.to_ms, |ts| ts.min(query.to_ms));
-        if query.from_ms > to_ms {
+        let Some((from_ms, to_ms)) = query.page_range()? else {
             return Ok(TripPage::default());
-        }
-        let start = keys::device_ts_key(device, query.from_ms);
+        };
+        let start = keys::device_ts_key(device, from_ms);
         let end = keys::device_ts_key(device, to_ms);
         let mut page = TripPage::default();
         for guard in self.trips.range(start..=end).rev() {
@@ -180,20 +173,10 @@ impl Tables {
     }
 
     pub(crate) fn alerts(&self, query: &AlertQuery) -> Result<AlertPage, StoreError> {
-        if query.limit == 0 {
-            return Err(StoreError::InvalidQuery(
-                "alert limit must be at least 1".into(),
-            ));
-        }
-        let mut hi = keys::alert_id_ceil(query.until_ms);
-        if let Some(c) = query.cursor.as_deref() {
-            hi = hi.min(alert_cursor(c)?);
-        }
-        let lo = keys::alert_id_floor(query.since_ms);
         let mut page = AlertPage::default();
-        if lo > hi {
+        let Some((lo, hi)) = query.page_ids(query.since_ms)? else {
             return Ok(page);
-        }
+        };
         let mut examined = 0usize;
         // Pushes a matching alert, or ends the page with a cursor at it.
         let mut take = |alert: Alert, page: &mut AlertPage| -> bool {
@@ -305,11 +288,7 @@ impl Tables {
         after: Option<&DeviceId>,
         limit: usize,
     ) -> Result<MemberPage, StoreError> {
-        if limit == 0 {
-            return Err(StoreError::InvalidQuery(
-                "member limit must be at least 1".into(),
-            ));
-        }
+        crate::check_limit("member", limit)?;
         let prefix = member_key(fence, None);
         let mut page = MemberPage::default();
         let iter = match after {

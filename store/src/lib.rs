@@ -118,14 +118,48 @@ impl HistoryQuery {
     /// moved up to the cursor; `None` when the range is empty. Both
     /// backends page the same way, so they validate the same way.
     pub(crate) fn page_range(&self) -> Result<Option<(i64, i64)>, StoreError> {
-        if self.limit == 0 {
-            return Err(StoreError::InvalidQuery(
-                "history limit must be at least 1".into(),
-            ));
-        }
+        check_limit("history", self.limit)?;
         let resume_ms = self.cursor.as_deref().map(cursor::decode).transpose()?;
         let from_ms = resume_ms.map_or(self.from_ms, |ts| ts.max(self.from_ms));
         Ok((from_ms <= self.to_ms).then_some((from_ms, self.to_ms)))
+    }
+}
+
+/// Refuses a page size of 0: every paged read returns at least one item
+/// when there is one, or its cursor could not move on.
+pub(crate) fn check_limit(what: &str, limit: usize) -> Result<(), StoreError> {
+    if limit == 0 {
+        return Err(StoreError::InvalidQuery(format!(
+            "{what} limit must be at least 1"
+        )));
+    }
+    Ok(())
+}
+
+impl TripQuery {
+    /// The inclusive `(from_ms, to_ms)` range of trip start times this page
+    /// covers (newest first: `to_ms` moved down to the cursor); `None` when
+    /// it is empty. Both backends page trips the same way.
+    pub(crate) fn page_range(&self) -> Result<Option<(i64, i64)>, StoreError> {
+        check_limit("trip", self.limit)?;
+        let resume = self.cursor.as_deref().map(cursor::decode).transpose()?;
+        let to_ms = resume.map_or(self.to_ms, |ts| ts.min(self.to_ms));
+        Ok((self.from_ms <= to_ms).then_some((self.from_ms, to_ms)))
+    }
+}
+
+impl AlertQuery {
+    /// The inclusive alert-id range `(lo, hi)` this page covers for alerts
+    /// since `since_ms` (newest first: `hi` moved down to the cursor);
+    /// `None` when it is empty. Both backends page alerts the same way.
+    pub(crate) fn page_ids(&self, since_ms: i64) -> Result<Option<(String, String)>, StoreError> {
+        check_limit("alert", self.limit)?;
+        let mut hi = keys::alert_id_ceil(self.until_ms);
+        if let Some(c) = self.cursor.as_deref() {
+            hi = hi.min(fjall_tables::alert_cursor(c)?);
+        }
+        let lo = keys::alert_id_floor(since_ms);
+        Ok((lo <= hi).then_some((lo, hi)))
     }
 }
 

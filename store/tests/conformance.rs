@@ -21,8 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fleetd_schemas::{
     Alert, AlertDetail, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, Fix,
-    GeofenceId, H3Cells, MembershipChange, Motion, PositionReport, RejectReason, Trip,
-    VehicleState, now_ms,
+    GeofenceId, MembershipChange, Motion, RejectReason, Trip, VehicleState, now_ms,
 };
 use fleetd_store::{
     AlertQuery, AreaQuery, BBox, FjallStore, HistoryQuery, LatestUpdate, ScyllaSettings,
@@ -123,28 +122,9 @@ fn cell(lat: f64, lon: f64, res: Resolution) -> u64 {
 
 /// A position received now (area reads of ScyllaDB look at recent writes).
 fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
-    EnrichedPosition {
-        report: PositionReport {
-            device_id: id(device),
-            ts_ms,
-            lat,
-            lon,
-            accuracy_m: Some(4.5),
-            altitude_m: Some(34.0),
-            speed_mps: Some(12.25),
-            heading_deg: Some(270.0),
-            battery_pct: Some(81.0),
-            seq: Some(ts_ms.unsigned_abs()),
-            received_ms: now_ms(),
-        },
-        h3: H3Cells {
-            area: cell(lat, lon, Resolution::Seven),
-            detail: cell(lat, lon, Resolution::Nine),
-        },
-        speed_derived: true,
-        heading_derived: false,
-        flag: None,
-    }
+    let mut p = fleetd_schemas::test_support::full_position(device, ts_ms, lat, lon);
+    p.report.received_ms = now_ms();
+    p
 }
 
 fn latest_of(positions: &[EnrichedPosition]) -> WriteBatch {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use fleetd_schemas::{DeviceId, EnrichedPosition, H3Cells, PositionReport};
+use fleetd_schemas::{DeviceId, EnrichedPosition};
 use fleetd_store::{
     AreaQuery, BBox, FjallStore, HistoryQuery, LatestUpdate, Store, StoreError, WriteBatch,
 };
@@ -20,30 +20,7 @@ fn cell(lat: f64, lon: f64, res: Resolution) -> u64 {
 }
 
 /// A position with every optional field set, so round trips check them all.
-fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
-    EnrichedPosition {
-        report: PositionReport {
-            device_id: id(device),
-            ts_ms,
-            lat,
-            lon,
-            accuracy_m: Some(4.5),
-            altitude_m: Some(34.0),
-            speed_mps: Some(12.25),
-            heading_deg: Some(270.0),
-            battery_pct: Some(81.0),
-            seq: Some(ts_ms.unsigned_abs()),
-            received_ms: ts_ms + 120,
-        },
-        h3: H3Cells {
-            area: cell(lat, lon, Resolution::Seven),
-            detail: cell(lat, lon, Resolution::Nine),
-        },
-        speed_derived: true,
-        heading_derived: false,
-        flag: None,
-    }
-}
+use fleetd_schemas::test_support::full_position as position;
 
 fn new_latest(position: &EnrichedPosition) -> LatestUpdate {
     LatestUpdate {

@@ -10,10 +10,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use fake_scylla::{FakeScylla, KEYSPACE, Val};
-use fleetd_schemas::{DeviceId, EnrichedPosition, H3Cells, PositionReport};
+use fleetd_schemas::EnrichedPosition;
 use fleetd_store::scylla::statement_cql;
 use fleetd_store::{LatestUpdate, ScyllaSettings, ScyllaStore, Store, StoreError, WriteBatch};
-use h3o::{LatLng, Resolution};
 use scylla_proxy::{
     Condition, Reaction, RequestOpcode, RequestReaction, RequestRule, example_db_errors,
 };
@@ -38,33 +37,12 @@ async fn connect(fake: &FakeScylla) -> ScyllaStore {
     .expect("connects to the fake node")
 }
 
-fn cell(lat: f64, lon: f64, res: Resolution) -> u64 {
-    u64::from(LatLng::new(lat, lon).expect("finite").to_cell(res))
-}
-
 fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
-    EnrichedPosition {
-        report: PositionReport {
-            device_id: DeviceId::parse(device).expect("valid id"),
-            ts_ms,
-            lat,
-            lon,
-            accuracy_m: Some(4.5),
-            altitude_m: None,
-            speed_mps: Some(12.25),
-            heading_deg: Some(270.0),
-            battery_pct: None,
-            seq: Some(7),
-            received_ms: ts_ms + 120,
-        },
-        h3: H3Cells {
-            area: cell(lat, lon, Resolution::Seven),
-            detail: cell(lat, lon, Resolution::Nine),
-        },
-        speed_derived: true,
-        heading_derived: false,
-        flag: None,
-    }
+    let mut p = fleetd_schemas::test_support::full_position(device, ts_ms, lat, lon);
+    p.report.altitude_m = None;
+    p.report.battery_pct = None;
+    p.report.seq = Some(7);
+    p
 }
 
 /// The columns `select_*` statements return, for canned rows.

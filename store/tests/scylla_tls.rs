@@ -14,10 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fake_scylla::{FakeScylla, KEYSPACE};
-use fleetd_schemas::{DeviceId, EnrichedPosition, H3Cells, PositionReport};
+use fleetd_schemas::EnrichedPosition;
 use fleetd_store::scylla::{ClientCertificate, ScyllaTls};
 use fleetd_store::{ScyllaSettings, ScyllaStore, Store, StoreError, WriteBatch};
-use h3o::{LatLng, Resolution};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -186,30 +185,9 @@ async fn connect(settings: ScyllaSettings) -> Result<ScyllaStore, StoreError> {
 }
 
 fn position(device: &str, ts_ms: i64) -> EnrichedPosition {
-    let (lat, lon) = (60.1699, 24.9384);
-    let at = LatLng::new(lat, lon).expect("finite");
-    EnrichedPosition {
-        report: PositionReport {
-            device_id: DeviceId::parse(device).expect("valid id"),
-            ts_ms,
-            lat,
-            lon,
-            accuracy_m: Some(5.0),
-            altitude_m: None,
-            speed_mps: None,
-            heading_deg: None,
-            battery_pct: None,
-            seq: None,
-            received_ms: ts_ms,
-        },
-        h3: H3Cells {
-            area: u64::from(at.to_cell(Resolution::Seven)),
-            detail: u64::from(at.to_cell(Resolution::Nine)),
-        },
-        speed_derived: false,
-        heading_derived: false,
-        flag: None,
-    }
+    let mut p = fleetd_schemas::test_support::position(device, ts_ms, 60.1699, 24.9384);
+    p.report.accuracy_m = Some(5.0);
+    p
 }
 
 /// Writes one position and checks that its statements reached the node.

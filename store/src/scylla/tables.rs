@@ -19,7 +19,7 @@ use super::values::{AlertRow, Bind, DeviceRow, GeofenceRow, MemberRow, StateRow,
 use super::{DAY_MS, ScyllaStore, day_of};
 use crate::{
     AlertPage, AlertQuery, FenceMember, MemberPage, StoreError, StoredGeofence, TripPage,
-    TripQuery, WriteBatch, cursor, keys,
+    TripQuery, WriteBatch, cursor,
 };
 
 /// Partitions per day of `alerts_by_day`.
@@ -186,19 +186,12 @@ impl ScyllaStore {
         device: &DeviceId,
         query: &TripQuery,
     ) -> Result<TripPage, StoreError> {
-        if query.limit == 0 {
-            return Err(StoreError::InvalidQuery(
-                "trip limit must be at least 1".into(),
-            ));
-        }
-        let resume = query.cursor.as_deref().map(cursor::decode).transpose()?;
-        let to_ms = resume.map_or(query.to_ms, |ts| ts.min(query.to_ms));
-        if query.from_ms > to_ms {
+        let Some((from_ms, to_ms)) = query.page_range()? else {
             return Ok(TripPage::default());
-        }
+        };
         let bind = Bind {
             device_id: Some(device.as_str()),
-            from_ts: Some(query.from_ms),
+            from_ts: Some(from_ms),
             to_ts: Some(to_ms),
             row_limit: Some(i32::try_from(query.limit.saturating_add(1)).unwrap_or(i32::MAX)),
             ..Bind::default()
@@ -240,23 +233,13 @@ impl ScyllaStore {
     /// Alerts newest first: the query's days, newest first; per day the
     /// device's partition or every shard, merged by id (ids sort by time).
     pub(super) async fn read_alerts(&self, query: &AlertQuery) -> Result<AlertPage, StoreError> {
-        if query.limit == 0 {
-            return Err(StoreError::InvalidQuery(
-                "alert limit must be at least 1".into(),
-            ));
-        }
-        let mut hi = keys::alert_id_ceil(query.until_ms);
-        if let Some(c) = query.cursor.as_deref() {
-            hi = hi.min(crate::fjall_tables::alert_cursor(c)?);
-        }
         let since_ms = query
             .since_ms
             .max(query.until_ms.min(super::wall_clock_ms()) - ALERT_RETENTION_MS);
-        let lo = keys::alert_id_floor(since_ms);
         let mut page = AlertPage::default();
-        if lo > hi {
+        let Some((lo, hi)) = query.page_ids(since_ms)? else {
             return Ok(page);
-        }
+        };
         let st = &self.inner.statements;
         // Alert times are device times that ingest bounds to a few minutes
         // ahead of the server clock: no partition lies beyond tomorrow.
@@ -434,11 +417,7 @@ impl ScyllaStore {
         after: Option<&DeviceId>,
         limit: usize,
     ) -> Result<MemberPage, StoreError> {
-        if limit == 0 {
-            return Err(StoreError::InvalidQuery(
-                "member limit must be at least 1".into(),
-            ));
-        }
+        crate::check_limit("member", limit)?;
         let bind = Bind {
             fence_id: Some(fence.as_str()),
             // Every device id sorts after the empty string.
