@@ -427,28 +427,31 @@ async fn real_responses_match_the_documented_schemas() {
         },
     );
     store
-        .write_batch(WriteBatch {
-            history: vec![earlier, p.clone()],
-            latest: vec![LatestUpdate {
-                position: p.clone(),
-                previous_area_cell: None,
-            }],
-            states: vec![(
-                p.report.device_id.clone(),
-                VehicleState {
-                    ts_ms: p.report.ts_ms,
-                    odometer_m: 9_000.0,
-                    trip: Some(Box::new(open)),
-                    ..VehicleState::default()
-                },
-            )],
-            trips: vec![DeviceTrip {
-                device_id: p.report.device_id.clone(),
-                trip: trip.clone(),
-            }],
-            alerts: vec![alert],
-            ..WriteBatch::default()
-        })
+        .write_batch(
+            WriteBatch {
+                history: vec![earlier, p.clone()],
+                latest: vec![LatestUpdate {
+                    position: p.clone(),
+                    previous_area_cell: None,
+                }],
+                states: vec![(
+                    p.report.device_id.clone(),
+                    VehicleState {
+                        ts_ms: p.report.ts_ms,
+                        odometer_m: 9_000.0,
+                        trip: Some(Box::new(open)),
+                        ..VehicleState::default()
+                    },
+                )],
+                trips: vec![DeviceTrip {
+                    device_id: p.report.device_id.clone(),
+                    trip: trip.clone(),
+                }],
+                alerts: vec![alert],
+                ..WriteBatch::default()
+            }
+            .into(),
+        )
         .await
         .expect("write");
 

@@ -77,7 +77,10 @@ impl Harness {
                 .collect(),
             ..WriteBatch::default()
         };
-        self.store.write_batch(batch).await.expect("write batch");
+        self.store
+            .write_batch(batch.into())
+            .await
+            .expect("write batch");
     }
 
     async fn request(&self, method: Method, uri: &str) -> Reply {
@@ -572,7 +575,7 @@ struct BrokenStore;
 
 #[async_trait::async_trait]
 impl Store for BrokenStore {
-    async fn write_batch(&self, _: WriteBatch) -> Result<(), StoreError> {
+    async fn write_batch(&self, _: std::sync::Arc<WriteBatch>) -> Result<(), StoreError> {
         Err(StoreError::Unavailable("down".into()))
     }
     async fn latest(&self, _: &DeviceId) -> Result<Option<EnrichedPosition>, StoreError> {
@@ -875,15 +878,18 @@ async fn alerts_and_trips_are_served_and_validated() {
         ..VehicleState::default()
     };
     h.store
-        .write_batch(WriteBatch {
-            states: vec![(p.report.device_id.clone(), state)],
-            trips: vec![DeviceTrip {
-                device_id: p.report.device_id.clone(),
-                trip: trip.clone(),
-            }],
-            alerts: vec![alert.clone()],
-            ..WriteBatch::default()
-        })
+        .write_batch(
+            WriteBatch {
+                states: vec![(p.report.device_id.clone(), state)],
+                trips: vec![DeviceTrip {
+                    device_id: p.report.device_id.clone(),
+                    trip: trip.clone(),
+                }],
+                alerts: vec![alert.clone()],
+                ..WriteBatch::default()
+            }
+            .into(),
+        )
         .await
         .expect("write");
 
@@ -1027,16 +1033,19 @@ async fn geofence_crud_validation_and_membership() {
     });
     h.write(&[position("car-1", 1_000, 52.515, 13.4)]).await;
     h.store
-        .write_batch(WriteBatch {
-            states: vec![(DeviceId::parse("car-1").expect("id"), state)],
-            memberships: vec![fleetd_schemas::MembershipChange {
-                fence: depot.clone(),
-                device: DeviceId::parse("car-1").expect("id"),
-                ts_ms: 1_000,
-                entered: true,
-            }],
-            ..WriteBatch::default()
-        })
+        .write_batch(
+            WriteBatch {
+                states: vec![(DeviceId::parse("car-1").expect("id"), state)],
+                memberships: vec![fleetd_schemas::MembershipChange {
+                    fence: depot.clone(),
+                    device: DeviceId::parse("car-1").expect("id"),
+                    ts_ms: 1_000,
+                    entered: true,
+                }],
+                ..WriteBatch::default()
+            }
+            .into(),
+        )
         .await
         .expect("write");
     let inside = h.get("/v1/geofences/depot/vehicles").await.json();

@@ -149,10 +149,11 @@ async fn alerts_published_into_the_hub_stream_in_order_and_resume_exactly_once()
     // Let the pump subscribe before publishing.
     assert!(stream.events(QUIET).await.is_empty());
     h.hub.publish(
-        &[position("car-1", 1, 52.5, 13.4)],
-        &[alert("car-1", None, 1, 52.5, 13.4)],
+        vec![position("car-1", 1, 52.5, 13.4)],
+        vec![alert("car-1", None, 1, 52.5, 13.4)],
     );
-    h.hub.publish(&[], &[alert("car-2", None, 2, 52.5, 13.4)]);
+    h.hub
+        .publish(vec![], vec![alert("car-2", None, 2, 52.5, 13.4)]);
     let events = stream.events(QUIET).await;
     let ids: Vec<u64> = events.iter().filter_map(|e| e.id).collect();
     assert_eq!(ids, [1001, 1002], "positions filtered out: {events:?}");
@@ -175,10 +176,8 @@ async fn alerts_published_into_the_hub_stream_in_order_and_resume_exactly_once()
     for ts in 3..10 {
         let a = alert("car-1", None, ts, 52.5, 13.4);
         expected.push(a.id.clone());
-        h.hub.publish(
-            &[position("car-1", ts, 52.5, 13.4)],
-            std::slice::from_ref(&a),
-        );
+        h.hub
+            .publish(vec![position("car-1", ts, 52.5, 13.4)], vec![a.clone()]);
     }
     let mut stream = Stream::open(&h, "/v1/stream?kinds=alerts", Some(1002)).await;
     let events = stream.events(QUIET).await;
@@ -191,7 +190,8 @@ async fn alerts_published_into_the_hub_stream_in_order_and_resume_exactly_once()
         "every alert in between exactly once, in order"
     );
     // And live ones follow without a duplicate.
-    h.hub.publish(&[], &[alert("car-1", None, 10, 52.5, 13.4)]);
+    h.hub
+        .publish(vec![], vec![alert("car-1", None, 10, 52.5, 13.4)]);
     let events = stream.events(QUIET).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].data["ts_ms"], 10);
@@ -205,12 +205,12 @@ async fn filters_apply_to_alerts_and_positions() {
     fenced.events(QUIET).await;
     boxed.events(QUIET).await;
     h.hub.publish(
-        &[
+        vec![
             position("car-1", 1, 52.5, 13.4),
             position("car-2", 1, 48.8, 2.3),
             position("car-3", 1, 52.5, 13.4),
         ],
-        &[
+        vec![
             alert("car-1", Some("depot"), 1, 52.5, 13.4),
             alert("car-1", Some("yard"), 1, 52.5, 13.4),
             alert("car-2", None, 1, 48.8, 2.3),
@@ -247,7 +247,8 @@ async fn a_resume_past_the_replay_buffer_gets_a_gap_first() {
         ..LiveSettings::default()
     });
     for ts in 0..5 {
-        h.hub.publish(&[], &[alert("car-1", None, ts, 52.5, 13.4)]); // 1000..=1004
+        h.hub
+            .publish(vec![], vec![alert("car-1", None, ts, 52.5, 13.4)]); // 1000..=1004
     }
     let mut stream = Stream::open(&h, "/v1/stream?kinds=alerts&since=1000", None).await;
     let events = stream.events(QUIET).await;

@@ -196,7 +196,10 @@ pub(crate) async fn store_write(
     for batch in batches {
         written += batch.history.len() as u64;
         let started = Instant::now();
-        store.write_batch(batch).await.context("write_batch")?;
+        store
+            .write_batch(batch.into())
+            .await
+            .context("write_batch")?;
         let took = started.elapsed();
         total += took;
         max = max.max(took);

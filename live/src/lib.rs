@@ -302,27 +302,28 @@ impl LiveHub {
     }
 
     /// Publishes one stored batch: its latest positions (one per device) and
-    /// its alerts, in that order. Never blocks on, or waits for, a consumer.
-    pub fn publish(&self, positions: &[EnrichedPosition], alerts: &[Alert]) {
+    /// its alerts, in that order, taking them over (the worker has no more
+    /// use for them). Never blocks on, or waits for, a consumer.
+    pub fn publish(&self, positions: Vec<EnrichedPosition>, alerts: Vec<Alert>) {
         if positions.is_empty() && alerts.is_empty() {
             return;
         }
         let now = Instant::now();
         {
             let mut cells = lock(&self.inner.cells);
-            for p in positions {
+            for p in &positions {
                 cells.update(p, now);
             }
             cells.sweep_if_due(now);
         }
         let published_ms = now_ms();
+        let (n_positions_in, n_alerts_in) = (positions.len(), alerts.len());
         let payloads = positions
-            .iter()
-            .cloned()
+            .into_iter()
             .map(LiveEvent::Position)
-            .chain(alerts.iter().cloned().map(LiveEvent::Alert));
+            .chain(alerts.into_iter().map(LiveEvent::Alert));
         let mut state = lock(&self.inner.state);
-        let mut events = Vec::with_capacity(positions.len() + alerts.len());
+        let mut events = Vec::with_capacity(n_positions_in + n_alerts_in);
         for event in payloads {
             let seq = state.next_seq;
             state.next_seq += 1;
@@ -348,11 +349,11 @@ impl LiveHub {
         drop(state);
         self.inner
             .published
-            .fetch_add((positions.len() + alerts.len()) as u64, Ordering::Relaxed);
+            .fetch_add((n_positions_in + n_alerts_in) as u64, Ordering::Relaxed);
         metrics::counter!("fleetd_live_published_total", "kind" => "position")
-            .increment(positions.len() as u64);
+            .increment(n_positions_in as u64);
         metrics::counter!("fleetd_live_published_total", "kind" => "alert")
-            .increment(alerts.len() as u64);
+            .increment(n_alerts_in as u64);
         metrics::gauge!("fleetd_live_replay_events", "kind" => "position").set(n_positions as f64);
         metrics::gauge!("fleetd_live_replay_events", "kind" => "alert").set(n_alerts as f64);
     }

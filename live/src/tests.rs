@@ -36,11 +36,11 @@ fn sequence_numbers_are_consecutive_and_broadcast_per_batch() {
     let mut sub = hub.subscribe(None, KindSet::ALL);
     assert_eq!(sub.last_seq, 99);
     hub.publish(
-        &[position("a", 1, 52.5, 13.4), position("b", 1, 52.5, 13.4)],
-        &[alert("a", 1)],
+        vec![position("a", 1, 52.5, 13.4), position("b", 1, 52.5, 13.4)],
+        vec![alert("a", 1)],
     );
-    hub.publish(&[position("a", 2, 52.5, 13.4)], &[]);
-    hub.publish(&[], &[]);
+    hub.publish(vec![position("a", 2, 52.5, 13.4)], vec![]);
+    hub.publish(vec![], vec![]);
     let first = sub.receiver.try_recv().expect("first batch");
     assert_eq!(seqs(&first.events), [100, 101, 102]);
     assert_eq!(first.events[2].event.kind(), EventKind::Alert);
@@ -53,9 +53,9 @@ fn sequence_numbers_are_consecutive_and_broadcast_per_batch() {
 #[test]
 fn resume_replays_what_followed_in_order_and_by_kind() {
     let hub = hub(LiveSettings::default());
-    hub.publish(&[position("a", 1, 1.0, 1.0)], &[alert("a", 1)]); // 100, 101
-    hub.publish(&[position("a", 2, 1.0, 1.0)], &[alert("a", 2)]); // 102, 103
-    hub.publish(&[position("a", 3, 1.0, 1.0)], &[]); // 104
+    hub.publish(vec![position("a", 1, 1.0, 1.0)], vec![alert("a", 1)]); // 100, 101
+    hub.publish(vec![position("a", 2, 1.0, 1.0)], vec![alert("a", 2)]); // 102, 103
+    hub.publish(vec![position("a", 3, 1.0, 1.0)], vec![]); // 104
     let sub = hub.subscribe(Some(100), KindSet::ALL);
     assert_eq!(seqs(&sub.replay), [101, 102, 103, 104]);
     assert!(sub.gaps.is_empty());
@@ -76,9 +76,9 @@ fn evicted_events_are_named_as_gaps_per_kind() {
         replay_alerts: 10,
         ..LiveSettings::default()
     });
-    hub.publish(&[position("a", 1, 1.0, 1.0)], &[alert("a", 1)]); // 100 p, 101 a
+    hub.publish(vec![position("a", 1, 1.0, 1.0)], vec![alert("a", 1)]); // 100 p, 101 a
     for ts in 2..=4 {
-        hub.publish(&[position("a", ts, 1.0, 1.0)], &[]); // 102, 103, 104
+        hub.publish(vec![position("a", ts, 1.0, 1.0)], vec![]); // 102, 103, 104
     }
     // Positions 100 and 102 were evicted; the alert is still there.
     let sub = hub.subscribe(Some(99), KindSet::ALL);
@@ -109,9 +109,9 @@ fn old_events_expire_by_age() {
         replay_age: Duration::from_millis(30),
         ..LiveSettings::default()
     });
-    hub.publish(&[], &[alert("a", 1)]); // 100
+    hub.publish(vec![], vec![alert("a", 1)]); // 100
     std::thread::sleep(Duration::from_millis(60));
-    hub.publish(&[], &[alert("a", 2)]); // 101
+    hub.publish(vec![], vec![alert("a", 2)]); // 101
     let sub = hub.subscribe(Some(99), KindSet::ALL);
     assert_eq!(seqs(&sub.replay), [101]);
     assert_eq!(sub.gaps.len(), 1);
@@ -124,7 +124,7 @@ fn old_events_expire_by_age() {
 #[test]
 fn ids_from_before_start_or_from_the_future_are_gaps() {
     let hub = hub(LiveSettings::default());
-    hub.publish(&[], &[alert("a", 1)]); // 100
+    hub.publish(vec![], vec![alert("a", 1)]); // 100
     let sub = hub.subscribe(Some(42), KindSet::ALL);
     assert_eq!(sub.gaps.len(), 2);
     assert!(
@@ -141,7 +141,7 @@ fn ids_from_before_start_or_from_the_future_are_gaps() {
 #[test]
 fn new_hubs_number_after_older_processes() {
     let a = LiveHub::new(LiveSettings::default());
-    a.publish(&[], &[alert("a", 1)]);
+    a.publish(vec![], vec![alert("a", 1)]);
     let last = a.subscribe(None, KindSet::ALL).last_seq;
     std::thread::sleep(Duration::from_millis(2));
     let b = LiveHub::new(LiveSettings::default());
@@ -156,7 +156,7 @@ fn a_slow_receiver_lags_without_slowing_publish() {
     });
     let mut sub = hub.subscribe(None, KindSet::ALL);
     for ts in 0..5 {
-        hub.publish(&[position("a", ts, 1.0, 1.0)], &[]);
+        hub.publish(vec![position("a", ts, 1.0, 1.0)], vec![]);
     }
     assert!(matches!(
         sub.receiver.try_recv(),
@@ -177,7 +177,7 @@ fn replay_and_live_meet_without_gap_or_overlap_under_concurrent_publish() {
         let hub = hub.clone();
         std::thread::spawn(move || {
             for ts in 0..2000 {
-                hub.publish(&[], &[alert("a", ts)]);
+                hub.publish(vec![], vec![alert("a", ts)]);
             }
         })
     };
@@ -226,7 +226,7 @@ fn cell_counts_follow_moving_devices_at_every_resolution() {
             batch.push(position(d, round, lat, lon));
             latest.insert((*d).to_owned(), (lat, lon));
         }
-        hub.publish(&batch, &[]);
+        hub.publish(batch.clone(), vec![]);
     }
     for res in CELL_RESOLUTIONS {
         let res = Resolution::try_from(res).expect("res");
@@ -244,12 +244,12 @@ fn cell_counts_follow_moving_devices_at_every_resolution() {
 fn cell_queries_filter_by_bbox_and_limit() {
     let hub = hub(LiveSettings::default());
     hub.publish(
-        &[
+        vec![
             position("a", 1, 52.52, 13.40),
             position("b", 1, 52.52, 13.40),
             position("c", 1, 48.85, 2.35),
         ],
-        &[],
+        vec![],
     );
     let berlin = BBox {
         min_lon: 13.0,
@@ -276,7 +276,7 @@ fn silent_devices_leave_the_counts_and_seeded_ones_count() {
     hub.seed(&[position("old", 1, 52.52, 13.40)]);
     assert_eq!(lock(&hub.inner.cells).devices(), 1);
     std::thread::sleep(Duration::from_millis(80));
-    hub.publish(&[position("new", 2, 52.52, 13.40)], &[]);
+    hub.publish(vec![position("new", 2, 52.52, 13.40)], vec![]);
     let answer = hub.cells(Resolution::Nine, None, 10).expect("served");
     assert_eq!(answer.vehicles, 1);
     assert_eq!(lock(&hub.inner.cells).devices(), 1);

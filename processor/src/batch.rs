@@ -127,35 +127,32 @@ pub fn process_batch(
     let vs = &settings.vehicle;
     let mut outcome = BatchOutcome::default();
     outcome.write.history.reserve(reports.len());
-    let mut start = 0;
-    while start < reports.len() {
-        let device = reports[start].device_id.clone();
-        let end = start
-            + reports[start..]
-                .iter()
-                .position(|r| r.device_id != device)
-                .unwrap_or(reports.len() - start);
+    // Reports move into their positions: no copy per fix.
+    let mut reports = reports.into_iter().peekable();
+    while let Some(first) = reports.peek() {
+        let device = first.device_id.clone();
         let ds = state.devices.entry(device.clone()).or_default();
         let previous_cell = ds.latest.map(|l| l.area_cell);
         let mut new_latest = None;
-        for report in &reports[start..end] {
+        while let Some(report) = reports.next_if(|r| r.device_id == device) {
             // Silence is counted from the last arrival, not from the last
             // fix applied, which trails it by up to the reorder allowance.
             ds.vehicle.last_seen_ms = ds.vehicle.last_seen_ms.max(report.received_ms);
             let Some(h3) = cells(report.lat, report.lon, settings.detail_res) else {
                 continue;
             };
+            let ts_ms = report.ts_ms;
             let mut position = EnrichedPosition {
-                report: report.clone(),
+                report,
                 h3,
                 speed_derived: false,
                 heading_derived: false,
                 flag: None,
             };
-            match ds.reorder.classify(report.ts_ms, ds.vehicle.ts_ms) {
+            match ds.reorder.classify(ts_ms, ds.vehicle.ts_ms) {
                 Admission::Duplicate => {
                     outcome.filter(RejectReason::Duplicate, &device, ctx.now_ms, || {
-                        format!("a fix at ts_ms {} was already received", report.ts_ms)
+                        format!("a fix at ts_ms {ts_ms} was already received")
                     });
                 }
                 Admission::TooLate => {
@@ -164,8 +161,8 @@ pub fn process_batch(
                         format!(
                             "ts_ms {} is {} ms older than the newest applied fix, beyond the \
                              reorder allowance of {} ms; kept in history only",
-                            report.ts_ms,
-                            applied - report.ts_ms,
+                            ts_ms,
+                            applied - ts_ms,
                             vs.reorder_ms
                         )
                     });
@@ -189,7 +186,6 @@ pub fn process_batch(
         if !ds.reorder.is_empty() {
             state.buffered.insert(device);
         }
-        start = end;
     }
 
     let registry = ctx.registry.read();

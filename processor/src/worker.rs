@@ -169,33 +169,34 @@ async fn flush(
     metrics::counter!("fleetd_trips_closed_total").increment(write.trips.len() as u64);
     metrics::histogram!("fleetd_batch_positions").record(n_in as f64);
     // Batches that only waited on the reorder allowance have nothing to say.
-    let stored = !write.is_empty()
-        && write_with_retry(partition, &*ports.store, &write, settings.store_retry_max).await;
-    // A dropped batch is counted in fleetd_store_dropped_positions_total
-    // only: it was neither stored nor delivered.
-    if stored {
-        publish_live(&ports.live, &write);
-        let stored_ms = now_ms();
-        // One handle per batch: looking a histogram up costs a registry
-        // hash per call, and these record per position.
-        let ingest_to_store = metrics::histogram!("fleetd_ingest_to_store_seconds");
-        for p in &write.history {
-            ingest_to_store.record((stored_ms - p.report.received_ms).max(0) as f64 / 1000.0);
+    let n_history = write.history.len();
+    let (n_latest, n_alerts) = (write.latest.len(), write.alerts.len());
+    let stored = if write.is_empty() {
+        false
+    } else {
+        let write = Arc::new(write);
+        let stored =
+            write_with_retry(partition, &*ports.store, &write, settings.store_retry_max).await;
+        // A dropped batch is counted in fleetd_store_dropped_positions_total
+        // only: it was neither stored nor delivered.
+        if stored {
+            record_lag(&write);
+            metrics::counter!("fleetd_positions_stored_total").increment(n_history as u64);
+            // The store has let go of its reference: the batch moves on to
+            // the live streams without a copy.
+            let write = Arc::try_unwrap(write).unwrap_or_else(|shared| (*shared).clone());
+            publish_live(&ports.live, write);
         }
-        let event_lag = metrics::histogram!("fleetd_event_lag_seconds");
-        for u in &write.latest {
-            event_lag.record((stored_ms - u.position.report.ts_ms).max(0) as f64 / 1000.0);
-        }
-        metrics::counter!("fleetd_positions_stored_total").increment(write.history.len() as u64);
-    }
+        stored
+    };
     metrics::histogram!("fleetd_batch_process_seconds").record(processed_at.as_secs_f64());
     metrics::histogram!("fleetd_batch_duration_seconds").record(started.elapsed().as_secs_f64());
     tracing::debug!(
         partition,
         positions = n_in,
-        stored = if stored { write.history.len() } else { 0 },
-        latest = write.latest.len(),
-        alerts = write.alerts.len(),
+        stored = if stored { n_history } else { 0 },
+        latest = n_latest,
+        alerts = n_alerts,
         duplicates,
         late,
         ms = started.elapsed().as_millis() as u64,
@@ -204,12 +205,28 @@ async fn flush(
     state
 }
 
+/// Records how long the batch's positions took from ingest to the store and
+/// from the device to the store.
+fn record_lag(write: &WriteBatch) {
+    let stored_ms = now_ms();
+    // One handle per batch: looking a histogram up costs a registry hash
+    // per call, and these record per position.
+    let ingest_to_store = metrics::histogram!("fleetd_ingest_to_store_seconds");
+    for p in &write.history {
+        ingest_to_store.record((stored_ms - p.report.received_ms).max(0) as f64 / 1000.0);
+    }
+    let event_lag = metrics::histogram!("fleetd_event_lag_seconds");
+    for u in &write.latest {
+        event_lag.record((stored_ms - u.position.report.ts_ms).max(0) as f64 / 1000.0);
+    }
+}
+
 /// Hands the stored batch to live streams: its latest positions (one per
 /// device) and its alerts. Only stored batches are published, so a stream
 /// never shows what a query cannot find. Never blocks on a consumer.
-fn publish_live(live: &LiveHub, write: &WriteBatch) {
-    let latest: Vec<_> = write.latest.iter().map(|u| u.position.clone()).collect();
-    live.publish(&latest, &write.alerts);
+fn publish_live(live: &LiveHub, write: WriteBatch) {
+    let latest = write.latest.into_iter().map(|u| u.position).collect();
+    live.publish(latest, write.alerts);
 }
 
 /// Writes a batch, retrying with exponential backoff (writes are
@@ -218,17 +235,16 @@ fn publish_live(live: &LiveHub, write: &WriteBatch) {
 /// After `max_attempts` failures the batch is dropped and counted, and
 /// `false` is returned.
 ///
-/// Each attempt hands the store its own copy (the caller keeps the batch
-/// for lag metrics); a copy costs ~1% of one core at 100k positions/s.
+/// Every attempt shares the one batch.
 async fn write_with_retry(
     partition: usize,
     store: &dyn Store,
-    batch: &WriteBatch,
+    batch: &Arc<WriteBatch>,
     max_attempts: u32,
 ) -> bool {
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=max_attempts {
-        match store.write_batch(batch.clone()).await {
+        match store.write_batch(Arc::clone(batch)).await {
             Ok(()) => return true,
             Err(e) if attempt < max_attempts => {
                 metrics::counter!("fleetd_store_write_retries_total").increment(1);

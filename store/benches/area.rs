@@ -72,7 +72,7 @@ fn near(c: &mut Criterion) {
                     .collect(),
                 ..WriteBatch::default()
             };
-            store.write_batch(batch).await.expect("write");
+            store.write_batch(batch.into()).await.expect("write");
         }
     });
     let queries: Vec<AreaQuery> = (0..256)

@@ -125,7 +125,7 @@ impl fmt::Debug for FjallStore {
 
 #[async_trait]
 impl Store for FjallStore {
-    async fn write_batch(&self, batch: WriteBatch) -> Result<(), StoreError> {
+    async fn write_batch(&self, batch: Arc<WriteBatch>) -> Result<(), StoreError> {
         let started = Instant::now();
         let (history_rows, latest_rows) = self.blocking(move |inner| inner.write(&batch)).await?;
         metrics::histogram!("fleetd_store_write_seconds").record(started.elapsed().as_secs_f64());

@@ -27,6 +27,8 @@ mod keys;
 mod registry;
 pub mod scylla;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use fleetd_schemas::{
     Alert, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, GeofenceId,
@@ -272,8 +274,9 @@ pub struct MemberPage {
 pub trait Store: Send + Sync + 'static {
     /// Writes one micro-batch: history rows, latest positions and the area
     /// index. Called by one processor partition at a time per device, so a
-    /// device's writes never race each other.
-    async fn write_batch(&self, batch: WriteBatch) -> Result<(), StoreError>;
+    /// device's writes never race each other. Shared, not copied: the caller
+    /// retries the same batch after an error and publishes it afterwards.
+    async fn write_batch(&self, batch: Arc<WriteBatch>) -> Result<(), StoreError>;
 
     /// The latest position of `device`, or `None` if it never reported.
     async fn latest(&self, device: &DeviceId) -> Result<Option<EnrichedPosition>, StoreError>;

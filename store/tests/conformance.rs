@@ -164,7 +164,7 @@ async fn latest_round_trips_every_field() {
         let truck = position("truck-1", 1_700_000_000_000, 52.52, 13.405);
         let phone = position("alice/phone", 1_700_000_001_000, -33.86, 151.21);
         store
-            .write_batch(latest_of(&[truck.clone(), phone.clone()]))
+            .write_batch(latest_of(&[truck.clone(), phone.clone()]).into())
             .await
             .expect("write");
         assert_eq!(
@@ -203,15 +203,18 @@ async fn history_pages_cover_every_row_once_across_days() {
             .map(|i| position("bus-7", start + i * (day_ms / 10), 48.1, 11.5))
             .collect();
         store
-            .write_batch(latest_of(&rows[..15]))
+            .write_batch(latest_of(&rows[..15]).into())
             .await
             .expect("write");
         store
-            .write_batch(WriteBatch {
-                history: rows[15..].to_vec(),
-                latest: vec![],
-                ..WriteBatch::default()
-            })
+            .write_batch(
+                WriteBatch {
+                    history: rows[15..].to_vec(),
+                    latest: vec![],
+                    ..WriteBatch::default()
+                }
+                .into(),
+            )
             .await
             .expect("write");
 
@@ -272,19 +275,25 @@ async fn rewriting_a_timestamp_replaces_the_row() {
         let mut again = first.clone();
         again.report.lat = 40.001;
         store
-            .write_batch(WriteBatch {
-                history: vec![first],
-                latest: vec![],
-                ..WriteBatch::default()
-            })
+            .write_batch(
+                WriteBatch {
+                    history: vec![first],
+                    latest: vec![],
+                    ..WriteBatch::default()
+                }
+                .into(),
+            )
             .await
             .expect("write");
         store
-            .write_batch(WriteBatch {
-                history: vec![again.clone()],
-                latest: vec![],
-                ..WriteBatch::default()
-            })
+            .write_batch(
+                WriteBatch {
+                    history: vec![again.clone()],
+                    latest: vec![],
+                    ..WriteBatch::default()
+                }
+                .into(),
+            )
             .await
             .expect("write");
         let page = store
@@ -350,7 +359,10 @@ async fn area_queries_find_exactly_the_devices_inside() {
             position("d", ts, 52.3900, 13.0650),
             position("e", ts, -33.8600, 151.2100),
         ];
-        store.write_batch(latest_of(&fleet)).await.expect("write");
+        store
+            .write_batch(latest_of(&fleet).into())
+            .await
+            .expect("write");
         let near = AreaQuery::Near {
             lat: 52.52,
             lon: 13.405,
@@ -406,7 +418,7 @@ async fn a_moving_device_leaves_its_old_area() {
         let store = &*b.store;
         let before = position("van-1", 1_700_000_000_000, 52.52, 13.405);
         store
-            .write_batch(latest_of(std::slice::from_ref(&before)))
+            .write_batch(latest_of(std::slice::from_ref(&before)).into())
             .await
             .expect("write");
         let after = position("van-1", 1_700_000_060_000, 52.40, 13.07);
@@ -418,7 +430,7 @@ async fn a_moving_device_leaves_its_old_area() {
             }],
             ..WriteBatch::default()
         };
-        store.write_batch(moved).await.expect("write");
+        store.write_batch(moved.into()).await.expect("write");
         let old_area = AreaQuery::Near {
             lat: 52.52,
             lon: 13.405,
@@ -520,7 +532,7 @@ async fn vehicle_state_trips_and_registry_round_trip() {
                 .collect(),
             ..WriteBatch::default()
         };
-        b.store.write_batch(batch).await.expect("write");
+        b.store.write_batch(batch.into()).await.expect("write");
         let got = b.store.vehicle_state(&id("car-1")).await.expect("read");
         assert_eq!(got.as_ref(), Some(&state), "{}", b.name);
         assert_eq!(
@@ -624,7 +636,7 @@ async fn alerts_are_newest_first_filtered_and_paged() {
             alerts: alerts.iter().cloned().chain([alerts[3].clone()]).collect(),
             ..WriteBatch::default()
         };
-        b.store.write_batch(batch).await.expect("write");
+        b.store.write_batch(batch.into()).await.expect("write");
 
         let all_pages = |mut q: AlertQuery| {
             let store = Arc::clone(&b.store);
@@ -688,10 +700,13 @@ async fn flagged_positions_keep_their_flag() {
         let mut p = position("flagged-1", now, 52.52, 13.405);
         p.flag = Some(RejectReason::Teleport);
         b.store
-            .write_batch(WriteBatch {
-                history: vec![p.clone()],
-                ..WriteBatch::default()
-            })
+            .write_batch(
+                WriteBatch {
+                    history: vec![p.clone()],
+                    ..WriteBatch::default()
+                }
+                .into(),
+            )
             .await
             .expect("write");
         let page = b
@@ -781,7 +796,7 @@ async fn geofences_and_their_members() {
             ],
             ..WriteBatch::default()
         };
-        s.write_batch(batch).await.expect("write");
+        s.write_batch(batch.into()).await.expect("write");
         assert_eq!(
             members(s, "depot").await,
             [
@@ -795,7 +810,7 @@ async fn geofences_and_their_members() {
             memberships: vec![membership("depot", "car-2", now, false)],
             ..WriteBatch::default()
         };
-        s.write_batch(exit).await.expect("write");
+        s.write_batch(exit.into()).await.expect("write");
         let depot_members: Vec<String> =
             members(s, "depot").await.into_iter().map(|m| m.0).collect();
         assert_eq!(depot_members, ["car-1", "car-3"], "{name}");

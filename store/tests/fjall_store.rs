@@ -64,7 +64,7 @@ async fn round_trip_survives_reopen() {
             latest: vec![new_latest(&truck_2), new_latest(&phone)],
             ..WriteBatch::default()
         };
-        store.write_batch(batch).await.expect("write");
+        store.write_batch(batch.into()).await.expect("write");
         assert_eq!(
             store.latest(&id("truck-1")).await.expect("latest"),
             Some(truck_2.clone())
@@ -120,11 +120,14 @@ async fn moving_device_leaves_its_old_area() {
     };
 
     store
-        .write_batch(WriteBatch {
-            history: vec![berlin.clone()],
-            latest: vec![new_latest(&berlin)],
-            ..WriteBatch::default()
-        })
+        .write_batch(
+            WriteBatch {
+                history: vec![berlin.clone()],
+                latest: vec![new_latest(&berlin)],
+                ..WriteBatch::default()
+            }
+            .into(),
+        )
         .await
         .expect("write");
     assert_eq!(
@@ -147,11 +150,14 @@ async fn moving_device_leaves_its_old_area() {
         previous_area_cell: Some(berlin.h3.area),
     };
     store
-        .write_batch(WriteBatch {
-            history: vec![munich.clone()],
-            latest: vec![moved],
-            ..WriteBatch::default()
-        })
+        .write_batch(
+            WriteBatch {
+                history: vec![munich.clone()],
+                latest: vec![moved],
+                ..WriteBatch::default()
+            }
+            .into(),
+        )
         .await
         .expect("write");
     assert_eq!(
@@ -185,11 +191,14 @@ async fn moving_device_leaves_its_old_area() {
         previous_area_cell: Some(munich.h3.area),
     };
     store
-        .write_batch(WriteBatch {
-            history: vec![],
-            latest: vec![same_cell],
-            ..WriteBatch::default()
-        })
+        .write_batch(
+            WriteBatch {
+                history: vec![],
+                latest: vec![same_cell],
+                ..WriteBatch::default()
+            }
+            .into(),
+        )
         .await
         .expect("write");
     assert_eq!(
@@ -273,7 +282,7 @@ async fn area_queries_match_brute_force() {
         latest: all.iter().map(new_latest).collect(),
         ..WriteBatch::default()
     };
-    store.write_batch(batch).await.expect("write");
+    store.write_batch(batch.into()).await.expect("write");
 
     let mut queries = vec![
         // Berlin, from a street corner to the whole region.
@@ -453,11 +462,14 @@ async fn history_pages_return_every_row_once_in_order() {
     history.extend(times.iter().map(|&ts| position("bus0", ts, 52.5, 13.4)));
     history.reverse();
     store
-        .write_batch(WriteBatch {
-            history,
-            latest: vec![],
-            ..WriteBatch::default()
-        })
+        .write_batch(
+            WriteBatch {
+                history,
+                latest: vec![],
+                ..WriteBatch::default()
+            }
+            .into(),
+        )
         .await
         .expect("write");
     times.sort_unstable();
@@ -518,19 +530,25 @@ async fn rewriting_a_timestamp_replaces_the_row() {
     let first = position("car", 5_000, 52.5, 13.4);
     let second = position("car", 5_000, 52.6, 13.5);
     store
-        .write_batch(WriteBatch {
-            history: vec![first],
-            latest: vec![],
-            ..WriteBatch::default()
-        })
+        .write_batch(
+            WriteBatch {
+                history: vec![first],
+                latest: vec![],
+                ..WriteBatch::default()
+            }
+            .into(),
+        )
         .await
         .expect("write");
     store
-        .write_batch(WriteBatch {
-            history: vec![second.clone()],
-            latest: vec![],
-            ..WriteBatch::default()
-        })
+        .write_batch(
+            WriteBatch {
+                history: vec![second.clone()],
+                latest: vec![],
+                ..WriteBatch::default()
+            }
+            .into(),
+        )
         .await
         .expect("write");
     let page = store
@@ -545,11 +563,14 @@ async fn malformed_cursor_is_an_invalid_query() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(&dir);
     store
-        .write_batch(WriteBatch {
-            history: vec![position("car", 1, 0.0, 0.0)],
-            latest: vec![],
-            ..WriteBatch::default()
-        })
+        .write_batch(
+            WriteBatch {
+                history: vec![position("car", 1, 0.0, 0.0)],
+                latest: vec![],
+                ..WriteBatch::default()
+            }
+            .into(),
+        )
         .await
         .expect("write");
     for cursor in ["", "not-a-cursor", "12345", "zzzzzzzzzzzzzzzz"] {

@@ -113,7 +113,10 @@ async fn micro_batch_binds_the_expected_values() {
         ..WriteBatch::default()
     };
     let minute_before = now_minute();
-    store.write_batch(batch).await.expect("batch written");
+    store
+        .write_batch(batch.into())
+        .await
+        .expect("batch written");
     let minute_after = now_minute();
 
     let executed = fake.executed();
@@ -201,7 +204,7 @@ async fn forged_overload_and_timeout_are_retried() {
         ..WriteBatch::default()
     };
     store
-        .write_batch(batch)
+        .write_batch(batch.into())
         .await
         .expect("retried until it succeeded");
     let mut forged = 0;
@@ -233,7 +236,7 @@ async fn unavailability_is_a_clear_error_and_not_ready() {
     };
     let started = Instant::now();
     let err = store
-        .write_batch(batch.clone())
+        .write_batch(batch.clone().into())
         .await
         .expect_err("cluster is unavailable");
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
@@ -258,7 +261,7 @@ async fn unavailability_is_a_clear_error_and_not_ready() {
         RequestReaction::forge_with_error(example_db_errors::invalid()),
     )]);
     let err = store
-        .write_batch(batch.clone())
+        .write_batch(batch.clone().into())
         .await
         .expect_err("rejected");
     assert!(matches!(err, StoreError::Scylla(_)), "{err:?}");
@@ -266,7 +269,7 @@ async fn unavailability_is_a_clear_error_and_not_ready() {
     // The node recovers: so do the store and its readiness.
     fake.reset_rules();
     store.ready().await.expect("ready again");
-    store.write_batch(batch).await.expect("writes again");
+    store.write_batch(batch.into()).await.expect("writes again");
     let _ = fake.proxy.finish().await;
 }
 
@@ -280,7 +283,7 @@ async fn a_node_that_goes_away_fails_writes_and_readiness() {
         latest: vec![],
         ..WriteBatch::default()
     };
-    let err = store.write_batch(batch).await.expect_err("no node");
+    let err = store.write_batch(batch.into()).await.expect_err("no node");
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     assert!(store.ready().await.is_err());
 }
@@ -393,7 +396,7 @@ async fn a_batch_keeps_at_most_max_inflight_statements_in_flight() {
     };
     let writer = tokio::spawn({
         let store = store.clone();
-        async move { store.write_batch(batch).await }
+        async move { store.write_batch(batch.into()).await }
     });
     let mut arrived = 0;
     while arrived < MAX_INFLIGHT {

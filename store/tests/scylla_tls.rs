@@ -198,7 +198,7 @@ async fn writes_through(store: &ScyllaStore, fake: &FakeScylla, device: &str) {
         ..WriteBatch::default()
     };
     store
-        .write_batch(batch)
+        .write_batch(batch.into())
         .await
         .expect("batch written over TLS");
     let executed = fake.executed();

@@ -236,7 +236,7 @@ impl ScyllaStore {
 
 #[async_trait]
 impl Store for ScyllaStore {
-    async fn write_batch(&self, batch: WriteBatch) -> Result<(), StoreError> {
+    async fn write_batch(&self, batch: Arc<WriteBatch>) -> Result<(), StoreError> {
         let started = Instant::now();
         let st = &self.inner.statements;
         let minute = minute_of(wall_clock_ms());
