@@ -16,7 +16,7 @@ import random
 import subprocess
 import sys
 
-# The bench's grid city is centred here (fleetd bench, src/bench/store.rs).
+# The bench's grid city is centred here (fleetd bench, bench/src/store.rs).
 CENTER_LAT, CENTER_LON = 52.52, 13.405
 RADIUS_M = 1000
 LIMIT = 1000
