@@ -8,15 +8,22 @@
 //! 1. **Gate** ([`gate`]): poor accuracy and teleports are flagged and not
 //!    applied; a run of agreeing teleports relocates the vehicle.
 //! 2. **Motion**: the state keeps an *anchor*, the first fix of a run of
-//!    fixes that all stay within the stop radius of it. A run lasting
-//!    `stopped_after` makes the vehicle `stopped` at the anchor (the run's
-//!    distance was noise and leaves the odometer); lasting `trip_end` ends
-//!    the trip at the anchor. A shorter run is movement and its distance
-//!    counts. A stopped vehicle, or one not yet seen moving, moves only
-//!    after `depart_fixes` consecutive fixes outside the radius (of the
-//!    anchor, and once stopped also of the mean of the fixes that made it a
-//!    stop); fixes inside a stop are `stationary_jitter` and add no
-//!    distance.
+//!    fixes that all stay within the stop radius of it. A fix of the run
+//!    that, with the fix before it, lies 3 × its accuracy (at least 3 m)
+//!    from the anchor confirms a move ([`moved`]): the run starts over there
+//!    and keeps the way it moved, the rest of its path being noise. A run
+//!    with no confirmed move lasting `stopped_after` makes the vehicle
+//!    `stopped` at the anchor (its path was noise and leaves the odometer);
+//!    lasting `trip_end` ends the trip at the anchor. So a car creeping in
+//!    a queue or driving round a car park keeps its way, and a shorter run
+//!    is movement and counts. A stopped vehicle, or one not yet seen
+//!    moving, moves after `depart_fixes` consecutive fixes outside the
+//!    radius (of the anchor, and once stopped also of the mean of the fixes
+//!    that made it a stop), or after a confirmed move (from the anchor, or
+//!    once stopped from that mean); the way out counts from the anchor.
+//!    Other fixes inside a stop are `stationary_jitter` and add no
+//!    distance. A fix without an accuracy confirms nothing: without one,
+//!    noise and creep cannot be told apart.
 //! 3. **Trips** run from the last fix at one stop to the first fix of the
 //!    next; a trip shorter than `min_trip_m` is forgotten.
 //! 4. **Silence**: a device that sends nothing for `trip_end` is taken to
@@ -50,8 +57,8 @@ const MOVE_ACCURACY_FACTOR: f64 = 3.0;
 
 /// The smallest move that confirms movement, however accurate the fix
 /// claims to be: at a standstill even an RTK receiver wanders (the
-/// Vincennes RTK car of `tests/data/traces/`, stated to 1–5 cm, drifts by
-/// 1–2 m over a 3-minute stand).
+/// Vincennes RTK car of `tests/data/traces/` scatters with a 68% radius of
+/// 0.6–2 m over its stands).
 const MIN_MOVE_M: f64 = 3.0;
 
 /// The registry facts that apply to one device during a batch.
@@ -424,7 +431,7 @@ fn step_motion(
 }
 
 /// The vehicle has left: `depart_fixes` fixes in a row outside the radius,
-/// or, not yet seen moving, a fix that confirms a move, the newest `fix`.
+/// or a fix that confirms a move, the newest `fix`.
 /// From a stop, the trip starts at the last fix within the radius and
 /// counts the way from the stop's first fix. A vehicle first seen already
 /// moving starts its trip where it was first seen, and the way it came
