@@ -8,15 +8,22 @@
 //! 1. **Gate** ([`gate`]): poor accuracy and teleports are flagged and not
 //!    applied; a run of agreeing teleports relocates the vehicle.
 //! 2. **Motion**: the state keeps an *anchor*, the first fix of a run of
-//!    fixes that all stay within the stop radius of it. A run lasting
-//!    `stopped_after` makes the vehicle `stopped` at the anchor (the run's
-//!    distance was noise and leaves the odometer); lasting `trip_end` ends
-//!    the trip at the anchor. A shorter run is movement and its distance
-//!    counts. A stopped vehicle, or one not yet seen moving, moves only
-//!    after `depart_fixes` consecutive fixes outside the radius (of the
-//!    anchor, and once stopped also of the mean of the fixes that made it a
-//!    stop); fixes inside a stop are `stationary_jitter` and add no
-//!    distance.
+//!    fixes that all stay within the stop radius of it. A fix of the run
+//!    that, with the fix before it, lies 3 × its accuracy (at least 3 m)
+//!    from the anchor confirms a move ([`moved`]): the run starts over there
+//!    and keeps the way it moved, the rest of its path being noise. A run
+//!    with no confirmed move lasting `stopped_after` makes the vehicle
+//!    `stopped` at the anchor (its path was noise and leaves the odometer);
+//!    lasting `trip_end` ends the trip at the anchor. So a car creeping in
+//!    a queue or driving round a car park keeps its way, and a shorter run
+//!    is movement and counts. A stopped vehicle, or one not yet seen
+//!    moving, moves after `depart_fixes` consecutive fixes outside the
+//!    radius (of the anchor, and once stopped also of the mean of the fixes
+//!    that made it a stop), or after a confirmed move (from the anchor, or
+//!    once stopped from that mean); the way out counts from the anchor.
+//!    Other fixes inside a stop are `stationary_jitter` and add no
+//!    distance. A fix without an accuracy confirms nothing: without one,
+//!    noise and creep cannot be told apart.
 //! 3. **Trips** run from the last fix at one stop to the first fix of the
 //!    next; a trip shorter than `min_trip_m` is forgotten.
 //! 4. **Silence**: a device that sends nothing for `trip_end` is taken to
@@ -40,6 +47,19 @@ use gate::Verdict;
 /// Movement below this is not used to derive a heading: the bearing of a
 /// few metres of GPS noise is meaningless.
 const MIN_HEADING_DISTANCE_M: f64 = 3.0;
+
+/// A run restarts where a fix confirms movement: this many times the fix's
+/// accuracy from the run's first fix. Two fixes of a standing device are
+/// that far apart less than once in a hundred (Gaussian errors whose 68%
+/// radius is the stated accuracy), and the previous fix must be that far
+/// too, so noise almost never confirms a move.
+const MOVE_ACCURACY_FACTOR: f64 = 3.0;
+
+/// The smallest move that confirms movement, however accurate the fix
+/// claims to be: at a standstill even an RTK receiver wanders (the
+/// Vincennes RTK car of `tests/data/traces/` scatters with a 68% radius of
+/// 0.6–2 m over its stands).
+const MIN_MOVE_M: f64 = 3.0;
 
 /// The registry facts that apply to one device during a batch.
 #[derive(Debug, Clone, Copy, Default)]
@@ -120,14 +140,22 @@ pub(crate) fn apply(
         }
         _ => 0.0,
     };
+    let accuracy = position.report.accuracy_m.map(f64::from);
     let radius = settings
         .stop_radius_m
-        .max(settings.accuracy_factor * position.report.accuracy_m.map_or(0.0, f64::from));
+        .max(settings.accuracy_factor * accuracy.unwrap_or(0.0));
+    let min_move = accuracy.map(|a| (MOVE_ACCURACY_FACTOR * a).max(MIN_MOVE_M));
     let flag = if relocated {
         relocate(state, fix);
         None
     } else {
-        step_motion(state, fix, seg_m, radius, settings, effects)
+        let step = Step {
+            fix,
+            seg_m,
+            radius,
+            min_move,
+        };
+        step_motion(state, step, settings, effects)
     };
     position.flag = flag;
     if state.motion == Motion::Moving && flag.is_none() {
@@ -182,6 +210,20 @@ fn new_anchor(fix: Fix) -> Anchor {
     }
 }
 
+/// One accepted fix as the motion rules see it.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    fix: Fix,
+    /// Metres from the previous accepted fix.
+    seg_m: f64,
+    /// Within this of where the vehicle stands, it counts as standing there.
+    radius: f64,
+    /// A displacement that confirms movement rather than noise (see
+    /// [`moved`]); `None` for a fix that states no accuracy, which confirms
+    /// nothing.
+    min_move: Option<f64>,
+}
+
 /// Adds `fix`, `seg_m` metres from the previous fix, to the anchor's run.
 /// The mean follows the run until the vehicle is stopped, then stays: the
 /// stop's centre is where the fixes that made it a stop were, and later
@@ -200,6 +242,34 @@ fn extend(anchor: &mut Anchor, fix: Fix, seg_m: f64, stopped: bool) {
         lat + (fix.lat - lat) / n,
         wrap_lon(lon + wrap_lon(fix.lon - lon) / n),
     ));
+}
+
+/// Whether `step.fix` confirms that the vehicle moved during the run: it
+/// is `min_move` or more from `from`, and so was the previous fix `last`
+/// (a lone far fix followed by one back near is an outlier). `from` is the
+/// run's first fix, or for a stop its centre. Returns the way the vehicle
+/// moved: from the run's first fix `base` to the previous fix, then to this
+/// one. The rest of the run's path was noise around those points (a run's
+/// path can be far longer than its way when its fixes scatter). A car
+/// creeping in a queue or turning in a yard confirms a move every few
+/// accuracies, so it never becomes a stop and keeps its way; a standing
+/// car's fixes stay within a few accuracies of each other and confirm
+/// nothing.
+fn moved(from: (f64, f64), base: Fix, last: Option<Fix>, step: Step) -> Option<f64> {
+    let min_move = step.min_move?;
+    let last = last?;
+    let (lat, lon) = from;
+    if distance_m(lat, lon, step.fix.lat, step.fix.lon) < min_move
+        || distance_m(lat, lon, last.lat, last.lon) < min_move
+    {
+        return None;
+    }
+    Some(geodesic_m(base.lat, base.lon, last.lat, last.lon) + step.seg_m)
+}
+
+/// [`moved`] within the run of `anchor`.
+fn moved_in_run(anchor: &Anchor, last: Option<Fix>, step: Step) -> Option<f64> {
+    moved((anchor.fix.lat, anchor.fix.lon), anchor.fix, last, step)
 }
 
 /// A longitude brought back into [-180, 180) (means across the antimeridian).
@@ -221,23 +291,34 @@ fn inside(state: &VehicleState, fix: Fix, radius: f64) -> bool {
     near((a.fix.lat, a.fix.lon)) || (state.motion == Motion::Stopped && a.mean.is_some_and(near))
 }
 
-/// Advances motion, odometer and trip by one accepted fix `seg_m` metres
-/// from the previous one; returns the jitter flag when the fix is noise.
+/// Advances motion, odometer and trip by one accepted fix `step.seg_m`
+/// metres from the previous one; returns the jitter flag when the fix is
+/// noise.
 fn step_motion(
     state: &mut VehicleState,
-    fix: Fix,
-    seg_m: f64,
-    radius: f64,
+    step: Step,
     settings: &VehicleSettings,
     effects: &mut Effects,
 ) -> Option<RejectReason> {
+    let Step {
+        fix, seg_m, radius, ..
+    } = step;
     let is_inside = inside(state, fix, radius);
     match state.motion {
         Motion::Stopped | Motion::Unknown if state.anchor.is_some() && !is_inside => {
             // Leaving, or an outlier: moving only after `depart_fixes`
-            // consecutive fixes outside.
+            // consecutive fixes outside. From a stop, the way out is
+            // measured from the stop's first fix, where the odometer
+            // stopped counting, so the metres the vehicle crept or drove
+            // inside the radius before leaving it count too.
+            let from_stop = match state.anchor.as_ref() {
+                Some(a) if state.motion == Motion::Stopped && state.departing == 0 => {
+                    Some(geodesic_m(a.fix.lat, a.fix.lon, fix.lat, fix.lon))
+                }
+                _ => None,
+            };
             state.departing += 1;
-            state.departing_m += seg_m;
+            state.departing_m += from_stop.unwrap_or(seg_m);
             if state.departing >= settings.depart_fixes.max(1) {
                 depart(state, fix);
             }
@@ -253,6 +334,15 @@ fn step_motion(
                 return None;
             };
             if state.motion == Motion::Stopped {
+                // Driving about inside the radius (round a car park, out of
+                // a yard) is leaving: measured against the stop's centre,
+                // which the fixes of a parked vehicle scatter around.
+                let centre = a.mean.unwrap_or((a.fix.lat, a.fix.lon));
+                if !excursion && let Some(way) = moved(centre, a.fix, state.last_fix, step) {
+                    state.departing_m = way;
+                    depart(state, fix);
+                    return None;
+                }
                 extend(a, fix, 0.0, true);
                 end_trip_if_due(state, settings, effects);
                 return Some(RejectReason::StationaryJitter);
@@ -260,6 +350,14 @@ fn step_motion(
             // Not seen moving yet: this run is the start of a move (its
             // way counts once the vehicle leaves) or a stop.
             extend(a, fix, if excursion { 0.0 } else { seg_m }, false);
+            if !excursion && let Some(way) = moved_in_run(a, state.last_fix, step) {
+                // Seen moving inside the radius: a vehicle first seen
+                // pulling out of a car park has been on its way since its
+                // first fix.
+                a.run_m = way;
+                depart(state, fix);
+                return None;
+            }
             if a.last_ts_ms - a.fix.ts_ms >= settings.stopped_after_ms {
                 a.run_m = 0.0;
                 state.motion = Motion::Stopped;
@@ -277,7 +375,19 @@ fn step_motion(
             trip.last_ts_ms = fix.ts_ms;
             trip.last = (fix.lat, fix.lon);
             match &mut state.anchor {
-                Some(a) if is_inside => extend(a, fix, seg_m, false),
+                Some(a) if is_inside => {
+                    extend(a, fix, seg_m, false);
+                    if let Some(way) = moved_in_run(a, state.last_fix, step) {
+                        // Not standing: the run starts over here, and of
+                        // its path only the way it moved counts.
+                        let noise = (a.run_m - way).max(0.0);
+                        state.odometer_m = (state.odometer_m - noise).max(0.0);
+                        if let Some(trip) = &mut state.trip {
+                            trip.distance_m = (trip.distance_m - noise).max(0.0);
+                        }
+                        *a = new_anchor(fix);
+                    }
+                }
                 _ => {
                     // A new run: from the previous fix when this one is still
                     // near it (a long gap between two close fixes is a stop),
@@ -298,7 +408,11 @@ fn step_motion(
             if let Some(a) = state.anchor
                 && a.last_ts_ms - a.fix.ts_ms >= settings.stopped_after_ms
             {
-                // The run was a stop: its distance was noise.
+                // The run was a stop: no fix of it confirmed a move, so its
+                // path was noise around where the vehicle stood (or creep
+                // below the confirming distance, which the way out counts,
+                // measured from the run's first fix). It leaves the
+                // odometer and the trip.
                 state.motion = Motion::Stopped;
                 state.motion_since_ms = a.fix.ts_ms;
                 state.odometer_m = (state.odometer_m - a.run_m).max(0.0);
@@ -317,11 +431,12 @@ fn step_motion(
 }
 
 /// The vehicle has left: `depart_fixes` fixes in a row outside the radius,
-/// the newest `fix`. From a stop, the trip starts at the last fix at the
-/// stop and counts the way from there. A vehicle first seen already moving
-/// starts its trip where it was first seen, and the way it came inside the
-/// radius counts too (it was under `stopped_after`, so not a stop, as for a
-/// run in motion).
+/// or a fix that confirms a move, the newest `fix`.
+/// From a stop, the trip starts at the last fix within the radius and
+/// counts the way from the stop's first fix. A vehicle first seen already
+/// moving starts its trip where it was first seen, and the way it came
+/// inside the radius counts too (it was under `stopped_after`, so not a
+/// stop, as for a run in motion).
 fn depart(state: &mut VehicleState, fix: Fix) {
     let anchor = state.anchor.unwrap_or_else(|| new_anchor(fix));
     let departed_m = std::mem::take(&mut state.departing_m);

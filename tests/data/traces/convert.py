@@ -12,6 +12,7 @@ the counts are printed and recorded in README.md.
 Standard library only.  Run from anywhere:  python3 tests/data/traces/convert.py
 """
 import calendar
+import math
 import os
 import struct
 import sys
@@ -103,12 +104,80 @@ def read_ais_n2k(path):
     return rows
 
 
+# GRS80 and the Lambert-93 projection (RGF93), as IGN defines them: secant
+# conic conformal, standard parallels 44 N and 49 N, origin 46.5 N 3 E,
+# false easting 700 000 m, false northing 6 600 000 m.
+GRS80_A = 6378137.0
+GRS80_F = 1.0 / 298.257222101
+L93 = dict(lat1=44.0, lat2=49.0, lat0=46.5, lon0=3.0, x0=700000.0, y0=6600000.0)
+# GPS time is ahead of UTC by the leap seconds since 1980: 18 s since 2017.
+GPS_EPOCH_UNIX_S = calendar.timegm((1980, 1, 6, 0, 0, 0))
+GPS_UTC_LEAP_S_2019 = 18
+# The Vincennes RTK log gives GPS seconds of week only. Its week is 2070
+# (2019-09-08 to 09-14 GPST): the same drive's raw GNSS solution in the same
+# package (data/rawGps1Data.pos, RTKLIB, dated) starts at 2019/09/12
+# 13:00:18 GPST at the RTK log's first position (within 0.2 m), and the
+# RTK log's first second of week, 392418, is Thursday 13:00:18.
+VINCENNES_GPS_WEEK = 2070
+
+
+def lambert93_to_wgs84(x, y):
+    """Inverse Lambert conformal conic (two standard parallels) on GRS80.
+    RGF93 and WGS84 agree to well under a metre, far below what matters for
+    distances between consecutive fixes."""
+    e = math.sqrt(GRS80_F * (2.0 - GRS80_F))
+    rad = math.radians
+
+    def m(phi):
+        return math.cos(phi) / math.sqrt(1.0 - (e * math.sin(phi)) ** 2)
+
+    def t(phi):
+        es = e * math.sin(phi)
+        return math.tan(math.pi / 4.0 - phi / 2.0) / ((1.0 - es) / (1.0 + es)) ** (e / 2.0)
+
+    p1, p2, p0 = rad(L93["lat1"]), rad(L93["lat2"]), rad(L93["lat0"])
+    n = (math.log(m(p1)) - math.log(m(p2))) / (math.log(t(p1)) - math.log(t(p2)))
+    big_f = m(p1) / (n * t(p1) ** n)
+    rho0 = GRS80_A * big_f * t(p0) ** n
+    dx, dy = x - L93["x0"], rho0 - (y - L93["y0"])
+    rho = math.copysign(math.hypot(dx, dy), n)
+    tt = (rho / (GRS80_A * big_f)) ** (1.0 / n)
+    theta = math.atan2(dx, dy)
+    lon = theta / n + rad(L93["lon0"])
+    phi = math.pi / 2.0 - 2.0 * math.atan(tt)
+    for _ in range(20):
+        es = e * math.sin(phi)
+        nxt = math.pi / 2.0 - 2.0 * math.atan(tt * ((1.0 - es) / (1.0 + es)) ** (e / 2.0))
+        if abs(nxt - phi) < 1e-14:
+            phi = nxt
+            break
+        phi = nxt
+    return math.degrees(phi), math.degrees(lon)
+
+
+def read_vincennes_rtk(path):
+    """IGN Circe export of an RTK track: a header of lines starting with '*'
+    (Latin-1), then `seconds-of-GPS-week E N altitude ...` in Lambert-93."""
+    rows = []
+    week0_ms = (GPS_EPOCH_UNIX_S + VINCENNES_GPS_WEEK * 7 * 86400 - GPS_UTC_LEAP_S_2019) * 1000
+    with open(path, encoding="latin-1") as fh:
+        for line in fh:
+            f = line.split()
+            if len(f) < 4 or line.startswith("*"):
+                continue
+            lat, lon = lambert93_to_wgs84(float(f[1]), float(f[2]))
+            ts = week0_ms + int(round(float(f[0]) * 1000.0))
+            rows.append((ts, "%.9f" % lat, "%.9f" % lon))
+    return rows
+
+
 TRACES = [
     # (csv name, reader, original file, has speed)
     ("run-kent-tomtom-1hz.csv", read_gpx, "run-kent-tomtom-1hz.gpx", False),
     ("car-visnjan-etrex.csv", read_gpx, "car-visnjan-etrex.gpx", False),
     ("boat-plaka-nmea.csv", read_plaka, "boat-plaka-gll-vtg.nmea", True),
     ("ais-276780000-ferry.csv", read_ais_n2k, "ais-276780000-aava-n2k.data", True),
+    ("car-vincennes-rtk-1hz.csv", read_vincennes_rtk, "car-vincennes-rtk-l93.txt", False),
 ]
 
 
