@@ -20,6 +20,7 @@
 //! The protobuf messages live in [`proto`] (device contract, `fleet.v1`) and
 //! [`storage`] (the embedded store's value encoding). This crate does no I/O.
 
+mod access;
 mod alert;
 mod fences;
 mod geodesy;
@@ -32,6 +33,7 @@ pub mod test_support;
 mod vehicle;
 mod vehicle_storage;
 
+pub use access::{Principal, Scope, StoredCredential, StoredToken};
 pub use alert::{Alert, AlertDetail, AlertKind, GeofenceId};
 pub use fences::{DeviceFences, Membership, MembershipChange};
 pub use geodesy::{BBox, EARTH_RADIUS_M, haversine_m};

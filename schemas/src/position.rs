@@ -23,6 +23,8 @@ pub enum IdKind {
     Device,
     /// A geofence id ([`crate::GeofenceId`]).
     Geofence,
+    /// An OwnTracks user name ([`crate::Principal::User`]).
+    User,
 }
 
 impl IdKind {
@@ -30,6 +32,7 @@ impl IdKind {
         match self {
             Self::Device => "device",
             Self::Geofence => "geofence",
+            Self::User => "user",
         }
     }
 
@@ -37,7 +40,7 @@ impl IdKind {
     fn also_allowed(self) -> &'static str {
         match self {
             Self::Device => " (and one / for OwnTracks ids)",
-            Self::Geofence => "",
+            Self::Geofence | Self::User => "",
         }
     }
 }

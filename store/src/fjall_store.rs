@@ -29,7 +29,9 @@ use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use fleetd_schemas::{DeviceId, EnrichedPosition};
 
-use fleetd_schemas::{DeviceInfo, GeofenceId, Trip, VehicleState};
+use fleetd_schemas::{
+    DeviceInfo, GeofenceId, Principal, StoredCredential, StoredToken, Trip, VehicleState,
+};
 
 use crate::area_index::LatestIndex;
 use crate::fjall_tables::{self, Tables};
@@ -87,6 +89,8 @@ impl FjallStore {
             alerts: db.keyspace("alerts", KeyspaceCreateOptions::default)?,
             alerts_by_device: db.keyspace("alerts_by_device", KeyspaceCreateOptions::default)?,
             devices: db.keyspace("devices", KeyspaceCreateOptions::default)?,
+            credentials: db.keyspace("credentials", KeyspaceCreateOptions::default)?,
+            tokens: db.keyspace("tokens", KeyspaceCreateOptions::default)?,
             geofences: db.keyspace("geofences", KeyspaceCreateOptions::default)?,
             fence_members: db.keyspace("fence_members", KeyspaceCreateOptions::default)?,
         };
@@ -263,6 +267,43 @@ impl Store for FjallStore {
     ) -> Result<MemberPage, StoreError> {
         let (fence, after) = (fence.clone(), after.cloned());
         self.blocking(move |inner| inner.tables.geofence_members(&fence, after.as_ref(), limit))
+            .await
+    }
+
+    async fn put_credentials(&self, credentials: &[StoredCredential]) -> Result<(), StoreError> {
+        let credentials = credentials.to_vec();
+        self.blocking(move |inner| inner.tables.put_credentials(&inner.db, &credentials))
+            .await
+    }
+
+    async fn credential(
+        &self,
+        principal: &Principal,
+    ) -> Result<Option<StoredCredential>, StoreError> {
+        let principal = principal.clone();
+        self.blocking(move |inner| inner.tables.credential(&principal))
+            .await
+    }
+
+    async fn delete_credential(&self, principal: &Principal) -> Result<bool, StoreError> {
+        let principal = principal.clone();
+        self.blocking(move |inner| inner.tables.delete_credential(&principal))
+            .await
+    }
+
+    async fn put_token(&self, token: &StoredToken) -> Result<(), StoreError> {
+        let (key, value) = (token.id.clone(), fjall_tables::encode(token));
+        self.blocking(move |inner| Ok(inner.tables.tokens.insert(key, value)?))
+            .await
+    }
+
+    async fn all_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        self.blocking(|inner| inner.tables.all_tokens()).await
+    }
+
+    async fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |inner| inner.tables.delete_token(&id))
             .await
     }
 

@@ -10,6 +10,8 @@
 //! | `devices`          | `device_id`                       | `DeviceInfo`   |
 //! | `geofences`        | `geofence_id`                     | `GeofenceRow`  |
 //! | `fence_members`    | `geofence_id 0x00 device_id`      | entered ms (i64 BE) |
+//! | `credentials`      | `device:{id}` / `user:{name}`     | `StoredCredential` |
+//! | `tokens`           | token id                          | `StoredToken`  |
 //!
 //! Values are JSON: these rows are few and small next to history, and JSON
 //! with serde defaults keeps old data readable when fields are added. The
@@ -20,7 +22,10 @@
 
 use fjall::Keyspace;
 use fleetd_schemas::storage::StoredVehicleState;
-use fleetd_schemas::{Alert, DeviceId, DeviceInfo, GeofenceId, Trip, VehicleState};
+use fleetd_schemas::{
+    Alert, DeviceId, DeviceInfo, GeofenceId, Principal, StoredCredential, StoredToken, Trip,
+    VehicleState,
+};
 use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -44,6 +49,8 @@ pub(crate) struct Tables {
     pub(crate) devices: Keyspace,
     pub(crate) geofences: Keyspace,
     pub(crate) fence_members: Keyspace,
+    pub(crate) credentials: Keyspace,
+    pub(crate) tokens: Keyspace,
 }
 
 /// A `geofences` value.
@@ -375,5 +382,49 @@ mod tests {
             decode_state(&[0xff, 0xff]),
             Err(StoreError::Corrupt(_))
         ));
+    }
+}
+
+impl Tables {
+    pub(crate) fn put_credentials(
+        &self,
+        db: &fjall::Database,
+        credentials: &[StoredCredential],
+    ) -> Result<(), StoreError> {
+        let mut batch = db.batch();
+        for c in credentials {
+            batch.insert(&self.credentials, c.principal.key(), encode(c));
+        }
+        Ok(batch.commit()?)
+    }
+
+    pub(crate) fn credential(
+        &self,
+        principal: &Principal,
+    ) -> Result<Option<StoredCredential>, StoreError> {
+        match self.credentials.get(principal.key())? {
+            Some(v) => decode("credential", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn delete_credential(&self, principal: &Principal) -> Result<bool, StoreError> {
+        let key = principal.key();
+        let existed = self.credentials.contains_key(&key)?;
+        self.credentials.remove(key)?;
+        Ok(existed)
+    }
+
+    pub(crate) fn all_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        self.tokens
+            .iter()
+            .map(|guard| decode("token", &guard.value()?))
+            .collect()
+    }
+
+    pub(crate) fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        let existed = self.tokens.contains_key(id)?;
+        self.tokens.remove(id)?;
+        Ok(existed)
     }
 }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use fleetd_schemas::{
     Alert, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, GeofenceId,
-    MembershipChange, Trip, VehicleState,
+    MembershipChange, Principal, StoredCredential, StoredToken, Trip, VehicleState,
 };
 
 pub use area::{AreaQuery, BBox};
@@ -355,6 +355,28 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&DeviceId>,
         limit: usize,
     ) -> Result<MemberPage, StoreError>;
+
+    /// Stores device credentials (hashes only), each replacing the one of
+    /// its principal: provisioning, in bulk, and rotation.
+    async fn put_credentials(&self, credentials: &[StoredCredential]) -> Result<(), StoreError>;
+
+    /// The credential of `principal`, if it has one (read at every login).
+    async fn credential(
+        &self,
+        principal: &Principal,
+    ) -> Result<Option<StoredCredential>, StoreError>;
+
+    /// Removes `principal`'s credential; `true` if there was one.
+    async fn delete_credential(&self, principal: &Principal) -> Result<bool, StoreError>;
+
+    /// Stores an API token (hash only), replacing one of the same id.
+    async fn put_token(&self, token: &StoredToken) -> Result<(), StoreError>;
+
+    /// Every API token (a deployment holds few; read at start and refresh).
+    async fn all_tokens(&self) -> Result<Vec<StoredToken>, StoreError>;
+
+    /// Removes a token; `true` if it existed.
+    async fn delete_token(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Makes every completed `write_batch` durable (called at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;

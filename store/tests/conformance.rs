@@ -831,3 +831,111 @@ async fn geofences_and_their_members() {
         assert_eq!(members(s, "yard").await.len(), 1, "{name}");
     }
 }
+
+#[tokio::test]
+async fn credentials_and_tokens_round_trip() {
+    use fleetd_schemas::{Principal, Scope, StoredCredential, StoredToken};
+    for b in backends().await {
+        let s = &*b.store;
+        let truck = Principal::Device(id("truck-1"));
+        let alice = Principal::user("alice").expect("user name");
+        let credential = |principal: &Principal, hash: &str| StoredCredential {
+            principal: principal.clone(),
+            secret_sha256: hash.into(),
+            issued_ms: 1_750_000_000_000,
+        };
+        assert_eq!(
+            s.credential(&truck).await.expect("read"),
+            None,
+            "{}",
+            b.name
+        );
+        s.put_credentials(&[credential(&truck, "aa"), credential(&alice, "bb")])
+            .await
+            .expect("provision");
+        assert_eq!(
+            s.credential(&truck).await.expect("read"),
+            Some(credential(&truck, "aa")),
+            "{}",
+            b.name
+        );
+        // A device and a user of the same name are different principals.
+        let alice_device = Principal::Device(id("alice"));
+        assert_eq!(
+            s.credential(&alice_device).await.expect("read"),
+            None,
+            "{}",
+            b.name
+        );
+        // Rotation replaces.
+        s.put_credentials(&[credential(&truck, "cc")])
+            .await
+            .expect("rotate");
+        assert_eq!(
+            s.credential(&truck)
+                .await
+                .expect("read")
+                .map(|c| c.secret_sha256),
+            Some("cc".into()),
+            "{}",
+            b.name
+        );
+        assert!(
+            s.delete_credential(&truck).await.expect("revoke"),
+            "{}",
+            b.name
+        );
+        assert!(
+            !s.delete_credential(&truck).await.expect("again"),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            s.credential(&truck).await.expect("read"),
+            None,
+            "{}",
+            b.name
+        );
+        assert!(
+            s.credential(&alice).await.expect("read").is_some(),
+            "{}",
+            b.name
+        );
+
+        let token = |id: &str, scopes: Vec<Scope>| StoredToken {
+            id: id.into(),
+            name: format!("token {id}"),
+            scopes,
+            secret_sha256: format!("hash-{id}"),
+            created_ms: 1_750_000_000_000,
+            expires_ms: Some(1_760_000_000_000),
+        };
+        s.put_token(&token("t1", vec![Scope::Read]))
+            .await
+            .expect("token");
+        s.put_token(&token("t2", vec![Scope::Write, Scope::Admin]))
+            .await
+            .expect("token");
+        let mut all = s.all_tokens().await.expect("list");
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(
+            all,
+            [
+                token("t1", vec![Scope::Read]),
+                token("t2", vec![Scope::Write, Scope::Admin])
+            ],
+            "{}",
+            b.name
+        );
+        assert!(s.delete_token("t1").await.expect("revoke"), "{}", b.name);
+        assert!(!s.delete_token("t1").await.expect("again"), "{}", b.name);
+        let left: Vec<String> = s
+            .all_tokens()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(left, ["t2"], "{}", b.name);
+    }
+}

@@ -44,7 +44,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use fleetd_schemas::{
-    DeviceId, DeviceInfo, EnrichedPosition, GeofenceId, H3Cells, Trip, VehicleState,
+    DeviceId, DeviceInfo, EnrichedPosition, GeofenceId, H3Cells, Principal, StoredCredential,
+    StoredToken, Trip, VehicleState,
 };
 use futures::{StreamExt, TryStreamExt, stream};
 use scylla::client::execution_profile::ExecutionProfile;
@@ -552,6 +553,33 @@ impl Store for ScyllaStore {
         limit: usize,
     ) -> Result<MemberPage, StoreError> {
         self.read_members(fence, after, limit).await
+    }
+
+    async fn put_credentials(&self, credentials: &[StoredCredential]) -> Result<(), StoreError> {
+        self.write_credentials(credentials).await
+    }
+
+    async fn credential(
+        &self,
+        principal: &Principal,
+    ) -> Result<Option<StoredCredential>, StoreError> {
+        self.read_credential(principal).await
+    }
+
+    async fn delete_credential(&self, principal: &Principal) -> Result<bool, StoreError> {
+        self.remove_credential(principal).await
+    }
+
+    async fn put_token(&self, token: &StoredToken) -> Result<(), StoreError> {
+        self.write_token(token).await
+    }
+
+    async fn all_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        self.read_tokens().await
+    }
+
+    async fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        self.remove_token(id).await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

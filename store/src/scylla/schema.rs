@@ -22,6 +22,11 @@ pub const SCHEMA_FILES: &[(i32, &str, &str)] = &[
         "003_geofences",
         include_str!("../../../schemas/cql/003_geofences.cql"),
     ),
+    (
+        4,
+        "004_access",
+        include_str!("../../../schemas/cql/004_access.cql"),
+    ),
 ];
 
 /// The statements of a schema file: `--` comment lines dropped, split at

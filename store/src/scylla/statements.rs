@@ -55,6 +55,12 @@ pub(crate) struct Statements {
     pub(crate) insert_member: Stmt,
     pub(crate) delete_member: Stmt,
     pub(crate) select_members: Stmt,
+    pub(crate) insert_credential: Stmt,
+    pub(crate) select_credential: Stmt,
+    pub(crate) delete_credential: Stmt,
+    pub(crate) insert_token: Stmt,
+    pub(crate) select_tokens: Stmt,
+    pub(crate) delete_token: Stmt,
     pub(crate) ready: Stmt,
 }
 
@@ -263,6 +269,32 @@ pub fn cql(ks: &str) -> Vec<(&'static str, String)> {
             ),
         ),
         (
+            "insert_credential",
+            format!("INSERT INTO {ks}.credentials (principal, doc) VALUES (:principal, :doc)"),
+        ),
+        (
+            "select_credential",
+            format!("SELECT doc FROM {ks}.credentials WHERE principal = :principal"),
+        ),
+        (
+            "delete_credential",
+            format!("DELETE FROM {ks}.credentials WHERE principal = :principal"),
+        ),
+        (
+            "insert_token",
+            format!(
+                "INSERT INTO {ks}.api_tokens (bucket, token_id, doc) VALUES (:bucket, :token_id, :doc)"
+            ),
+        ),
+        (
+            "select_tokens",
+            format!("SELECT doc FROM {ks}.api_tokens WHERE bucket = :bucket"),
+        ),
+        (
+            "delete_token",
+            format!("DELETE FROM {ks}.api_tokens WHERE bucket = :bucket AND token_id = :token_id"),
+        ),
+        (
             // One partition read of a key no device can have (`#` is not a
             // device id character): proves the table exists and enough
             // replicas answer, without scanning.
@@ -306,6 +338,12 @@ const IDEMPOTENT: &[&str] = &[
     "insert_member",
     "delete_member",
     "select_members",
+    "insert_credential",
+    "select_credential",
+    "delete_credential",
+    "insert_token",
+    "select_tokens",
+    "delete_token",
     "ready",
 ];
 
@@ -364,6 +402,12 @@ impl Statements {
             insert_member: take("insert_member")?,
             delete_member: take("delete_member")?,
             select_members: take("select_members")?,
+            insert_credential: take("insert_credential")?,
+            select_credential: take("select_credential")?,
+            delete_credential: take("delete_credential")?,
+            insert_token: take("insert_token")?,
+            select_tokens: take("select_tokens")?,
+            delete_token: take("delete_token")?,
             ready: take("ready")?,
         })
     }

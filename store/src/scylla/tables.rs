@@ -8,14 +8,15 @@
 use std::collections::HashMap;
 
 use fleetd_schemas::{
-    Alert, DeviceId, DeviceInfo, DeviceTrip, GeofenceId, MembershipChange, Trip, VehicleState,
+    Alert, DeviceId, DeviceInfo, DeviceTrip, GeofenceId, MembershipChange, Principal,
+    StoredCredential, StoredToken, Trip, VehicleState,
 };
 use futures::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::statements::{Statements, Stmt};
-use super::values::{AlertRow, Bind, DeviceRow, GeofenceRow, MemberRow, StateRow, TripRow};
+use super::values::{AlertRow, Bind, DeviceRow, DocRow, GeofenceRow, MemberRow, StateRow, TripRow};
 use super::{DAY_MS, ScyllaStore, day_of};
 use crate::{
     AlertPage, AlertQuery, FenceMember, MemberPage, StoreError, StoredGeofence, TripPage,
@@ -475,4 +476,99 @@ fn device_info(row: DeviceRow) -> Result<(DeviceId, DeviceInfo), StoreError> {
             updated_ms: row.updated_at.map_or(0, |t| t.0),
         },
     ))
+}
+
+impl ScyllaStore {
+    pub(super) async fn write_credentials(
+        &self,
+        credentials: &[StoredCredential],
+    ) -> Result<(), StoreError> {
+        // Bulk provisioning: bounded concurrency, one statement per row (no
+        // multi-partition batch).
+        let docs: Vec<(String, String)> = credentials
+            .iter()
+            .map(|c| (c.principal.key(), to_json(c)))
+            .collect();
+        // Futures made up front, as in write_batch: no closure lives across
+        // the await.
+        let st = &self.inner.statements.insert_credential;
+        let writes: Vec<_> = docs
+            .iter()
+            .map(|(key, doc)| {
+                let bind = Bind {
+                    principal: Some(key),
+                    doc: Some(doc),
+                    ..Bind::default()
+                };
+                self.run(st, bind)
+            })
+            .collect();
+        stream::iter(writes)
+            .buffer_unordered(self.inner.settings.max_inflight)
+            .try_for_each(|_| async { Ok(()) })
+            .await
+    }
+
+    pub(super) async fn read_credential(
+        &self,
+        principal: &Principal,
+    ) -> Result<Option<StoredCredential>, StoreError> {
+        let key = principal.key();
+        let bind = Bind {
+            principal: Some(&key),
+            ..Bind::default()
+        };
+        let rows: Vec<DocRow> = self
+            .rows(&self.inner.statements.select_credential, bind)
+            .await?;
+        rows.into_iter()
+            .next()
+            .map(|row| from_json("credential", row.doc.as_deref()))
+            .transpose()
+    }
+
+    pub(super) async fn remove_credential(
+        &self,
+        principal: &Principal,
+    ) -> Result<bool, StoreError> {
+        let existed = self.read_credential(principal).await?.is_some();
+        let key = principal.key();
+        let bind = Bind {
+            principal: Some(&key),
+            ..Bind::default()
+        };
+        self.run(&self.inner.statements.delete_credential, bind)
+            .await?;
+        Ok(existed)
+    }
+
+    pub(super) async fn write_token(&self, token: &StoredToken) -> Result<(), StoreError> {
+        let doc = to_json(token);
+        let bind = Bind {
+            token_id: Some(&token.id),
+            doc: Some(&doc),
+            ..Bind::default()
+        };
+        self.run(&self.inner.statements.insert_token, bind).await?;
+        Ok(())
+    }
+
+    pub(super) async fn read_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        let rows: Vec<DocRow> = self
+            .rows(&self.inner.statements.select_tokens, Bind::default())
+            .await?;
+        rows.into_iter()
+            .map(|row| from_json("token", row.doc.as_deref()))
+            .collect()
+    }
+
+    pub(super) async fn remove_token(&self, id: &str) -> Result<bool, StoreError> {
+        let existed = self.read_tokens().await?.iter().any(|t| t.id == id);
+        let bind = Bind {
+            token_id: Some(id),
+            ..Bind::default()
+        };
+        self.run(&self.inner.statements.delete_token, bind).await?;
+        Ok(existed)
+    }
 }

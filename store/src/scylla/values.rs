@@ -74,6 +74,12 @@ pub(crate) struct Bind<'a> {
     pub(crate) entered_at: Option<i64>,
     /// `after_device`: member pages start after this device id.
     pub(crate) after_device: Option<&'a str>,
+    /// `principal`: a credential's key.
+    pub(crate) principal: Option<&'a str>,
+    /// `token_id`: an API token's id (its partition `bucket` is always 0).
+    pub(crate) token_id: Option<&'a str>,
+    /// `doc`: a credential's or token's JSON.
+    pub(crate) doc: Option<&'a str>,
 }
 
 /// A bind marker [`Bind`] has no value for.
@@ -125,6 +131,11 @@ impl SerializeRow for Bind<'_> {
                     self.json.ok_or_else(missing)?.serialize(typ, cell)?
                 }
                 "shard" => self.shard.ok_or_else(missing)?.serialize(typ, cell)?,
+                "principal" => self.principal.ok_or_else(missing)?.serialize(typ, cell)?,
+                "token_id" => self.token_id.ok_or_else(missing)?.serialize(typ, cell)?,
+                "doc" => self.doc.ok_or_else(missing)?.serialize(typ, cell)?,
+                // Every token lives in one small partition.
+                "bucket" => 0i32.serialize(typ, cell)?,
                 "from_id" => self.from_id.ok_or_else(missing)?.serialize(typ, cell)?,
                 "to_id" => self.to_id.ok_or_else(missing)?.serialize(typ, cell)?,
                 "id" => self
@@ -314,6 +325,12 @@ pub(crate) struct GeofenceRow {
     pub(crate) geofence_id: String,
     pub(crate) geojson: Option<String>,
     pub(crate) updated_at: Option<CqlTimestamp>,
+}
+
+/// A `credentials` or `api_tokens` row: the JSON document.
+#[derive(Debug, DeserializeRow)]
+pub(crate) struct DocRow {
+    pub(crate) doc: Option<String>,
 }
 
 /// The columns [`GeofenceRow`] reads, in order.
