@@ -330,6 +330,50 @@ impl Tables {
     }
 }
 
+impl Tables {
+    pub(crate) fn put_credentials(
+        &self,
+        db: &fjall::Database,
+        credentials: &[StoredCredential],
+    ) -> Result<(), StoreError> {
+        let mut batch = db.batch();
+        for c in credentials {
+            batch.insert(&self.credentials, c.principal.key(), encode(c));
+        }
+        Ok(batch.commit()?)
+    }
+
+    pub(crate) fn credential(
+        &self,
+        principal: &Principal,
+    ) -> Result<Option<StoredCredential>, StoreError> {
+        match self.credentials.get(principal.key())? {
+            Some(v) => decode("credential", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn delete_credential(&self, principal: &Principal) -> Result<bool, StoreError> {
+        let key = principal.key();
+        let existed = self.credentials.contains_key(&key)?;
+        self.credentials.remove(key)?;
+        Ok(existed)
+    }
+
+    pub(crate) fn all_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        self.tokens
+            .iter()
+            .map(|guard| decode("token", &guard.value()?))
+            .collect()
+    }
+
+    pub(crate) fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        let existed = self.tokens.contains_key(id)?;
+        self.tokens.remove(id)?;
+        Ok(existed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use fleetd_schemas::{Anchor, Fix, Motion, Trip, VehicleState};
@@ -382,49 +426,5 @@ mod tests {
             decode_state(&[0xff, 0xff]),
             Err(StoreError::Corrupt(_))
         ));
-    }
-}
-
-impl Tables {
-    pub(crate) fn put_credentials(
-        &self,
-        db: &fjall::Database,
-        credentials: &[StoredCredential],
-    ) -> Result<(), StoreError> {
-        let mut batch = db.batch();
-        for c in credentials {
-            batch.insert(&self.credentials, c.principal.key(), encode(c));
-        }
-        Ok(batch.commit()?)
-    }
-
-    pub(crate) fn credential(
-        &self,
-        principal: &Principal,
-    ) -> Result<Option<StoredCredential>, StoreError> {
-        match self.credentials.get(principal.key())? {
-            Some(v) => decode("credential", &v).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    pub(crate) fn delete_credential(&self, principal: &Principal) -> Result<bool, StoreError> {
-        let key = principal.key();
-        let existed = self.credentials.contains_key(&key)?;
-        self.credentials.remove(key)?;
-        Ok(existed)
-    }
-
-    pub(crate) fn all_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
-        self.tokens
-            .iter()
-            .map(|guard| decode("token", &guard.value()?))
-            .collect()
-    }
-
-    pub(crate) fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
-        let existed = self.tokens.contains_key(id)?;
-        self.tokens.remove(id)?;
-        Ok(existed)
     }
 }
