@@ -11,7 +11,7 @@ use axum::http::header::{ALLOW, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use fleetd_schemas::{
     Alert, AlertDetail, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, GeofenceId,
-    RejectReason, RejectionLog, Trip, VehicleState,
+    Principal, RejectReason, RejectionLog, StoredCredential, StoredToken, Trip, VehicleState,
 };
 use fleetd_store::{
     AlertPage, AlertQuery, AreaQuery, FjallStore, HistoryPage, HistoryQuery, LatestUpdate,
@@ -645,6 +645,24 @@ impl Store for BrokenStore {
         _: Option<&DeviceId>,
         _: usize,
     ) -> Result<MemberPage, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn put_credentials(&self, _: &[StoredCredential]) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn credential(&self, _: &Principal) -> Result<Option<StoredCredential>, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn delete_credential(&self, _: &Principal) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn put_token(&self, _: &StoredToken) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn all_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn delete_token(&self, _: &str) -> Result<bool, StoreError> {
         Err(StoreError::Unavailable("down".into()))
     }
 }
