@@ -47,11 +47,17 @@ pub enum RejectReason {
     /// allowance had passed it. Stored in history, flagged; not used for
     /// state (odometer, trips, alerts).
     TooLate,
+    /// The identity that sent it may not publish there (MQTT topic ACL) or
+    /// post for that device (HTTP ingest). Dropped, never acknowledged as
+    /// stored.
+    NotAuthorized,
+    /// The device sent faster than its message rate limit allows. Dropped.
+    RateLimited,
 }
 
 impl RejectReason {
     /// Every reason, for pre-registering metrics so that dashboards see zeros.
-    pub const ALL: [RejectReason; 14] = [
+    pub const ALL: [RejectReason; 16] = [
         Self::Malformed,
         Self::BadCoordinates,
         Self::BadField,
@@ -66,6 +72,8 @@ impl RejectReason {
         Self::Teleport,
         Self::StationaryJitter,
         Self::TooLate,
+        Self::NotAuthorized,
+        Self::RateLimited,
     ];
 
     /// The stable reason code, e.g. `bad_coordinates`.
@@ -85,6 +93,8 @@ impl RejectReason {
             Self::Teleport => "teleport",
             Self::StationaryJitter => "stationary_jitter",
             Self::TooLate => "too_late",
+            Self::NotAuthorized => "not_authorized",
+            Self::RateLimited => "rate_limited",
         }
     }
 
