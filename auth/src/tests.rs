@@ -119,7 +119,10 @@ async fn other_principals_sessions_stay_open() {
 async fn an_owntracks_user_and_a_device_of_the_same_name_are_distinct() {
     let (_dir, access) = access().await;
     let user = Principal::user("alice").unwrap();
-    let issued = access.issue_credentials(std::slice::from_ref(&user)).await.unwrap();
+    let issued = access
+        .issue_credentials(std::slice::from_ref(&user))
+        .await
+        .unwrap();
     let who = access
         .login(Some("alice"), Some(&issued[0].password), PEER)
         .await
