@@ -31,6 +31,10 @@ pub enum Command {
     /// End-to-end load test: starts fleetd (or targets a running one), drives
     /// a simulated fleet and reports throughput, loss, latency, CPU and RSS.
     Bench(fleetd_bench::BenchArgs),
+    /// Issue, rotate or revoke device (and OwnTracks user) credentials.
+    Credentials(crate::access::CredentialsArgs),
+    /// Create, list or revoke API tokens; reset the admin token.
+    Token(crate::access::TokenArgs),
     /// Print the commented default configuration file.
     GenerateConfig,
 }
@@ -104,6 +108,10 @@ pub struct ServeArgs {
     /// Also run N simulated vehicles in-process (a moving demo fleet).
     #[arg(long, env = "FLEETD_DEMO")]
     pub demo: Option<usize>,
+    /// Turn authentication off: anyone may connect over MQTT, publish as
+    /// any device and call every HTTP route. For local experiments only.
+    #[arg(long, env = "FLEETD_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
 }
 
 impl ServeArgs {
@@ -161,6 +169,7 @@ impl ServeArgs {
         if let Some(v) = self.demo {
             config.demo.vehicles = v;
         }
+        config.auth.allow_anonymous |= self.allow_anonymous;
         Ok(config)
     }
 }
@@ -175,6 +184,8 @@ impl Cli {
             }
             Command::Simulate(args) => crate::simulate::run(args).await,
             Command::Bench(args) => fleetd_bench::run(args).await,
+            Command::Credentials(args) => crate::access::credentials(args).await,
+            Command::Token(args) => crate::access::token(args).await,
             Command::GenerateConfig => {
                 print!("{DEFAULT_CONFIG}");
                 Ok(())

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fleetd_api::{ApiConfig, ApiSettings, LiveApiSettings, LiveConfig};
+use fleetd_auth::{AuthConfig, AuthSettings};
 use fleetd_geofence::{GeofenceConfig, GeofenceSettings};
 use fleetd_ingest::{IngestConfig, IngestSettings};
 use fleetd_processor::{ProcessorConfig, ProcessorSettings, VehicleConfig};
@@ -27,6 +28,8 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 pub struct FileConfig {
     /// `[ingest]`
     pub ingest: IngestConfig,
+    /// `[auth]`
+    pub auth: AuthConfig,
     /// `[processor]`
     pub processor: ProcessorConfig,
     /// `[vehicle]`
@@ -73,6 +76,10 @@ impl FileConfig {
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
     pub ingest: IngestSettings,
+    pub auth: AuthSettings,
+    /// Where `admin.token` is kept (the embedded store's directory, also
+    /// with ScyllaDB).
+    pub data_dir: std::path::PathBuf,
     pub processor: ProcessorSettings,
     pub store: StoreBackend,
     pub api: ApiSettings,
@@ -86,6 +93,7 @@ impl FileConfig {
     /// Validates each stage's section, then what crosses stages.
     pub fn validate(&self) -> anyhow::Result<ServeSettings> {
         let ingest = self.ingest.validate()?;
+        let auth = self.auth.validate()?;
         let mut processor = self.processor.validate(&self.vehicle)?;
         let store = self.store.validate()?;
         let api = self.api.validate()?;
@@ -109,6 +117,8 @@ impl FileConfig {
         processor.geofence_refresh = store.is_shared().then_some(geofences.refresh);
         Ok(ServeSettings {
             ingest,
+            auth,
+            data_dir: self.store.data.clone(),
             processor,
             store,
             api,

@@ -7,6 +7,7 @@
 // A binary exports nothing; `pub` marks what modules offer each other.
 #![allow(unreachable_pub)]
 
+mod access;
 mod cli;
 mod config;
 mod serve;

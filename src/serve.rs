@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use fleetd_api::{ApiState, LiveApi};
+use fleetd_auth::Access;
 use fleetd_geofence::Geofences;
 use fleetd_ingest::{AlertPublisher, Decoder, IngestMode, MqttIngest, Submitter};
 use fleetd_live::LiveHub;
@@ -43,6 +44,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
                     settings.contact_points.join(",")
                 ),
             })?;
+    let access = open_access(&settings, &store).await?;
     let rejections = Arc::new(RejectionLog::new(settings.ingest.rejection_samples));
     let ready = Arc::new(AtomicBool::new(false));
     // The enrichment caches: empty here, loaded by the processor; the API
@@ -112,6 +114,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let ingest_token = root.child_token();
     let mut ingest = MqttIngest::start(
         &settings.ingest,
+        Arc::clone(&access),
         Arc::clone(&rejections),
         queue_tx,
         ingest_token.clone(),
@@ -128,6 +131,16 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         None => None,
     };
 
+    let refresh_token = root.child_token();
+    let refresh = tasks.spawn(refresh_tokens(
+        Arc::clone(&access),
+        settings.auth.token_refresh,
+        refresh_token.clone(),
+    ));
+    if !access.allow_anonymous() {
+        announce_admin_url(&access, &settings, http_addr).await?;
+    }
+
     ready.store(true, Ordering::SeqCst);
     tracing::info!(
         mqtt = %settings.ingest.broker.listen,
@@ -137,15 +150,11 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     );
 
     let demo_token = root.child_token();
-    let demo = (settings.demo_vehicles > 0).then(|| {
-        let config = fleetd_simulator::SimConfig {
-            broker: demo_broker(&settings),
-            vehicles: settings.demo_vehicles,
-            rate_hz: settings.demo_rate_hz,
-            duration: None,
-            id_prefix: "demo-".into(),
-            ..Default::default()
-        };
+    let demo_config = match settings.demo_vehicles {
+        0 => None,
+        vehicles => Some(demo_fleet(&settings, &access, vehicles).await?),
+    };
+    let demo = demo_config.map(|config| {
         tracing::info!(vehicles = settings.demo_vehicles, "demo fleet starting");
         tasks.spawn(fleetd_simulator::run(config, demo_token.clone()))
     });
@@ -198,6 +207,10 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
             Err(e) => tracing::error!(error = %e, "http api task failed"),
         }
     });
+    drain.then("token refresh", async move {
+        refresh_token.cancel();
+        let _ = refresh.await;
+    });
     drain.then("metrics upkeep", async move {
         upkeep_token.cancel();
         let _ = upkeep.await;
@@ -209,6 +222,99 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     drain.run(&root).await?;
     tracing::info!("fleetd stopped");
     Ok(())
+}
+
+/// Opens the access service over the store; anonymous mode is a warning.
+async fn open_access(
+    settings: &ServeSettings,
+    store: &Arc<dyn fleetd_store::Store>,
+) -> anyhow::Result<Arc<Access>> {
+    let access = Access::open(Arc::clone(store), settings.auth.access.clone())
+        .await
+        .context("cannot read the API tokens from the store")?;
+    if access.allow_anonymous() {
+        tracing::warn!(
+            "authentication is OFF (--allow-anonymous): anyone who reaches fleetd may publish \
+             as any device and read every track"
+        );
+    }
+    Ok(Arc::new(access))
+}
+
+/// Makes (first start) or reads the admin token in the data directory and
+/// prints the map's URL with it on stdout, as Jupyter prints its login URL.
+/// The token is in the URL's fragment, which browsers never send: it stays
+/// out of access logs. It is not logged.
+async fn announce_admin_url(
+    access: &Access,
+    settings: &ServeSettings,
+    http: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let dir = &settings.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let admin = fleetd_auth::admin_token(access, dir)
+        .await
+        .context("cannot make the admin token")?;
+    if admin.created {
+        tracing::info!(file = %admin.path.display(), "admin token created");
+    }
+    let mut host = http;
+    if host.ip().is_unspecified() {
+        host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    println!(
+        "fleetd: open the map at http://{host}/#token={}\n\
+         fleetd: the admin token is in {} (fleetd token reset-admin makes a new one)",
+        admin.token,
+        admin.path.display()
+    );
+    Ok(())
+}
+
+/// Reloads the API tokens now and then, so tokens another node created or
+/// revoked take effect here.
+async fn refresh_tokens(
+    access: Arc<Access>,
+    every: std::time::Duration,
+    cancel: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if let Err(e) = access.refresh_tokens().await {
+            tracing::warn!(error = %e, "cannot reload the API tokens");
+        }
+    }
+}
+
+/// The in-process demo fleet: with authentication on, each vehicle gets a
+/// credential of its own, issued like any other (`demo-0000`, ...).
+async fn demo_fleet(
+    settings: &ServeSettings,
+    access: &Access,
+    vehicles: usize,
+) -> anyhow::Result<fleetd_simulator::SimConfig> {
+    let mut config = fleetd_simulator::SimConfig {
+        broker: demo_broker(settings),
+        vehicles,
+        rate_hz: settings.demo_rate_hz,
+        duration: None,
+        id_prefix: "demo-".into(),
+        ..Default::default()
+    };
+    if !access.allow_anonymous() {
+        let ids = config.device_ids();
+        let secrets = crate::access::provision_demo(access, ids.into_iter())
+            .await
+            .context("cannot provision the demo fleet's credentials")?;
+        config.credentials = fleetd_simulator::Credentials::PerDevice(secrets);
+    }
+    Ok(config)
 }
 
 /// Where the demo fleet connects: the broker fleetd ingests from.

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use fleetd_simulator::{Chaos, Outages, Qos, RoadMap, SimConfig, parse_duration};
+use std::sync::Arc;
+
+use fleetd_simulator::{Chaos, Credentials, Outages, Qos, RoadMap, SimConfig, parse_duration};
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `fleetd simulate`.
@@ -50,6 +52,43 @@ pub struct SimulateArgs {
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// MQTT user name of every connection (with --password).
+    #[arg(long, env = "FLEETD_SIM_USERNAME", default_value = "fleetd-simulator")]
+    pub username: String,
+    /// MQTT password of every connection: for fleetd an API token with
+    /// `write` scope (`fleetd token create --scope write`). Prefer the
+    /// environment variable to the flag.
+    #[arg(long, env = "FLEETD_SIM_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Per-device secrets, as `fleetd credentials issue --format json`
+    /// prints them: each vehicle logs in as its own device (ids
+    /// `{prefix}{n}`; vehicles without an entry connect without one).
+    #[arg(long, conflicts_with = "password")]
+    pub credentials: Option<std::path::PathBuf>,
+}
+
+/// Reads a `fleetd credentials issue --format json` answer: device id →
+/// secret.
+fn read_credentials(path: &std::path::Path) -> anyhow::Result<Credentials> {
+    #[derive(serde::Deserialize)]
+    struct Issued {
+        username: String,
+        password: String,
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let issued: Vec<Issued> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected the JSON list `fleetd credentials issue --format json` prints",
+            path.display()
+        )
+    })?;
+    Ok(Credentials::PerDevice(Arc::new(
+        issued
+            .into_iter()
+            .map(|c| (c.username, c.password))
+            .collect(),
+    )))
 }
 
 /// Runs the simulator until the duration passes or Ctrl-C.
@@ -59,8 +98,17 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         .await
         .context("map loading task")?
         .with_context(|| format!("--map {}", args.map.as_deref().unwrap_or_default()))?;
+    let credentials = match (&args.password, &args.credentials) {
+        (Some(password), _) => Credentials::Shared {
+            username: args.username.clone(),
+            password: password.clone(),
+        },
+        (None, Some(path)) => read_credentials(path)?,
+        (None, None) => Credentials::Anonymous,
+    };
     let config = SimConfig {
         broker: args.broker,
+        credentials,
         vehicles: args.vehicles,
         connections: args.connections,
         roads,

@@ -22,6 +22,7 @@
 
 pub mod acl;
 mod admin;
+mod config;
 mod error;
 mod secret;
 mod throttle;
@@ -36,6 +37,7 @@ use fleetd_store::Store;
 use tokio::sync::watch;
 
 pub use admin::{ADMIN_TOKEN_FILE, AdminToken, admin_token, reset_admin_token};
+pub use config::{AuthConfig, AuthSettings};
 pub use error::{AccessError, LoginError};
 pub use secret::{TOKEN_PREFIX, hash_secret, new_secret};
 pub use throttle::LoginThrottle;

@@ -55,6 +55,7 @@ fn star(rng: &mut SmallRng, lat: f64, lon: f64, r_m: f64) -> serde_json::Value {
 /// PUTs `n` fences `bench-fence-{i}` spread over a square of `side_km`
 /// around `center`, with a progress line every 10%.
 pub(crate) async fn create(
+    client: &reqwest::Client,
     http: &str,
     n: usize,
     center: (f64, f64),
@@ -62,7 +63,6 @@ pub(crate) async fn create(
     seed: u64,
     show_progress: bool,
 ) -> anyhow::Result<FenceSetup> {
-    let client = reqwest::Client::new();
     let mut rng = SmallRng::seed_from_u64(seed ^ 0xfe_9ce5);
     let half_lat = side_km * 1000.0 / 2.0 / 111_195.0;
     let half_lon = half_lat / center.0.to_radians().cos().max(0.01);

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fleetd_simulator::{Chaos, ChaosCounts, Outages, Qos, SimConfig};
+use fleetd_simulator::{Chaos, ChaosCounts, Credentials, Outages, Qos, SimConfig};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -122,6 +122,32 @@ pub struct BenchArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Start fleetd with `--allow-anonymous` (authentication off), to
+    /// compare against the default (authentication and topic ACL on).
+    #[arg(long, conflicts_with = "broker")]
+    pub allow_anonymous: bool,
+    /// API token for a running fleetd (with --broker/--http): sent on
+    /// every HTTP request and used as the MQTT password of every
+    /// connection. Needs `write` scope (`admin` for nothing more). The
+    /// bench's own fleetd uses its admin token.
+    #[arg(long, env = "FLEETD_BENCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// An HTTP client that sends `token` as `Authorization: Bearer` on every
+/// request.
+pub(crate) fn http_client(token: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token is not a valid header value")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .context("HTTP client")
 }
 
 /// The bench result.
@@ -263,15 +289,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--map {}", args.map.as_deref().unwrap_or_default()))?;
     let server = match (&args.broker, &args.http) {
         (Some(_), Some(_)) => None,
-        _ => Some(ChildServer::start(args.window_ms).await?),
+        _ => Some(ChildServer::start(args.window_ms, args.allow_anonymous).await?),
     };
+    let token = match &server {
+        Some(s) => s.admin_token.clone(),
+        None => args.token.clone(),
+    };
+    let token = token.as_deref();
     let (broker, http) = match (&server, &args.broker, &args.http) {
         (Some(s), _, _) => (s.mqtt.clone(), s.http.clone()),
         (None, Some(b), Some(h)) => (b.clone(), h.trim_end_matches('/').to_owned()),
         _ => bail!("--broker and --http go together"),
     };
     let pid = server.as_ref().map(ChildServer::pid);
-    let http_client = reqwest::Client::new();
+    let http_client = http_client(token)?;
     let center = roads.as_ref().map_or((52.52, 13.405), |r| r.center());
 
     let geofences = match args.geofences {
@@ -283,12 +314,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     args.city_km, args.city_km
                 );
             }
-            Some(fences::create(&http, n, center, args.city_km, args.seed, !args.json).await?)
+            Some(
+                fences::create(
+                    &http_client,
+                    &http,
+                    n,
+                    center,
+                    args.city_km,
+                    args.seed,
+                    !args.json,
+                )
+                .await?,
+            )
         }
     };
     let sse = match args.sse_clients {
         0 => None,
-        n => Some(live::start(&http, n, args.sse_bbox.as_deref()).await?),
+        n => Some(live::start(&http, token, n, args.sse_bbox.as_deref()).await?),
     };
     let mut phases = Vec::new();
     for (n, &qos) in args.qos.iter().enumerate() {
@@ -313,6 +355,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             id_prefix: format!("bench-q{}-", qos.level()),
             show_progress: !args.json,
             drain_timeout: Duration::from_secs(20),
+            credentials: match token {
+                Some(t) => Credentials::Shared {
+                    username: "fleetd-bench".into(),
+                    password: t.to_owned(),
+                },
+                None => Credentials::Anonymous,
+            },
             ..SimConfig::default()
         };
         if !args.json {
@@ -325,7 +374,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 args.duration.as_secs_f64()
             );
         }
-        phases.push(run_phase(&args, config, &broker, &http, &http_client, pid, center).await?);
+        phases.push(
+            run_phase(
+                &args,
+                config,
+                &broker,
+                &http,
+                &http_client,
+                token,
+                pid,
+                center,
+            )
+            .await?,
+        );
     }
 
     let live = match sse {
@@ -362,6 +423,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         Some(
             probe::near_queries(
+                &http_client,
                 &http,
                 area,
                 args.near_radius_m,
@@ -408,6 +470,7 @@ async fn run_phase(
     broker: &str,
     http: &str,
     client: &reqwest::Client,
+    token: Option<&str>,
     pid: Option<u32>,
     center: (f64, f64),
 ) -> anyhow::Result<Phase> {
@@ -419,8 +482,12 @@ async fn run_phase(
     let probes = Probes::new();
     let mut probe_tasks = Vec::new();
     for p in 0..args.probes {
-        let mqtt =
-            probe::connect(broker, &format!("bench-probe-client-{}-{p}", qos.level())).await?;
+        let mqtt = probe::connect(
+            broker,
+            &format!("bench-probe-client-{}-{p}", qos.level()),
+            token,
+        )
+        .await?;
         probe_tasks.push(tokio::spawn(probe::run_probe(
             p,
             mqtt,

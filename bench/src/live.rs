@@ -56,7 +56,15 @@ struct ClientResult {
 
 /// Opens `n` streams to the fleetd at `http` (`http://host:port`), with an
 /// optional `bbox` filter, and waits (up to 30 s) until they are open.
-pub(crate) async fn start(http: &str, n: usize, bbox: Option<&str>) -> anyhow::Result<LiveClients> {
+pub(crate) async fn start(
+    http: &str,
+    token: Option<&str>,
+    n: usize,
+    bbox: Option<&str>,
+) -> anyhow::Result<LiveClients> {
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let addr = http
         .trim_start_matches("http://")
         .trim_end_matches('/')
@@ -72,6 +80,7 @@ pub(crate) async fn start(http: &str, n: usize, bbox: Option<&str>) -> anyhow::R
         tasks.spawn(client(
             addr.clone(),
             path.clone(),
+            authorization.clone(),
             Arc::clone(&stop),
             Arc::clone(&connected),
         ));
@@ -127,6 +136,7 @@ impl LiveClients {
 async fn client(
     addr: String,
     path: String,
+    authorization: String,
     stop: Arc<AtomicBool>,
     connected: Arc<AtomicU64>,
 ) -> ClientResult {
@@ -141,8 +151,9 @@ async fn client(
         return result;
     };
     let _ = stream.set_nodelay(true);
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{authorization}\r\n"
+    );
     if stream.write_all(request.as_bytes()).await.is_err() {
         result.ended_early = true;
         return result;

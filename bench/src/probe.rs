@@ -80,13 +80,20 @@ impl Probes {
 }
 
 /// A connected rumqttc client (event loop in a task), after its CONNACK.
-pub(crate) async fn connect(broker: &str, id: &str) -> anyhow::Result<rumqttc::AsyncClient> {
+pub(crate) async fn connect(
+    broker: &str,
+    id: &str,
+    token: Option<&str>,
+) -> anyhow::Result<rumqttc::AsyncClient> {
     let (host, port) = broker
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
         .with_context(|| format!("--broker {broker:?} is not host:port"))?;
     let mut options = rumqttc::MqttOptions::new(id, host, port);
     options.set_keep_alive(Duration::from_secs(30));
+    if let Some(token) = token {
+        options.set_credentials("fleetd-bench", token);
+    }
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -195,6 +202,7 @@ pub struct QueryLoad {
 /// `(min_lat, min_lon, max_lat, max_lon)`, `concurrency` at a time, and times
 /// each. `limit` is the API's page size for each answer.
 pub(crate) async fn near_queries(
+    http: &reqwest::Client,
     base: &str,
     area: (f64, f64, f64, f64),
     radius_m: f64,
@@ -202,7 +210,6 @@ pub(crate) async fn near_queries(
     concurrency: usize,
     limit: usize,
 ) -> QueryLoad {
-    let http = reqwest::Client::new();
     let done = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(histogram()));
     let errors = Arc::new(AtomicU64::new(0));

@@ -15,6 +15,9 @@ pub(crate) struct ChildServer {
     pub mqtt: String,
     /// HTTP base URL.
     pub http: String,
+    /// The admin token it wrote to its data directory (`None` with
+    /// `--allow-anonymous`).
+    pub admin_token: Option<String>,
     _data: tempfile::TempDir,
     /// Holds the server's stderr (`server.log`).
     _logs: tempfile::TempDir,
@@ -23,7 +26,7 @@ pub(crate) struct ChildServer {
 impl ChildServer {
     /// Starts `fleetd serve` (this executable) with `window_ms` and waits
     /// until `/readyz` answers.
-    pub(crate) async fn start(window_ms: u64) -> anyhow::Result<ChildServer> {
+    pub(crate) async fn start(window_ms: u64, anonymous: bool) -> anyhow::Result<ChildServer> {
         let data = tempfile::tempdir().context("temporary data directory")?;
         let port = || -> anyhow::Result<u16> {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -44,16 +47,18 @@ impl ChildServer {
             .args(["--window-ms", &window_ms.to_string()])
             .arg("--data")
             .arg(data.path())
+            .args(anonymous.then_some("--allow-anonymous"))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("cannot start fleetd serve")?;
-        let server = ChildServer {
+        let mut server = ChildServer {
             child,
             mqtt,
             http: format!("http://{http}"),
+            admin_token: None,
             _data: data,
             _logs: logs,
         };
@@ -63,6 +68,12 @@ impl ChildServer {
             if let Ok(r) = client.get(format!("{}/readyz", server.http)).send().await
                 && r.status().is_success()
             {
+                if !anonymous {
+                    let file = server._data.path().join("admin.token");
+                    let token = std::fs::read_to_string(&file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    server.admin_token = Some(token.trim().to_owned());
+                }
                 return Ok(server);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

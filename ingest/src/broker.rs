@@ -1,11 +1,17 @@
 //! The embedded MQTT broker (rumqttd) and fleetd's link into it.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::{
+    Broker, Config, ConnectionHooks, ConnectionMeta, ConnectionSettings, RouterConfig,
+    StreamAcceptor,
+};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::IngestError;
 use crate::topic::SUBSCRIPTIONS;
@@ -44,10 +50,14 @@ impl Default for BrokerSettings {
     }
 }
 
-/// A running embedded broker: the link fleetd's ingest reads from.
+/// A running embedded broker: the link fleetd's ingest reads from, and the
+/// MQTT listener fleetd itself accepts on.
 ///
-/// rumqttd has no stop API: the broker thread lives as long as the process.
-/// Shutdown is the ingest loop's job (it stops reading the link).
+/// fleetd binds the listener (so a port in use is a start error, not a log
+/// line) and hands each accepted connection to rumqttd's acceptor with the
+/// [`MqttGate`] as its hooks. rumqttd has no stop API: the router thread
+/// lives as long as the process. Shutdown stops the accept loop and then is
+/// the ingest loop's job (it stops reading the link).
 pub struct EmbeddedBroker {
     /// The ingest link's sending half: keep it, dropping it closes the link.
     pub link_tx: LinkTx,
@@ -56,14 +66,29 @@ pub struct EmbeddedBroker {
     /// A second link, subscribed to nothing, for fleetd's own publishes
     /// (alerts; see [`crate::alerts::spawn_embedded_publisher`]).
     pub alerts_link: (LinkTx, LinkRx),
+    /// The address the listener is bound to (the real port when the
+    /// setting asked for port 0).
+    pub local_addr: SocketAddr,
 }
 
 impl EmbeddedBroker {
-    /// Starts rumqttd on its own OS thread, subscribes the ingest link (its
-    /// SubAcks arrive as the link's first notifications) and waits (up to 10 s) until the listener accepts TCP connections.
-    pub async fn start(settings: &BrokerSettings) -> Result<Self, IngestError> {
-        let config = broker_config(settings);
-        let mut broker = Broker::new(config);
+    /// Binds the MQTT listener, starts rumqttd's router, subscribes the
+    /// ingest link (its SubAcks arrive as the link's first notifications)
+    /// and accepts connections through `gate` until `cancel`.
+    pub async fn start(
+        settings: &BrokerSettings,
+        gate: Arc<dyn ConnectionHooks>,
+        cancel: CancellationToken,
+    ) -> Result<Self, IngestError> {
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| IngestError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(IngestError::Io)?;
+        let broker = Broker::new(router_config(settings));
         let (mut link_tx, link_rx) = broker
             .link("fleetd-ingest")
             .map_err(|e| IngestError::Broker(format!("cannot create ingest link: {e}")))?;
@@ -75,43 +100,47 @@ impl EmbeddedBroker {
                 .subscribe(filter)
                 .map_err(|e| IngestError::Broker(format!("cannot subscribe {filter}: {e}")))?;
         }
-        std::thread::Builder::new()
-            .name("mqtt-broker".into())
-            .spawn(move || {
-                if let Err(e) = broker.start() {
-                    tracing::error!(error = %e, "embedded MQTT broker stopped");
-                }
-            })
-            .map_err(IngestError::Io)?;
-        wait_listening(settings.listen).await?;
-        tracing::info!(listen = %settings.listen, "embedded MQTT broker listening");
+        let acceptor = broker
+            .acceptor(connection_settings(settings))
+            .with_hooks(gate);
+        tokio::spawn(accept_loop(
+            listener,
+            acceptor,
+            settings.max_connections,
+            cancel,
+        ));
+        tracing::info!(listen = %local_addr, "embedded MQTT broker listening");
         Ok(Self {
             link_tx,
             link_rx,
             alerts_link,
+            local_addr,
         })
     }
 }
 
-fn broker_config(settings: &BrokerSettings) -> Config {
-    let connections = ConnectionSettings {
-        connection_timeout_ms: 60_000,
+fn connection_settings(settings: &BrokerSettings) -> ConnectionSettings {
+    ConnectionSettings {
+        // A client gets this long to send CONNECT after TCP is up.
+        connection_timeout_ms: CONNECT_TIMEOUT_MS,
         max_payload_size: settings.max_packet_bytes,
         max_inflight_count: settings.max_inflight,
+        // The gate decides; rumqttd's own tables are not consulted.
         auth: None,
         external_auth: None,
         dynamic_filters: true,
-    };
-    let server = ServerSettings {
-        name: "v4".into(),
-        listen: settings.listen,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections,
-    };
+    }
+}
+
+/// Time a new connection has to send its CONNECT.
+const CONNECT_TIMEOUT_MS: u16 = 10_000;
+
+fn router_config(settings: &BrokerSettings) -> Config {
     Config {
         id: 0,
         router: RouterConfig {
+            // The accept loop enforces the cap first; the router's bound is
+            // the same number so neither refuses what the other admits.
             max_connections: settings.max_connections,
             max_outgoing_packet_count: 200,
             max_segment_size: settings.segment_bytes,
@@ -120,53 +149,63 @@ fn broker_config(settings: &BrokerSettings) -> Config {
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },
-        v4: Some(HashMap::from([("v4".to_owned(), server)])),
         ..Default::default()
     }
 }
 
-/// Polls until the broker answers an MQTT CONNECT on `listen`, since rumqttd
-/// binds on its own thread and reports nothing back. A real CONNECT (and a
-/// clean DISCONNECT) rather than a bare TCP probe keeps the broker from
-/// logging an aborted connection at every start.
-async fn wait_listening(listen: SocketAddr) -> Result<(), IngestError> {
-    let probe = if listen.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], listen.port()))
-    } else {
-        listen
-    };
-    for _ in 0..200 {
-        if mqtt_handshake(probe).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Accepts MQTT connections until `cancel`, at most `max_connections` at a
+/// time: one over the cap is closed at once (counted), so a flood of idle
+/// sockets cannot take every file descriptor. Accept errors (out of file
+/// descriptors) pause the loop instead of spinning on them.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: StreamAcceptor,
+    max_connections: usize,
+    cancel: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let mut last_error_log: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                metrics::counter!("fleetd_mqtt_accept_errors_total").increment(1);
+                if last_error_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "MQTT accept failed; pausing accepts");
+                    last_error_log = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            metrics::counter!("fleetd_mqtt_connects_total", "result" => "over_connection_cap")
+                .increment(1);
+            drop(stream);
+            continue;
+        };
+        // Acks and small publishes must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match acceptor
+                .serve(stream, ConnectionMeta::new(Some(peer)))
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.is_client_side() => {
+                    tracing::debug!(%peer, error = ?e, "MQTT connection ended");
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = ?e, "MQTT connection refused by the router")
+                }
+            }
+        });
     }
-    Err(IngestError::Broker(format!(
-        "MQTT listener on {listen} did not come up (port in use?)"
-    )))
-}
-
-/// One MQTT 3.1.1 CONNECT → CONNACK → DISCONNECT exchange.
-async fn mqtt_handshake(addr: SocketAddr) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const CLIENT_ID: &[u8] = b"fleetd-startup-probe";
-    let mut connect = vec![0x10, (10 + 2 + CLIENT_ID.len()) as u8];
-    // Protocol "MQTT", level 4, clean session, keep-alive 10 s.
-    connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10]);
-    connect.extend_from_slice(&[0, CLIENT_ID.len() as u8]);
-    connect.extend_from_slice(CLIENT_ID);
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.write_all(&connect).await?;
-        let mut connack = [0u8; 4];
-        stream.read_exact(&mut connack).await?;
-        if connack[0] != 0x20 || connack[3] != 0 {
-            return Err(std::io::Error::other("broker refused the probe connection"));
-        }
-        stream.write_all(&[0xe0, 0x00]).await?;
-        Ok(())
-    };
-    tokio::time::timeout(Duration::from_secs(2), exchange)
-        .await
-        .map_err(|_| std::io::Error::other("broker did not answer"))?
+    tracing::debug!("MQTT accept loop stopped");
 }

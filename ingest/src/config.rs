@@ -8,7 +8,7 @@ use std::time::Duration;
 use fleetd_schemas::{InvalidSetting, ensure_setting};
 use serde::Deserialize;
 
-use crate::{BrokerSettings, ExternalBrokerSettings, Limits};
+use crate::{BrokerSettings, ExternalBrokerSettings, Limits, RateLimit};
 
 /// Where positions come from (`ingest.mode`, `--ingest`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -56,6 +56,8 @@ pub struct IngestConfig {
     pub max_future_s: i64,
     pub max_age_h: i64,
     pub rejection_samples: usize,
+    pub device_rate_per_s: f64,
+    pub device_burst: u32,
 }
 
 impl Default for IngestConfig {
@@ -78,6 +80,8 @@ impl Default for IngestConfig {
             max_future_s: limits.max_future_ms / 1000,
             max_age_h: limits.max_age_ms / 3_600_000,
             rejection_samples: DEFAULT_REJECTION_SAMPLES,
+            device_rate_per_s: RateLimit::default().per_s,
+            device_burst: RateLimit::default().burst,
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct IngestSettings {
     pub limits: Limits,
     /// Recent rejections kept for `GET /v1/rejections`.
     pub rejection_samples: usize,
+    /// Per-device MQTT message rate limit of the embedded broker.
+    pub rate: RateLimit,
 }
 
 /// Parses `s` as a listen address, naming `what` in the error.
@@ -130,6 +136,10 @@ impl IngestConfig {
         ensure_setting!(
             c.max_future_s >= 0 && c.max_age_h > 0,
             "ingest.max_future_s must be >= 0 and ingest.max_age_h > 0"
+        );
+        ensure_setting!(
+            c.device_rate_per_s.is_finite() && c.device_rate_per_s >= 0.0 && c.device_burst >= 1,
+            "ingest.device_rate_per_s must be >= 0 (0 turns the limit off) and ingest.device_burst >= 1"
         );
         let mode = match c.mode {
             IngestModeName::Embedded => IngestMode::Embedded,
@@ -180,6 +190,10 @@ impl IngestConfig {
                 max_age_ms: c.max_age_h * 3_600_000,
             },
             rejection_samples: c.rejection_samples,
+            rate: RateLimit {
+                per_s: c.device_rate_per_s,
+                burst: c.device_burst,
+            },
         })
     }
 }

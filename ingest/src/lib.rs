@@ -2,8 +2,12 @@
 //!
 //! * [`MqttIngest`] is the stage the binary starts: the embedded broker or
 //!   an external one, and the task that feeds the processor's queue.
-//! * [`EmbeddedBroker`] runs rumqttd inside the fleetd process and gives the
-//!   ingest link (subscribed to [`topic::SUBSCRIPTIONS`]).
+//! * [`EmbeddedBroker`] runs rumqttd inside the fleetd process behind
+//!   fleetd's own MQTT listener and gives the ingest link (subscribed to
+//!   [`topic::SUBSCRIPTIONS`]).
+//! * [`MqttGate`] is the broker's connection hooks: logins through
+//!   `fleetd_auth::Access`, the topic ACL and the per-device rate limit;
+//!   refused publishes are dropped unacknowledged and counted.
 //! * [`Ingestor`] decodes one MQTT message (protobuf, JSON or OwnTracks JSON,
 //!   see [`decode`]), validates it ([`Limits`]) and records every rejection
 //!   in the shared [`fleetd_schemas::RejectionLog`].
@@ -30,6 +34,7 @@ mod config;
 pub mod decode;
 mod error;
 mod external;
+mod gate;
 mod mqtt;
 mod pipeline;
 mod submit;
@@ -42,6 +47,7 @@ pub use config::{IngestConfig, IngestMode, IngestModeName, IngestSettings, parse
 pub use decode::{Decoder, HttpDecoded, HttpFormat, HttpIdentity, Outcome, Reject};
 pub use error::IngestError;
 pub use external::{ExternalBrokerSettings, run_external};
+pub use gate::{MqttGate, RateLimit};
 pub use mqtt::MqttIngest;
 pub use pipeline::{Ingestor, MAX_CHUNK, run_embedded};
 pub use submit::{SubmitError, Submitted, Submitter};

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use fleetd_auth::Access;
 use fleetd_schemas::{PositionReport, RejectionLog};
 use rumqttd::local::LinkTx;
 use tokio::sync::mpsc;
@@ -14,6 +15,7 @@ use crate::alerts::AlertTarget;
 use crate::config::{IngestMode, IngestSettings};
 use crate::decode::Decoder;
 use crate::error::IngestError;
+use crate::gate::MqttGate;
 use crate::pipeline::Ingestor;
 use crate::{EmbeddedBroker, run_embedded, run_external};
 
@@ -31,16 +33,25 @@ impl MqttIngest {
     /// Starts the embedded broker (waiting until it accepts connections) or
     /// connects to the external one, and the ingest task feeding `output`.
     /// Rejected input goes to `rejections`.
+    ///
+    /// The embedded broker admits only what `access` verifies (see
+    /// [`MqttGate`]); in external mode that broker authenticates devices.
     pub async fn start(
         settings: &IngestSettings,
+        access: Arc<Access>,
         rejections: Arc<RejectionLog>,
         output: mpsc::Sender<Vec<PositionReport>>,
         cancel: CancellationToken,
     ) -> Result<Self, IngestError> {
-        let ingestor = Ingestor::new(Decoder::new(settings.limits.clone()), rejections);
+        let ingestor = Ingestor::new(
+            Decoder::new(settings.limits.clone()),
+            Arc::clone(&rejections),
+        );
         Ok(match &settings.mode {
             IngestMode::Embedded => {
-                let broker = EmbeddedBroker::start(&settings.broker).await?;
+                let gate = Arc::new(MqttGate::new(access, rejections, settings.rate));
+                let broker =
+                    EmbeddedBroker::start(&settings.broker, gate, cancel.child_token()).await?;
                 let (alerts_tx, alerts_rx) = broker.alerts_link;
                 Self {
                     task: tokio::spawn(run_embedded(broker.link_rx, ingestor, output, cancel)),

@@ -143,6 +143,43 @@ pub struct SimConfig {
     pub drain_timeout: Duration,
     /// MQTT keep-alive interval of each connection.
     pub keep_alive: Duration,
+    /// What each connection logs in with.
+    pub credentials: Credentials,
+}
+
+/// How the simulated fleet logs in to the broker.
+#[derive(Debug, Clone, Default)]
+pub enum Credentials {
+    /// No user name or password: only a broker in anonymous mode
+    /// (`fleetd serve --allow-anonymous`) lets such a fleet in.
+    #[default]
+    Anonymous,
+    /// The same user name and password on every connection: for fleetd an
+    /// API token with `write` scope as the password, which may publish for
+    /// any device (and is the only way multiplexed connections log in).
+    Shared {
+        /// MQTT user name (fleetd ignores it for a token).
+        username: String,
+        /// MQTT password.
+        password: String,
+    },
+    /// One secret per device, as `fleetd credentials issue` prints them:
+    /// each vehicle connects as its own device.
+    PerDevice(Arc<std::collections::HashMap<String, String>>),
+}
+
+impl Credentials {
+    /// The user name and password connection `client` (a device id, or a
+    /// multiplexed connection's id) logs in with.
+    pub(crate) fn login(&self, client: &str) -> Option<(String, String)> {
+        match self {
+            Self::Anonymous => None,
+            Self::Shared { username, password } => Some((username.clone(), password.clone())),
+            Self::PerDevice(secrets) => secrets
+                .get(client)
+                .map(|password| (client.to_owned(), password.clone())),
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -172,6 +209,7 @@ impl Default for SimConfig {
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
             keep_alive: Duration::from_secs(30),
+            credentials: Credentials::Anonymous,
         }
     }
 }
@@ -190,12 +228,26 @@ pub(crate) struct Plan {
 }
 
 impl SimConfig {
+    /// The device ids the fleet publishes as (`{prefix}0000`, ...), for
+    /// provisioning their credentials.
+    pub fn device_ids(&self) -> Vec<String> {
+        device_ids(&self.id_prefix, self.vehicles)
+    }
+
     /// Checks every setting and derives the broker host/port, the publish
     /// period and the device ids.
     pub(crate) fn plan(&self) -> Result<Plan, SimError> {
         let (host, port) = parse_broker(&self.broker)?;
         if self.vehicles == 0 {
             return Err(invalid("vehicles", "must be at least 1".to_owned()));
+        }
+        if self.connections.is_some() && matches!(self.credentials, Credentials::PerDevice(_)) {
+            return Err(invalid(
+                "credentials",
+                "multiplexed connections carry many devices: log them in with one API token \
+                 (shared credentials), not per-device secrets"
+                    .to_owned(),
+            ));
         }
         if let Some(c) = self.connections
             && !(1..=self.vehicles).contains(&c)

@@ -47,7 +47,7 @@ mod vehicle;
 
 pub use chaos::{Chaos, ChaosKind};
 pub use city::{CityGrid, Direction, Node, haversine_m};
-pub use config::{Qos, SimConfig, parse_duration};
+pub use config::{Credentials, Qos, SimConfig, parse_duration};
 pub use driver::RoadVehicle;
 pub use error::SimError;
 pub use phone::Outages;

@@ -77,6 +77,7 @@ pub async fn run(config: SimConfig, cancel: CancellationToken) -> Result<SimRepo
             } else {
                 REQUEST_CAPACITY
             },
+            credentials: config.credentials.clone(),
         },
         period: plan.period,
         drain_timeout: config.drain_timeout,

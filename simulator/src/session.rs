@@ -46,6 +46,8 @@ pub(crate) struct Endpoint {
     pub(crate) inflight: u16,
     /// Requests the client queues before publishing waits or refuses.
     pub(crate) request_capacity: usize,
+    /// What each connection logs in with.
+    pub(crate) credentials: crate::Credentials,
 }
 
 /// State of a session's connection, published by its event-loop task.
@@ -87,6 +89,9 @@ impl Session {
             .set_keep_alive(endpoint.keep_alive)
             .set_inflight(endpoint.inflight)
             .set_max_packet_size(1024 * 1024, 1024 * 1024);
+        if let Some((username, password)) = endpoint.credentials.login(device_id) {
+            options.set_credentials(username, password);
+        }
         let (client, mut eventloop) = AsyncClient::new(options, endpoint.request_capacity);
         eventloop
             .network_options

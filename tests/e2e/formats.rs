@@ -7,7 +7,7 @@ use fleetd_schemas::proto;
 use prost::Message;
 use serde_json::Value;
 
-use crate::util::{Fleetd, mosquitto_pub, now_ms};
+use crate::util::{Fleetd, now_ms};
 
 struct RefPoint {
     lat: f64,
@@ -108,7 +108,7 @@ async fn each_input_format_is_queryable_within_window_plus_one_second() {
         sf.lat, sf.lon
     );
     let published = Instant::now();
-    mosquitto_pub(server.mqtt_port, "fleet/json-1/pos", json.as_bytes());
+    server.mosquitto_pub("fleet/json-1/pos", json.as_bytes());
     let (body, took) = wait_vehicle(&server, "json-1", ts_json, published).await;
     assert_cells(&body, &sf);
     assert_eq!(body["accuracy_m"].as_f64(), Some(6.5));
@@ -125,11 +125,7 @@ async fn each_input_format_is_queryable_within_window_plus_one_second() {
         sydney.lat, sydney.lon
     );
     let published = Instant::now();
-    mosquitto_pub(
-        server.mqtt_port,
-        "owntracks/alice/phone",
-        owntracks.as_bytes(),
-    );
+    server.mosquitto_pub("owntracks/alice/phone", owntracks.as_bytes());
     let (body, took) = wait_vehicle(&server, "alice/phone", tst * 1000, published).await;
     assert_cells(&body, &sydney);
     assert_eq!(body["speed_mps"].as_f64(), Some(20.0), "72 km/h");
@@ -140,11 +136,7 @@ async fn each_input_format_is_queryable_within_window_plus_one_second() {
     );
 
     // Non-location OwnTracks messages are ignored, not rejected.
-    mosquitto_pub(
-        server.mqtt_port,
-        "owntracks/alice/phone",
-        br#"{"_type":"lwt","tst":1}"#,
-    );
+    server.mosquitto_pub("owntracks/alice/phone", br#"{"_type":"lwt","tst":1}"#);
     let ignored = server
         .wait_for(Duration::from_secs(5), || async {
             let v = server

@@ -8,7 +8,7 @@ use fleetd_schemas::proto;
 use prost::Message;
 use rumqttc::QoS;
 
-use crate::util::{Fleetd, mosquitto_pub, now_ms};
+use crate::util::{Fleetd, now_ms};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_is_rejected_while_valid_traffic_flows() {
@@ -82,7 +82,7 @@ async fn garbage_is_rejected_while_valid_traffic_flows() {
             .expect("publish garbage");
     }
     // The third-party client's garbage too.
-    mosquitto_pub(server.mqtt_port, "fleet/bad-2/pos", b"garbage");
+    server.mosquitto_pub("fleet/bad-2/pos", b"garbage");
     good_task.await.expect("good publisher");
 
     let expected: HashMap<&str, f64> = HashMap::from([

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::util::{Fleetd, mosquitto_pub, now_ms};
+use crate::util::{Fleetd, now_ms};
 
 const LAT: f64 = 52.5;
 const LON: f64 = 13.4;
@@ -40,9 +40,15 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    fn start(port: u16, topics: &[&str]) -> Subscriber {
+    /// Subscribes to `topics` on `server`, logged in with its admin token
+    /// (a dashboard's read token would do: `fleet/+/alerts` spans devices).
+    fn start(server: &Fleetd, topics: &[&str]) -> Subscriber {
         let mut cmd = Command::new("mosquitto_sub");
-        cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v", "-q", "1"]);
+        let port = server.mqtt_port.to_string();
+        cmd.args(["-h", "127.0.0.1", "-p", &port, "-v", "-q", "1"]);
+        if let Some((username, password)) = server.mqtt_login() {
+            cmd.args(["-u", &username, "-P", &password]);
+        }
         for t in topics {
             cmd.args(["-t", t]);
         }
@@ -200,7 +206,7 @@ async fn geofence_alerts_over_rest_mqtt_and_owntracks_and_membership_survives_re
     let (status, list) = server.get("/v1/geofences").await;
     assert_eq!((status, list["count"].clone()), (200, json!(1)), "{list}");
 
-    let sub = Subscriber::start(server.mqtt_port, &["fleet/+/alerts", "owntracks/+/+/event"]);
+    let sub = Subscriber::start(&server, &["fleet/+/alerts", "owntracks/+/+/event"]);
     // mosquitto_sub needs a moment to connect and subscribe.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -237,8 +243,7 @@ async fn geofence_alerts_over_rest_mqtt_and_owntracks_and_membership_survives_re
     // (its east and west edges are 339 m from the centre) and stays.
     let ts = now_ms() / 1000 - 1000;
     for i in 0..20 {
-        mosquitto_pub(
-            server.mqtt_port,
+        server.mosquitto_pub(
             "owntracks/alice/phone",
             &owntracks(ts + i * 10, -1500.0 + i as f64 * 80.0),
         );
@@ -294,11 +299,7 @@ async fn geofence_alerts_over_rest_mqtt_and_owntracks_and_membership_survives_re
     )
     .await;
     assert_eq!(status, 201);
-    mosquitto_pub(
-        server.mqtt_port,
-        "owntracks/alice/phone",
-        &owntracks(ts + 200, 30.0),
-    );
+    server.mosquitto_pub("owntracks/alice/phone", &owntracks(ts + 200, 30.0));
     let kiosk = wait_alerts(&server, "geofence=kiosk", 1).await;
     assert_eq!(
         kiosk,
@@ -308,8 +309,7 @@ async fn geofence_alerts_over_rest_mqtt_and_owntracks_and_membership_survives_re
     assert_eq!(delete(&server, "/v1/geofences/kiosk").await, 404);
     assert_eq!(server.get("/v1/geofences/kiosk/vehicles").await.0, 404);
     for i in 21..30 {
-        mosquitto_pub(
-            server.mqtt_port,
+        server.mosquitto_pub(
             "owntracks/alice/phone",
             &owntracks(ts + i * 10, 30.0 + (i - 20) as f64 * 20.0),
         );
@@ -331,12 +331,11 @@ async fn geofence_alerts_over_rest_mqtt_and_owntracks_and_membership_survives_re
     let server = Fleetd::start(&data, &args).await;
     let (_, inside) = server.get("/v1/geofences/depot/vehicles").await;
     assert_eq!(inside["count"], 1, "{inside}");
-    let sub = Subscriber::start(server.mqtt_port, &["owntracks/alice/phone/event"]);
+    let sub = Subscriber::start(&server, &["owntracks/alice/phone/event"]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // East at 15 m/s from 210 m: out of the depot after ~9 fixes.
     for i in 30..45 {
-        mosquitto_pub(
-            server.mqtt_port,
+        server.mosquitto_pub(
             "owntracks/alice/phone",
             &owntracks(ts + i * 10, 210.0 + (i - 29) as f64 * 150.0),
         );

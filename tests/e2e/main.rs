@@ -6,6 +6,7 @@
 #![allow(unreachable_pub)]
 
 mod api;
+mod auth;
 mod cli;
 mod demo;
 mod external;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use fake_scylla::{FakeScylla, KEYSPACE};
 use scylla_proxy::{Condition, RequestOpcode, RequestReaction, RequestRule, example_db_errors};
 
-use crate::util::{Fleetd, mosquitto_pub, now_ms};
+use crate::util::{Fleetd, now_ms};
 
 // Multi-threaded: the fake node runs on this runtime and must keep
 // answering while the test thread blocks waiting for fleetd to exit (its
@@ -42,7 +42,7 @@ async fn serve_on_scylla_reports_unavailability_on_readyz_and_recovers() {
 
     let ts = now_ms();
     let payload = format!("{{\"ts_ms\": {ts}, \"lat\": 52.5219, \"lon\": 13.4132}}");
-    mosquitto_pub(server.mqtt_port, "fleet/sc-1/pos", payload.as_bytes());
+    server.mosquitto_pub("fleet/sc-1/pos", payload.as_bytes());
     let latest = server
         .wait_for(Duration::from_secs(10), || async {
             let (status, body) = server.get("/v1/vehicles/sc-1").await;
@@ -107,19 +107,23 @@ async fn serve_on_scylla_reports_unavailability_on_readyz_and_recovers() {
 
 /// Publishes one message per line of `lines` with a single mosquitto_pub
 /// (QoS 1), so thousands go out in one burst.
-fn mosquitto_pub_lines(port: u16, topic: &str, lines: &str) {
-    let mut child = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-l",
-        ])
+fn mosquitto_pub_lines(server: &Fleetd, topic: &str, lines: &str) {
+    let mut command = Command::new("mosquitto_pub");
+    command.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &server.mqtt_port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        topic,
+        "-l",
+    ]);
+    if let Some((username, password)) = server.mqtt_login() {
+        command.args(["-u", &username, "-P", &password]);
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -190,7 +194,7 @@ async fn store_outage_holds_batches_pushes_back_on_ingest_and_loses_nothing() {
             )
         })
         .collect();
-    mosquitto_pub_lines(server.mqtt_port, "fleet/bp-1/pos", &lines);
+    mosquitto_pub_lines(&server, "fleet/bp-1/pos", &lines);
 
     // What fleetd can hold while the store is down, in positions: the batch
     // being retried and the next one (each < max_batch + one chunk), one
@@ -294,7 +298,7 @@ async fn a_batch_failing_every_attempt_is_dropped_and_counted() {
             )
         })
         .collect();
-    mosquitto_pub_lines(server.mqtt_port, "fleet/drop-1/pos", &lines);
+    mosquitto_pub_lines(&server, "fleet/drop-1/pos", &lines);
     let dropped = server
         .wait_for(Duration::from_secs(15), || async {
             let n = server.metric("fleetd_store_dropped_positions_total").await;
@@ -308,7 +312,7 @@ async fn a_batch_failing_every_attempt_is_dropped_and_counted() {
     fake.reset_rules();
     let after = now_ms();
     let payload = format!("{{\"ts_ms\": {after}, \"lat\": 52.5219, \"lon\": 13.4132}}");
-    mosquitto_pub(server.mqtt_port, "fleet/drop-1/pos", payload.as_bytes());
+    server.mosquitto_pub("fleet/drop-1/pos", payload.as_bytes());
     let track = server
         .wait_for(Duration::from_secs(15), || async {
             let (status, body) = server.get("/v1/vehicles/drop-1/track").await;

@@ -9,12 +9,19 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// A fleetd process started by a test. Killed on drop if still running.
+///
+/// Authentication is on unless the test passed `--allow-anonymous`: then
+/// `admin_token` is the token fleetd wrote to `admin.token` on its first
+/// start, `client` sends it on every request, and MQTT helpers log in with
+/// it (an admin token may publish for any device, like a gateway).
 pub struct Fleetd {
     child: Option<Child>,
     pub mqtt_port: u16,
     pub http: String,
     log: PathBuf,
     pub client: reqwest::Client,
+    /// The admin token (`None` in anonymous mode).
+    pub admin_token: Option<String>,
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
@@ -54,8 +61,16 @@ impl Fleetd {
                 http: format!("http://127.0.0.1:{http_port}"),
                 log,
                 client: reqwest::Client::new(),
+                admin_token: None,
             };
             if server.wait_ready(Duration::from_secs(30)).await {
+                if !extra.contains(&"--allow-anonymous") {
+                    let token = std::fs::read_to_string(data.join("admin.token"))
+                        .expect("fleetd wrote admin.token before it was ready");
+                    let token = token.trim().to_owned();
+                    server.client = authorized_client(&token);
+                    server.admin_token = Some(token);
+                }
                 return server;
             }
             last_log = server.log();
@@ -172,10 +187,37 @@ impl Fleetd {
         }
     }
 
-    /// A connected rumqttc client; its event loop runs in a task.
+    /// A connected rumqttc client logged in with the admin token (none in
+    /// anonymous mode); its event loop runs in a task.
     pub async fn mqtt_client(&self, id: &str) -> rumqttc::AsyncClient {
-        mqtt_client(self.mqtt_port, id).await
+        mqtt_client_as(self.mqtt_port, id, self.mqtt_login().as_ref()).await
     }
+
+    /// The MQTT user name and password the helpers log in with.
+    pub fn mqtt_login(&self) -> Option<(String, String)> {
+        self.admin_token
+            .as_ref()
+            .map(|t| ("fleetd-tests".to_owned(), t.clone()))
+    }
+
+    /// `mosquitto_pub` once, logged in like [`Fleetd::mqtt_client`].
+    pub fn mosquitto_pub(&self, topic: &str, message: &[u8]) {
+        mosquitto_pub_as(self.mqtt_port, self.mqtt_login().as_ref(), topic, message)
+    }
+}
+
+/// A reqwest client that sends `Authorization: Bearer {token}` on every
+/// request (a request's own Authorization header wins).
+pub fn authorized_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .expect("a token is a valid header value");
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("http client")
 }
 
 impl Drop for Fleetd {
@@ -195,10 +237,23 @@ pub fn parse_metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A rumqttc client connected to 127.0.0.1:`port`, with its event loop
-/// polled in a background task; waits for the CONNACK.
+/// A rumqttc client connected to 127.0.0.1:`port` without credentials.
 pub async fn mqtt_client(port: u16, id: &str) -> rumqttc::AsyncClient {
+    mqtt_client_as(port, id, None).await
+}
+
+/// A rumqttc client connected to 127.0.0.1:`port` with `login` (user name,
+/// password), with its event loop polled in a background task; waits for
+/// the CONNACK and panics if the broker refused.
+pub async fn mqtt_client_as(
+    port: u16,
+    id: &str,
+    login: Option<&(String, String)>,
+) -> rumqttc::AsyncClient {
     let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    if let Some((username, password)) = login {
+        options.set_credentials(username.clone(), password.clone());
+    }
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 1000);
@@ -224,33 +279,43 @@ pub async fn mqtt_client(port: u16, id: &str) -> rumqttc::AsyncClient {
     client
 }
 
-/// Runs `mosquitto_pub` (the third-party client) once.
-pub fn mosquitto_pub(port: u16, topic: &str, message: &[u8]) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("payload");
-    std::fs::write(&file, message).expect("write payload");
-    let out = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-        ])
-        .arg("-f")
-        .arg(&file)
-        .output()
-        .expect(
-            "mosquitto_pub is not installed: run scripts/test, which installs mosquitto-clients",
-        );
+/// Runs `mosquitto_pub` once with `-u`/`-P` from `login`; panics if it fails.
+pub fn mosquitto_pub_as(port: u16, login: Option<&(String, String)>, topic: &str, message: &[u8]) {
+    let out = run_mosquitto_pub(port, login, topic, message);
     assert!(
         out.status.success(),
         "mosquitto_pub failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs `mosquitto_pub` once (QoS 1) and returns how it ended.
+pub fn run_mosquitto_pub(
+    port: u16,
+    login: Option<&(String, String)>,
+    topic: &str,
+    message: &[u8],
+) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("payload");
+    std::fs::write(&file, message).expect("write payload");
+    let mut command = Command::new("mosquitto_pub");
+    command.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        topic,
+    ]);
+    if let Some((username, password)) = login {
+        command.args(["-u", username, "-P", password]);
+    }
+    command.arg("-f").arg(&file).output().expect(
+        "mosquitto_pub is not installed: run scripts/test, which installs mosquitto-clients",
+    )
 }
 
 /// Current Unix time in ms.
