@@ -216,12 +216,19 @@ async fn a_device_may_publish_only_as_itself() {
     }
     let (_, latest_b) = server.get("/v1/vehicles/truck-b").await;
     assert_eq!(latest_b["ts_ms"], t0, "B's latest is unchanged");
-    let (_, track_b) = server.get("/v1/vehicles/truck-b/track").await;
+    let track_b = server
+        .wait_for(Duration::from_secs(10), || async {
+            let (_, track) = server.get("/v1/vehicles/truck-b/track").await;
+            (!track["items"].as_array()?.is_empty()).then_some(track)
+        })
+        .await
+        .expect("B's track");
     assert_eq!(
         track_b["items"].as_array().map(Vec::len),
         Some(1),
         "{track_b}"
     );
+    assert_eq!(track_b["items"][0]["ts_ms"], t0, "{track_b}");
     assert_eq!(server.get("/v1/vehicles/bob%2Fphone").await.0, 404);
 
     assert_eq!(
