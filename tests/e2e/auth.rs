@@ -4,43 +4,12 @@
 //! a device's publish as another device, counted and sampled; denied
 //! subscriptions; the per-device rate limit.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use rumqttc::{ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
-use crate::util::{Fleetd, mqtt_client_as, now_ms, run_mosquitto_pub};
-
-/// `fleetd credentials issue` on `data` (fleetd stopped): login per id.
-fn issue(data: &Path, ids: &[&str], user: bool) -> Vec<(String, String)> {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetd"));
-    command
-        .args(["credentials", "--data"])
-        .arg(data)
-        .arg("issue");
-    if user {
-        command.arg("--user");
-    }
-    let out = command.args(ids).output().expect("run fleetd credentials");
-    assert!(
-        out.status.success(),
-        "credentials issue failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let issued: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON list");
-    issued
-        .iter()
-        .map(|c| {
-            let username = c["username"].as_str().expect("username").to_owned();
-            let password = c["password"].as_str().expect("password").to_owned();
-            // 192 random bits, hex: no one guesses it, no slow hash needed.
-            assert_eq!(password.len(), 48, "{c}");
-            (username, password)
-        })
-        .collect()
-}
+use crate::util::{Fleetd, issue, mqtt_client_as, now_ms, run_mosquitto_pub};
 
 /// Connects once and returns the broker's answer to CONNECT.
 async fn connect_result(port: u16, id: &str, login: Option<(&str, &str)>) -> Result<(), String> {

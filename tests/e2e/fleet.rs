@@ -3,15 +3,28 @@
 
 use std::time::Duration;
 
-use fleetd_simulator::{Qos, SimConfig};
+use std::sync::Arc;
+
+use fleetd_simulator::{Credentials, Qos, SimConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::util::Fleetd;
+use crate::util::{Fleetd, issue};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_vehicles_nothing_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Fleetd::start(&dir.path().join("data"), &["--window-ms", "250"]).await;
+    let data = dir.path().join("data");
+    // Each vehicle logs in as itself, with a secret provisioned in bulk.
+    let mut config = SimConfig {
+        vehicles: 1000,
+        id_prefix: "fleet-".into(),
+        ..Default::default()
+    };
+    let ids = config.device_ids();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let secrets = issue(&data, &ids, false);
+    config.credentials = Credentials::PerDevice(Arc::new(secrets.into_iter().collect()));
+    let server = Fleetd::start(&data, &["--window-ms", "250"]).await;
     let config = SimConfig {
         broker: format!("127.0.0.1:{}", server.mqtt_port),
         vehicles: 1000,
@@ -19,8 +32,7 @@ async fn thousand_vehicles_nothing_lost() {
         duration: Some(Duration::from_secs(6)),
         qos: Qos::AtLeastOnce,
         seed: 7,
-        id_prefix: "fleet-".into(),
-        ..Default::default()
+        ..config
     };
     let report = fleetd_simulator::run(config, CancellationToken::new())
         .await

@@ -456,13 +456,21 @@ async fn a_client_that_never_reads_is_dropped_while_others_keep_up() {
     )
     .await;
     let mut good = SseClient::connect(&server, "/v1/stream?kinds=positions", None).await;
-    // Wait until the demo fleet is publishing.
-    let mut warm = 0;
-    while warm < vehicles {
-        if good.next(Duration::from_secs(30)).await.is_none() {
+    // Wait until every demo vehicle is connected and publishing (each logs
+    // in with its own credential first), then a moment more, so that the
+    // baseline is taken after start-up and not during it.
+    let mut heard = std::collections::HashSet::new();
+    while heard.len() < vehicles {
+        let Some(event) = good.next(Duration::from_secs(30)).await else {
             panic!("no demo events; log:\n{}", server.log());
+        };
+        if let Some(id) = event.json()["device_id"].as_str() {
+            heard.insert(id.to_owned());
         }
-        warm += 1;
+    }
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(2) {
+        good.next(Duration::from_millis(200)).await;
     }
     let rss_before = rss_kib(&server.http);
 
@@ -475,9 +483,15 @@ async fn a_client_that_never_reads_is_dropped_while_others_keep_up() {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
     let mut slow = socket.connect(addr).await.expect("connect");
-    slow.write_all(b"GET /v1/stream HTTP/1.1\r\nHost: fleetd\r\nAccept: text/event-stream\r\n\r\n")
-        .await
-        .expect("request");
+    let authorization = server
+        .admin_token
+        .as_ref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "GET /v1/stream HTTP/1.1\r\nHost: fleetd\r\nAccept: text/event-stream\r\n{authorization}\r\n"
+    );
+    slow.write_all(request.as_bytes()).await.expect("request");
 
     // Meanwhile the good client keeps receiving at full rate, second by second.
     let started = Instant::now();

@@ -206,6 +206,42 @@ impl Fleetd {
     }
 }
 
+/// `fleetd credentials issue` on `data` (fleetd stopped, or not started
+/// yet): a login (user name, secret) per id, in order. Many ids go through
+/// `--file`, as a fleet provisions in bulk.
+pub fn issue(data: &Path, ids: &[&str], user: bool) -> Vec<(String, String)> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetd"));
+    command.args(["credentials", "--data"]).arg(data).arg("issue");
+    if user {
+        command.arg("--user");
+    }
+    let list = tempfile::NamedTempFile::with_suffix(".json").expect("id list");
+    if ids.len() > 10 {
+        std::fs::write(list.path(), serde_json::to_vec(ids).expect("json")).expect("write ids");
+        command.arg("--file").arg(list.path());
+    } else {
+        command.args(ids);
+    }
+    let out = command.output().expect("run fleetd credentials");
+    assert!(
+        out.status.success(),
+        "credentials issue failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let issued: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON list");
+    assert_eq!(issued.len(), ids.len());
+    issued
+        .iter()
+        .map(|c| {
+            let username = c["username"].as_str().expect("username").to_owned();
+            let password = c["password"].as_str().expect("password").to_owned();
+            // 192 random bits, hex: no one guesses it, no slow hash needed.
+            assert_eq!(password.len(), 48, "{c}");
+            (username, password)
+        })
+        .collect()
+}
+
 /// A reqwest client that sends `Authorization: Bearer {token}` on every
 /// request (a request's own Authorization header wins).
 pub fn authorized_client(token: &str) -> reqwest::Client {
