@@ -44,5 +44,5 @@ pub use error::IngestError;
 pub use external::{ExternalBrokerSettings, run_external};
 pub use mqtt::MqttIngest;
 pub use pipeline::{Ingestor, MAX_CHUNK, run_embedded};
-pub use submit::{SubmitError, Submitted, Submitter};
+pub use submit::{Caller, Owns, SubmitError, Submitted, Submitter};
 pub use validate::{Limits, RawPosition};
