@@ -766,3 +766,42 @@ async fn browser_posts_need_json_or_a_token_even_anonymously() {
         .await;
     assert_eq!(curl.status, StatusCode::ACCEPTED, "{}", curl.text);
 }
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_is_revoked() {
+    use futures::StreamExt;
+    let h = Harness::new(false).await;
+    let issued = h
+        .access
+        .create_token("live", &[Scope::Read], None)
+        .await
+        .expect("token");
+    let request = Request::get("/v1/stream")
+        .header("authorization", bearer(&issued.token))
+        .body(Body::empty())
+        .expect("request");
+    let response = router(h.state.clone())
+        .oneshot(request)
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    let preamble = tokio::time::timeout(Duration::from_secs(5), body.next()).await;
+    assert!(
+        matches!(preamble, Ok(Some(Ok(_)))),
+        "the preamble comes first"
+    );
+    assert!(
+        h.access
+            .revoke_token(&issued.record.id)
+            .await
+            .expect("revoke")
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(chunk) = body.next().await {
+            chunk.expect("chunk");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ended with its token");
+}

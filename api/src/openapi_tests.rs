@@ -726,6 +726,75 @@ async fn real_responses_match_the_documented_schemas() {
         .await;
     assert_eq!(v, doc(), "served as written");
 
+    // Credentials and tokens (no token needed: the access service here
+    // allows anonymous callers).
+    let post = Method::POST;
+    let delete = Method::DELETE;
+    for (one, template) in [
+        (
+            "/v1/devices/car-1/credentials",
+            "/v1/devices/{id}/credentials",
+        ),
+        (
+            "/v1/users/alice/credentials",
+            "/v1/users/{user}/credentials",
+        ),
+    ] {
+        let issued = c.check(post.clone(), one, template, None).await;
+        assert!(issued["password"].is_string(), "{issued}");
+        c.check(delete.clone(), one, template, None).await;
+        c.check(delete.clone(), one, template, None).await;
+    }
+    c.check(
+        post.clone(),
+        "/v1/devices/bad%20id/credentials",
+        "/v1/devices/{id}/credentials",
+        None,
+    )
+    .await;
+    c.check(
+        post.clone(),
+        "/v1/users/a%2Fb/credentials",
+        "/v1/users/{user}/credentials",
+        None,
+    )
+    .await;
+    c.check(
+        post.clone(),
+        "/v1/credentials",
+        "/v1/credentials",
+        Some(json!({"devices": ["car-1", "car-2"], "users": ["alice"]})),
+    )
+    .await;
+    c.check(
+        post.clone(),
+        "/v1/credentials",
+        "/v1/credentials",
+        Some(json!({"devices": ["bad id"]})),
+    )
+    .await;
+    let token = c
+        .check(
+            post.clone(),
+            "/v1/tokens",
+            "/v1/tokens",
+            Some(json!({"name": "dashboard", "scopes": ["read"], "expires_in_s": 60})),
+        )
+        .await;
+    c.check(
+        post.clone(),
+        "/v1/tokens",
+        "/v1/tokens",
+        Some(json!({"name": "x", "scopes": []})),
+    )
+    .await;
+    let listed = c.check(get.clone(), "/v1/tokens", "/v1/tokens", None).await;
+    assert_eq!(listed["tokens"][0]["id"], token["id"]);
+    let id = token["id"].as_str().expect("token id");
+    let one = format!("/v1/tokens/{id}");
+    c.check(delete.clone(), &one, "/v1/tokens/{id}", None).await;
+    c.check(delete.clone(), &one, "/v1/tokens/{id}", None).await;
+
     // Every operation but the two live streams (covered by stream_tests)
     // was exercised.
     let exercised: BTreeSet<(String, String)> = c.seen.keys().cloned().collect();
