@@ -307,7 +307,7 @@ pub(crate) async fn browser_guard(
 /// Whether `origin` is in `[api] cors_origins` (which are lowercase).
 fn listed(state: &ApiState, origin: &str) -> bool {
     let origin = origin.trim().to_ascii_lowercase();
-    state.cors_origins.iter().any(|o| *o == origin)
+    state.cors_origins.contains(&origin)
 }
 
 /// Whether `origin` is the request's own `Host` (a page fleetd served).
