@@ -53,7 +53,7 @@ const THROTTLE_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// answers 401/403 (or 429 for throttled logins) in the API's error shape,
 /// and passes the [`Identity`] on in the request's extensions. Requests no
 /// route matched, or with a method their route lacks, pass unchecked to the
-/// 404/405 fallbacks.
+/// 404/405 fallbacks (see `crate::route_access`).
 pub(crate) async fn authorize(
     State(state): State<ApiState>,
     mut req: Request,

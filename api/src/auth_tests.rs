@@ -805,3 +805,17 @@ async fn a_stream_ends_when_its_token_is_revoked() {
     .await;
     assert!(ended.is_ok(), "the stream ended with its token");
 }
+
+#[test]
+fn routes_missing_from_the_table_fail_closed() {
+    use crate::auth::Need;
+    assert_eq!(
+        crate::route_access(&Method::GET, "/v1/forgotten"),
+        Some(Need::Scope(Scope::Admin))
+    );
+    assert_eq!(crate::route_access(&Method::TRACE, "/v1/vehicles"), None);
+    assert_eq!(
+        crate::route_access(&Method::HEAD, "/v1/vehicles"),
+        Some(Need::Scope(Scope::Read))
+    );
+}

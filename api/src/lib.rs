@@ -117,8 +117,11 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// What each route and method needs of its caller: `(method, route
 /// template, need)`. The one place the API's access rules live; the scope
 /// middleware reads it, and the tests hold `api/openapi.json`'s `security`
-/// and `x-fleetd-scope` of every operation to it. A route missing here is
-/// served to nobody but the 405 fallback.
+/// and `x-fleetd-scope` of every operation to it. A route template missing
+/// here altogether needs `admin` (a forgotten route fails closed); a method
+/// missing for a listed route goes on unchecked to the 405 fallback (the
+/// tests hold the router's methods to the document, and the document to
+/// this table).
 pub(crate) const ROUTE_ACCESS: &[(Method, &str, auth::Need)] = {
     use auth::Need::{Ingest, Metrics, Open, Scope as S};
     const READ: auth::Need = S(Scope::Read);
@@ -164,18 +167,25 @@ pub(crate) const ROUTE_ACCESS: &[(Method, &str, auth::Need)] = {
     ]
 };
 
-/// The need of `method` on the route `template`; `None` for a method the
-/// route does not serve (HEAD is served wherever GET is).
+/// The need of `method` on the route `template`; `None` for a method a
+/// listed route does not serve (HEAD is served wherever GET is), `admin`
+/// for a route not listed at all.
 pub(crate) fn route_access(method: &Method, template: &str) -> Option<auth::Need> {
     let method = if method == Method::HEAD {
         &Method::GET
     } else {
         method
     };
-    ROUTE_ACCESS
-        .iter()
-        .find(|(m, path, _)| m == method && *path == template)
-        .map(|(_, _, need)| *need)
+    let mut listed = false;
+    for (m, path, need) in ROUTE_ACCESS {
+        if *path == template {
+            if m == method {
+                return Some(*need);
+            }
+            listed = true;
+        }
+    }
+    (!listed).then_some(auth::Need::Scope(Scope::Admin))
 }
 
 /// Builds the complete router: every route, the JSON fallbacks for unknown
