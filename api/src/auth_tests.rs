@@ -473,7 +473,7 @@ async fn credentials_in_bulk() {
         .send(Method::POST, "/v1/credentials", &auth, bad)
         .await
         .error(StatusCode::BAD_REQUEST, "bad_request");
-    assert!(message.contains("devices[1]"), "{message}");
+    assert!(message.contains(r#"devices[1] "bad id!""#), "{message}");
     assert!(
         h.access
             .login(Some("van-3"), Some("x"), None)

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::extract::Path;
+use crate::params::echo;
 use crate::state::ApiState;
 
 /// Most principals one `POST /v1/credentials` may issue.
@@ -159,13 +160,13 @@ pub(crate) async fn issue_bulk(
     }
     let mut principals = Vec::with_capacity(total);
     for (i, id) in body.devices.iter().enumerate() {
-        let id =
-            DeviceId::parse(id).map_err(|e| ApiError::BadRequest(format!("devices[{i}]: {e}")))?;
+        let id = DeviceId::parse(id)
+            .map_err(|e| ApiError::BadRequest(format!("devices[{i}] {}: {e}", echo(id))))?;
         principals.push(Principal::Device(id));
     }
     for (i, user) in body.users.iter().enumerate() {
-        let user =
-            Principal::user(user).map_err(|e| ApiError::BadRequest(format!("users[{i}]: {e}")))?;
+        let user = Principal::user(user)
+            .map_err(|e| ApiError::BadRequest(format!("users[{i}] {}: {e}", echo(user))))?;
         principals.push(user);
     }
     let credentials: Vec<IssuedCredential> = state
