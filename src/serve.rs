@@ -74,8 +74,22 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
+    // Placeholder until the access service is wired from the settings:
+    // everything stays open, as before authentication existed.
+    let access = Arc::new(
+        fleetd_auth::Access::open(
+            Arc::clone(&store),
+            fleetd_auth::AccessSettings {
+                allow_anonymous: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("cannot open the access service")?,
+    );
     let api_state = ApiState::new(
         Arc::clone(&store),
+        Arc::clone(&access),
         Arc::clone(&rejections),
         metrics.clone(),
         Arc::clone(&ready),
@@ -83,6 +97,8 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     .with_registry(Arc::clone(&registry))
     .with_geofences(Arc::clone(&geofences))
     .with_request_timeout(settings.api.request_timeout)
+    .with_cors_origins(settings.api.cors_origins.clone())
+    .with_metrics_open(settings.api.metrics_open)
     .with_ingest(http_ingest.clone())
     .with_live(LiveApi::new(
         hub.clone(),

@@ -2,8 +2,66 @@
 // alerts as they happen, an H3 heatmap from GET /v1/cells, geofences from
 // GET /v1/geofences, and click-to-inspect with the recent track.
 // Loads nothing but fleetd's own URLs (tiles only when configured).
+//
+// Authentication: the API token comes in the URL fragment (`#token=…`, which
+// browsers never send to the server), is kept in sessionStorage for this tab
+// and removed from the address bar. Every request carries it as
+// `Authorization: Bearer`; the live stream is read with fetch (EventSource
+// cannot send headers). Without a token, when the server asks for one (401),
+// the page says how to sign in instead of showing an empty map; a server
+// without authentication answers without one and the page just works.
 (function () {
   'use strict';
+
+  var TOKEN_KEY = 'fleetd.token';
+  var token = null;
+  (function takeToken() {
+    var m = /(?:^#|&)token=([^&]+)/.exec(window.location.hash || '');
+    if (m) {
+      try { token = decodeURIComponent(m[1]); } catch (e) { token = m[1]; }
+      try { sessionStorage.setItem(TOKEN_KEY, token); } catch (e) { /* private mode: memory only */ }
+      // Keep the secret out of the address bar, history and bookmarks.
+      history.replaceState(null, '', window.location.pathname + window.location.search);
+    } else {
+      try { token = sessionStorage.getItem(TOKEN_KEY); } catch (e) { token = null; }
+    }
+  })();
+
+  var signedOut = false;
+  function headers(extra) {
+    var h = extra || {};
+    if (token) h['Authorization'] = 'Bearer ' + token;
+    return h;
+  }
+  // fetch with the token; a 401 shows the sign-in box and rejects.
+  function api(url, init) {
+    init = init || {};
+    init.headers = headers(init.headers);
+    return fetch(url, init).then(function (r) {
+      if (r.status === 401) { showSignin(); throw new Error('unauthorized'); }
+      return r;
+    });
+  }
+
+  function showSignin() {
+    if (signedOut) return;
+    signedOut = true;
+    try { sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* ignore */ }
+    setStatus('down', 'signed out');
+    var box = document.getElementById('signin');
+    box.hidden = false;
+    document.getElementById('signin-message').textContent = token
+      ? 'The token was refused (revoked or expired). '
+      : 'This fleetd needs an API token. ';
+  }
+  document.getElementById('signin-form').addEventListener('submit', function (e) {
+    e.preventDefault();
+    var value = document.getElementById('signin-token').value.trim();
+    if (!value) return;
+    try { sessionStorage.setItem(TOKEN_KEY, value); } catch (err) { /* memory only */ }
+    // A fresh start with the token: simpler than re-running every loader.
+    window.location.reload();
+  });
 
   var config = {};
   try { config = JSON.parse(document.getElementById('fleetd-config').textContent) || {}; } catch (e) { config = {}; }
@@ -64,7 +122,7 @@
   }
 
   function loadVehicles() {
-    return fetch('/v1/vehicles?bbox=-180,-90,180,90&limit=10000')
+    return api('/v1/vehicles?bbox=-180,-90,180,90&limit=10000')
       .then(function (r) { return r.ok ? r.json() : { vehicles: [] }; })
       .then(function (body) { (body.vehicles || []).forEach(upsert); if (!fitted) fitFleet(); })
       .catch(function () {});
@@ -102,10 +160,10 @@
     el('inspect').hidden = false;
     el('inspect-title').textContent = id;
     var path = '/v1/vehicles/' + encodeURIComponent(id);
-    fetch(path).then(function (r) { return r.ok ? r.json() : null; })
+    api(path).then(function (r) { return r.ok ? r.json() : null; })
       .then(function (v) { if (v && selected === id) { showFields(v); } }).catch(function () {});
     var from = Date.now() - 3600 * 1000;
-    fetch(path + '/track?format=geojson&limit=2000&from=' + from)
+    api(path + '/track?format=geojson&limit=2000&from=' + from)
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (fc) {
         if (!fc || selected !== id) return;
@@ -157,23 +215,72 @@
   }
 
   // --- stream -------------------------------------------------------------
-  function connect() {
-    var source = new EventSource('/v1/stream');
-    source.onopen = function () { setStatus('live', 'live'); };
-    source.onerror = function () { setStatus('down', 'reconnecting…'); };
-    source.addEventListener('position', function (e) {
+  // Server-sent events read with fetch, so that the request can carry the
+  // token; reconnects resume after the last event seen (Last-Event-ID).
+  var lastEventId = null;
+  var retryMs = 1000;
+
+  function handle(type, data) {
+    if (type === 'position') {
       events += 1;
-      try { upsert(JSON.parse(e.data)); } catch (err) { return; }
+      try { upsert(JSON.parse(data)); } catch (err) { return; }
       if (!fitted) fitFleet();
-    });
-    source.addEventListener('alert', function (e) {
+    } else if (type === 'alert') {
       events += 1;
-      try { showAlert(JSON.parse(e.data)); } catch (err) { /* ignore malformed */ }
-    });
-    source.addEventListener('gap', function (e) {
+      try { showAlert(JSON.parse(data)); } catch (err) { /* ignore malformed */ }
+    } else if (type === 'gap') {
       // Missed positions are superseded by the next ones; missed alerts are
       // in GET /v1/alerts.
-      try { var g = JSON.parse(e.data); setStatus('live', 'live (missed ' + g.kind + ')'); } catch (err) { /* ignore */ }
+      try { var g = JSON.parse(data); setStatus('live', 'live (missed ' + g.kind + ')'); } catch (err) { /* ignore */ }
+    }
+  }
+
+  // One event block of text/event-stream (lines up to a blank line).
+  function dispatch(block) {
+    var type = 'message', data = [], id = null;
+    block.split(/\r\n|\r|\n/).forEach(function (line) {
+      if (line === '' || line.charAt(0) === ':') return; // comments are heartbeats
+      var colon = line.indexOf(':');
+      var field = colon < 0 ? line : line.slice(0, colon);
+      var value = colon < 0 ? '' : line.slice(colon + 1);
+      if (value.charAt(0) === ' ') value = value.slice(1);
+      if (field === 'event') type = value;
+      else if (field === 'data') data.push(value);
+      else if (field === 'id') id = value;
+      else if (field === 'retry' && /^\d+$/.test(value)) retryMs = Number(value);
+    });
+    if (id !== null) lastEventId = id;
+    if (data.length) handle(type, data.join('\n'));
+  }
+
+  function connect() {
+    if (signedOut) return;
+    var extra = { 'Accept': 'text/event-stream' };
+    if (lastEventId !== null) extra['Last-Event-ID'] = lastEventId;
+    api('/v1/stream', { headers: extra, cache: 'no-store' }).then(function (r) {
+      if (!r.ok || !r.body) throw new Error('stream answered ' + r.status);
+      setStatus('live', 'live');
+      var reader = r.body.getReader();
+      var decoder = new TextDecoder();
+      var buffer = '';
+      function pump() {
+        return reader.read().then(function (chunk) {
+          if (chunk.done) throw new Error('stream ended');
+          buffer += decoder.decode(chunk.value, { stream: true });
+          var end;
+          while ((end = buffer.search(/\r\n\r\n|\n\n|\r\r/)) >= 0) {
+            var sep = buffer.slice(end).match(/^(\r\n\r\n|\n\n|\r\r)/)[0].length;
+            dispatch(buffer.slice(0, end));
+            buffer = buffer.slice(end + sep);
+          }
+          return pump();
+        });
+      }
+      return pump();
+    }).catch(function () {
+      if (signedOut) return;
+      setStatus('down', 'reconnecting…');
+      setTimeout(connect, retryMs);
     });
   }
 
@@ -200,7 +307,7 @@
       clamp(b.getEast(), -180, 180), clamp(b.getNorth(), -90, 90)].map(function (x) { return x.toFixed(5); }).join(',');
     var res = heatRes();
     el('heatmap-res').textContent = '(res ' + res + ')';
-    fetch('/v1/cells?format=geojson&res=' + res + '&bbox=' + bbox)
+    api('/v1/cells?format=geojson&res=' + res + '&bbox=' + bbox)
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (fc) {
         if (!fc || !el('heatmap-toggle').checked) return;
@@ -232,7 +339,7 @@
 
   // --- geofences ----------------------------------------------------------
   function loadGeofences() {
-    fetch('/v1/geofences?limit=1000').then(function (r) {
+    api('/v1/geofences?limit=1000').then(function (r) {
       if (r.status === 404) { el('geofence-note').textContent = 'No geofence API on this server.'; return null; }
       return r.ok ? r.json() : null;
     }).then(function (body) {

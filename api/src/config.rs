@@ -18,6 +18,8 @@ use crate::{DEFAULT_REQUEST_TIMEOUT, MapSettings, StreamSettings};
 pub struct ApiConfig {
     pub http: String,
     pub request_timeout_s: u64,
+    pub cors_origins: Vec<String>,
+    pub metrics_open: bool,
 }
 
 impl Default for ApiConfig {
@@ -25,6 +27,8 @@ impl Default for ApiConfig {
         Self {
             http: "0.0.0.0:8080".into(),
             request_timeout_s: DEFAULT_REQUEST_TIMEOUT.as_secs(),
+            cors_origins: Vec::new(),
+            metrics_open: false,
         }
     }
 }
@@ -36,6 +40,12 @@ pub struct ApiSettings {
     pub http: SocketAddr,
     /// Upper bound on one request ([`crate::ApiState::request_timeout`]).
     pub request_timeout: Duration,
+    /// Browser origins (`https://host[:port]`) whose pages may call the
+    /// API (CORS) and open live streams; none by default.
+    pub cors_origins: Vec<String>,
+    /// Whether `GET /metrics` answers without a token (default: it needs
+    /// one with `read` scope).
+    pub metrics_open: bool,
 }
 
 impl ApiConfig {
@@ -51,11 +61,38 @@ impl ApiConfig {
             self.request_timeout_s > 0,
             "api.request_timeout_s must be > 0"
         );
+        let cors_origins = self
+            .cors_origins
+            .iter()
+            .map(|origin| normalize_origin(origin))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ApiSettings {
             http,
             request_timeout: Duration::from_secs(self.request_timeout_s),
+            cors_origins,
+            metrics_open: self.metrics_open,
         })
     }
+}
+
+/// An origin as browsers send it in `Origin`: `scheme://host[:port]`,
+/// lowercase, no path. A trailing `/` is forgiven.
+fn normalize_origin(origin: &str) -> Result<String, InvalidSetting> {
+    let trimmed = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"));
+    let valid = rest.is_some_and(|host| {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+    });
+    ensure_setting!(
+        valid,
+        "api.cors_origins: {origin:?} is not an origin like https://dashboard.example:8443 (scheme, host and port only)"
+    );
+    Ok(trimmed)
 }
 
 /// `[live]`: the live hub, live streams, the heatmap and the map page.
@@ -172,6 +209,25 @@ mod tests {
                 .expect_err("bad address")
                 .0
                 .contains("api.http")
+        );
+        assert!(api.cors_origins.is_empty() && !api.metrics_open);
+        let cors = ApiConfig {
+            cors_origins: vec!["https://Dash.example:8443/".into()],
+            ..ApiConfig::default()
+        };
+        assert_eq!(
+            cors.validate().expect("valid").cors_origins,
+            ["https://dash.example:8443"]
+        );
+        let bad = ApiConfig {
+            cors_origins: vec!["dash.example/x".into()],
+            ..ApiConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .expect_err("bad origin")
+                .0
+                .contains("api.cors_origins")
         );
         LiveConfig::default().validate().expect("valid");
         let bad = LiveConfig {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::http::header::RETRY_AFTER;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fleetd_schemas::RejectReason;
@@ -24,6 +24,34 @@ pub enum ApiError {
     /// The message names the parameter.
     #[error("{0}")]
     BadRequest(String),
+    /// 401 `unauthorized`: no valid credentials (missing, wrong or expired
+    /// token, wrong password). The response carries `WWW-Authenticate`
+    /// (`Bearer realm="fleetd"`, and `Basic` too where a login is taken).
+    #[error("{message}")]
+    Unauthorized {
+        /// What was wrong (never the offered secret).
+        message: String,
+        /// Whether HTTP basic logins are accepted here (`POST /v1/positions`).
+        basic: bool,
+    },
+    /// 403 `forbidden`: the caller is known but its scope does not allow
+    /// this, or a browser page of another origin asked.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 429 `rate_limited`: too many failed logins from this address; the
+    /// response carries `Retry-After`.
+    #[error("{message}")]
+    TooManyLogins {
+        /// What to tell the client.
+        message: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// 415 `unsupported_media_type`: a browser request that changes state
+    /// without `Authorization` or a JSON body (what a cross-site form or
+    /// `text/plain` fetch could send).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 404 `not_found`: no such vehicle, or no such route.
     #[error("{0}")]
     NotFound(String),
@@ -73,6 +101,18 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_)
+            | Self::Rejected {
+                reason: RejectReason::NotAuthorized,
+                ..
+            } => StatusCode::FORBIDDEN,
+            Self::TooManyLogins { .. }
+            | Self::Rejected {
+                reason: RejectReason::RateLimited,
+                ..
+            } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -93,6 +133,10 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "bad_request",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::TooManyLogins { .. } => "rate_limited",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge(_) => "payload_too_large",
@@ -160,10 +204,25 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status(), Json(body)).into_response();
-        if let Self::Overloaded { retry_after, .. } = &self {
+        if let Self::Overloaded { retry_after, .. } | Self::TooManyLogins { retry_after, .. } =
+            &self
+        {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, retry_after_value(*retry_after));
+        }
+        if let Self::Unauthorized { basic, .. } = &self {
+            let headers = response.headers_mut();
+            headers.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="fleetd""#),
+            );
+            if *basic {
+                headers.append(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Basic realm="fleetd""#),
+                );
+            }
         }
         if let Some(cause) = self.hidden_cause() {
             response

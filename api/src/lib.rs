@@ -22,12 +22,26 @@
 //!   heartbeat) and [`MapSettings`] (optional tiles) of the live routes.
 //!   Each stream client has a pump task feeding a bounded queue; a client
 //!   that falls behind is dropped, never waited for.
+//! * Access control in one middleware (the `auth` module): every route's
+//!   need is declared in `ROUTE_ACCESS` below the route table; it reads
+//!   `Authorization: Bearer <token>` (HTTP basic for `POST /v1/positions`),
+//!   answers 401 (with `WWW-Authenticate: Bearer realm="fleetd"`) without
+//!   a valid token and 403 when its scope is too low, and puts the caller's
+//!   `fleetd_auth::Identity` in the request's extensions. With
+//!   `allow_anonymous` every request passes, as before authentication.
+//!   Before it, the browser guards: CORS for `[api] cors_origins`, the
+//!   `Origin` of live streams, and no state-changing browser request
+//!   without a token or a JSON body (415).
 //! * A middleware that counts requests (`fleetd_http_requests_total{route,status}`),
 //!   times them (`fleetd_http_request_seconds{route}`), opens a debug-level
 //!   tracing span per request, logs 5xx causes once, and bounds each request
 //!   with a timeout so that graceful shutdown cannot hang on a slow request.
 //!
 //! # Routes
+//!
+//! The scope each needs is in `ROUTE_ACCESS` (and in `api/openapi.json`
+//! as each operation's `security` and `x-fleetd-scope`); a higher scope
+//! includes the lower ones.
 //!
 //! | route | handler |
 //! |---|---|
@@ -43,6 +57,9 @@
 //! | `GET /v1/rejections?limit=` | recent rejected inputs, newest first |
 //! | `GET /v1/stream`, `GET /v1/ws` | live positions and alerts (SSE, WebSocket), resumable |
 //! | `GET /v1/cells?res=&bbox=` | live vehicle counts per H3 cell (`format=json|geojson`) |
+//! | `POST/DELETE /v1/devices/{id}/credentials`, `POST/DELETE /v1/users/{user}/credentials` | issue (or rotate) and revoke a device's or OwnTracks user's credential |
+//! | `POST /v1/credentials` | issue credentials in bulk (`{"devices": [...], "users": [...]}`) |
+//! | `POST/GET /v1/tokens`, `DELETE /v1/tokens/{id}` | API tokens: create (the secret is shown once), list, revoke |
 //! | `GET /`, `GET /assets/{name}` | the live map page and its embedded assets |
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics` | operations |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of all of the above (`api/openapi.json`) |
@@ -54,6 +71,7 @@
 //! on each handler, and for clients in `api/openapi.json` (served at
 //! `/openapi.json`), which tests hold to the router and to real responses.
 
+mod auth;
 mod body;
 mod config;
 mod conn;
@@ -68,6 +86,8 @@ mod routes;
 mod state;
 
 #[cfg(test)]
+mod auth_tests;
+#[cfg(test)]
 mod openapi_tests;
 #[cfg(test)]
 mod positions_tests;
@@ -79,7 +99,9 @@ mod stream_tests;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post, put};
+use axum::http::Method;
+use axum::routing::{delete, get, post, put};
+use fleetd_schemas::Scope;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -91,6 +113,80 @@ pub use state::{ApiState, LiveApi};
 
 /// Default bound on the time one request may take ([`ApiState::request_timeout`]).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What each route and method needs of its caller: `(method, route
+/// template, need)`. The one place the API's access rules live; the scope
+/// middleware reads it, and the tests hold `api/openapi.json`'s `security`
+/// and `x-fleetd-scope` of every operation to it. A route template missing
+/// here altogether needs `admin` (a forgotten route fails closed); a method
+/// missing for a listed route goes on unchecked to the 405 fallback (the
+/// tests hold the router's methods to the document, and the document to
+/// this table).
+pub(crate) const ROUTE_ACCESS: &[(Method, &str, auth::Need)] = {
+    use auth::Need::{Ingest, Metrics, Open, Scope as S};
+    const READ: auth::Need = S(Scope::Read);
+    const WRITE: auth::Need = S(Scope::Write);
+    const ADMIN: auth::Need = S(Scope::Admin);
+    &[
+        (Method::GET, "/v1/vehicles", READ),
+        (Method::GET, "/v1/vehicles/{id}", READ),
+        (Method::GET, "/v1/vehicles/{id}/track", READ),
+        (Method::GET, "/v1/vehicles/{id}/trips", READ),
+        (Method::GET, "/v1/vehicles/{id}/trips/{trip}", READ),
+        (Method::GET, "/v1/vehicles/{id}/trips/{trip}/track", READ),
+        (Method::GET, "/v1/devices", READ),
+        (Method::GET, "/v1/devices/{id}", READ),
+        (Method::PUT, "/v1/devices/{id}", WRITE),
+        (Method::DELETE, "/v1/devices/{id}", WRITE),
+        (Method::GET, "/v1/geofences", READ),
+        (Method::GET, "/v1/geofences/{id}", READ),
+        (Method::PUT, "/v1/geofences/{id}", WRITE),
+        (Method::DELETE, "/v1/geofences/{id}", WRITE),
+        (Method::GET, "/v1/geofences/{id}/vehicles", READ),
+        (Method::GET, "/v1/vehicles/{id}/geofences", READ),
+        (Method::GET, "/v1/alerts", READ),
+        (Method::POST, "/v1/positions", Ingest),
+        (Method::GET, "/v1/rejections", READ),
+        (Method::GET, "/v1/cells", READ),
+        (Method::GET, "/v1/stream", READ),
+        (Method::GET, "/v1/ws", READ),
+        (Method::POST, "/v1/devices/{id}/credentials", ADMIN),
+        (Method::DELETE, "/v1/devices/{id}/credentials", ADMIN),
+        (Method::POST, "/v1/users/{user}/credentials", ADMIN),
+        (Method::DELETE, "/v1/users/{user}/credentials", ADMIN),
+        (Method::POST, "/v1/credentials", ADMIN),
+        (Method::POST, "/v1/tokens", ADMIN),
+        (Method::GET, "/v1/tokens", ADMIN),
+        (Method::DELETE, "/v1/tokens/{id}", ADMIN),
+        (Method::GET, "/", Open),
+        (Method::GET, "/assets/{name}", Open),
+        (Method::GET, "/healthz", Open),
+        (Method::GET, "/readyz", Open),
+        (Method::GET, "/metrics", Metrics),
+        (Method::GET, "/openapi.json", Open),
+    ]
+};
+
+/// The need of `method` on the route `template`; `None` for a method a
+/// listed route does not serve (HEAD is served wherever GET is), `admin`
+/// for a route not listed at all.
+pub(crate) fn route_access(method: &Method, template: &str) -> Option<auth::Need> {
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
+    let mut listed = false;
+    for (m, path, need) in ROUTE_ACCESS {
+        if *path == template {
+            if m == method {
+                return Some(*need);
+            }
+            listed = true;
+        }
+    }
+    (!listed).then_some(auth::Need::Scope(Scope::Admin))
+}
 
 /// Builds the complete router: every route, the JSON fallbacks for unknown
 /// routes (404) and wrong methods (405), and the request middleware.
@@ -131,6 +227,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/positions", post(routes::positions::post))
         .route("/v1/rejections", get(routes::rejections::recent))
         .route("/v1/cells", get(routes::cells::cells))
+        .route(
+            "/v1/devices/{id}/credentials",
+            post(routes::access::issue_device).delete(routes::access::revoke_device),
+        )
+        .route(
+            "/v1/users/{user}/credentials",
+            post(routes::access::issue_user).delete(routes::access::revoke_user),
+        )
+        .route("/v1/credentials", post(routes::access::issue_bulk))
+        .route(
+            "/v1/tokens",
+            post(routes::access::create_token).get(routes::access::list_tokens),
+        )
+        .route("/v1/tokens/{id}", delete(routes::access::revoke_token))
         .route("/", get(routes::map::index))
         .route("/assets/{name}", get(routes::map::asset))
         .route("/v1/stream", get(routes::stream::sse))
@@ -143,7 +253,17 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(routes::fallback::method_not_allowed)
         .fallback(routes::fallback::not_found)
         // Layers run bottom-up on the way in: `observe` sees the response of
-        // `timeout`, so timed-out requests are counted and logged too.
+        // `timeout`, so timed-out requests are counted and logged too; the
+        // browser guards answer preflights before any token is asked for,
+        // and the scope check runs last, right before the handler.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::browser_guard,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.request_timeout,
             middleware::timeout,

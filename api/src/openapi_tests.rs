@@ -117,14 +117,15 @@ fn validator(doc: &Value, schema: &Value) -> jsonschema::Validator {
         .unwrap_or_else(|e| panic!("schema does not compile: {e}\n{schema}"))
 }
 
-fn state() -> (TempDir, ApiState, mpsc::Receiver<Vec<PositionReport>>) {
+async fn state() -> (TempDir, ApiState, mpsc::Receiver<Vec<PositionReport>>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(FjallStore::open(dir.path()).expect("open store"));
     let rejections = Arc::new(RejectionLog::new(16));
     let (tx, rx) = mpsc::channel(16);
     let submitter = Submitter::new(Decoder::new(Limits::default()), Arc::clone(&rejections), tx);
     let state = ApiState::new(
-        store,
+        store.clone(),
+        crate::router_tests::open_access(store, true).await,
         rejections,
         PrometheusBuilder::new().build_recorder().handle(),
         Arc::new(AtomicBool::new(true)),
@@ -289,7 +290,7 @@ async fn every_route_and_method_is_documented_and_nothing_else() {
 
     // Methods: what the router allows on each path (its 405 `Allow`)
     // against the operations of the path.
-    let (_dir, state, _rx) = state();
+    let (_dir, state, _rx) = state().await;
     for path in &served {
         let request = Request::builder()
             .method(Method::TRACE)
@@ -392,7 +393,7 @@ impl Checker {
 
 #[tokio::test]
 async fn real_responses_match_the_documented_schemas() {
-    let (_dir, state, _rx) = state();
+    let (_dir, state, _rx) = state().await;
     let store = Arc::clone(&state.store);
     let now = now_ms();
     let p = position("car-1", now - 60_000, 52.52, 13.405);
@@ -725,6 +726,75 @@ async fn real_responses_match_the_documented_schemas() {
         .await;
     assert_eq!(v, doc(), "served as written");
 
+    // Credentials and tokens (no token needed: the access service here
+    // allows anonymous callers).
+    let post = Method::POST;
+    let delete = Method::DELETE;
+    for (one, template) in [
+        (
+            "/v1/devices/car-1/credentials",
+            "/v1/devices/{id}/credentials",
+        ),
+        (
+            "/v1/users/alice/credentials",
+            "/v1/users/{user}/credentials",
+        ),
+    ] {
+        let issued = c.check(post.clone(), one, template, None).await;
+        assert!(issued["password"].is_string(), "{issued}");
+        c.check(delete.clone(), one, template, None).await;
+        c.check(delete.clone(), one, template, None).await;
+    }
+    c.check(
+        post.clone(),
+        "/v1/devices/bad%20id/credentials",
+        "/v1/devices/{id}/credentials",
+        None,
+    )
+    .await;
+    c.check(
+        post.clone(),
+        "/v1/users/a%2Fb/credentials",
+        "/v1/users/{user}/credentials",
+        None,
+    )
+    .await;
+    c.check(
+        post.clone(),
+        "/v1/credentials",
+        "/v1/credentials",
+        Some(json!({"devices": ["car-1", "car-2"], "users": ["alice"]})),
+    )
+    .await;
+    c.check(
+        post.clone(),
+        "/v1/credentials",
+        "/v1/credentials",
+        Some(json!({"devices": ["bad id"]})),
+    )
+    .await;
+    let token = c
+        .check(
+            post.clone(),
+            "/v1/tokens",
+            "/v1/tokens",
+            Some(json!({"name": "dashboard", "scopes": ["read"], "expires_in_s": 60})),
+        )
+        .await;
+    c.check(
+        post.clone(),
+        "/v1/tokens",
+        "/v1/tokens",
+        Some(json!({"name": "x", "scopes": []})),
+    )
+    .await;
+    let listed = c.check(get.clone(), "/v1/tokens", "/v1/tokens", None).await;
+    assert_eq!(listed["tokens"][0]["id"], token["id"]);
+    let id = token["id"].as_str().expect("token id");
+    let one = format!("/v1/tokens/{id}");
+    c.check(delete.clone(), &one, "/v1/tokens/{id}", None).await;
+    c.check(delete.clone(), &one, "/v1/tokens/{id}", None).await;
+
     // Every operation but the two live streams (covered by stream_tests)
     // was exercised.
     let exercised: BTreeSet<(String, String)> = c.seen.keys().cloned().collect();
@@ -734,5 +804,136 @@ async fn real_responses_match_the_documented_schemas() {
             continue;
         }
         assert!(exercised.contains(&key), "{key:?} not exercised");
+    }
+}
+
+/// The scope name an operation's `x-fleetd-scope` gives for a route's need.
+fn scope_name(need: crate::auth::Need) -> &'static str {
+    use crate::auth::Need;
+    match need {
+        Need::Open => "none",
+        Need::Scope(scope) => scope.name(),
+        // Protected by default (`[api] metrics_open = false`).
+        Need::Metrics => "read",
+        // Tokens need `write`; devices log in with basic instead.
+        Need::Ingest => "write",
+    }
+}
+
+/// Every operation × {no token, read, write, admin token}: 401 without a
+/// token where the document declares `security`, 403 below the operation's
+/// `x-fleetd-scope`, neither otherwise. The document's declarations are
+/// held to `ROUTE_ACCESS` and to real answers, so none of the three can
+/// drift from the others.
+#[tokio::test]
+async fn every_operation_answers_401_and_403_as_its_security_says() {
+    use fleetd_schemas::Scope;
+    let doc = doc();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(FjallStore::open(dir.path()).expect("open store"));
+    let access = crate::router_tests::open_access(store.clone(), false).await;
+    let rejections = Arc::new(RejectionLog::new(16));
+    let (tx, _rx) = mpsc::channel(16);
+    let submitter = Submitter::new(Decoder::new(Limits::default()), Arc::clone(&rejections), tx);
+    let state = ApiState::new(
+        store,
+        Arc::clone(&access),
+        rejections,
+        PrometheusBuilder::new().build_recorder().handle(),
+        Arc::new(AtomicBool::new(true)),
+    )
+    .with_ingest(submitter);
+    let mut callers: Vec<(&str, Option<String>, usize)> = vec![("no token", None, 0)];
+    for (level, scope) in Scope::ALL.into_iter().enumerate() {
+        let issued = access
+            .create_token(scope.name(), &[scope], None)
+            .await
+            .expect("token");
+        callers.push((scope.name(), Some(issued.token), level + 1));
+    }
+    let level_of = |scope: &str| match scope {
+        "none" => 0,
+        "read" => 1,
+        "write" => 2,
+        "admin" => 3,
+        other => panic!("unknown x-fleetd-scope {other:?}"),
+    };
+
+    let mut checked = 0;
+    for (path, method, op) in operations(&doc) {
+        let at = format!("{} {path}", method.to_uppercase());
+        let scope = op["x-fleetd-scope"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{at}: no x-fleetd-scope"));
+        let security = op["security"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{at}: no security"));
+        assert_eq!(
+            security.is_empty(),
+            scope == "none",
+            "{at}: security {security:?} vs scope {scope}"
+        );
+        for requirement in security {
+            for scheme in requirement.as_object().expect("requirement").keys() {
+                assert!(
+                    doc["components"]["securitySchemes"][scheme].is_object(),
+                    "{at}: unknown scheme {scheme}"
+                );
+            }
+        }
+        let parsed: Method = method.to_uppercase().parse().expect("method");
+        let need = crate::route_access(&parsed, &path)
+            .unwrap_or_else(|| panic!("{at}: not in ROUTE_ACCESS"));
+        assert_eq!(scope_name(need), scope, "{at}: ROUTE_ACCESS vs document");
+        if scope != "none" {
+            for status in ["401", "403"] {
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{at}: {status} not documented"
+                );
+            }
+        }
+
+        let needed = level_of(scope);
+        for (caller, token, level) in &callers {
+            let mut request = Request::builder()
+                .method(parsed.clone())
+                .uri(fill(&path, "x"));
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            let response = router(state.clone())
+                .oneshot(request.body(Body::empty()).expect("request"))
+                .await
+                .expect("infallible");
+            let status = response.status();
+            let at = format!("{at} with {caller}: {status}");
+            if needed > 0 && token.is_none() {
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{at}");
+                assert_eq!(
+                    response
+                        .headers()
+                        .get("www-authenticate")
+                        .and_then(|v| v.to_str().ok()),
+                    Some(r#"Bearer realm="fleetd""#),
+                    "{at}"
+                );
+            } else if *level < needed {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{at}");
+            } else {
+                assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "{at}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4 * 36, "only {checked} requests");
+
+    // And the other way round: everything ROUTE_ACCESS lists is documented.
+    for (method, path, _) in crate::ROUTE_ACCESS {
+        let op = &doc["paths"][*path][method.as_str().to_lowercase()];
+        assert!(op.is_object(), "{method} {path} is in ROUTE_ACCESS only");
     }
 }

@@ -28,7 +28,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(queue_chunks: usize) -> Self {
+    async fn new(queue_chunks: usize) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(FjallStore::open(dir.path()).expect("open store"));
         let rejections = Arc::new(RejectionLog::new(64));
@@ -36,7 +36,8 @@ impl Harness {
         let submitter =
             Submitter::new(Decoder::new(Limits::default()), Arc::clone(&rejections), tx);
         let state = ApiState::new(
-            store,
+            store.clone(),
+            crate::router_tests::open_access(store, true).await,
             rejections,
             PrometheusBuilder::new().build_recorder().handle(),
             Arc::new(AtomicBool::new(true)),
@@ -131,7 +132,7 @@ fn basic(user: &str, password: &str) -> String {
 
 #[tokio::test]
 async fn owntracks_http_mode_queues_user_slash_device() {
-    let mut h = Harness::new(16);
+    let mut h = Harness::new(16).await;
     let reply = h
         .post(
             "/v1/positions",
@@ -175,7 +176,7 @@ async fn owntracks_http_mode_queues_user_slash_device() {
 
 #[tokio::test]
 async fn owntracks_non_locations_and_empty_bodies_are_ignored() {
-    let mut h = Harness::new(16);
+    let mut h = Harness::new(16).await;
     let identity = [("x-limit-u", "alice"), ("x-limit-d", "phone")];
     for body in [
         json!({"_type": "transition", "event": "enter", "tst": now_ms() / 1000}).to_string(),
@@ -196,7 +197,7 @@ async fn owntracks_non_locations_and_empty_bodies_are_ignored() {
 
 #[tokio::test]
 async fn owntracks_without_user_or_device_is_a_bad_device_id() {
-    let mut h = Harness::new(16);
+    let mut h = Harness::new(16).await;
     // No user at all (the tid alone is not enough).
     let message = h
         .post("/v1/positions", &[], location(1))
@@ -229,7 +230,7 @@ async fn owntracks_without_user_or_device_is_a_bad_device_id() {
 
 #[tokio::test]
 async fn json_positions_one_or_many_with_device_ids() {
-    let mut h = Harness::new(16);
+    let mut h = Harness::new(16).await;
     let now = now_ms();
     let reply = h
         .post(
@@ -282,7 +283,7 @@ async fn bad_input_is_400_with_the_reason_counted_and_sampled() {
     let recorder = PrometheusBuilder::new().build_recorder();
     // The current-thread test runtime runs every handler on this thread.
     let _guard = metrics::set_default_local_recorder(&recorder);
-    let mut h = Harness::new(16);
+    let mut h = Harness::new(16).await;
     let now = now_ms();
     let cases = [
         (
@@ -360,7 +361,7 @@ async fn bad_input_is_400_with_the_reason_counted_and_sampled() {
 async fn bodies_over_the_limit_are_413_oversize() {
     let recorder = PrometheusBuilder::new().build_recorder();
     let _guard = metrics::set_default_local_recorder(&recorder);
-    let mut h = Harness::new(16);
+    let mut h = Harness::new(16).await;
     let limit = Limits::default().max_payload_bytes;
     let big = format!("[{}]", " ".repeat(limit));
     // Told by Content-Length before reading, and found while reading.
@@ -392,7 +393,7 @@ async fn bodies_over_the_limit_are_413_oversize() {
 
 #[tokio::test]
 async fn a_full_queue_is_503_with_retry_after_and_takes_nothing() {
-    let mut h = Harness::new(1);
+    let mut h = Harness::new(1).await;
     let body = |ts: i64| json!({"device_id": "t", "ts_ms": ts, "lat": 1, "lon": 1}).to_string();
     let now = now_ms();
     let reply = h.post("/v1/positions", &[], body(now - 2)).await;
@@ -421,7 +422,7 @@ async fn a_full_queue_is_503_with_retry_after_and_takes_nothing() {
 
 #[tokio::test]
 async fn not_ready_closed_or_unwired_ingest_is_503() {
-    let mut h = Harness::new(4);
+    let mut h = Harness::new(4).await;
     let body = json!({"device_id": "t", "ts_ms": now_ms(), "lat": 1, "lon": 1}).to_string();
     h.state.ready.store(false, Ordering::SeqCst);
     let reply = h.post("/v1/positions", &[], body.clone()).await;
@@ -448,7 +449,7 @@ async fn not_ready_closed_or_unwired_ingest_is_503() {
 
 #[tokio::test]
 async fn only_post_is_served() {
-    let h = Harness::new(4);
+    let h = Harness::new(4).await;
     let reply = h.get("/v1/positions").await;
     reply.error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     assert_eq!(

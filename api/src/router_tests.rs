@@ -9,6 +9,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::header::{ALLOW, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
+use fleetd_auth::{Access, AccessSettings};
 use fleetd_schemas::{
     Alert, AlertDetail, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, GeofenceId,
     Principal, RejectReason, RejectionLog, StoredCredential, StoredToken, Trip, VehicleState,
@@ -23,6 +24,17 @@ use tempfile::TempDir;
 use tower::ServiceExt;
 
 use crate::{ApiState, router};
+
+/// An access service over `store`; with `allow_anonymous`, every request
+/// passes without a token (what the tests written before authentication
+/// assume).
+pub(crate) async fn open_access(store: Arc<dyn Store>, allow_anonymous: bool) -> Arc<Access> {
+    let settings = AccessSettings {
+        allow_anonymous,
+        ..AccessSettings::default()
+    };
+    Arc::new(Access::open(store, settings).await.expect("access service"))
+}
 
 /// A router over a fresh store; keeps the directory alive.
 struct Harness {
@@ -41,6 +53,7 @@ impl Harness {
         let store = Arc::new(FjallStore::open(dir.path()).expect("open store"));
         let state = ApiState::new(
             store.clone(),
+            open_access(store.clone(), true).await,
             Arc::new(RejectionLog::new(16)),
             metrics,
             Arc::new(AtomicBool::new(true)),
@@ -669,8 +682,13 @@ impl Store for BrokenStore {
 
 #[tokio::test]
 async fn store_failures_hide_their_cause() {
+    // The access service's tokens come from a working store: it could not
+    // open over a broken one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = Arc::new(FjallStore::open(dir.path()).expect("open store"));
     let state = ApiState::new(
         Arc::new(BrokenStore),
+        open_access(tokens, true).await,
         Arc::new(RejectionLog::new(1)),
         PrometheusBuilder::new().build_recorder().handle(),
         Arc::new(AtomicBool::new(true)),

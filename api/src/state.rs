@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use fleetd_auth::Access;
 use fleetd_geofence::Geofences;
 use fleetd_ingest::Submitter;
 use fleetd_live::{LiveHub, LiveSettings};
@@ -22,6 +23,16 @@ use crate::routes::map::{MapSettings, render_index};
 pub struct ApiState {
     /// Where positions are read from. The API only reads.
     pub store: Arc<dyn Store>,
+    /// Who is calling: bearer tokens and their scopes for every protected
+    /// route, HTTP basic logins for `POST /v1/positions`, and the
+    /// credentials and tokens the admin routes issue and revoke.
+    pub access: Arc<Access>,
+    /// Browser origins allowed to call the API (CORS) and to open live
+    /// streams, besides the page's own host; `[api] cors_origins`.
+    pub cors_origins: Arc<[String]>,
+    /// Whether `GET /metrics` is open (`[api] metrics_open`); otherwise it
+    /// needs a `read` token.
+    pub metrics_open: bool,
     /// Recent rejected inputs, written by ingest, served by `GET /v1/rejections`.
     pub rejections: Arc<RejectionLog>,
     /// Renders the process's metrics for `GET /metrics`. The binary installs
@@ -81,15 +92,21 @@ impl LiveApi {
 }
 
 impl ApiState {
-    /// State with the default request timeout ([`crate::DEFAULT_REQUEST_TIMEOUT`]).
+    /// State with the default request timeout ([`crate::DEFAULT_REQUEST_TIMEOUT`]),
+    /// no CORS origins and a protected `/metrics`. `access` decides who may
+    /// call what (with `allow_anonymous` on, everyone may do everything).
     pub fn new(
         store: Arc<dyn Store>,
+        access: Arc<Access>,
         rejections: Arc<RejectionLog>,
         metrics: PrometheusHandle,
         ready: Arc<AtomicBool>,
     ) -> Self {
         Self {
             store,
+            access,
+            cors_origins: Arc::from(Vec::new()),
+            metrics_open: false,
             rejections,
             metrics,
             ready,
@@ -136,6 +153,21 @@ impl ApiState {
         self
     }
 
+    /// Takes the browser origins allowed to call the API (`[api]
+    /// cors_origins`, validated: `scheme://host[:port]`, lowercase).
+    #[must_use]
+    pub fn with_cors_origins(mut self, origins: Vec<String>) -> Self {
+        self.cors_origins = Arc::from(origins);
+        self
+    }
+
+    /// Opens `GET /metrics` to callers without a token (`[api] metrics_open`).
+    #[must_use]
+    pub fn with_metrics_open(mut self, open: bool) -> Self {
+        self.metrics_open = open;
+        self
+    }
+
     /// Replaces the request timeout (from configuration).
     #[must_use]
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
@@ -148,6 +180,9 @@ impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiState")
             .field("ready", &self.ready)
+            .field("access", &self.access)
+            .field("cors_origins", &self.cors_origins)
+            .field("metrics_open", &self.metrics_open)
             .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
     }

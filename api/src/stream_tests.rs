@@ -26,12 +26,13 @@ struct Harness {
     hub: LiveHub,
 }
 
-fn harness(settings: LiveSettings) -> Harness {
+async fn harness(settings: LiveSettings) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(FjallStore::open(dir.path()).expect("store"));
     let hub = LiveHub::with_base_seq(settings, 1000);
     let state = ApiState::new(
-        store,
+        store.clone(),
+        crate::router_tests::open_access(store, true).await,
         Arc::new(RejectionLog::new(4)),
         PrometheusBuilder::new().build_recorder().handle(),
         Arc::new(AtomicBool::new(true)),
@@ -144,7 +145,7 @@ const QUIET: Duration = Duration::from_millis(300);
 
 #[tokio::test]
 async fn alerts_published_into_the_hub_stream_in_order_and_resume_exactly_once() {
-    let h = harness(LiveSettings::default());
+    let h = harness(LiveSettings::default()).await;
     let mut stream = Stream::open(&h, "/v1/stream?kinds=alerts", None).await;
     // Let the pump subscribe before publishing.
     assert!(stream.events(QUIET).await.is_empty());
@@ -199,7 +200,7 @@ async fn alerts_published_into_the_hub_stream_in_order_and_resume_exactly_once()
 
 #[tokio::test]
 async fn filters_apply_to_alerts_and_positions() {
-    let h = harness(LiveSettings::default());
+    let h = harness(LiveSettings::default()).await;
     let mut fenced = Stream::open(&h, "/v1/stream?geofence=depot", None).await;
     let mut boxed = Stream::open(&h, "/v1/stream?bbox=13,52,14,53&devices=car-1,car-2", None).await;
     fenced.events(QUIET).await;
@@ -245,7 +246,8 @@ async fn a_resume_past_the_replay_buffer_gets_a_gap_first() {
     let h = harness(LiveSettings {
         replay_alerts: 2,
         ..LiveSettings::default()
-    });
+    })
+    .await;
     for ts in 0..5 {
         h.hub
             .publish(vec![], vec![alert("car-1", None, ts, 52.5, 13.4)]); // 1000..=1004
@@ -263,7 +265,7 @@ async fn a_resume_past_the_replay_buffer_gets_a_gap_first() {
 
 #[tokio::test]
 async fn streams_end_on_shutdown() {
-    let h = harness(LiveSettings::default());
+    let h = harness(LiveSettings::default()).await;
     let mut stream = Stream::open(&h, "/v1/stream", None).await;
     stream.events(QUIET).await;
     h.state.live.shutdown.cancel();
@@ -276,7 +278,7 @@ async fn streams_end_on_shutdown() {
 
 #[tokio::test]
 async fn the_map_page_and_its_assets_are_served() {
-    let h = harness(LiveSettings::default());
+    let h = harness(LiveSettings::default()).await;
     let get = |uri: &'static str| {
         let app = router(h.state.clone());
         async move {

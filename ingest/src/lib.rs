@@ -50,5 +50,5 @@ pub use external::{ExternalBrokerSettings, run_external};
 pub use gate::{MqttGate, RateLimit};
 pub use mqtt::MqttIngest;
 pub use pipeline::{Ingestor, MAX_CHUNK, run_embedded};
-pub use submit::{SubmitError, Submitted, Submitter};
+pub use submit::{Caller, Owns, SubmitError, Submitted, Submitter};
 pub use validate::{Limits, RawPosition};

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use fleetd_schemas::{PositionReport, RejectReason, RejectionLog, now_ms};
+use fleetd_schemas::{DeviceId, PositionReport, RejectReason, RejectionLog, now_ms};
 use tokio::sync::mpsc;
 
 use crate::decode::{Decoder, HttpFormat, HttpIdentity, Outcome, Reject};
@@ -45,9 +45,57 @@ pub struct Submitted {
     pub ignored: Option<&'static str>,
 }
 
+/// Who submits a payload, as the transport verified it: whose positions
+/// it may submit, and the name rejections are sampled under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Which devices' positions it may submit.
+    pub owns: Owns,
+    /// How it is named in a `not_authorized` rejection's detail (e.g.
+    /// `device truck-1`, `user alice`). Never a secret.
+    pub label: String,
+}
+
+impl Caller {
+    /// A caller that may submit any device's positions (a trusted gateway,
+    /// or no authentication at all).
+    pub fn anyone(label: impl Into<String>) -> Self {
+        Self {
+            owns: Owns::Any,
+            label: label.into(),
+        }
+    }
+}
+
+/// Which devices a [`Caller`] owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owns {
+    /// Every device.
+    Any,
+    /// Exactly this device (its own credential).
+    Device(DeviceId),
+    /// Every OwnTracks device `{user}/…` of this user (the user's
+    /// credential, like Mosquitto's `%u` pattern).
+    User(String),
+}
+
+impl Owns {
+    /// Whether positions of `device` are the caller's own.
+    pub fn owns(&self, device: &DeviceId) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Device(id) => id == device,
+            Self::User(user) => device
+                .as_str()
+                .strip_prefix(user.as_str())
+                .is_some_and(|rest| rest.starts_with('/')),
+        }
+    }
+}
+
 /// Why a payload's accepted positions were not queued. Nothing of the
 /// payload was queued; its rejections were still counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubmitError {
     /// The processor queue has no room: the processor is behind. Retry later.
@@ -56,6 +104,11 @@ pub enum SubmitError {
     /// The queue was closed: fleetd is shutting down.
     #[error("ingest is closed")]
     Closed,
+    /// The payload names a device the caller does not own; this one
+    /// `not_authorized` rejection (the first foreign device) was counted
+    /// and sampled instead of the payload's other rejections.
+    #[error("{}", .0.detail)]
+    NotAuthorized(Reject),
 }
 
 impl Submitter {
@@ -82,9 +135,27 @@ impl Submitter {
     /// how `identity` and the body decide its format), counts and samples
     /// its rejections under `source` (as `GET /v1/rejections` shows it), and
     /// queues the accepted positions: all of them or, with an error, none.
+    ///
+    /// Anyone may submit any device's positions here; see
+    /// [`Submitter::submit_as`] for a verified caller.
     pub fn submit(
         &self,
         identity: &HttpIdentity,
+        source: &str,
+        payload: &[u8],
+    ) -> Result<Submitted, SubmitError> {
+        self.submit_as(identity, &Caller::anyone("anonymous"), source, payload)
+    }
+
+    /// Like [`Submitter::submit`], for `caller`: when the payload names any
+    /// device `caller` does not own (a decoded or rejected position's
+    /// device, or the OwnTracks `user/device` of the request), nothing of
+    /// it is queued and [`SubmitError::NotAuthorized`] says which device.
+    /// The check runs on the decoded payload, so the body is parsed once.
+    pub fn submit_as(
+        &self,
+        identity: &HttpIdentity,
+        caller: &Caller,
         source: &str,
         payload: &[u8],
     ) -> Result<Submitted, SubmitError> {
@@ -100,6 +171,30 @@ impl Submitter {
         let decoded =
             self.decoder
                 .decode_http(identity, payload, received_ms, &mut positions, &mut rejects);
+        if let Some(foreign) = foreign_device(caller, decoded.device.as_ref(), &positions, &rejects)
+        {
+            let reject = Reject {
+                reason: RejectReason::NotAuthorized,
+                detail: format!(
+                    "{} may not submit positions of device {foreign}",
+                    caller.label
+                ),
+                device: Some(foreign),
+                index: None,
+            };
+            // The payload itself was not looked at further: only this is
+            // counted, so a refused sender cannot fill the log with
+            // another device's name in many rejections.
+            record_reject(
+                &self.rejections,
+                source,
+                None,
+                reject.clone(),
+                payload,
+                received_ms,
+            );
+            return Err(SubmitError::NotAuthorized(reject));
+        }
         count_outcome(decoded.outcome);
         let device = decoded.device.as_ref().map(|d| d.as_str());
         for reject in &rejects {
@@ -177,6 +272,25 @@ impl std::fmt::Debug for Submitter {
             .field("limits", self.limits())
             .finish_non_exhaustive()
     }
+}
+
+/// The first device of a decoded payload that `caller` does not own: the
+/// request's OwnTracks device, then accepted and rejected positions' own.
+fn foreign_device(
+    caller: &Caller,
+    owntracks: Option<&DeviceId>,
+    positions: &[PositionReport],
+    rejects: &[Reject],
+) -> Option<DeviceId> {
+    if caller.owns == Owns::Any {
+        return None;
+    }
+    owntracks
+        .into_iter()
+        .chain(positions.iter().map(|p| &p.device_id))
+        .chain(rejects.iter().filter_map(|r| r.device.as_ref()))
+        .find(|device| !caller.owns.owns(device))
+        .cloned()
 }
 
 /// Queues `positions` in chunks of at most [`MAX_CHUNK`] (the queue's
@@ -282,6 +396,66 @@ mod tests {
             .submit(&HttpIdentity::default(), "http", payload.as_bytes())
             .expect("queued");
         assert_eq!(rx.recv().await.map(|c| c.len()), Some(MAX_CHUNK + 1));
+    }
+
+    #[tokio::test]
+    async fn callers_submit_only_their_own_devices() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let log = Arc::new(RejectionLog::new(16));
+        let submitter = Submitter::new(Decoder::new(Limits::default()), Arc::clone(&log), tx);
+        let van = DeviceId::parse("van-1").expect("id");
+        let device = Caller {
+            owns: Owns::Device(van.clone()),
+            label: "device van-1".into(),
+        };
+        let own = positions_json("van-1", 2);
+        let got = submitter
+            .submit_as(&HttpIdentity::default(), &device, "http", own.as_bytes())
+            .expect("own positions");
+        assert_eq!(got.accepted, 2);
+        assert_eq!(rx.recv().await.map(|c| c.len()), Some(2));
+
+        let mixed = format!(
+            "[{},{}]",
+            positions_json("van-1", 1).trim_matches(['[', ']']),
+            positions_json("van-2", 1).trim_matches(['[', ']'])
+        );
+        let err = submitter
+            .submit_as(&HttpIdentity::default(), &device, "http", mixed.as_bytes())
+            .expect_err("foreign device");
+        let SubmitError::NotAuthorized(reject) = err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(reject.device.as_ref().map(DeviceId::as_str), Some("van-2"));
+        assert!(reject.detail.contains("device van-1"), "{}", reject.detail);
+        assert!(rx.try_recv().is_err(), "nothing of it was queued");
+        let sample = &log.recent(1)[0];
+        assert_eq!(sample.reason, RejectReason::NotAuthorized);
+        assert_eq!(sample.device_id.as_deref(), Some("van-2"));
+
+        let alice = Caller {
+            owns: Owns::User("alice".into()),
+            label: "user alice".into(),
+        };
+        let location = format!(
+            r#"{{"_type": "location", "lat": 1, "lon": 2, "tst": {}}}"#,
+            now_ms() / 1000
+        );
+        let as_user = |user: &str| HttpIdentity {
+            owntracks_user: Some(user.into()),
+            owntracks_device: Some("phone".into()),
+            login: Some("alice".into()),
+        };
+        let got = submitter
+            .submit_as(&as_user("alice"), &alice, "http", location.as_bytes())
+            .expect("own device");
+        assert_eq!(got.accepted, 1);
+        assert!(matches!(
+            submitter.submit_as(&as_user("alicex"), &alice, "http", location.as_bytes()),
+            Err(SubmitError::NotAuthorized(_))
+        ));
+        assert!(Owns::User("alice".into()).owns(&DeviceId::parse("alice/x").expect("id")));
+        assert!(!Owns::User("alice".into()).owns(&DeviceId::parse("alice").expect("id")));
     }
 
     #[tokio::test]

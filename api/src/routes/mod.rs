@@ -1,5 +1,6 @@
 //! Route handlers, one module per resource.
 
+pub(crate) mod access;
 pub(crate) mod alerts;
 pub(crate) mod cells;
 pub(crate) mod devices;

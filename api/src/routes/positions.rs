@@ -4,18 +4,25 @@
 //! `X-Limit-D`, `?u=&d=`, the basic-auth user) and shapes the answer;
 //! ingest's `Submitter` tells the format, decodes, validates, counts
 //! rejections and queues exactly as for MQTT input.
+//!
+//! Who may post was settled by the access middleware (a device's or
+//! OwnTracks user's basic login, or a `write` token); which devices it may
+//! post for is checked by ingest on the decoded positions ([`Caller`]):
+//! a device only its own, a user only its `user/…` devices.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use fleetd_ingest::{HttpFormat, HttpIdentity, Reject, SubmitError, Submitted, Submitter};
+use fleetd_auth::Identity;
+use fleetd_ingest::{
+    Caller, HttpFormat, HttpIdentity, Owns, Reject, SubmitError, Submitted, Submitter,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -69,10 +76,13 @@ struct Rejected {
 /// * Nothing usable: 400 (413 for `oversize`) with the first rejection's
 ///   reason as `error.code`; every rejection is counted in
 ///   `fleetd_rejected_total{reason}` and sampled in `GET /v1/rejections`.
+/// * Positions of a device the caller does not own: 403 `not_authorized`,
+///   counted and sampled (reason `not_authorized`); nothing was queued.
 /// * Queue full: 503 `overloaded`, not ready or shutting down: 503
 ///   `not_ready`, both with `Retry-After`; nothing was queued.
 pub(crate) async fn post(
     State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
     headers: HeaderMap,
     Query(params): Query<PositionsParams>,
     body: Body,
@@ -86,8 +96,10 @@ pub(crate) async fn post(
         )));
     }
     let body = read_body(&ingest, &headers, body).await?;
-    let submitted = match ingest.submit(&identity(&headers, params), SOURCE, &body) {
+    let caller = caller(&identity);
+    let submitted = match ingest.submit_as(&identity_of(&headers, params), &caller, SOURCE, &body) {
         Ok(submitted) => submitted,
+        Err(SubmitError::NotAuthorized(reject)) => return Err(rejected(reject, 0)),
         Err(SubmitError::QueueFull) => {
             return Err(ApiError::Overloaded {
                 message: "the processor is behind; nothing was queued, retry later".into(),
@@ -138,9 +150,23 @@ fn over_limit(err: &axum::Error) -> bool {
     false
 }
 
+/// Whose positions a verified identity may post.
+fn caller(identity: &Identity) -> Caller {
+    let owns = match identity {
+        Identity::Device(id) => Owns::Device(id.clone()),
+        Identity::User(user) => Owns::User(user.clone()),
+        // The middleware let only `write` tokens through: trusted gateways.
+        Identity::Service { .. } | Identity::Anonymous => Owns::Any,
+    };
+    Caller {
+        owns,
+        label: identity.label(),
+    }
+}
+
 /// Who the request says sent it: OwnTracks' user and device (headers, or
 /// the OwnTracks Recorder's `?u=&d=`) and the basic-auth user name.
-fn identity(headers: &HeaderMap, params: PositionsParams) -> HttpIdentity {
+fn identity_of(headers: &HeaderMap, params: PositionsParams) -> HttpIdentity {
     let header = |name: &str| non_empty(headers.get(name).and_then(|v| v.to_str().ok()));
     HttpIdentity {
         owntracks_user: header("x-limit-u")
@@ -157,21 +183,16 @@ fn non_empty(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|v| !v.is_empty())
 }
 
-/// The user name of HTTP basic authentication. fleetd has no
-/// authentication yet: the password is not checked, the name only tells
-/// whose device it is.
+/// The user name of HTTP basic authentication, which an OwnTracks app
+/// sends as its user. The password was checked by the access middleware.
 fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (user, _password) = decoded.split_once(':')?;
-    (!user.is_empty()).then(|| user.to_owned())
+    let (user, _password) = crate::auth::decode_basic(encoded)?;
+    (!user.is_empty()).then_some(user)
 }
 
 /// OwnTracks apps expect 200 with a JSON array (cards, commands; none here).

@@ -6,6 +6,10 @@
 //! header). SSE events are `event: position|alert|gap` with the sequence
 //! number as `id`; WebSocket messages are `{"seq", "type", "data"}`
 //! (gaps: `{"type": "gap", "data": {...}}`).
+//!
+//! A stream outlives the request that checked its token: it ends when the
+//! caller's token (or credential) is revoked, and the client's reconnect
+//! then meets the check again.
 
 use axum::Extension;
 use axum::body::{Body, Bytes};
@@ -15,6 +19,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use fleetd_auth::Identity;
 use futures::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +36,7 @@ use crate::state::ApiState;
 /// Heartbeat comments keep idle connections open. 400 for a bad parameter.
 pub(crate) async fn sse(
     State(state): State<ApiState>,
+    identity: Option<Extension<Identity>>,
     conn: Option<Extension<ConnectInfo<Conn>>>,
     headers: HeaderMap,
     Query(params): Query<StreamParams>,
@@ -64,7 +70,8 @@ pub(crate) async fn sse(
             _ => Bytes::from(frame.parts.concat()),
         };
         Some((Ok::<_, std::convert::Infallible>(chunk), queue))
-    });
+    })
+    .take_until(revoked(&state, identity));
     Ok((
         [
             (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
@@ -85,6 +92,7 @@ pub(crate) async fn sse(
 /// request that is not a WebSocket upgrade.
 pub(crate) async fn ws(
     State(state): State<ApiState>,
+    identity: Option<Extension<Identity>>,
     conn: Option<Extension<ConnectInfo<Conn>>>,
     Query(params): Query<StreamParams>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -99,8 +107,20 @@ pub(crate) async fn ws(
     let (peer, _) = conn_parts(conn);
     Ok(upgrade
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| ws_session(socket, state, request, peer))
+        .on_upgrade(move |socket| ws_session(socket, state, request, peer, identity))
         .into_response())
+}
+
+/// Resolves when the caller's token or credential is revoked or rotated
+/// (never for anonymous callers).
+fn revoked(
+    state: &ApiState,
+    identity: Option<Extension<Identity>>,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    match identity {
+        Some(Extension(identity)) => Box::pin(state.access.watch(&identity)),
+        None => Box::pin(std::future::pending()),
+    }
 }
 
 /// The peer and kill switch of the connection; absent when the router is
@@ -135,7 +155,14 @@ fn start(
 
 /// One WebSocket client: writes queued frames, pings, reads (for pongs and
 /// close), and closes on shutdown or when the pump drops it as slow.
-async fn ws_session(socket: WebSocket, state: ApiState, request: StreamRequest, peer: String) {
+async fn ws_session(
+    socket: WebSocket,
+    state: ApiState,
+    request: StreamRequest,
+    peer: String,
+    identity: Option<Extension<Identity>>,
+) {
+    let mut revoked = revoked(&state, identity);
     let kill = CancellationToken::new();
     let shutdown = state.live.shutdown.clone();
     let mut queue = start(&state, request, Transport::Ws, peer, kill.clone(), None);
@@ -147,6 +174,7 @@ async fn ws_session(socket: WebSocket, state: ApiState, request: StreamRequest, 
             biased;
             _ = kill.cancelled() => break Some((close_code::POLICY, "too slow: events were not read in time")),
             _ = shutdown.cancelled() => break Some((close_code::AWAY, "fleetd is shutting down")),
+            () = &mut revoked => break Some((close_code::POLICY, "the token was revoked")),
             frame = queue.rx.recv() => {
                 let Some(frame) = frame else { break None };
                 let mut sent = true;
