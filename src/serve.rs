@@ -74,19 +74,6 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
-    // Placeholder until the access service is wired from the settings:
-    // everything stays open, as before authentication existed.
-    let access = Arc::new(
-        fleetd_auth::Access::open(
-            Arc::clone(&store),
-            fleetd_auth::AccessSettings {
-                allow_anonymous: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .context("cannot open the access service")?,
-    );
     let api_state = ApiState::new(
         Arc::clone(&store),
         Arc::clone(&access),

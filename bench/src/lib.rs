@@ -378,11 +378,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             run_phase(
                 &args,
                 config,
-                &broker,
-                &http,
-                &http_client,
-                token,
-                pid,
+                &Target {
+                    broker: &broker,
+                    http: &http,
+                    client: &http_client,
+                    token,
+                    pid,
+                },
                 center,
             )
             .await?,
@@ -464,16 +466,29 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fleetd under test as a phase talks to it.
+struct Target<'a> {
+    broker: &'a str,
+    http: &'a str,
+    client: &'a reqwest::Client,
+    /// MQTT password of the probes (an API token), if authentication is on.
+    token: Option<&'a str>,
+    pid: Option<u32>,
+}
+
 async fn run_phase(
     args: &BenchArgs,
     config: SimConfig,
-    broker: &str,
-    http: &str,
-    client: &reqwest::Client,
-    token: Option<&str>,
-    pid: Option<u32>,
+    target: &Target<'_>,
     center: (f64, f64),
 ) -> anyhow::Result<Phase> {
+    let Target {
+        broker,
+        http,
+        client,
+        token,
+        pid,
+    } = *target;
     let qos = config.qos;
     let before = Scrape::fetch(client, http).await?;
     let (cpu_before, self_before) = (pid.and_then(|p| cpu_seconds(Some(p))), cpu_seconds(None));

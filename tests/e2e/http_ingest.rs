@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::util::{Fleetd, now_ms};
+use crate::util::{Fleetd, issue, now_ms};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owntracks_http_mode_and_json_positions_are_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
+    let alice = issue(&data, &["alice"], true);
+    let alice_secret = alice[0].1.clone();
     let mut server = Fleetd::start(&data, &["--window-ms", "200"]).await;
     let url = format!("{}/v1/positions", server.http);
 
@@ -22,7 +24,7 @@ async fn owntracks_http_mode_and_json_positions_are_stored() {
     let r = server
         .client
         .post(&url)
-        .basic_auth("alice", Some("secret"))
+        .basic_auth("alice", Some(&alice_secret))
         .header("X-Limit-U", "alice")
         .header("X-Limit-D", "phone")
         .json(
@@ -35,6 +37,41 @@ async fn owntracks_http_mode_and_json_positions_are_stored() {
         .expect("post owntracks");
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.expect("json"), json!([]));
+    // Alice posting as bob: 403, counted, nothing of it stored.
+    let as_bob = json!({"_type": "location", "tst": tst, "lat": 1.0, "lon": 2.0});
+    let r = server
+        .client
+        .post(&url)
+        .basic_auth("alice", Some(&alice_secret))
+        .header("X-Limit-U", "bob")
+        .header("X-Limit-D", "phone")
+        .json(&as_bob)
+        .send()
+        .await
+        .expect("post as bob");
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["error"]["code"],
+        "not_authorized"
+    );
+    assert_eq!(
+        server
+            .metric("fleetd_rejected_total{reason=\"not_authorized\"}")
+            .await,
+        1.0
+    );
+    // A wrong password is a 401 with the Basic challenge.
+    let r = server
+        .client
+        .post(&url)
+        .basic_auth("alice", Some("not-her-secret"))
+        .header("X-Limit-U", "alice")
+        .header("X-Limit-D", "phone")
+        .json(&as_bob)
+        .send()
+        .await
+        .expect("post wrong password");
+    assert_eq!(r.status(), 401);
     // Its other messages are accepted and ignored.
     let r = server
         .client

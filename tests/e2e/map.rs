@@ -223,8 +223,29 @@ async fn map_page_shows_the_demo_fleet_moving_in_headless_chromium() {
         json!({"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": false}),
     )
     .await;
+    // Without a token the page asks to sign in instead of showing a blank map.
     cdp.call("Page.navigate", json!({"url": format!("{}/", server.http)}))
         .await;
+    let signin = cdp
+        .wait_for(
+            "(() => { const b = document.getElementById('signin'); \
+             return b && !b.hidden && b.offsetParent !== null ? b.innerText : ''; })()",
+            Duration::from_secs(20),
+            |v| v.as_str().is_some_and(|s| !s.is_empty()),
+        )
+        .await;
+    let signin = signin.as_str().unwrap_or_default();
+    assert!(
+        signin.contains("Sign in") && signin.contains("fleetd serve"),
+        "sign-in message: {signin:?}"
+    );
+    // Opened from the URL `fleetd serve` printed, it shows the fleet.
+    let url = server.printed_map_url();
+    assert!(
+        url.starts_with(&format!("{}/#token=fltd_", server.http)),
+        "{url}"
+    );
+    cdp.call("Page.navigate", json!({"url": url})).await;
 
     // One marker per demo vehicle.
     let count = cdp

@@ -51,7 +51,7 @@ impl Fleetd {
                 .args(extra)
                 .env("RUST_LOG", "info,fleetd_processor=debug,rumqttd=warn")
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                .stdout(std::fs::File::create(log.with_extension("out")).expect("stdout file"))
                 .stderr(log_file)
                 .spawn()
                 .expect("spawn fleetd");
@@ -99,6 +99,17 @@ impl Fleetd {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         false
+    }
+
+    /// The map URL with the admin token that `fleetd serve` printed on
+    /// stdout.
+    pub fn printed_map_url(&self) -> String {
+        let out = std::fs::read_to_string(self.log.with_extension("out")).unwrap_or_default();
+        out.lines()
+            .find_map(|l| l.strip_prefix("fleetd: open the map at "))
+            .unwrap_or_else(|| panic!("fleetd printed no map URL; stdout:\n{out}"))
+            .trim()
+            .to_owned()
     }
 
     /// The server's log so far.
@@ -211,7 +222,10 @@ impl Fleetd {
 /// `--file`, as a fleet provisions in bulk.
 pub fn issue(data: &Path, ids: &[&str], user: bool) -> Vec<(String, String)> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fleetd"));
-    command.args(["credentials", "--data"]).arg(data).arg("issue");
+    command
+        .args(["credentials", "--data"])
+        .arg(data)
+        .arg("issue");
     if user {
         command.arg("--user");
     }
