@@ -27,6 +27,18 @@
     }
   })();
 
+  // Opening the printed URL in a tab already on the page changes only the
+  // fragment, which does not reload: take the token and start afresh.
+  window.addEventListener('hashchange', function () {
+    var m = /(?:^#|&)token=([^&]+)/.exec(window.location.hash || '');
+    if (!m) return;
+    var fresh;
+    try { fresh = decodeURIComponent(m[1]); } catch (e) { fresh = m[1]; }
+    try { sessionStorage.setItem(TOKEN_KEY, fresh); } catch (e) { /* memory only */ }
+    history.replaceState(null, '', window.location.pathname + window.location.search);
+    window.location.reload();
+  });
+
   var signedOut = false;
   function headers(extra) {
     var h = extra || {};

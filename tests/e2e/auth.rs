@@ -329,3 +329,176 @@ async fn a_device_over_its_rate_limit_loses_only_the_excess() {
         .await;
     assert!(calm_stored.is_some(), "the calm device lost nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_secret_closes_its_session_and_refuses_the_old_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let old = issue(&data, &["truck-a"], false).remove(0);
+    let server = Fleetd::start(&data, &[]).await;
+    let port = server.mqtt_port;
+
+    // A session open with the old secret, watched until it ends.
+    let mut options = MqttOptions::new("truck-a", "127.0.0.1", port);
+    options.set_credentials(old.0.clone(), old.1.clone());
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    let session = tokio::spawn(async move {
+        let mut connected = false;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => connected = true,
+                Ok(_) => {}
+                Err(e) => return (connected, e.to_string()),
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let r = server
+        .client
+        .post(format!("{}/v1/devices/truck-a/credentials", server.http))
+        .send()
+        .await
+        .expect("rotate");
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let fresh: Value = r.json().await.expect("json");
+    let new_secret = fresh["password"].as_str().expect("password");
+    assert_ne!(new_secret, old.1);
+
+    let (connected, ended) = tokio::time::timeout(Duration::from_secs(10), session)
+        .await
+        .expect("the old session is closed at once")
+        .expect("session task");
+    assert!(connected, "the old session had been up: {ended}");
+    let not_authorized = Err(format!("{:?}", ConnectReturnCode::NotAuthorized));
+    assert_eq!(
+        connect_result(port, "truck-a", Some(("truck-a", &old.1))).await,
+        not_authorized
+    );
+    assert_eq!(
+        connect_result(port, "truck-a", Some(("truck-a", new_secret))).await,
+        Ok(())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_needs_a_token_with_the_scope_and_cors_grants_only_listed_origins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fleetd.toml");
+    std::fs::write(&config, "[api]\ncors_origins = [\"http://dash.example\"]\n").expect("config");
+    let config = config.to_str().expect("utf-8");
+    let server = Fleetd::start(&dir.path().join("data"), &["--config", config]).await;
+    let plain = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", server.http);
+
+    // No token: 401 with the challenge, in the JSON error shape.
+    let r = plain.get(url("/v1/vehicles/x")).send().await.expect("get");
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .is_ok_and(|v| v.starts_with("Bearer"))
+    );
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    // Open routes stay open.
+    for path in ["/healthz", "/readyz", "/openapi.json", "/"] {
+        let status = plain.get(url(path)).send().await.expect("get").status();
+        assert_eq!(status, 200, "{path}");
+    }
+    // A read token reads, and may not write or administer.
+    let r = server
+        .client
+        .post(url("/v1/tokens"))
+        .json(&json!({"name": "dashboard", "scopes": ["read"], "expires_in_s": 3600}))
+        .send()
+        .await
+        .expect("create token");
+    assert_eq!(r.status(), 201);
+    let read = r.json::<Value>().await.expect("json")["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let reader = crate::util::authorized_client(&read);
+    assert_eq!(
+        reader
+            .get(url("/v1/vehicles/x"))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        404
+    );
+    assert_eq!(
+        reader
+            .get(url("/metrics"))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
+    let fence = json!({"center": [13.4, 52.5], "radius_m": 50});
+    let r = reader
+        .put(url("/v1/geofences/g"))
+        .json(&fence)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 403);
+    let r = reader.get(url("/v1/tokens")).send().await.expect("get");
+    assert_eq!(r.status(), 403);
+    // The token list shows no secrets.
+    let listed = server
+        .client
+        .get(url("/v1/tokens"))
+        .send()
+        .await
+        .expect("list");
+    let listed = listed.text().await.expect("body");
+    assert!(
+        listed.contains("dashboard") && !listed.contains(&read),
+        "{listed}"
+    );
+
+    // CORS: a listed origin is granted, another is not.
+    let preflight = |origin: &'static str| {
+        plain
+            .request(reqwest::Method::OPTIONS, url("/v1/vehicles/x"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "GET")
+            .header("Access-Control-Request-Headers", "authorization")
+            .send()
+    };
+    let granted = preflight("http://dash.example").await.expect("preflight");
+    assert_eq!(
+        granted
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().ok()),
+        Some(Some("http://dash.example"))
+    );
+    let refused = preflight("http://evil.example").await.expect("preflight");
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    let r = reader
+        .get(url("/v1/vehicles/x"))
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .expect("get");
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    // A foreign page's stream is refused even with a token.
+    let r = reader
+        .get(url("/v1/stream"))
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(r.status(), 403);
+}

@@ -275,9 +275,12 @@ async fn websocket_devices_filter_since_and_pings() {
     .await;
     let ws_base = server.http.replace("http://", "ws://");
     let mqtt = server.mqtt_client("live-ws-pub").await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{ws_base}/v1/ws?devices=car-1"))
-        .await
-        .expect("websocket connects");
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(
+        &server,
+        format!("{ws_base}/v1/ws?devices=car-1"),
+    ))
+    .await
+    .expect("websocket connects");
     let t0 = now_ms() - 60_000;
     publish_stored(&server, &mqtt, "car-2", t0, PARIS.0, PARIS.1).await;
     publish_stored(&server, &mqtt, "car-1", t0, PARIS.0, PARIS.1).await;
@@ -305,10 +308,12 @@ async fn websocket_devices_filter_since_and_pings() {
     publish_stored(&server, &mqtt, "car-1", t0 + 1000, PARIS.0, PARIS.1).await;
     publish_stored(&server, &mqtt, "car-2", t0 + 1000, PARIS.0, PARIS.1).await;
     publish_stored(&server, &mqtt, "car-1", t0 + 2000, PARIS.0, PARIS.1).await;
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("{ws_base}/v1/ws?devices=car-1&since={since}"))
-            .await
-            .expect("websocket reconnects");
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(
+        &server,
+        format!("{ws_base}/v1/ws?devices=car-1&since={since}"),
+    ))
+    .await
+    .expect("websocket reconnects");
     let mut resumed = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
@@ -568,4 +573,21 @@ async fn a_client_that_never_reads_is_dropped_while_others_keep_up() {
     );
     let status = server.interrupt();
     assert!(status.success(), "{status:?}");
+}
+
+/// A WebSocket handshake request for `url` that carries the test's admin
+/// token (non-browser clients send it as a header).
+fn ws_request(
+    server: &Fleetd,
+    url: String,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().expect("websocket URL");
+    if let Some(token) = &server.admin_token {
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {token}").parse().expect("header value"),
+        );
+    }
+    request
 }
