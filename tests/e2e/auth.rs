@@ -317,9 +317,10 @@ async fn a_device_over_its_rate_limit_loses_only_the_excess() {
         })
         .await
         .expect("20 messages: stored + rate_limited");
-    // Burst 5, plus at most one token refilled while they went out.
+    // Burst 5, plus a token or two refilled (0.5/s) while they went out
+    // on a slow machine.
     assert!(
-        (5..=6).contains(&fast_stored),
+        (5..=7).contains(&fast_stored),
         "{fast_stored} stored, {limited} limited"
     );
     let calm_stored = server
