@@ -343,17 +343,25 @@ async fn rotating_a_secret_closes_its_session_and_refuses_the_old_one() {
     let mut options = MqttOptions::new("truck-a", "127.0.0.1", port);
     options.set_credentials(old.0.clone(), old.1.clone());
     let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    let (up_tx, up_rx) = tokio::sync::oneshot::channel();
     let session = tokio::spawn(async move {
-        let mut connected = false;
+        let mut up_tx = Some(up_tx);
         loop {
             match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => connected = true,
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(tx) = up_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
                 Ok(_) => {}
-                Err(e) => return (connected, e.to_string()),
+                Err(e) => return (up_tx.is_none(), e.to_string()),
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(Duration::from_secs(10), up_rx)
+        .await
+        .expect("the session comes up")
+        .expect("CONNACK before the session ended");
 
     let r = server
         .client
