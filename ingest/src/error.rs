@@ -8,7 +8,7 @@ pub enum IngestError {
     #[error("MQTT broker: {0}")]
     Broker(String),
     /// The MQTT listener could not bind (address in use, no permission).
-    #[error("cannot listen for MQTT on {addr}: {source}")]
+    #[error("cannot listen for MQTT on {addr}")]
     Bind {
         /// The address asked for.
         addr: std::net::SocketAddr,

@@ -63,3 +63,27 @@ fn generate_config_prints_a_loadable_default() {
     assert!(ok);
     assert!(stdout.contains("[processor]") && stdout.contains("window_ms = 1000"));
 }
+
+#[test]
+fn an_mqtt_port_in_use_is_a_start_error_not_a_log_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("d");
+    let http = format!("127.0.0.1:{}", crate::util::free_port());
+    let (ok, _, stderr) = fleetd(&[
+        "serve",
+        "--mqtt",
+        &format!("127.0.0.1:{port}"),
+        "--http",
+        &http,
+        "--data",
+        data.to_str().expect("utf-8 path"),
+    ]);
+    assert!(!ok, "fleetd must not start without its MQTT port");
+    assert!(
+        stderr.contains(&format!("cannot listen for MQTT on 127.0.0.1:{port}"))
+            && stderr.contains("in use"),
+        "{stderr}"
+    );
+}
