@@ -261,10 +261,7 @@ async fn announce_admin_url(
     if admin.created {
         tracing::info!(file = %admin.path.display(), "admin token created");
     }
-    let mut host = http;
-    if host.ip().is_unspecified() {
-        host.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let host = dialable(http);
     println!(
         "fleetd: open the map at http://{host}/#token={}\n\
          fleetd: the admin token is in {} (fleetd token reset-admin makes a new one)",
@@ -320,17 +317,20 @@ async fn demo_fleet(
     Ok(config)
 }
 
+/// An address this machine can connect to for a listen address: a
+/// wildcard (`0.0.0.0`, `::`) becomes 127.0.0.1.
+fn dialable(mut listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    if listen.ip().is_unspecified() {
+        listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    listen
+}
+
 /// Where the demo fleet connects: the broker fleetd ingests from.
 fn demo_broker(settings: &ServeSettings) -> String {
     match &settings.ingest.mode {
         IngestMode::External(external) => format!("{}:{}", external.host, external.port),
-        IngestMode::Embedded => {
-            let mut addr = settings.ingest.broker.listen;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            addr.to_string()
-        }
+        IngestMode::Embedded => dialable(settings.ingest.broker.listen).to_string(),
     }
 }
 

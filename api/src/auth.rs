@@ -141,11 +141,7 @@ async fn ingest_identity(
     if state.access.allow_anonymous() {
         return Ok(Identity::Anonymous);
     }
-    let basic = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| split_scheme(v, "basic"));
-    let identity = match basic {
+    let identity = match basic_part(headers) {
         Some(encoded) => {
             let (user, password) = decode_basic(encoded).ok_or_else(|| ApiError::Unauthorized {
                 message: "the Authorization header is not Basic base64(user:password)".into(),
@@ -208,6 +204,14 @@ fn split_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
         .eq_ignore_ascii_case(scheme)
         .then_some(rest.trim())
         .filter(|rest| !rest.is_empty())
+}
+
+/// The base64 part of an `Authorization: Basic …` header, if there is one.
+pub(crate) fn basic_part(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| split_scheme(v, "basic"))
 }
 
 /// `user:password` of HTTP basic credentials.

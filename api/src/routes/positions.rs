@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
+use axum::http::header::{CONTENT_LENGTH, RETRY_AFTER};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fleetd_auth::Identity;
@@ -186,12 +186,7 @@ fn non_empty(value: Option<&str>) -> Option<&str> {
 /// The user name of HTTP basic authentication, which an OwnTracks app
 /// sends as its user. The password was checked by the access middleware.
 fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let (user, _password) = crate::auth::decode_basic(encoded)?;
+    let (user, _password) = crate::auth::decode_basic(crate::auth::basic_part(headers)?)?;
     (!user.is_empty()).then_some(user)
 }
 
