@@ -93,7 +93,12 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         &settings.live.map,
     ));
     let api_token = root.child_token();
-    let api = tasks.spawn(fleetd_api::serve(http, api_state, api_token.clone()));
+    let api = tasks.spawn(fleetd_api::serve(
+        http,
+        api_state,
+        settings.api.limits,
+        api_token.clone(),
+    ));
 
     let processor = Processor::start(
         settings.processor.clone(),
@@ -204,10 +209,8 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     });
     drain.then("api", async move {
         api_token.cancel();
-        match api.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "http api failed"),
-            Err(e) => tracing::error!(error = %e, "http api task failed"),
+        if let Err(e) = api.await {
+            tracing::error!(error = %e, "http api task failed");
         }
     });
     drain.then("token refresh", async move {
