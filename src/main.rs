@@ -10,6 +10,7 @@
 mod access;
 mod cli;
 mod config;
+mod limits;
 mod serve;
 mod simulate;
 mod telemetry;

@@ -28,7 +28,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::{SHUTDOWN_DEADLINE, ServeSettings};
 
 /// Runs fleetd until SIGINT/SIGTERM.
-pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
+pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
+    fit_connection_caps(&mut settings);
+    check_data_dir(&settings.data_dir)?;
     let metrics = crate::telemetry::install_metrics()?;
     let root = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -71,8 +73,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
 
     // The API comes up first so /healthz and /readyz answer during start-up.
     let http_addr = settings.api.http;
-    let http = tokio::net::TcpListener::bind(http_addr)
-        .await
+    let http = fleetd_ingest::bind_listener(http_addr)
         .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
     let api_state = ApiState::new(
         Arc::clone(&store),
@@ -100,6 +101,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         api_token.clone(),
     ));
 
+    let restoring = Instant::now();
     let processor = Processor::start(
         settings.processor.clone(),
         Arc::clone(&store),
@@ -113,6 +115,13 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     )
     .await
     .context("cannot restore processor state from the store")?;
+    let restored = processor.restored_devices();
+    let seconds = restoring.elapsed().as_secs_f64();
+    tracing::info!(
+        devices = restored,
+        seconds,
+        "restored {restored} devices in {seconds:.2} s"
+    );
     let upkeep_token = root.child_token();
     let upkeep = tasks.spawn(crate::telemetry::metrics_upkeep(
         metrics,
@@ -227,6 +236,57 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     });
     drain.run(&root).await?;
     tracing::info!("fleetd stopped");
+    Ok(())
+}
+
+/// Raises the descriptor limit and lowers the MQTT and HTTP connection caps
+/// to fit below it; logs the caps once.
+fn fit_connection_caps(settings: &mut ServeSettings) {
+    let fds = crate::limits::raise_fd_limit();
+    let embedded = matches!(settings.ingest.mode, IngestMode::Embedded);
+    let configured_mqtt = settings.ingest.broker.max_connections;
+    let configured_http = settings.api.limits.max_connections;
+    let (mqtt, http) = crate::limits::connection_caps(
+        fds.soft,
+        embedded.then_some(configured_mqtt),
+        configured_http,
+    );
+    if let Some(mqtt) = mqtt {
+        settings.ingest.broker.max_connections = mqtt;
+    }
+    settings.api.limits.max_connections = http;
+    let lowered = mqtt.is_some_and(|m| m < configured_mqtt) || http < configured_http;
+    tracing::info!(
+        fd_limit = fds.soft,
+        fd_limit_was = fds.was,
+        reserved_fds = crate::limits::reserved_fds(fds.soft),
+        mqtt_max_connections = mqtt,
+        http_max_connections = http,
+        lowered_to_fit = lowered,
+        "connection caps"
+    );
+}
+
+/// Fails unless `dir` is, or can be made, a directory fleetd can list and
+/// write: the store's own errors for these cases name the path but bury it
+/// in a chain of wrapped I/O errors.
+fn check_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let shown = dir.display();
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("data directory {shown} cannot be created"))?;
+    if !dir.is_dir() {
+        bail!("data directory {shown} is not a directory");
+    }
+    std::fs::read_dir(dir).with_context(|| format!("data directory {shown} cannot be read"))?;
+    let probe = dir.join(".fleetd-write-check");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, b"ok"))
+        .with_context(|| format!("data directory {shown} is not writable"))?;
+    let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 

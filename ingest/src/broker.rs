@@ -35,6 +35,9 @@ pub struct BrokerSettings {
     pub max_connections: usize,
     /// Maximum unacknowledged QoS 1 publishes per connection.
     pub max_inflight: usize,
+    /// A client gets this long to send CONNECT after TCP is up; then the
+    /// connection is closed (at most 65,535 ms, rumqttd's bound).
+    pub connect_timeout: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -46,6 +49,7 @@ impl Default for BrokerSettings {
             segment_count: 4,
             max_connections: 100_000,
             max_inflight: 256,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -80,13 +84,10 @@ impl EmbeddedBroker {
         gate: Arc<dyn ConnectionHooks>,
         cancel: CancellationToken,
     ) -> Result<Self, IngestError> {
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| IngestError::Bind {
-                    addr: settings.listen,
-                    source,
-                })?;
+        let listener = bind_listener(settings.listen).map_err(|source| IngestError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
         let local_addr = listener.local_addr().map_err(IngestError::Io)?;
         let broker = Broker::new(router_config(settings));
         let (mut link_tx, link_rx) = broker
@@ -119,10 +120,32 @@ impl EmbeddedBroker {
     }
 }
 
+/// Pending connections the kernel queues before fleetd accepts them (capped
+/// by `net.core.somaxconn`). tokio's default of 1,024 overflows in a
+/// reconnect storm: the kernel drops SYNs and clients retry after 1, 3,
+/// 7 s...
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds a TCP listener on `addr` with [`LISTEN_BACKLOG`] (every listener
+/// of fleetd, MQTT and HTTP).
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do on Unix: a restart can bind while old
+    // connections linger in TIME_WAIT (a live listener still conflicts).
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 fn connection_settings(settings: &BrokerSettings) -> ConnectionSettings {
     ConnectionSettings {
-        // A client gets this long to send CONNECT after TCP is up.
-        connection_timeout_ms: CONNECT_TIMEOUT_MS,
+        connection_timeout_ms: u16::try_from(settings.connect_timeout.as_millis())
+            .unwrap_or(u16::MAX),
         max_payload_size: settings.max_packet_bytes,
         max_inflight_count: settings.max_inflight,
         // The gate decides; rumqttd's own tables are not consulted.
@@ -131,9 +154,6 @@ fn connection_settings(settings: &BrokerSettings) -> ConnectionSettings {
         dynamic_filters: true,
     }
 }
-
-/// Time a new connection has to send its CONNECT.
-const CONNECT_TIMEOUT_MS: u16 = 10_000;
 
 fn router_config(settings: &BrokerSettings) -> Config {
     Config {
@@ -165,6 +185,8 @@ async fn accept_loop(
 ) {
     let permits = Arc::new(Semaphore::new(max_connections));
     let mut last_error_log: Option<Instant> = None;
+    let mut last_cap_log: Option<Instant> = None;
+    let mut refused_since_log: u64 = 0;
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -185,6 +207,16 @@ async fn accept_loop(
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             metrics::counter!("fleetd_mqtt_connects_total", "result" => "over_connection_cap")
                 .increment(1);
+            refused_since_log += 1;
+            if last_cap_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(
+                    max_connections,
+                    refused = refused_since_log,
+                    "MQTT connection cap reached; closing new connections at accept"
+                );
+                last_cap_log = Some(Instant::now());
+                refused_since_log = 0;
+            }
             drop(stream);
             continue;
         };
