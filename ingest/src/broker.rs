@@ -225,6 +225,7 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = OpenConnection::new();
             match acceptor
                 .serve(stream, ConnectionMeta::new(Some(peer)))
                 .await
@@ -240,4 +241,21 @@ async fn accept_loop(
         });
     }
     tracing::debug!("MQTT accept loop stopped");
+}
+
+/// Keeps `fleetd_mqtt_connections` (TCP connections open, with or without
+/// a session yet) up to date for one connection.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        metrics::gauge!("fleetd_mqtt_connections").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("fleetd_mqtt_connections").decrement(1.0);
+    }
 }
