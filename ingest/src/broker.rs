@@ -14,7 +14,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::IngestError;
-use crate::topic::SUBSCRIPTIONS;
 
 /// Settings of the embedded broker (`[ingest]` in fleetd.toml).
 #[derive(Debug, Clone)]
@@ -54,19 +53,19 @@ impl Default for BrokerSettings {
     }
 }
 
-/// A running embedded broker: the link fleetd's ingest reads from, and the
-/// MQTT listener fleetd itself accepts on.
+/// A running embedded broker: the MQTT listener fleetd itself accepts on,
+/// and a link for fleetd's own publishes.
 ///
 /// fleetd binds the listener (so a port in use is a start error, not a log
 /// line) and hands each accepted connection to rumqttd's acceptor with the
-/// [`MqttGate`] as its hooks. rumqttd has no stop API: the router thread
-/// lives as long as the process. Shutdown stops the accept loop and then is
-/// the ingest loop's job (it stops reading the link).
+/// [`MqttGate`] as its hooks; the gate takes positions out of the
+/// connections before the router sees them. rumqttd has no stop API: the
+/// router thread lives as long as the process. Shutdown stops the accept
+/// loop; once the journal closes, open connections are refused their
+/// publishes.
+///
+/// [`MqttGate`]: crate::MqttGate
 pub struct EmbeddedBroker {
-    /// The ingest link's sending half: keep it, dropping it closes the link.
-    pub link_tx: LinkTx,
-    /// Link carrying every publish on fleetd's ingest subscriptions.
-    pub link_rx: LinkRx,
     /// A second link, subscribed to nothing, for fleetd's own publishes
     /// (alerts; see [`crate::alerts::spawn_embedded_publisher`]).
     pub alerts_link: (LinkTx, LinkRx),
@@ -76,9 +75,8 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    /// Binds the MQTT listener, starts rumqttd's router, subscribes the
-    /// ingest link (its SubAcks arrive as the link's first notifications)
-    /// and accepts connections through `gate` until `cancel`.
+    /// Binds the MQTT listener, starts rumqttd's router and accepts
+    /// connections through `gate` until `cancel`.
     pub async fn start(
         settings: &BrokerSettings,
         gate: Arc<dyn ConnectionHooks>,
@@ -90,17 +88,9 @@ impl EmbeddedBroker {
         })?;
         let local_addr = listener.local_addr().map_err(IngestError::Io)?;
         let broker = Broker::new(router_config(settings));
-        let (mut link_tx, link_rx) = broker
-            .link("fleetd-ingest")
-            .map_err(|e| IngestError::Broker(format!("cannot create ingest link: {e}")))?;
         let alerts_link = broker
             .link("fleetd-alerts")
             .map_err(|e| IngestError::Broker(format!("cannot create alerts link: {e}")))?;
-        for filter in SUBSCRIPTIONS {
-            link_tx
-                .subscribe(filter)
-                .map_err(|e| IngestError::Broker(format!("cannot subscribe {filter}: {e}")))?;
-        }
         let acceptor = broker
             .acceptor(connection_settings(settings))
             .with_hooks(gate);
@@ -112,8 +102,6 @@ impl EmbeddedBroker {
         ));
         tracing::info!(listen = %local_addr, "embedded MQTT broker listening");
         Ok(Self {
-            link_tx,
-            link_rx,
             alerts_link,
             local_addr,
         })

@@ -8,22 +8,28 @@
 //! delivers each publish to one member of the group, so N fleetd instances
 //! split the stream between them without duplicates.
 //!
-//! Delivery: subscriptions are QoS 1 and the client acknowledges a publish
-//! when it has read it, not when it is stored; a crash loses what was
-//! read but not yet written, as with the embedded broker.
+//! Delivery: subscriptions are QoS 1 on a persistent session
+//! (`clean_session = false` under a client id that stays the same across
+//! restarts), and a publish is acknowledged only once the journal holds it
+//! durably (rumqttc's manual acknowledgements). After a crash the broker
+//! redelivers what was not acknowledged; the processor stores a (device,
+//! `ts_ms`) once, so a redelivery moves nothing twice.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fleetd_schemas::PositionReport;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use fleetd_journal::{Journal, Pending};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::IngestError;
 use crate::pipeline::{Ingestor, MAX_CHUNK};
 
-/// How long a partial chunk may wait for more publishes before it is sent:
-/// short against the 1 s batch window, long enough to batch a burst.
+/// How long a partial chunk may wait for more publishes before it is
+/// appended: short against the 1 s batch window, long enough to batch a
+/// burst into one journal append.
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
 /// Delay before reconnecting after the broker connection failed.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -35,7 +41,9 @@ pub struct ExternalBrokerSettings {
     pub host: String,
     /// Broker MQTT port.
     pub port: u16,
-    /// MQTT client id; must differ between fleetd instances.
+    /// MQTT client id; must differ between fleetd instances and stay the
+    /// same across restarts of one (its persistent session holds what was
+    /// not acknowledged).
     pub client_id: String,
     /// Shared-subscription group: instances with the same group split the
     /// stream; an empty group subscribes plainly (every instance gets all).
@@ -63,47 +71,74 @@ impl ExternalBrokerSettings {
     }
 }
 
-/// Runs ingest from an external broker until `cancel`; dropping `output`
-/// on return tells the processor to flush.
+/// Publishes read but not yet acknowledged: the journal appends holding
+/// them, in read order, and the connection they came on.
+struct Unacked {
+    publishes: Vec<Publish>,
+    pending: Pending,
+    connection: u64,
+}
+
+/// Runs ingest from an external broker until `cancel`.
 ///
 /// Connection failures are logged and counted
-/// (`fleetd_external_broker_errors_total`) and the client reconnects and
-/// subscribes again; they never end ingest. Backpressure: `output` is
-/// bounded and sends are awaited, during which the client reads nothing
-/// and the broker holds (or, past its limits, drops) the publishes.
+/// (`fleetd_external_broker_errors_total`) and the client reconnects; they
+/// never end ingest. Backpressure: appends wait for room in the journal,
+/// during which the client reads nothing; the broker holds the publishes
+/// (at most `max_inflight` unacknowledged ones are in flight to fleetd).
 pub async fn run_external(
     settings: ExternalBrokerSettings,
     mut ingestor: Ingestor,
-    output: mpsc::Sender<Vec<PositionReport>>,
+    journal: Journal,
     cancel: CancellationToken,
 ) -> Result<(), IngestError> {
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     options.set_keep_alive(settings.keep_alive);
-    options.set_clean_session(true);
+    options.set_clean_session(false);
+    options.set_manual_acks(true);
     options.set_inflight(settings.max_inflight.max(1));
     options.set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
+    // Which connection is current: a packet id belongs to the connection
+    // it came on, so acknowledgements of an older one are not sent (the
+    // broker redelivers those publishes on the new connection).
+    let connection = Arc::new(AtomicU64::new(0));
+    let (unacked_tx, unacked_rx) = mpsc::channel(usize::from(settings.max_inflight.max(1)));
+    let acks = tokio::spawn(acknowledge(
+        client.clone(),
+        unacked_rx,
+        Arc::clone(&connection),
+    ));
     let filters = settings.filters();
     let mut chunk = Vec::with_capacity(MAX_CHUNK);
+    let mut publishes = Vec::new();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            _ = flush.tick(), if !chunk.is_empty() => {
-                if !send_chunk(&output, &mut chunk).await {
-                    return Ok(());
+            _ = flush.tick(), if !publishes.is_empty() => {
+                if !append(&journal, &unacked_tx, &mut chunk, &mut publishes, &connection).await {
+                    break;
                 }
                 continue;
             }
             event = eventloop.poll() => event,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                // A clean session forgets subscriptions: subscribe on every
-                // (re)connect. try_ never waits on the request channel, which
-                // only this loop drains.
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                connection.fetch_add(1, Ordering::Relaxed);
+                // What was read on the old connection and not yet appended
+                // is redelivered by the broker: forget it.
+                chunk.clear();
+                publishes.clear();
+                if ack.session_present {
+                    tracing::info!(client_id = %settings.client_id, "external broker kept the session");
+                    continue;
+                }
+                // try_ never waits on the request channel, which only this
+                // loop drains.
                 for filter in &filters {
                     client
                         .try_subscribe(filter.as_str(), QoS::AtLeastOnce)
@@ -120,8 +155,14 @@ pub async fn run_external(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 ingestor.handle(publish.topic.as_bytes(), &publish.payload, &mut chunk);
-                if chunk.len() >= MAX_CHUNK && !send_chunk(&output, &mut chunk).await {
-                    return Ok(());
+                // Every publish is acknowledged after the append that holds
+                // the positions read before it: a rejected one with them.
+                publishes.push(publish);
+                if (chunk.len() >= MAX_CHUNK || publishes.len() >= MAX_CHUNK)
+                    && !append(&journal, &unacked_tx, &mut chunk, &mut publishes, &connection)
+                        .await
+                {
+                    break;
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -144,37 +185,81 @@ pub async fn run_external(
             }
         }
     }
-    let _ = client.try_disconnect();
-    if !chunk.is_empty() {
-        send_chunk(&output, &mut chunk).await;
+    // Read but not appended: not acknowledged, the broker keeps them.
+    drop(unacked_tx);
+    // Let the acknowledgements of what the journal holds go out while the
+    // event loop still runs, then disconnect.
+    let mut acks = acks;
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            tokio::select! {
+                _ = &mut acks => break,
+                event = eventloop.poll() => if event.is_err() { break },
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("external broker: acknowledgements still pending at shutdown; the broker will redeliver them");
     }
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
     tracing::info!("external ingest stopped");
     Ok(())
 }
 
-/// Sends the chunk, measuring time spent blocked by a full queue (the same
-/// policy and metric as the embedded link's). Returns false when the
-/// processor is gone.
-async fn send_chunk(
-    output: &mpsc::Sender<Vec<PositionReport>>,
-    chunk: &mut Vec<PositionReport>,
+/// Appends the chunk's positions to the journal (waiting for room) and
+/// hands its publishes to the acknowledging task. Returns false when the
+/// journal is closed.
+async fn append(
+    journal: &Journal,
+    unacked: &mpsc::Sender<Unacked>,
+    chunk: &mut Vec<fleetd_schemas::PositionReport>,
+    publishes: &mut Vec<Publish>,
+    connection: &AtomicU64,
 ) -> bool {
-    let full = std::mem::replace(chunk, Vec::with_capacity(MAX_CHUNK));
     let started = std::time::Instant::now();
-    let sent = match output.try_send(full) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(full)) => {
-            let sent = output.send(full).await.is_ok();
-            metrics::histogram!("fleetd_ingest_blocked_seconds")
-                .record(started.elapsed().as_secs_f64());
-            sent
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    let positions = std::mem::replace(chunk, Vec::with_capacity(MAX_CHUNK));
+    let pending = match journal.append(positions).await {
+        Ok(pending) => pending,
+        Err(_) => return false,
     };
-    if !sent {
-        tracing::warn!("processor queue closed; ingest stops");
+    let waited = started.elapsed();
+    if waited >= Duration::from_millis(1) {
+        metrics::histogram!("fleetd_ingest_blocked_seconds").record(waited.as_secs_f64());
     }
-    sent
+    unacked
+        .send(Unacked {
+            publishes: std::mem::take(publishes),
+            pending,
+            connection: connection.load(Ordering::Relaxed),
+        })
+        .await
+        .is_ok()
+}
+
+/// Acknowledges publishes in read order once the journal holds them.
+async fn acknowledge(
+    client: AsyncClient,
+    mut unacked: mpsc::Receiver<Unacked>,
+    connection: Arc<AtomicU64>,
+) {
+    while let Some(batch) = unacked.recv().await {
+        if batch.pending.durable().await.is_err() {
+            // The journal closed before writing them: not acknowledged.
+            return;
+        }
+        if batch.connection != connection.load(Ordering::Relaxed) {
+            metrics::counter!("fleetd_external_acks_skipped_total")
+                .increment(batch.publishes.len() as u64);
+            continue;
+        }
+        for publish in &batch.publishes {
+            if client.ack(publish).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,13 @@
 //! session may publish and subscribe to (the topic ACL) and how fast a
 //! device may send (a token bucket per session).
 //!
+//! It is also where positions enter fleetd: a publish to a position topic
+//! is decoded in the connection's task and appended to the ingest journal,
+//! and its PUBACK waits until the journal made it durable. The router never
+//! sees it (`PublishVerdict::Consume`): positions are not relayed to other
+//! MQTT subscribers (the live streams of the API carry them), and the broker
+//! keeps no per-topic state for a million device topics.
+//!
 //! It plugs into rumqttd's connection hooks (`vendor/rumqttd`, see its
 //! PATCHES.md): every hook runs in the connection's own task, never on the
 //! router thread, so a login that waits for the store slows only its own
@@ -10,18 +17,28 @@
 
 use std::future::ready;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fleetd_auth::{Access, Identity, LoginError, acl};
-use fleetd_schemas::{RejectReason, RejectionLog, now_ms};
+use fleetd_journal::Journal;
+use fleetd_schemas::{PositionReport, RejectReason, RejectionLog, now_ms};
 use rumqttd::hooks::BoxFuture;
 use rumqttd::protocol::QoS;
 use rumqttd::{
-    ConnectInfo, ConnectRefusal, ConnectionHooks, DisconnectReason, IncomingPublish,
+    AckOutcome, ConnectInfo, ConnectRefusal, ConnectionHooks, DisconnectReason, IncomingPublish,
     PublishVerdict, SessionHooks,
 };
 
+use crate::decode::{Decoder, Outcome};
+use crate::pipeline::Ingestor;
 use crate::topic::{self, TopicRoute};
+
+/// How long a publish waits for room in the journal before its connection
+/// is closed unacknowledged (counted in
+/// `fleetd_ingest_refused_total{reason="overloaded"}`): fleetd is then
+/// offered more than it can store, or its disk is failing. The client keeps
+/// the publish and resends it after reconnecting.
+const OVERLOAD_WAIT: Duration = Duration::from_secs(5);
 
 /// Per-device message rate limit (`ingest.device_rate_per_s`,
 /// `ingest.device_burst`): a token bucket per MQTT session of a device or
@@ -50,15 +67,26 @@ pub struct MqttGate {
     access: Arc<Access>,
     rejections: Arc<RejectionLog>,
     rate: RateLimit,
+    decoder: Decoder,
+    journal: Journal,
 }
 
 impl MqttGate {
-    /// A gate asking `access`, sampling refused publishes in `rejections`.
-    pub fn new(access: Arc<Access>, rejections: Arc<RejectionLog>, rate: RateLimit) -> Self {
+    /// A gate asking `access`, sampling refused publishes in `rejections`,
+    /// decoding positions with `decoder` into `journal`.
+    pub fn new(
+        access: Arc<Access>,
+        rejections: Arc<RejectionLog>,
+        rate: RateLimit,
+        decoder: Decoder,
+        journal: Journal,
+    ) -> Self {
         Self {
             access,
             rejections,
             rate,
+            decoder,
+            journal,
         }
     }
 }
@@ -90,6 +118,11 @@ impl ConnectionHooks for MqttGate {
                         label: identity.label(),
                         identity,
                         rejections: Arc::clone(&self.rejections),
+                        ingestor: Ingestor::new(
+                            self.decoder.clone(),
+                            Arc::clone(&self.rejections),
+                        ),
+                        journal: self.journal.clone(),
                         bucket,
                         closed,
                     }) as Box<dyn SessionHooks>)
@@ -122,6 +155,8 @@ struct Session {
     /// `identity.label()`, made once: it names the session in samples.
     label: String,
     rejections: Arc<RejectionLog>,
+    ingestor: Ingestor,
+    journal: Journal,
     bucket: Option<TokenBucket>,
     /// The access service's watch, handed to the broker on `closed()`.
     closed: Option<BoxFuture<'static, ()>>,
@@ -161,7 +196,23 @@ impl SessionHooks for Session {
             self.refuse(RejectReason::RateLimited, publish, detail);
             return Box::pin(ready(PublishVerdict::Drop));
         }
-        Box::pin(ready(PublishVerdict::Forward))
+        if !is_position_topic(publish.topic()) {
+            return Box::pin(ready(PublishVerdict::Forward));
+        }
+        let mut positions = Vec::new();
+        let outcome = self
+            .ingestor
+            .handle(publish.topic_bytes(), publish.payload(), &mut positions);
+        if positions.is_empty() {
+            // Nothing to store: acknowledged at once, so that a device does
+            // not resend a rejected message forever. What is not input
+            // (an OwnTracks card or waypoint) still reaches subscribers.
+            return Box::pin(ready(match outcome {
+                Outcome::Ignored(_) => PublishVerdict::Forward,
+                Outcome::Decoded => PublishVerdict::Consume(None),
+            }));
+        }
+        Box::pin(append(self.journal.clone(), positions))
     }
 
     fn on_subscribe(&mut self, filter: &str, _qos: QoS) -> bool {
@@ -185,6 +236,51 @@ impl SessionHooks for Session {
             tracing::info!(who = %self.label, "MQTT session closed: its credential changed");
         }
     }
+}
+
+/// Whether fleetd consumes publishes to `topic` as positions (malformed
+/// topics under its namespaces included, so that they are counted as
+/// rejections). Its own output topics go through the router to subscribers.
+fn is_position_topic(topic: &str) -> bool {
+    (topic.starts_with("fleet/") || topic.starts_with("owntracks/"))
+        && topic::route(topic) != TopicRoute::Ignored
+}
+
+/// Appends a publish's positions to the journal, waiting for room at most
+/// [`OVERLOAD_WAIT`]; its acknowledgement waits until they are durable. A
+/// connection waits for one append at a time, and the journal's queue
+/// serves waiters in order, so a flood from one connection delays another
+/// connection's publish by at most one append per busy connection.
+async fn append(journal: Journal, positions: Vec<PositionReport>) -> PublishVerdict {
+    let started = Instant::now();
+    let pending = match tokio::time::timeout(OVERLOAD_WAIT, journal.append(positions)).await {
+        Ok(Ok(pending)) => pending,
+        Ok(Err(_closed)) => {
+            // Shutting down: nothing more is acknowledged; the client
+            // resends to the next fleetd.
+            count_refused("shutting_down");
+            return PublishVerdict::Disconnect;
+        }
+        Err(_elapsed) => {
+            count_refused("overloaded");
+            return PublishVerdict::Disconnect;
+        }
+    };
+    let waited = started.elapsed();
+    if waited >= Duration::from_millis(1) {
+        metrics::histogram!("fleetd_ingest_blocked_seconds").record(waited.as_secs_f64());
+    }
+    PublishVerdict::Consume(Some(Box::pin(async move {
+        match pending.durable().await {
+            Ok(()) => AckOutcome::Ack,
+            Err(_) => AckOutcome::Close,
+        }
+    })))
+}
+
+fn count_refused(reason: &'static str) {
+    metrics::counter!("fleetd_ingest_refused_total", "transport" => "mqtt", "reason" => reason)
+        .increment(1);
 }
 
 /// A token bucket: `burst` tokens, refilled at `per_s`.

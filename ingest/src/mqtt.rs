@@ -1,13 +1,12 @@
 //! [`MqttIngest`]: MQTT ingest as one stage, whichever the mode: the
-//! embedded broker and the task reading its link, or the client of an
+//! embedded broker (whose gate appends to the journal), or the client of an
 //! external broker.
 
 use std::sync::Arc;
 
 use fleetd_auth::Access;
-use fleetd_schemas::{PositionReport, RejectionLog};
-use rumqttd::local::LinkTx;
-use tokio::sync::mpsc;
+use fleetd_journal::Journal;
+use fleetd_schemas::RejectionLog;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -17,21 +16,22 @@ use crate::decode::Decoder;
 use crate::error::IngestError;
 use crate::gate::MqttGate;
 use crate::pipeline::Ingestor;
-use crate::{EmbeddedBroker, run_embedded, run_external};
+use crate::{EmbeddedBroker, run_external};
 
-/// Running MQTT ingest: positions go into the processor's queue until its
-/// token is cancelled; then it drains what the broker already acknowledged
-/// and stops.
+/// Running MQTT ingest: positions go into the journal until its token is
+/// cancelled (the embedded broker then stops accepting connections; the
+/// external client disconnects, leaving what it did not acknowledge with
+/// the broker).
 pub struct MqttIngest {
-    task: JoinHandle<Result<(), IngestError>>,
-    /// The ingest link's sending half: dropping it would close the link.
-    _link_tx: Option<LinkTx>,
+    /// The external broker client; the embedded broker has no ingest task
+    /// (its connections append themselves).
+    task: Option<JoinHandle<Result<(), IngestError>>>,
     alerts: Option<AlertTarget>,
 }
 
 impl MqttIngest {
     /// Starts the embedded broker (waiting until it accepts connections) or
-    /// connects to the external one, and the ingest task feeding `output`.
+    /// connects to the external one, appending positions to `journal`.
     /// Rejected input goes to `rejections`.
     ///
     /// The embedded broker admits only what `access` verifies (see
@@ -40,30 +40,38 @@ impl MqttIngest {
         settings: &IngestSettings,
         access: Arc<Access>,
         rejections: Arc<RejectionLog>,
-        output: mpsc::Sender<Vec<PositionReport>>,
+        journal: Journal,
         cancel: CancellationToken,
     ) -> Result<Self, IngestError> {
-        let ingestor = Ingestor::new(
-            Decoder::new(settings.limits.clone()),
-            Arc::clone(&rejections),
-        );
+        let decoder = Decoder::new(settings.limits.clone());
         Ok(match &settings.mode {
             IngestMode::Embedded => {
-                let gate = Arc::new(MqttGate::new(access, rejections, settings.rate));
-                let broker =
-                    EmbeddedBroker::start(&settings.broker, gate, cancel.child_token()).await?;
+                let gate = Arc::new(MqttGate::new(
+                    access,
+                    rejections,
+                    settings.rate,
+                    decoder,
+                    journal,
+                ));
+                let broker = EmbeddedBroker::start(&settings.broker, gate, cancel).await?;
                 let (alerts_tx, alerts_rx) = broker.alerts_link;
                 Self {
-                    task: tokio::spawn(run_embedded(broker.link_rx, ingestor, output, cancel)),
-                    _link_tx: Some(broker.link_tx),
+                    task: None,
                     alerts: Some(AlertTarget::Embedded(alerts_tx, alerts_rx)),
                 }
             }
-            IngestMode::External(external) => Self {
-                task: tokio::spawn(run_external(external.clone(), ingestor, output, cancel)),
-                _link_tx: None,
-                alerts: Some(AlertTarget::External(external.clone())),
-            },
+            IngestMode::External(external) => {
+                let ingestor = Ingestor::new(decoder, rejections);
+                Self {
+                    task: Some(tokio::spawn(run_external(
+                        external.clone(),
+                        ingestor,
+                        journal,
+                        cancel,
+                    ))),
+                    alerts: Some(AlertTarget::External(external.clone())),
+                }
+            }
         })
     }
 
@@ -72,10 +80,13 @@ impl MqttIngest {
         self.alerts.take()
     }
 
-    /// Waits until the ingest task has drained and stopped.
+    /// Waits until the external broker client has stopped.
     pub async fn join(self) -> Result<(), IngestError> {
-        self.task
-            .await
-            .map_err(|e| IngestError::Broker(format!("ingest task failed: {e}")))?
+        match self.task {
+            Some(task) => task
+                .await
+                .map_err(|e| IngestError::Broker(format!("ingest task failed: {e}")))?,
+            None => Ok(()),
+        }
     }
 }

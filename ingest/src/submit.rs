@@ -1,34 +1,33 @@
 //! Ingest for request/response transports (the HTTP API's
 //! `POST /v1/positions`): one payload in, an answer out, through the same
-//! decoder, limits and rejection log as MQTT, into the same bounded queue.
+//! decoder, limits and rejection log as MQTT, into the same journal.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use fleetd_journal::{AppendError, Journal};
 use fleetd_schemas::{DeviceId, PositionReport, RejectReason, RejectionLog, now_ms};
-use tokio::sync::mpsc;
 
 use crate::decode::{Decoder, HttpFormat, HttpIdentity, Outcome, Reject};
-use crate::pipeline::{MAX_CHUNK, count_outcome, count_received, record_reject};
+use crate::pipeline::{count_outcome, count_received, record_reject};
 use crate::validate::Limits;
 
-/// Decodes payloads that arrive without a topic and queues their positions
-/// for the processor. Cheap to clone; every clone shares one queue sender.
+/// Decodes payloads that arrive without a topic and appends their positions
+/// to the journal; answers once they are durable. Cheap to clone.
 ///
-/// Backpressure policy: a caller is answered at once, never parked. When
-/// the queue has no room for all of a payload's positions, none is queued
-/// and [`SubmitError::QueueFull`] tells the caller to come back later (the
+/// Backpressure policy: a caller is never parked waiting for room. When
+/// the journal's queue is full (the processor or the disk is behind) or
+/// its last write failed, nothing is appended and [`SubmitError::QueueFull`]
+/// or [`SubmitError::Unavailable`] tells the caller to come back later (the
 /// HTTP API answers 503 with `Retry-After`), because a request handler that
-/// waited would hold its connection and memory for as long as the processor
-/// is behind. MQTT ingest, which can leave unread publishes in the broker,
-/// waits instead.
+/// waited would hold its connection and memory for as long as fleetd is
+/// behind. Once appended, the caller waits for the journal's group commit
+/// (milliseconds), so a success answer means durable. MQTT connections,
+/// which TCP can push back on, wait for room instead.
 #[derive(Clone)]
 pub struct Submitter {
     decoder: Decoder,
     rejections: Arc<RejectionLog>,
-    /// The processor queue. Taken out by [`Submitter::close`]: the processor
-    /// flushes and stops only once every sender is gone, so shutdown must be
-    /// able to drop this one while the API still answers.
-    queue: Arc<Mutex<Option<mpsc::Sender<Vec<PositionReport>>>>>,
+    journal: Journal,
 }
 
 /// What became of one payload whose positions (if any) were queued.
@@ -36,7 +35,7 @@ pub struct Submitter {
 pub struct Submitted {
     /// What the payload was, which decides the shape of the answer.
     pub format: HttpFormat,
-    /// Positions queued for the processor.
+    /// Positions made durable (journal) and queued for the processor.
     pub accepted: usize,
     /// Rejections, in payload order; already counted and sampled.
     pub rejects: Vec<Reject>,
@@ -93,15 +92,19 @@ impl Owns {
     }
 }
 
-/// Why a payload's accepted positions were not queued. Nothing of the
-/// payload was queued; its rejections were still counted.
+/// Why a payload's accepted positions were not taken. Nothing of the
+/// payload was acknowledged; its rejections were still counted.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubmitError {
-    /// The processor queue has no room: the processor is behind. Retry later.
-    #[error("the processor queue is full")]
+    /// The journal's queue has no room: the processor is behind. Retry later.
+    #[error("the ingest journal is full")]
     QueueFull,
-    /// The queue was closed: fleetd is shutting down.
+    /// The journal cannot write (disk full or failing). Retry later.
+    #[error("the ingest journal cannot write")]
+    Unavailable,
+    /// The journal was closed: fleetd is shutting down. The positions may
+    /// or may not have been written; a retry is deduplicated.
     #[error("ingest is closed")]
     Closed,
     /// The payload names a device the caller does not own; this one
@@ -113,16 +116,12 @@ pub enum SubmitError {
 
 impl Submitter {
     /// A submitter decoding with `decoder`, recording rejections in
-    /// `rejections` and queueing into `queue` (the processor's input).
-    pub fn new(
-        decoder: Decoder,
-        rejections: Arc<RejectionLog>,
-        queue: mpsc::Sender<Vec<PositionReport>>,
-    ) -> Self {
+    /// `rejections` and appending to `journal`.
+    pub fn new(decoder: Decoder, rejections: Arc<RejectionLog>, journal: Journal) -> Self {
         Self {
             decoder,
             rejections,
-            queue: Arc::new(Mutex::new(Some(queue))),
+            journal,
         }
     }
 
@@ -134,17 +133,19 @@ impl Submitter {
     /// Decodes and validates `payload` (see [`Decoder::decode_http`] for
     /// how `identity` and the body decide its format), counts and samples
     /// its rejections under `source` (as `GET /v1/rejections` shows it), and
-    /// queues the accepted positions: all of them or, with an error, none.
+    /// appends the accepted positions to the journal: all of them or, with
+    /// an error, none. Returns once they are durable.
     ///
     /// Anyone may submit any device's positions here; see
     /// [`Submitter::submit_as`] for a verified caller.
-    pub fn submit(
+    pub async fn submit(
         &self,
         identity: &HttpIdentity,
         source: &str,
         payload: &[u8],
     ) -> Result<Submitted, SubmitError> {
         self.submit_as(identity, &Caller::anyone("anonymous"), source, payload)
+            .await
     }
 
     /// Like [`Submitter::submit`], for `caller`: when the payload names any
@@ -152,17 +153,19 @@ impl Submitter {
     /// device, or the OwnTracks `user/device` of the request), nothing of
     /// it is queued and [`SubmitError::NotAuthorized`] says which device.
     /// The check runs on the decoded payload, so the body is parsed once.
-    pub fn submit_as(
+    pub async fn submit_as(
         &self,
         identity: &HttpIdentity,
         caller: &Caller,
         source: &str,
         payload: &[u8],
     ) -> Result<Submitted, SubmitError> {
-        let queue = self.sender()?;
         // Refuse before decoding when there is clearly no room, so that a
         // client retrying against a busy server is not counted twice.
-        if queue.capacity() == 0 {
+        if !self.journal.is_writable() {
+            return Err(SubmitError::Unavailable);
+        }
+        if !self.journal.has_room() {
             return Err(SubmitError::QueueFull);
         }
         let received_ms = now_ms();
@@ -209,8 +212,12 @@ impl Submitter {
         }
         let accepted = positions.len();
         if accepted > 0 {
-            enqueue(&queue, positions)?;
+            let pending = self.journal.try_append(positions).map_err(|e| match e {
+                AppendError::Full => SubmitError::QueueFull,
+                _ => SubmitError::Closed,
+            })?;
             count_received(accepted);
+            pending.durable().await.map_err(|_| SubmitError::Closed)?;
         }
         Ok(Submitted {
             format: decoded.format,
@@ -248,22 +255,6 @@ impl Submitter {
         );
         reject
     }
-
-    /// Stops queueing: drops the shared sender, so that the processor sees
-    /// its input close once the other ingest has stopped too. Later submits
-    /// fail with [`SubmitError::Closed`].
-    pub fn close(&self) {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
-
-    fn sender(&self) -> Result<mpsc::Sender<Vec<PositionReport>>, SubmitError> {
-        // A clone, so the lock is never held while queueing.
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(SubmitError::Closed)
-    }
 }
 
 impl std::fmt::Debug for Submitter {
@@ -293,38 +284,48 @@ fn foreign_device(
         .cloned()
 }
 
-/// Queues `positions` in chunks of at most [`MAX_CHUNK`] (the queue's
-/// memory bound assumes that size), reserving room for all chunks first.
-fn enqueue(
-    queue: &mpsc::Sender<Vec<PositionReport>>,
-    mut positions: Vec<PositionReport>,
-) -> Result<(), SubmitError> {
-    let mut chunk_len = MAX_CHUNK;
-    let mut n_chunks = positions.len().div_ceil(chunk_len);
-    // A queue configured smaller than one payload's chunks could never take
-    // it; one larger chunk then beats refusing it forever.
-    if n_chunks > queue.max_capacity() {
-        (chunk_len, n_chunks) = (positions.len(), 1);
-    }
-    let permits = queue.try_reserve_many(n_chunks).map_err(|e| match e {
-        mpsc::error::TrySendError::Full(()) => SubmitError::QueueFull,
-        mpsc::error::TrySendError::Closed(()) => SubmitError::Closed,
-    })?;
-    for permit in permits {
-        let rest = positions.split_off(positions.len().min(chunk_len));
-        permit.send(std::mem::replace(&mut positions, rest));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use fleetd_journal::test_support;
+    use fleetd_schemas::Ingested;
+    use tokio::sync::mpsc;
+
     use super::*;
 
-    fn submitter(capacity: usize) -> (Submitter, mpsc::Receiver<Vec<PositionReport>>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    /// A submitter over a real journal in a temporary directory.
+    struct Fixture {
+        submitter: Submitter,
+        rx: mpsc::Receiver<Ingested>,
+        log: Arc<RejectionLog>,
+        cancel: tokio_util::sync::CancellationToken,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn fixture(queue_appends: usize, output: usize) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (journal, _tasks, rx, cancel) =
+            test_support::start(dir.path(), queue_appends, output).await;
         let log = Arc::new(RejectionLog::new(16));
-        (Submitter::new(Decoder::new(Limits::default()), log, tx), rx)
+        Fixture {
+            submitter: Submitter::new(Decoder::new(Limits::default()), Arc::clone(&log), journal),
+            rx,
+            log,
+            cancel,
+            _dir: dir,
+        }
+    }
+
+    /// The next positions the processor would get.
+    async fn received(rx: &mut mpsc::Receiver<Ingested>) -> Vec<PositionReport> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(Ingested::Positions(p))) => return p,
+                Ok(Some(_)) => continue,
+                other => panic!("no positions: {other:?}"),
+            }
+        }
     }
 
     fn positions_json(device: &str, n: usize) -> String {
@@ -340,69 +341,73 @@ mod tests {
         format!("[{}]", items.join(","))
     }
 
-    #[tokio::test]
-    async fn queues_accepted_positions_in_bounded_chunks() {
-        let (submitter, mut rx) = submitter(4);
-        let payload = positions_json("van-1", MAX_CHUNK + 3);
-        let submitted = submitter
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_once_durable_and_queues_in_order() {
+        let mut f = fixture(4, 4).await;
+        let payload = positions_json("van-1", 515);
+        let submitted = f
+            .submitter
             .submit(&HttpIdentity::default(), "http", payload.as_bytes())
-            .expect("queued");
-        assert_eq!(submitted.accepted, MAX_CHUNK + 3);
+            .await
+            .expect("durable");
+        assert_eq!(submitted.accepted, 515);
         assert!(submitted.rejects.is_empty());
-        let first = rx.recv().await.expect("chunk");
-        let second = rx.recv().await.expect("chunk");
-        assert_eq!((first.len(), second.len()), (MAX_CHUNK, 3));
-        assert_eq!(first[0].device_id.as_str(), "van-1");
-        assert!(first[0].ts_ms < second[0].ts_ms, "order is kept");
+        let got = received(&mut f.rx).await;
+        assert_eq!(got.len(), 515);
+        assert_eq!(got[0].device_id.as_str(), "van-1");
+        assert!(got.windows(2).all(|w| w[0].ts_ms < w[1].ts_ms), "order is kept");
     }
 
-    #[tokio::test]
-    async fn full_queue_takes_nothing_and_closed_queue_says_so() {
-        let (submitter, mut rx) = submitter(2);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_journal_takes_nothing_and_a_closed_one_says_so() {
+        // Nobody reads the processor queue: the writer stalls forwarding
+        // and the journal's queue of 2 appends fills behind it.
+        let f = fixture(2, 1).await;
         let one = positions_json("van-1", 1);
         let route = HttpIdentity::default();
-        for _ in 0..2 {
-            submitter
-                .submit(&route, "http", one.as_bytes())
-                .expect("fits");
+        let mut waiting = Vec::new();
+        let mut refused = None;
+        for _ in 0..10 {
+            let (submitter, one, route) = (f.submitter.clone(), one.clone(), route.clone());
+            let task = tokio::spawn(async move {
+                submitter.submit(&route, "http", one.as_bytes()).await
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if task.is_finished() {
+                match task.await.expect("task") {
+                    Ok(_) => continue,
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+            }
+            waiting.push(task);
         }
+        assert_eq!(refused, Some(SubmitError::QueueFull));
+        f.cancel.cancel();
+        for task in waiting {
+            // Written and acknowledged, or refused as closed: never hung.
+            let done = tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("answered after shutdown");
+            assert!(matches!(done.expect("task"), Ok(_) | Err(SubmitError::Closed)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
-            submitter.submit(&route, "http", one.as_bytes()),
-            Err(SubmitError::QueueFull)
-        );
-        // Two chunks where one slot is free: all or nothing.
-        assert_eq!(rx.recv().await.map(|c| c.len()), Some(1));
-        let two_chunks = positions_json("van-1", MAX_CHUNK + 1);
-        assert_eq!(
-            submitter.submit(&route, "http", two_chunks.as_bytes()),
-            Err(SubmitError::QueueFull)
-        );
-        assert_eq!(rx.recv().await.map(|c| c.len()), Some(1));
-        assert!(rx.try_recv().is_err(), "nothing of it was queued");
-
-        submitter.clone().close();
-        assert_eq!(
-            submitter.submit(&route, "http", one.as_bytes()),
+            f.submitter.submit(&route, "http", one.as_bytes()).await,
             Err(SubmitError::Closed)
         );
-        assert!(rx.recv().await.is_none(), "the processor sees the end");
     }
 
-    #[tokio::test]
-    async fn a_queue_smaller_than_the_chunks_takes_one_chunk() {
-        let (submitter, mut rx) = submitter(1);
-        let payload = positions_json("van-1", MAX_CHUNK + 1);
-        submitter
-            .submit(&HttpIdentity::default(), "http", payload.as_bytes())
-            .expect("queued");
-        assert_eq!(rx.recv().await.map(|c| c.len()), Some(MAX_CHUNK + 1));
-    }
-
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn callers_submit_only_their_own_devices() {
-        let (tx, mut rx) = mpsc::channel(4);
-        let log = Arc::new(RejectionLog::new(16));
-        let submitter = Submitter::new(Decoder::new(Limits::default()), Arc::clone(&log), tx);
+        let Fixture {
+            submitter,
+            mut rx,
+            log,
+            ..
+        } = fixture(4, 4).await;
         let van = DeviceId::parse("van-1").expect("id");
         let device = Caller {
             owns: Owns::Device(van.clone()),
@@ -411,9 +416,10 @@ mod tests {
         let own = positions_json("van-1", 2);
         let got = submitter
             .submit_as(&HttpIdentity::default(), &device, "http", own.as_bytes())
+            .await
             .expect("own positions");
         assert_eq!(got.accepted, 2);
-        assert_eq!(rx.recv().await.map(|c| c.len()), Some(2));
+        assert_eq!(received(&mut rx).await.len(), 2);
 
         let mixed = format!(
             "[{},{}]",
@@ -422,13 +428,18 @@ mod tests {
         );
         let err = submitter
             .submit_as(&HttpIdentity::default(), &device, "http", mixed.as_bytes())
+            .await
             .expect_err("foreign device");
         let SubmitError::NotAuthorized(reject) = err else {
             panic!("{err:?}");
         };
         assert_eq!(reject.device.as_ref().map(DeviceId::as_str), Some("van-2"));
         assert!(reject.detail.contains("device van-1"), "{}", reject.detail);
-        assert!(rx.try_recv().is_err(), "nothing of it was queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !matches!(rx.try_recv(), Ok(Ingested::Positions(_))),
+            "nothing of it was queued"
+        );
         let sample = &log.recent(1)[0];
         assert_eq!(sample.reason, RejectReason::NotAuthorized);
         assert_eq!(sample.device_id.as_deref(), Some("van-2"));
@@ -448,21 +459,24 @@ mod tests {
         };
         let got = submitter
             .submit_as(&as_user("alice"), &alice, "http", location.as_bytes())
+            .await
             .expect("own device");
         assert_eq!(got.accepted, 1);
         assert!(matches!(
-            submitter.submit_as(&as_user("alicex"), &alice, "http", location.as_bytes()),
+            submitter
+                .submit_as(&as_user("alicex"), &alice, "http", location.as_bytes())
+                .await,
             Err(SubmitError::NotAuthorized(_))
         ));
         assert!(Owns::User("alice".into()).owns(&DeviceId::parse("alice/x").expect("id")));
         assert!(!Owns::User("alice".into()).owns(&DeviceId::parse("alice").expect("id")));
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rejections_are_recorded_with_source_and_device() {
-        let (tx, _rx) = mpsc::channel(4);
-        let log = Arc::new(RejectionLog::new(16));
-        let submitter = Submitter::new(Decoder::new(Limits::default()), Arc::clone(&log), tx);
+        let Fixture {
+            submitter, log, ..
+        } = fixture(4, 4).await;
         let now = now_ms();
         let payload = format!(
             r#"[{{"device_id": "van-1", "ts_ms": {now}, "lat": 95, "lon": 1}},
@@ -471,6 +485,7 @@ mod tests {
         );
         let submitted = submitter
             .submit(&HttpIdentity::default(), "http", payload.as_bytes())
+            .await
             .expect("queued");
         assert_eq!(submitted.accepted, 1);
         let got: Vec<_> = submitted
@@ -499,6 +514,7 @@ mod tests {
                 "http",
                 br#"{"_type": "location", "lat": 1, "lon": 2}"#,
             )
+            .await
             .expect("decoded");
         assert_eq!(submitted.accepted, 0);
         assert_eq!(submitted.format, HttpFormat::OwnTracks);

@@ -27,6 +27,8 @@
 
 mod codec;
 mod segments;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 mod writer;
 
 use std::future::Future;
@@ -237,6 +239,11 @@ impl Journal {
         let (done, rx) = oneshot::channel();
         permit.send(Append { positions, done });
         Pending(rx)
+    }
+
+    /// Whether an append would find room in the queue now.
+    pub fn has_room(&self) -> bool {
+        self.tx.capacity() > 0
     }
 
     /// Whether the last journal write succeeded (false while the disk is

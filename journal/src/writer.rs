@@ -116,13 +116,11 @@ pub(crate) async fn run(
         }
         metrics::histogram!("fleetd_journal_group_positions").record(n as f64);
         metrics::counter!("fleetd_journal_positions_total").increment(n as u64);
-        // Forwarded before the acknowledgement: when the processor is
-        // behind, this waits, the queue fills and clients wait for their
-        // acks instead of fleetd buffering without bound.
-        let (forwarded, acks) = forward(&mut group, &output).await;
-        for done in acks {
-            let _ = done.send(Ok(()));
-        }
+        // Durable now: acknowledged before the processor takes it. When the
+        // processor is behind, forwarding waits, the writer takes no new
+        // group and the bounded queue fills: new appends wait or are
+        // refused, and memory stays bounded to one group.
+        let forwarded = forward(&mut group, &output).await;
         if !forwarded {
             tracing::warn!("processor queue closed; journal writer stops");
             break;
@@ -163,37 +161,32 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Hands the group's positions to the processor in chunks, in append
-/// order; returns whether the processor still listens, and the appends'
-/// answer channels.
-async fn forward(
-    group: &mut Vec<Append>,
-    output: &mpsc::Sender<Ingested>,
-) -> (
-    bool,
-    Vec<tokio::sync::oneshot::Sender<Result<(), AppendError>>>,
-) {
-    let mut acks = Vec::with_capacity(group.len());
-    let mut chunk: Vec<PositionReport> = Vec::new();
-    let mut open = true;
+/// Acknowledges the group's appends and hands their positions to the
+/// processor in chunks, in append order; returns whether the processor
+/// still listens.
+async fn forward(group: &mut Vec<Append>, output: &mpsc::Sender<Ingested>) -> bool {
+    let mut positions = Vec::with_capacity(group.len());
     for append in group.drain(..) {
-        acks.push(append.done);
-        if chunk.is_empty() && append.positions.len() >= CHUNK {
-            chunk = append.positions;
+        let _ = append.done.send(Ok(()));
+        positions.push(append.positions);
+    }
+    let mut chunk: Vec<PositionReport> = Vec::new();
+    for p in positions {
+        if chunk.is_empty() && p.len() >= CHUNK {
+            chunk = p;
         } else {
-            chunk.extend(append.positions);
+            chunk.extend(p);
         }
-        if chunk.len() >= CHUNK && open {
-            open = output
+        if chunk.len() >= CHUNK
+            && output
                 .send(Ingested::Positions(std::mem::take(&mut chunk)))
                 .await
-                .is_ok();
+                .is_err()
+        {
+            return false;
         }
     }
-    if !chunk.is_empty() && open {
-        open = output.send(Ingested::Positions(chunk)).await.is_ok();
-    }
-    (open, acks)
+    chunk.is_empty() || output.send(Ingested::Positions(chunk)).await.is_ok()
 }
 
 /// Writes `buf` at the end of the segment (and syncs it), retrying until it

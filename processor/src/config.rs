@@ -23,7 +23,6 @@ pub struct ProcessorConfig {
     pub queue_chunks: usize,
     pub partition_queue_chunks: usize,
     pub h3_detail_res: u8,
-    pub store_retry_max: u32,
     pub registry_refresh_s: u64,
     pub sweep_s: u64,
 }
@@ -38,7 +37,6 @@ impl Default for ProcessorConfig {
             queue_chunks: d.queue_chunks,
             partition_queue_chunks: d.partition_queue_chunks,
             h3_detail_res: u8::from(d.enrich.detail_res),
-            store_retry_max: d.store_retry_max,
             registry_refresh_s: d.registry_refresh.as_secs(),
             sweep_s: d.sweep_every.as_secs(),
         }
@@ -108,9 +106,8 @@ impl ProcessorConfig {
         ensure_setting!(
             p.max_batch > 0
                 && p.queue_chunks > 0
-                && p.partition_queue_chunks > 0
-                && p.store_retry_max > 0,
-            "processor.max_batch, queue_chunks, partition_queue_chunks and store_retry_max must be > 0"
+                && p.partition_queue_chunks > 0,
+            "processor.max_batch, queue_chunks and partition_queue_chunks must be > 0"
         );
         let detail_res = h3o::Resolution::try_from(p.h3_detail_res).map_err(|_| {
             InvalidSetting(format!(
@@ -133,7 +130,6 @@ impl ProcessorConfig {
             },
             queue_chunks: p.queue_chunks,
             partition_queue_chunks: p.partition_queue_chunks,
-            store_retry_max: p.store_retry_max,
             enrich: EnrichSettings {
                 detail_res,
                 vehicle: vehicle.validate()?,

@@ -2,7 +2,7 @@
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
-use fleetd_schemas::{DeviceId, PositionReport};
+use fleetd_schemas::{DeviceId, Ingested, PositionReport};
 use tokio::sync::mpsc;
 
 /// The partition owning `device`: a fixed hash (stable across runs and
@@ -14,15 +14,29 @@ pub(crate) fn partition_of(device: &DeviceId, partitions: usize) -> usize {
 
 /// Routes chunks until `input` closes, then drops the partition senders so
 /// the workers flush and stop. Sends are awaited: a slow partition pushes
-/// back on ingest rather than growing a queue.
+/// back on ingest rather than growing a queue. A journal checkpoint goes to
+/// every partition (each settles its part), behind the positions before it.
 pub(crate) async fn run(
-    mut input: mpsc::Receiver<Vec<PositionReport>>,
-    partitions: Vec<mpsc::Sender<Vec<PositionReport>>>,
+    mut input: mpsc::Receiver<Ingested>,
+    partitions: Vec<mpsc::Sender<Ingested>>,
 ) {
     let n = partitions.len();
     let mut split: Vec<Vec<PositionReport>> = vec![Vec::new(); n];
-    while let Some(chunk) = input.recv().await {
+    while let Some(item) = input.recv().await {
         metrics::gauge!("fleetd_queue_depth").set(input.len() as f64);
+        let (chunk, replayed) = match item {
+            Ingested::Positions(chunk) => (chunk, false),
+            Ingested::Replayed(chunk) => (chunk, true),
+            Ingested::Checkpoint(checkpoint) => {
+                for (p, part) in checkpoint.split(n).into_iter().enumerate() {
+                    if partitions[p].send(Ingested::Checkpoint(part)).await.is_err() {
+                        tracing::error!(partition = p, "partition worker gone; dispatcher stops");
+                        return;
+                    }
+                }
+                continue;
+            }
+        };
         if n == 1 {
             split[0] = chunk;
         } else {
@@ -34,7 +48,13 @@ pub(crate) async fn run(
             if reports.is_empty() {
                 continue;
             }
-            if partitions[p].send(std::mem::take(reports)).await.is_err() {
+            let reports = std::mem::take(reports);
+            let item = if replayed {
+                Ingested::Replayed(reports)
+            } else {
+                Ingested::Positions(reports)
+            };
+            if partitions[p].send(item).await.is_err() {
                 tracing::error!(partition = p, "partition worker gone; dispatcher stops");
                 return;
             }

@@ -14,8 +14,13 @@
 //!   the API and read once per batch; [`fleetd_geofence::Geofences`] likewise holds
 //!   the fence index, and every applied fix is evaluated against it
 //!   (enter/exit/dwell alerts, memberships kept in the vehicle state).
-//! * Input is a bounded channel of position chunks; when it closes, workers
-//!   flush what they hold and [`Processor::join`] returns.
+//! * Input is a bounded channel of [`Ingested`] items from the journal:
+//!   position chunks, chunks replayed after a restart (those the store
+//!   already has are dropped) and journal checkpoints, which each partition
+//!   settles once everything before them is stored. When the input closes,
+//!   workers flush what they hold and [`Processor::join`] returns.
+//! * A batch the store refuses is retried until it is stored: every
+//!   position in it was acknowledged.
 //!
 //! * After a batch is stored, the worker publishes its latest positions and
 //!   alerts to the [`fleetd_live::LiveHub`], which feeds the live streams.
@@ -31,6 +36,7 @@ mod dispatch;
 pub mod kinematics;
 
 mod reorder;
+mod replay;
 mod settings;
 mod state;
 mod vehicle;
@@ -39,7 +45,7 @@ mod worker;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fleetd_schemas::{PositionReport, RejectionLog};
+use fleetd_schemas::{Ingested, RejectionLog};
 use fleetd_store::{Store, StoreError};
 
 use fleetd_geofence::Geofences;
@@ -91,7 +97,7 @@ impl Processor {
         settings: ProcessorSettings,
         store: Arc<dyn Store>,
         ports: ProcessorPorts,
-        input: mpsc::Receiver<Vec<PositionReport>>,
+        input: mpsc::Receiver<Ingested>,
     ) -> Result<Self, StoreError> {
         let ProcessorPorts {
             registry,

@@ -93,6 +93,11 @@ impl Reorder {
         self.pending.is_empty()
     }
 
+    /// The earliest receive time of a waiting fix.
+    pub(crate) fn oldest_received_ms(&self) -> Option<i64> {
+        self.pending.iter().map(|p| p.report.received_ms).min()
+    }
+
     /// Classifies a fix at `ts_ms` for a device whose newest applied fix is
     /// at `applied_ts` (0: none yet).
     pub(crate) fn classify(&self, ts_ms: i64, applied_ts: i64) -> Admission {

@@ -21,8 +21,6 @@ pub struct ProcessorSettings {
     pub queue_chunks: usize,
     /// Capacity, in chunks, of each partition's input queue.
     pub partition_queue_chunks: usize,
-    /// Store write attempts per batch before it is dropped (and counted).
-    pub store_retry_max: u32,
     /// Enrichment settings (H3 detail resolution, vehicle state).
     pub enrich: EnrichSettings,
     /// How often a partition looks for open trips of devices that went
@@ -46,7 +44,6 @@ impl Default for ProcessorSettings {
             partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             queue_chunks: 256,
             partition_queue_chunks: 64,
-            store_retry_max: 10,
             enrich: EnrichSettings::default(),
             sweep_every: Duration::from_secs(30),
             registry_refresh: Duration::from_secs(30),

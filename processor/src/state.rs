@@ -67,6 +67,16 @@ impl PartitionState {
     pub fn has_buffered(&self) -> bool {
         !self.buffered.is_empty()
     }
+
+    /// The earliest receive time of a fix waiting in a reorder buffer
+    /// (`None`: none waits). Journal checkpoints wait for it.
+    pub fn oldest_buffered_received_ms(&self) -> Option<i64> {
+        self.buffered
+            .iter()
+            .filter_map(|id| self.devices.get(id))
+            .filter_map(|ds| ds.reorder.oldest_received_ms())
+            .min()
+    }
 }
 
 #[cfg(test)]

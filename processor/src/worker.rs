@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetd_schemas::{PositionReport, RejectReason, RejectionLog, now_ms};
+use fleetd_schemas::{Checkpoint, Ingested, PositionReport, RejectReason, RejectionLog, now_ms};
 use fleetd_store::{Store, WriteBatch};
 use tokio::sync::mpsc;
 
@@ -29,16 +29,37 @@ pub(crate) struct Ports {
     pub(crate) live: LiveHub,
 }
 
-type Flush = Pin<Box<dyn Future<Output = PartitionState> + Send>>;
+type Flush = Pin<Box<dyn Future<Output = Flushed> + Send>>;
+
+/// A finished batch: the partition state back, and whether every position
+/// it took is accounted for in the store.
+struct Flushed {
+    state: PartitionState,
+    /// False only when the batch was lost (processing panicked): journal
+    /// checkpoints are then never settled, so the journal keeps what the
+    /// store may lack and replays it at the next start.
+    complete: bool,
+}
+
+/// A journal checkpoint part waiting for this partition's batches.
+struct Waiting {
+    checkpoint: Checkpoint,
+    /// The first batch started after the checkpoint arrived: it holds every
+    /// position that came before it.
+    batch: u64,
+}
 
 /// Runs one partition until its input closes, then flushes what it holds.
 ///
 /// At most one batch per partition is being processed or written at a time,
 /// which keeps per-device order; the next batch gathers meanwhile, up to
 /// `max_batch` positions, after which input waits (backpressure).
+///
+/// A journal checkpoint is settled once the batch that followed it is
+/// stored and no fix received before it waits in a reorder buffer.
 pub(crate) async fn run_partition(
     partition: usize,
-    mut input: mpsc::Receiver<Vec<PositionReport>>,
+    mut input: mpsc::Receiver<Ingested>,
     state: PartitionState,
     ports: Ports,
     settings: ProcessorSettings,
@@ -51,11 +72,23 @@ pub(crate) async fn run_partition(
     let mut in_flight: Option<Flush> = None;
     let mut input_open = true;
     let mut window_due = false;
+    let mut waiting: Vec<Waiting> = Vec::new();
+    // Batches started, and the newest one stored.
+    let mut started: u64 = 0;
+    let mut stored: u64 = 0;
+    let mut lost = false;
     loop {
         tokio::select! {
-            chunk = input.recv(), if input_open && pending.len() < settings.max_batch => {
-                match chunk {
-                    Some(chunk) => pending.extend(chunk),
+            item = input.recv(), if input_open && pending.len() < settings.max_batch => {
+                match item {
+                    Some(Ingested::Positions(chunk)) => pending.extend(chunk),
+                    Some(Ingested::Replayed(chunk)) => {
+                        pending.extend(drop_stored_or_keep(partition, &*ports.store, chunk).await);
+                    }
+                    Some(Ingested::Checkpoint(checkpoint)) => waiting.push(Waiting {
+                        checkpoint,
+                        batch: started + 1,
+                    }),
                     None => input_open = false,
                 }
             }
@@ -66,16 +99,25 @@ pub(crate) async fn run_partition(
                     None => std::future::pending().await,
                 }
             }, if in_flight.is_some() => {
-                state = Some(done);
                 in_flight = None;
+                lost |= !done.complete;
+                if done.complete {
+                    stored = started;
+                }
+                if !lost {
+                    settle(&mut waiting, stored, &done.state);
+                }
+                state = Some(done.state);
             }
         }
         let due = window_due || pending.len() >= settings.max_batch || !input_open;
         // Fixes held for the reorder allowance must be released even when
-        // no new input arrives, and silent devices' trips closed.
+        // no new input arrives, and silent devices' trips closed; a waiting
+        // checkpoint needs a batch to follow it.
         let buffered = state.as_ref().is_some_and(PartitionState::has_buffered);
         let sweep = last_sweep.elapsed() >= settings.sweep_every;
-        if due && (!pending.is_empty() || buffered || sweep) {
+        let checkpoint = !waiting.is_empty() && !lost;
+        if due && (!pending.is_empty() || buffered || sweep || checkpoint) {
             if let Some(s) = state.take() {
                 let batch = std::mem::take(&mut pending);
                 if sweep {
@@ -85,6 +127,7 @@ pub(crate) async fn run_partition(
                     release_all: !input_open,
                     sweep,
                 };
+                started += 1;
                 in_flight = Some(Box::pin(flush(
                     partition,
                     s,
@@ -103,7 +146,51 @@ pub(crate) async fn run_partition(
             break;
         }
     }
+    if !waiting.is_empty() {
+        tracing::debug!(
+            partition,
+            checkpoints = waiting.len(),
+            "stopping with journal checkpoints unsettled: their segments are replayed at the next start"
+        );
+    }
     tracing::debug!(partition, "partition worker stopped");
+}
+
+/// Settles the checkpoints whose positions are all stored: the batch after
+/// each is stored, and no fix received at or before it is still waiting in
+/// a reorder buffer.
+fn settle(waiting: &mut Vec<Waiting>, stored: u64, state: &PartitionState) {
+    if waiting.is_empty() {
+        return;
+    }
+    let oldest_waiting = state.oldest_buffered_received_ms();
+    let (ready, rest): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(waiting)
+        .into_iter()
+        .partition(|w| {
+            w.batch <= stored
+                && oldest_waiting.is_none_or(|oldest| oldest > w.checkpoint.max_received_ms())
+        });
+    *waiting = rest;
+    for w in ready {
+        w.checkpoint.done();
+    }
+}
+
+/// Replayed positions minus those already stored; if the store cannot be
+/// asked, all of them (a stored fix then comes back as a late one, which
+/// is better than losing one that was not stored).
+async fn drop_stored_or_keep(
+    partition: usize,
+    store: &dyn Store,
+    chunk: Vec<PositionReport>,
+) -> Vec<PositionReport> {
+    match crate::replay::drop_stored(store, chunk.clone()).await {
+        Ok(kept) => kept,
+        Err(e) => {
+            tracing::warn!(partition, error = %e, "cannot check replayed positions against the store; replaying all");
+            chunk
+        }
+    }
 }
 
 /// Which extra work a batch does.
@@ -123,7 +210,7 @@ async fn flush(
     kind: BatchKind,
     ports: Ports,
     settings: ProcessorSettings,
-) -> PartitionState {
+) -> Flushed {
     let started = Instant::now();
     let n_in = batch.len();
     let registry = Arc::clone(&ports.registry);
@@ -140,13 +227,16 @@ async fn flush(
         (state, outcome, settings)
     })
     .await;
-    let (state, outcome, settings) = match processed {
+    let (state, outcome, _settings) = match processed {
         Ok(done) => done,
         Err(e) => {
             // A panic in processing is a bug; the partition's state is lost
             // with it, so start afresh rather than stop ingesting.
             tracing::error!(partition, error = %e, "batch processing failed; partition state reset");
-            return PartitionState::default();
+            return Flushed {
+                state: PartitionState::default(),
+                complete: false,
+            };
         }
     };
     let processed_at = started.elapsed();
@@ -171,24 +261,17 @@ async fn flush(
     // Batches that only waited on the reorder allowance have nothing to say.
     let n_history = write.history.len();
     let (n_latest, n_alerts) = (write.latest.len(), write.alerts.len());
-    let stored = if write.is_empty() {
-        false
-    } else {
+    let stored = !write.is_empty();
+    if stored {
         let write = Arc::new(write);
-        let stored =
-            write_with_retry(partition, &*ports.store, &write, settings.store_retry_max).await;
-        // A dropped batch is counted in fleetd_store_dropped_positions_total
-        // only: it was neither stored nor delivered.
-        if stored {
-            record_lag(&write);
-            metrics::counter!("fleetd_positions_stored_total").increment(n_history as u64);
-            // The store has let go of its reference: the batch moves on to
-            // the live streams without a copy.
-            let write = Arc::try_unwrap(write).unwrap_or_else(|shared| (*shared).clone());
-            publish_live(&ports.live, write);
-        }
-        stored
-    };
+        write_until_stored(partition, &*ports.store, &write).await;
+        record_lag(&write);
+        metrics::counter!("fleetd_positions_stored_total").increment(n_history as u64);
+        // The store has let go of its reference: the batch moves on to
+        // the live streams without a copy.
+        let write = Arc::try_unwrap(write).unwrap_or_else(|shared| (*shared).clone());
+        publish_live(&ports.live, write);
+    }
     metrics::histogram!("fleetd_batch_process_seconds").record(processed_at.as_secs_f64());
     metrics::histogram!("fleetd_batch_duration_seconds").record(started.elapsed().as_secs_f64());
     tracing::debug!(
@@ -202,7 +285,10 @@ async fn flush(
         ms = started.elapsed().as_millis() as u64,
         "batch written"
     );
-    state
+    Flushed {
+        state,
+        complete: true,
+    }
 }
 
 /// Records how long the batch's positions took from ingest to the store and
@@ -229,35 +315,43 @@ fn publish_live(live: &LiveHub, write: WriteBatch) {
     live.publish(latest, write.alerts);
 }
 
-/// Writes a batch, retrying with exponential backoff (writes are
-/// idempotent). While it retries, the partition takes no new batches, so
-/// the bounded queues push back on ingest instead of growing.
-/// After `max_attempts` failures the batch is dropped and counted, and
-/// `false` is returned.
+/// Writes a batch, retrying with exponential backoff until the store takes
+/// it (writes are idempotent). Every position in it was acknowledged, so
+/// none is ever dropped: while a partition retries it takes no new
+/// batches, the bounded queues fill, and ingest stops acknowledging (MQTT
+/// clients keep their data and wait, HTTP answers 503) until the store
+/// recovers. One WARN when it starts failing, one every 30 s while it
+/// does, one INFO when it recovers.
 ///
 /// Every attempt shares the one batch.
-async fn write_with_retry(
-    partition: usize,
-    store: &dyn Store,
-    batch: &Arc<WriteBatch>,
-    max_attempts: u32,
-) -> bool {
+async fn write_until_stored(partition: usize, store: &dyn Store, batch: &Arc<WriteBatch>) {
     let mut delay = Duration::from_millis(100);
-    for attempt in 1..=max_attempts {
+    let mut failures = 0u64;
+    let mut last_log: Option<Instant> = None;
+    loop {
         match store.write_batch(Arc::clone(batch)).await {
-            Ok(()) => return true,
-            Err(e) if attempt < max_attempts => {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(partition, failures, "store writes succeed again");
+                }
+                return;
+            }
+            Err(e) => {
+                failures += 1;
                 metrics::counter!("fleetd_store_write_retries_total").increment(1);
-                tracing::warn!(partition, attempt, error = %e, "store write failed; retrying");
+                if last_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(30)) {
+                    tracing::warn!(
+                        partition,
+                        failures,
+                        positions = batch.history.len(),
+                        error = %e,
+                        "store write failed; retrying, ingest holds its acknowledgements meanwhile"
+                    );
+                    last_log = Some(Instant::now());
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(e) => {
-                metrics::counter!("fleetd_store_dropped_positions_total")
-                    .increment(batch.history.len() as u64);
-                tracing::error!(partition, attempt, error = %e, positions = batch.history.len(), "store write failed; batch dropped");
-            }
         }
     }
-    false
 }

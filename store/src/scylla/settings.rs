@@ -31,8 +31,8 @@ pub struct ScyllaSettings {
     pub max_inflight: usize,
     /// Retries of one statement after a transient error (overloaded,
     /// timeout, unavailable, broken connection), with exponential backoff
-    /// from `retry_backoff`. The processor retries a whole failed batch on
-    /// top of this (`processor.store_retry_max`).
+    /// from `retry_backoff`. On top of this the processor retries a whole
+    /// failed batch until it is stored.
     pub retry_max: u32,
     /// First retry delay; doubles per retry, capped at 2 s.
     pub retry_backoff: Duration,
