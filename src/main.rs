@@ -8,10 +8,12 @@
 #![allow(unreachable_pub)]
 
 mod access;
+mod cert;
 mod cli;
 mod config;
 mod serve;
 mod simulate;
+mod store_cmd;
 mod telemetry;
 
 use std::process::ExitCode;

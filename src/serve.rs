@@ -36,7 +36,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         fleetd_store::open(&settings.store)
             .await
             .with_context(|| match &settings.store {
-                fleetd_store::StoreBackend::Fjall(dir) => {
+                fleetd_store::StoreBackend::Fjall { dir, .. } => {
                     format!("cannot open the embedded store in {}", dir.display())
                 }
                 fleetd_store::StoreBackend::Scylla { settings, .. } => format!(
