@@ -17,7 +17,7 @@ use crate::decode::Decoder;
 use crate::error::IngestError;
 use crate::gate::MqttGate;
 use crate::pipeline::Ingestor;
-use crate::{EmbeddedBroker, run_embedded, run_external};
+use crate::{EmbeddedBroker, MqttListeners, run_embedded, run_external};
 
 /// Running MQTT ingest: positions go into the processor's queue until its
 /// token is cancelled; then it drains what the broker already acknowledged
@@ -32,7 +32,8 @@ pub struct MqttIngest {
 impl MqttIngest {
     /// Starts the embedded broker (waiting until it accepts connections) or
     /// connects to the external one, and the ingest task feeding `output`.
-    /// Rejected input goes to `rejections`.
+    /// Rejected input goes to `rejections`. `listeners` says which of the
+    /// embedded broker's listeners open (unused in external mode).
     ///
     /// The embedded broker admits only what `access` verifies (see
     /// [`MqttGate`]); in external mode that broker authenticates devices.
@@ -40,6 +41,7 @@ impl MqttIngest {
         settings: &IngestSettings,
         access: Arc<Access>,
         rejections: Arc<RejectionLog>,
+        listeners: &MqttListeners,
         output: mpsc::Sender<Vec<PositionReport>>,
         cancel: CancellationToken,
     ) -> Result<Self, IngestError> {
@@ -50,8 +52,13 @@ impl MqttIngest {
         Ok(match &settings.mode {
             IngestMode::Embedded => {
                 let gate = Arc::new(MqttGate::new(access, rejections, settings.rate));
-                let broker =
-                    EmbeddedBroker::start(&settings.broker, gate, cancel.child_token()).await?;
+                let broker = EmbeddedBroker::start(
+                    &settings.broker,
+                    listeners,
+                    gate,
+                    cancel.child_token(),
+                )
+                .await?;
                 let (alerts_tx, alerts_rx) = broker.alerts_link;
                 Self {
                     task: tokio::spawn(run_embedded(broker.link_rx, ingestor, output, cancel)),
