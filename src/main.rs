@@ -11,6 +11,7 @@ mod access;
 mod cert;
 mod cli;
 mod config;
+mod limits;
 mod serve;
 mod simulate;
 mod store_cmd;

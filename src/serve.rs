@@ -28,7 +28,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::{SHUTDOWN_DEADLINE, ServeSettings};
 
 /// Runs fleetd until SIGINT/SIGTERM.
-pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
+pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
+    fit_connection_caps(&mut settings);
+    check_data_dir(&settings.data_dir)?;
+    let starting = Instant::now();
     let metrics = crate::telemetry::install_metrics()?;
     let root = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -44,6 +47,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
                     settings.contact_points.join(",")
                 ),
             })?;
+    let store_open_s = starting.elapsed().as_secs_f64();
     let access = open_access(&settings, &store).await?;
     let rejections = Arc::new(RejectionLog::new(settings.ingest.rejection_samples));
     let ready = Arc::new(AtomicBool::new(false));
@@ -71,8 +75,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
 
     // The API comes up first so /healthz and /readyz answer during start-up.
     let http_addr = settings.api.http;
-    let http = tokio::net::TcpListener::bind(http_addr)
-        .await
+    let http = fleetd_ingest::bind_listener(http_addr)
         .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
     let api_state = ApiState::new(
         Arc::clone(&store),
@@ -93,8 +96,14 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         &settings.live.map,
     ));
     let api_token = root.child_token();
-    let api = tasks.spawn(fleetd_api::serve(http, api_state, api_token.clone()));
+    let api = tasks.spawn(fleetd_api::serve(
+        http,
+        api_state,
+        settings.api.limits,
+        api_token.clone(),
+    ));
 
+    let restoring = Instant::now();
     let processor = Processor::start(
         settings.processor.clone(),
         Arc::clone(&store),
@@ -108,6 +117,18 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     )
     .await
     .context("cannot restore processor state from the store")?;
+    // Opening the store (its recovery) and reading the vehicles' state
+    // back are the two costs of a restart.
+    let restored = processor.restored_devices();
+    let seconds = starting.elapsed().as_secs_f64();
+    let processor_s = restoring.elapsed().as_secs_f64();
+    tracing::info!(
+        devices = restored,
+        seconds,
+        store_open_s,
+        processor_s,
+        "restored {restored} devices in {seconds:.2} s (store open {store_open_s:.2} s, vehicle state {processor_s:.2} s)"
+    );
     let upkeep_token = root.child_token();
     let upkeep = tasks.spawn(crate::telemetry::metrics_upkeep(
         metrics,
@@ -204,10 +225,8 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     });
     drain.then("api", async move {
         api_token.cancel();
-        match api.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "http api failed"),
-            Err(e) => tracing::error!(error = %e, "http api task failed"),
+        if let Err(e) = api.await {
+            tracing::error!(error = %e, "http api task failed");
         }
     });
     drain.then("token refresh", async move {
@@ -224,6 +243,57 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     });
     drain.run(&root).await?;
     tracing::info!("fleetd stopped");
+    Ok(())
+}
+
+/// Raises the descriptor limit and lowers the MQTT and HTTP connection caps
+/// to fit below it; logs the caps once.
+fn fit_connection_caps(settings: &mut ServeSettings) {
+    let fds = crate::limits::raise_fd_limit();
+    let embedded = matches!(settings.ingest.mode, IngestMode::Embedded);
+    let configured_mqtt = settings.ingest.broker.max_connections;
+    let configured_http = settings.api.limits.max_connections;
+    let (mqtt, http) = crate::limits::connection_caps(
+        fds.soft,
+        embedded.then_some(configured_mqtt),
+        configured_http,
+    );
+    if let Some(mqtt) = mqtt {
+        settings.ingest.broker.max_connections = mqtt;
+    }
+    settings.api.limits.max_connections = http;
+    let lowered = mqtt.is_some_and(|m| m < configured_mqtt) || http < configured_http;
+    tracing::info!(
+        fd_limit = fds.soft,
+        fd_limit_was = fds.was,
+        reserved_fds = crate::limits::reserved_fds(fds.soft),
+        mqtt_max_connections = mqtt,
+        http_max_connections = http,
+        lowered_to_fit = lowered,
+        "connection caps"
+    );
+}
+
+/// Fails unless `dir` is, or can be made, a directory fleetd can list and
+/// write: the store's own errors for these cases name the path but bury it
+/// in a chain of wrapped I/O errors.
+fn check_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let shown = dir.display();
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("data directory {shown} cannot be created"))?;
+    if !dir.is_dir() {
+        bail!("data directory {shown} is not a directory");
+    }
+    std::fs::read_dir(dir).with_context(|| format!("data directory {shown} cannot be read"))?;
+    let probe = dir.join(".fleetd-write-check");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, b"ok"))
+        .with_context(|| format!("data directory {shown} is not writable"))?;
+    let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 

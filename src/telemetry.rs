@@ -13,7 +13,8 @@ use tracing_subscriber::{Layer, fmt};
 /// Logs to stderr; `RUST_LOG` overrides the level chosen by `-v`.
 pub fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "info,rumqttd=warn",
+        // The store engine reports its flushes and compactions at INFO.
+        0 => "info,rumqttd=warn,lsm_tree=warn,fjall=warn",
         1 => "debug,rumqttd=info",
         _ => "trace",
     };

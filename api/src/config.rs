@@ -9,7 +9,7 @@ use fleetd_live::LiveSettings;
 use fleetd_schemas::{InvalidSetting, ensure_setting};
 use serde::Deserialize;
 
-use crate::{DEFAULT_REQUEST_TIMEOUT, MapSettings, StreamSettings};
+use crate::{ConnectionLimits, DEFAULT_REQUEST_TIMEOUT, MapSettings, StreamSettings};
 
 /// `[api]`: the HTTP server.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -20,15 +20,22 @@ pub struct ApiConfig {
     pub request_timeout_s: u64,
     pub cors_origins: Vec<String>,
     pub metrics_open: bool,
+    pub header_read_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_connections: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
+        let limits = ConnectionLimits::default();
         Self {
             http: "0.0.0.0:8080".into(),
             request_timeout_s: DEFAULT_REQUEST_TIMEOUT.as_secs(),
             cors_origins: Vec::new(),
             metrics_open: false,
+            header_read_timeout_ms: limits.header_read_timeout.as_millis() as u64,
+            idle_timeout_ms: limits.idle_timeout.as_millis() as u64,
+            max_connections: limits.max_connections,
         }
     }
 }
@@ -46,6 +53,9 @@ pub struct ApiSettings {
     /// Whether `GET /metrics` answers without a token (default: it needs
     /// one with `read` scope).
     pub metrics_open: bool,
+    /// Timeouts and the connection cap of the listener (the cap as
+    /// configured; the binary lowers it to fit the file-descriptor limit).
+    pub limits: ConnectionLimits,
 }
 
 impl ApiConfig {
@@ -61,6 +71,11 @@ impl ApiConfig {
             self.request_timeout_s > 0,
             "api.request_timeout_s must be > 0"
         );
+        ensure_setting!(
+            self.header_read_timeout_ms > 0 && self.idle_timeout_ms > 0,
+            "api.header_read_timeout_ms and api.idle_timeout_ms must be > 0"
+        );
+        ensure_setting!(self.max_connections > 0, "api.max_connections must be > 0");
         let cors_origins = self
             .cors_origins
             .iter()
@@ -71,6 +86,11 @@ impl ApiConfig {
             request_timeout: Duration::from_secs(self.request_timeout_s),
             cors_origins,
             metrics_open: self.metrics_open,
+            limits: ConnectionLimits {
+                header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+                idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+                max_connections: self.max_connections,
+            },
         })
     }
 }

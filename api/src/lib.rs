@@ -83,6 +83,7 @@ mod middleware;
 mod params;
 mod records;
 mod routes;
+mod server;
 mod state;
 
 #[cfg(test)]
@@ -109,6 +110,7 @@ pub use config::{ApiConfig, ApiSettings, LiveApiSettings, LiveConfig};
 pub use error::ApiError;
 pub use live::StreamSettings;
 pub use routes::map::MapSettings;
+pub use server::{ConnectionLimits, Handshake, PlainTcp};
 pub use state::{ApiState, LiveApi};
 
 /// Default bound on the time one request may take ([`ApiState::request_timeout`]).
@@ -272,28 +274,40 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled, then stops
-/// accepting connections and waits for in-flight requests to finish.
-///
-/// Every plain request is bounded by [`ApiState::request_timeout`], and live
-/// streams end when `shutdown` fires, so the wait after cancellation is
-/// bounded too (plus the time to write a response).
+/// Serves the API over plain HTTP on `listener` until `shutdown` is
+/// cancelled; see [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
-    mut state: ApiState,
+    state: ApiState,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+) {
+    serve_with(listener, PlainTcp, state, limits, shutdown).await;
+}
+
+/// Serves the API on `listener`, each accepted connection going through
+/// `handshake` (TLS, or [`PlainTcp`]), until `shutdown` is cancelled; then
+/// stops accepting connections and waits for in-flight requests to finish.
+///
+/// Connections are bounded by `limits` (a cap on open connections,
+/// header-read and idle timeouts). Every plain request is bounded by
+/// [`ApiState::request_timeout`], and live streams end when `shutdown`
+/// fires, so the wait after cancellation is bounded too (plus the time to
+/// write a response).
+pub async fn serve_with<H: Handshake>(
+    listener: TcpListener,
+    handshake: H,
+    mut state: ApiState,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "http api listening");
+        tracing::info!(%addr, max_connections = limits.max_connections, "http api listening");
     }
     state.live.shutdown = shutdown.child_token();
     let pumps = state.live.tasks.clone();
-    let app = router(state).into_make_service_with_connect_info::<conn::Conn>();
-    axum::serve(conn::KillableListener(listener), app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    server::accept_loop(listener, handshake, router(state), limits, shutdown).await;
     pumps.close();
     pumps.wait().await;
     tracing::info!("http api stopped");
-    Ok(())
 }

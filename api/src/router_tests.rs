@@ -768,7 +768,12 @@ async fn serve_stops_when_cancelled() {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(crate::serve(listener, h.state.clone(), shutdown.clone()));
+    let server = tokio::spawn(crate::serve(
+        listener,
+        h.state.clone(),
+        crate::ConnectionLimits::default(),
+        shutdown.clone(),
+    ));
 
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream
@@ -781,11 +786,138 @@ async fn serve_stops_when_cancelled() {
     assert!(response.ends_with(r#"{"status":"ok"}"#), "{response}");
 
     shutdown.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(5), server)
+    tokio::time::timeout(Duration::from_secs(5), server)
         .await
         .expect("serve stops promptly")
         .expect("task");
-    assert!(result.is_ok(), "{result:?}");
+}
+
+/// Serves the harness's router with `limits` on a fresh loopback port.
+async fn serve_limited(
+    h: &Harness,
+    limits: crate::ConnectionLimits,
+) -> (std::net::SocketAddr, tokio_util::sync::CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(crate::serve(
+        listener,
+        h.state.clone(),
+        limits,
+        shutdown.clone(),
+    ));
+    (addr, shutdown)
+}
+
+/// Reads until the peer closes; the time it took and what it sent.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> (Duration, String) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got))
+        .await
+        .expect("the server closes the connection");
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&got).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn connections_that_send_no_complete_head_are_closed() {
+    use tokio::io::AsyncWriteExt;
+
+    let h = Harness::new().await;
+    let limits = crate::ConnectionLimits {
+        header_read_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(600),
+        max_connections: 100,
+    };
+    let (addr, _shutdown) = serve_limited(&h, limits).await;
+
+    // Never sends a byte.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (took, got) = read_until_closed(&mut silent).await;
+    assert!(got.is_empty(), "{got}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+
+    // Sends its head one byte every 100 ms: never done within 300 ms.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let drip = tokio::spawn(async move {
+        for byte in b"GET /healthz HTTP/1.1\r\nhost: x\r\n" {
+            if slow.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        slow
+    });
+    let mut slow = drip.await.expect("drip");
+    let (_, got) = read_until_closed(&mut slow).await;
+    assert!(!got.contains("200 OK"), "{got}");
+
+    // A kept-alive connection: served, then closed after the idle timeout,
+    // not the header-read one.
+    let mut kept = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (took, got) = read_until_closed(&mut kept).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        took >= Duration::from_millis(550) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_at_accept() {
+    use tokio::io::AsyncWriteExt;
+
+    let h = Harness::new().await;
+    let limits = crate::ConnectionLimits {
+        header_read_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(30),
+        max_connections: 2,
+    };
+    let (addr, shutdown) = serve_limited(&h, limits).await;
+    let _first = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // Accepted in order: the third waits behind the two held ones.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let (took, got) = read_until_closed(&mut third).await;
+    assert!(got.is_empty(), "over the cap: {got}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    // Once one closes, new connections are served again.
+    drop(_first);
+    let served = async {
+        loop {
+            let mut next = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let _ = next
+                .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .await;
+            let (_, got) = read_until_closed(&mut next).await;
+            if got.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("served after a slot freed");
+    // Shutdown waits for held connections only as long as they are idle.
+    shutdown.cancel();
 }
 
 /// Percent-encodes a cursor for a query string.

@@ -36,6 +36,9 @@ pub struct BrokerSettings {
     pub max_connections: usize,
     /// Maximum unacknowledged QoS 1 publishes per connection.
     pub max_inflight: usize,
+    /// A client gets this long to send CONNECT after TCP is up; then the
+    /// connection is closed (at most 65,535 ms, rumqttd's bound).
+    pub connect_timeout: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -47,6 +50,7 @@ impl Default for BrokerSettings {
             segment_count: 4,
             max_connections: 100_000,
             max_inflight: 256,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -105,10 +109,8 @@ pub struct EmbeddedBroker {
     pub tls_addr: Option<SocketAddr>,
 }
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), IngestError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| IngestError::Bind { addr, source })?;
+fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), IngestError> {
+    let listener = bind_listener(addr).map_err(|source| IngestError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(IngestError::Io)?;
     Ok((listener, local))
 }
@@ -124,11 +126,11 @@ impl EmbeddedBroker {
         cancel: CancellationToken,
     ) -> Result<Self, IngestError> {
         let plain = match listeners.plain {
-            true => Some(bind(settings.listen).await?),
+            true => Some(bind(settings.listen)?),
             false => None,
         };
         let tls = match &listeners.tls {
-            Some(tls) => Some((bind(tls.listen).await?, tls.clone())),
+            Some(tls) => Some((bind(tls.listen)?, tls.clone())),
             None => None,
         };
         let broker = Broker::new(router_config(settings));
@@ -153,6 +155,7 @@ impl EmbeddedBroker {
                 listener,
                 acceptor.clone(),
                 Arc::clone(&permits),
+                settings.max_connections,
                 None,
                 cancel.clone(),
             ));
@@ -164,6 +167,7 @@ impl EmbeddedBroker {
                 listener,
                 acceptor,
                 permits,
+                settings.max_connections,
                 Some(tls),
                 cancel,
             ));
@@ -180,10 +184,32 @@ impl EmbeddedBroker {
     }
 }
 
+/// Pending connections the kernel queues before fleetd accepts them (capped
+/// by `net.core.somaxconn`). tokio's default of 1,024 overflows in a
+/// reconnect storm: the kernel drops SYNs and clients retry after 1, 3,
+/// 7 s...
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds a TCP listener on `addr` with [`LISTEN_BACKLOG`] (every listener
+/// of fleetd, MQTT and HTTP).
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do on Unix: a restart can bind while old
+    // connections linger in TIME_WAIT (a live listener still conflicts).
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 fn connection_settings(settings: &BrokerSettings) -> ConnectionSettings {
     ConnectionSettings {
-        // A client gets this long to send CONNECT after TCP is up.
-        connection_timeout_ms: CONNECT_TIMEOUT_MS,
+        connection_timeout_ms: u16::try_from(settings.connect_timeout.as_millis())
+            .unwrap_or(u16::MAX),
         max_payload_size: settings.max_packet_bytes,
         max_inflight_count: settings.max_inflight,
         // The gate decides; rumqttd's own tables are not consulted.
@@ -192,9 +218,6 @@ fn connection_settings(settings: &BrokerSettings) -> ConnectionSettings {
         dynamic_filters: true,
     }
 }
-
-/// Time a new connection has to send its CONNECT.
-const CONNECT_TIMEOUT_MS: u16 = 10_000;
 
 fn router_config(settings: &BrokerSettings) -> Config {
     Config {
@@ -225,10 +248,13 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: StreamAcceptor,
     permits: Arc<Semaphore>,
+    max_connections: usize,
     tls: Option<MqttTls>,
     cancel: CancellationToken,
 ) {
     let mut last_error_log: Option<Instant> = None;
+    let mut last_cap_log: Option<Instant> = None;
+    let mut refused_since_log: u64 = 0;
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -249,6 +275,16 @@ async fn accept_loop(
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             metrics::counter!("fleetd_mqtt_connects_total", "result" => "over_connection_cap")
                 .increment(1);
+            refused_since_log += 1;
+            if last_cap_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(
+                    max_connections,
+                    refused = refused_since_log,
+                    "MQTT connection cap reached; closing new connections at accept"
+                );
+                last_cap_log = Some(Instant::now());
+                refused_since_log = 0;
+            }
             drop(stream);
             continue;
         };
@@ -258,6 +294,7 @@ async fn accept_loop(
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = OpenConnection::new();
             let served = match tls {
                 None => {
                     acceptor
@@ -308,5 +345,22 @@ async fn tls_handshake(
             tracing::debug!(%peer, error = %e, "MQTT over TLS: handshake failed");
             None
         }
+    }
+}
+
+/// Keeps `fleetd_mqtt_connections` (TCP connections open, with or without
+/// a session yet) up to date for one connection.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        metrics::gauge!("fleetd_mqtt_connections").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("fleetd_mqtt_connections").decrement(1.0);
     }
 }

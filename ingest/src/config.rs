@@ -51,6 +51,7 @@ pub struct IngestConfig {
     pub broker_segment_bytes: usize,
     pub broker_segment_count: usize,
     pub max_connections: usize,
+    pub connect_timeout_ms: u64,
     pub max_inflight: usize,
     pub max_batch_positions: usize,
     pub max_future_s: i64,
@@ -75,6 +76,7 @@ impl Default for IngestConfig {
             broker_segment_bytes: broker.segment_bytes,
             broker_segment_count: broker.segment_count,
             max_connections: broker.max_connections,
+            connect_timeout_ms: broker.connect_timeout.as_millis() as u64,
             max_inflight: broker.max_inflight,
             max_batch_positions: limits.max_batch_positions,
             max_future_s: limits.max_future_ms / 1000,
@@ -141,6 +143,12 @@ impl IngestConfig {
             c.device_rate_per_s.is_finite() && c.device_rate_per_s >= 0.0 && c.device_burst >= 1,
             "ingest.device_rate_per_s must be >= 0 (0 turns the limit off) and ingest.device_burst >= 1"
         );
+        ensure_setting!(
+            (1..=65_535).contains(&c.connect_timeout_ms),
+            "ingest.connect_timeout_ms must be in 1..=65535, got {}",
+            c.connect_timeout_ms
+        );
+        ensure_setting!(c.max_connections > 0, "ingest.max_connections must be > 0");
         let mode = match c.mode {
             IngestModeName::Embedded => IngestMode::Embedded,
             IngestModeName::External => {
@@ -182,6 +190,7 @@ impl IngestConfig {
                 segment_count: c.broker_segment_count,
                 max_connections: c.max_connections,
                 max_inflight: c.max_inflight,
+                connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             },
             limits: Limits {
                 max_payload_bytes: c.max_payload_bytes,

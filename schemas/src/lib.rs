@@ -14,6 +14,8 @@
 //!   holds a device's current fence memberships.
 //! * [`BBox`] and [`haversine_m`]: the plain geometry of area queries and
 //!   stream filters.
+//! * [`Ingested`]: an item of the processor's input queue (positions, replayed
+//!   positions, a journal [`Checkpoint`]).
 //! * [`Rejection`] and [`RejectionLog`]: why an input was dropped, counted and
 //!   sampled for `GET /v1/rejections`.
 //!
@@ -24,6 +26,7 @@ mod access;
 mod alert;
 mod fences;
 mod geodesy;
+mod ingested;
 mod position;
 mod rejection;
 mod setting;
@@ -37,6 +40,7 @@ pub use access::{Principal, Scope, StoredCredential, StoredToken};
 pub use alert::{Alert, AlertDetail, AlertKind, GeofenceId};
 pub use fences::{DeviceFences, Membership, MembershipChange};
 pub use geodesy::{BBox, EARTH_RADIUS_M, haversine_m};
+pub use ingested::{Checkpoint, Ingested};
 pub use position::{
     DeviceId, EnrichedPosition, H3Cells, IdKind, InvalidId, MAX_DEVICE_ID_LEN, PositionReport,
 };

@@ -87,3 +87,97 @@ fn an_mqtt_port_in_use_is_a_start_error_not_a_log_line() {
         "{stderr}"
     );
 }
+
+/// Runs `fleetd serve` with `args` and waits at most 5 s for it to exit:
+/// (exited non-zero in time, stdout, stderr).
+fn serve_must_fail(args: &[&str]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stdout = dir.path().join("out");
+    let stderr = dir.path().join("err");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .arg("serve")
+        .args(args)
+        .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("run fleetd");
+    let started = std::time::Instant::now();
+    let failed = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break !status.success();
+        }
+        if started.elapsed() > std::time::Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (
+        failed,
+        std::fs::read_to_string(stdout).unwrap_or_default(),
+        std::fs::read_to_string(stderr).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn an_http_port_in_use_is_a_start_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let http = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("d");
+    let mqtt = format!("127.0.0.1:{}", crate::util::free_port());
+    let (failed, stdout, stderr) = serve_must_fail(&[
+        "--mqtt",
+        &mqtt,
+        "--http",
+        &http,
+        "--data",
+        data.to_str().expect("utf-8 path"),
+    ]);
+    assert!(failed, "fleetd must exit non-zero within 5 s:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen for HTTP on {http}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("fleetd ready") && !stdout.contains("open the map"));
+}
+
+#[test]
+fn an_unusable_data_dir_is_a_start_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").expect("write");
+    let under_file = file.join("d");
+    let mut cases = vec![file.clone(), under_file];
+    // Permission bits do not stop root; elsewhere a read-only directory
+    // must fail too.
+    let read_only = dir.path().join("read-only");
+    std::fs::create_dir(&read_only).expect("mkdir");
+    let mut permissions = std::fs::metadata(&read_only).expect("stat").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o500);
+    std::fs::set_permissions(&read_only, permissions).expect("chmod");
+    if std::fs::write(read_only.join("probe"), "x").is_err() {
+        cases.push(read_only);
+    }
+    for data in cases {
+        let shown = data.to_str().expect("utf-8 path");
+        let (failed, stdout, stderr) = serve_must_fail(&[
+            "--mqtt",
+            &format!("127.0.0.1:{}", crate::util::free_port()),
+            "--http",
+            &format!("127.0.0.1:{}", crate::util::free_port()),
+            "--data",
+            shown,
+        ]);
+        assert!(
+            failed,
+            "{shown}: fleetd must exit non-zero within 5 s:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("data directory {shown}")),
+            "{shown}: {stderr}"
+        );
+        assert!(!stderr.contains("fleetd ready") && !stdout.contains("open the map"));
+    }
+}

@@ -15,6 +15,7 @@ mod formats;
 mod garbage;
 mod geofences;
 mod http_ingest;
+mod limits;
 mod live;
 mod map;
 mod restart;

@@ -24,6 +24,9 @@ pub struct Fleetd {
     pub admin_token: Option<String>,
 }
 
+/// The log filter of [`Fleetd::start`].
+const TEST_LOG_FILTER: &str = "info,fleetd_processor=debug,rumqttd=warn";
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -37,19 +40,29 @@ impl Fleetd {
     /// waits until `/readyz` answers 200. Retries with other ports if one was
     /// taken in between (tests run in parallel).
     pub async fn start(data: &Path, extra: &[&str]) -> Fleetd {
+        Self::start_logging(data, extra, Some(TEST_LOG_FILTER)).await
+    }
+
+    /// [`Fleetd::start`] with `RUST_LOG` set to `log_filter`, or unset
+    /// (`None`: fleetd's own default, as users run it).
+    pub async fn start_logging(data: &Path, extra: &[&str], log_filter: Option<&str>) -> Fleetd {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let (mqtt_port, http_port) = (free_port(), free_port());
             let log = data.with_extension(format!("{http_port}.log"));
             let log_file = std::fs::File::create(&log).expect("log file");
-            let child = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+            let mut command = Command::new(env!("CARGO_BIN_EXE_fleetd"));
+            match log_filter {
+                Some(filter) => command.env("RUST_LOG", filter),
+                None => command.env_remove("RUST_LOG"),
+            };
+            let child = command
                 .arg("serve")
                 .args(["--mqtt", &format!("127.0.0.1:{mqtt_port}")])
                 .args(["--http", &format!("127.0.0.1:{http_port}")])
                 .arg("--data")
                 .arg(data)
                 .args(extra)
-                .env("RUST_LOG", "info,fleetd_processor=debug,rumqttd=warn")
                 .stdin(Stdio::null())
                 .stdout(std::fs::File::create(log.with_extension("out")).expect("stdout file"))
                 .stderr(log_file)
