@@ -130,7 +130,10 @@ impl ConnectionHooks for MqttGate {
 
 /// The identity of a device certificate: `Identity::Device` of its CN.
 fn certificate_login(cert: &TlsIdentity) -> Result<Identity, LoginError> {
-    let cn = cert.common_name.as_deref().ok_or(LoginError::BadCertificate)?;
+    let cn = cert
+        .common_name
+        .as_deref()
+        .ok_or(LoginError::BadCertificate)?;
     DeviceId::parse(cn)
         .map(Identity::Device)
         .map_err(|_| LoginError::BadCertificate)

@@ -52,13 +52,9 @@ impl MqttIngest {
         Ok(match &settings.mode {
             IngestMode::Embedded => {
                 let gate = Arc::new(MqttGate::new(access, rejections, settings.rate));
-                let broker = EmbeddedBroker::start(
-                    &settings.broker,
-                    listeners,
-                    gate,
-                    cancel.child_token(),
-                )
-                .await?;
+                let broker =
+                    EmbeddedBroker::start(&settings.broker, listeners, gate, cancel.child_token())
+                        .await?;
                 let (alerts_tx, alerts_rx) = broker.alerts_link;
                 Self {
                     task: tokio::spawn(run_embedded(broker.link_rx, ingestor, output, cancel)),

@@ -257,9 +257,10 @@ pub async fn open(backend: &StoreBackend) -> Result<Arc<dyn Store>, StoreError> 
         StoreBackend::Fjall { dir, key_file } => {
             let key = key_file.as_deref().map(crate::StoreKey::load).transpose()?;
             let dir = dir.clone();
-            let store = tokio::task::spawn_blocking(move || FjallStore::open_with_key(&dir, key.as_ref()))
-                .await
-                .map_err(|e| StoreError::Task(format!("store open: {e}")))??;
+            let store =
+                tokio::task::spawn_blocking(move || FjallStore::open_with_key(&dir, key.as_ref()))
+                    .await
+                    .map_err(|e| StoreError::Task(format!("store open: {e}")))??;
             Ok(Arc::new(store))
         }
         StoreBackend::Scylla { settings, migrate } => Ok(Arc::new(

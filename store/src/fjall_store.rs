@@ -251,7 +251,7 @@ impl Store for FjallStore {
             let value = inner.tables.seal(table::DEVICES, key.as_bytes(), value);
             Ok(inner.tables.devices.insert(key, value)?)
         })
-            .await
+        .await
     }
 
     async fn device(&self, device: &DeviceId) -> Result<Option<DeviceInfo>, StoreError> {
@@ -284,7 +284,7 @@ impl Store for FjallStore {
             let value = inner.tables.seal(table::GEOFENCES, key.as_bytes(), value);
             Ok(inner.tables.geofences.insert(key, value)?)
         })
-            .await
+        .await
     }
 
     async fn geofence(&self, id: &GeofenceId) -> Result<Option<StoredGeofence>, StoreError> {
@@ -340,7 +340,7 @@ impl Store for FjallStore {
             let value = inner.tables.seal(table::TOKENS, key.as_bytes(), value);
             Ok(inner.tables.tokens.insert(key, value)?)
         })
-            .await
+        .await
     }
 
     async fn all_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
@@ -412,7 +412,9 @@ impl Inner {
         let mut history: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(batch.history.len());
         for position in &batch.history {
             let key = keys::history_key(&position.report.device_id, position.report.ts_ms);
-            let value = self.tables.seal(table::HISTORY, &key, codec::encode(position));
+            let value = self
+                .tables
+                .seal(table::HISTORY, &key, codec::encode(position));
             history.insert(key, value);
         }
 
@@ -420,7 +422,9 @@ impl Inner {
         for update in &batch.latest {
             let position = &update.position;
             let key = keys::latest_key(&position.report.device_id);
-            let value = self.tables.seal(table::LATEST, &key, codec::encode(position));
+            let value = self
+                .tables
+                .seal(table::LATEST, &key, codec::encode(position));
             latest.insert(key, value);
         }
 

@@ -56,8 +56,11 @@ pub fn rekey(
     let source = FjallStore::open_with_key(from, from_key)?;
     std::fs::create_dir_all(to).map_err(fjall::Error::from)?;
     let marker = to.join(INCOMPLETE_MARKER);
-    std::fs::write(&marker, b"fleetd rekey did not finish: delete this directory\n")
-        .map_err(fjall::Error::from)?;
+    std::fs::write(
+        &marker,
+        b"fleetd rekey did not finish: delete this directory\n",
+    )
+    .map_err(fjall::Error::from)?;
     let target = FjallStore::open_with_key_unchecked_marker(to, to_key)?;
     let (src, dst) = (&source.inner, &target.inner);
     let mut rows = 0u64;
@@ -130,8 +133,17 @@ mod tests {
         }
         let (key_a, key_b) = (StoreKey::generate(), StoreKey::generate());
         let report = rekey(&plain, None, &a, Some(&key_a)).expect("encrypt");
-        assert_eq!(report, RekeyReport { rows: 3, sealed: true });
-        assert!(rekey(&plain, None, &a, Some(&key_a)).is_err(), "a is not empty");
+        assert_eq!(
+            report,
+            RekeyReport {
+                rows: 3,
+                sealed: true
+            }
+        );
+        assert!(
+            rekey(&plain, None, &a, Some(&key_a)).is_err(),
+            "a is not empty"
+        );
         let err = rekey(&a, Some(&key_b), &b, Some(&key_a)).expect_err("wrong key");
         assert!(err.to_string().contains("not the key"), "{err}");
         rekey(&a, Some(&key_a), &b, Some(&key_b)).expect("rotate");

@@ -66,7 +66,8 @@ impl StoreKey {
     /// allowed. The error names the file and what is wrong with it, never
     /// its content.
     pub fn load(path: &Path) -> Result<StoreKey, StoreError> {
-        let bad = |why: String| StoreError::Key(format!("store key file {}: {why}", path.display()));
+        let bad =
+            |why: String| StoreError::Key(format!("store key file {}: {why}", path.display()));
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?);
         let hex = text.trim();
         if hex.len() != 64 {
@@ -116,7 +117,8 @@ impl StoreKey {
     /// file that exists.
     pub fn create_file(path: &Path) -> Result<StoreKey, StoreError> {
         let key = StoreKey::generate();
-        let bad = |e: std::io::Error| StoreError::Key(format!("cannot create {}: {e}", path.display()));
+        let bad =
+            |e: std::io::Error| StoreError::Key(format!("cannot create {}: {e}", path.display()));
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -262,6 +264,18 @@ pub(crate) fn holds_store(dir: &Path) -> bool {
 /// * no key and a check file: refused (the values would not open);
 /// * neither: plain.
 pub(crate) fn prepare(dir: &Path, key: Option<&StoreKey>) -> Result<Sealer, StoreError> {
+    prepare_or_check(dir, key, true)
+}
+
+/// Checks `key_file` against the data directory `dir` as opening the store
+/// would, writing nothing: for a start-up that must fail before it creates
+/// or probes anything.
+pub fn check(dir: &Path, key_file: Option<&Path>) -> Result<(), StoreError> {
+    let key = key_file.map(StoreKey::load).transpose()?;
+    prepare_or_check(dir, key.as_ref(), false).map(|_| ())
+}
+
+fn prepare_or_check(dir: &Path, key: Option<&StoreKey>, write: bool) -> Result<Sealer, StoreError> {
     let check = dir.join(KEY_CHECK_FILE);
     let exists = check
         .try_exists()
@@ -272,7 +286,10 @@ pub(crate) fn prepare(dir: &Path, key: Option<&StoreKey>) -> Result<Sealer, Stor
             let text = std::fs::read_to_string(&check)
                 .map_err(|e| StoreError::Key(format!("cannot read {}: {e}", check.display())))?;
             let sealed = parse_check(&text).ok_or_else(|| {
-                StoreError::Key(format!("{} is not a fleetd key check file", check.display()))
+                StoreError::Key(format!(
+                    "{} is not a fleetd key check file",
+                    check.display()
+                ))
             })?;
             match sealer.open(CHECK_TABLE, &[], &sealed) {
                 Ok(text) if text.as_ref() == CHECK_TEXT => Ok(sealer),
@@ -290,6 +307,7 @@ pub(crate) fn prepare(dir: &Path, key: Option<&StoreKey>) -> Result<Sealer, Stor
             dir.display(),
             key.source.display()
         ))),
+        (Some(key), false) if !write => Ok(Sealer::new(key)),
         (Some(key), false) => {
             std::fs::create_dir_all(dir).map_err(fjall::Error::from)?;
             let sealer = Sealer::new(key);
@@ -355,7 +373,11 @@ mod tests {
         // Another row, another table, another key, a flipped bit: corrupt.
         assert!(sealer.open("latest", b"truck-2", &sealed).is_err());
         assert!(sealer.open("history", b"truck-1", &sealed).is_err());
-        assert!(Sealer::new(&StoreKey::generate()).open("latest", b"truck-1", &sealed).is_err());
+        assert!(
+            Sealer::new(&StoreKey::generate())
+                .open("latest", b"truck-1", &sealed)
+                .is_err()
+        );
         let mut flipped = sealed.clone();
         flipped[30] ^= 1;
         assert!(sealer.open("latest", b"truck-1", &flipped).is_err());
@@ -373,10 +395,16 @@ mod tests {
         let key = StoreKey::create_file(&path).expect("create");
         let loaded = StoreKey::load(&path).expect("load");
         assert_eq!(loaded.bytes.as_ref(), key.bytes.as_ref());
-        assert!(StoreKey::create_file(&path).is_err(), "never replaces a key");
+        assert!(
+            StoreKey::create_file(&path).is_err(),
+            "never replaces a key"
+        );
         std::fs::write(&path, "abcd\n").expect("write");
         let err = StoreKey::load(&path).expect_err("short").to_string();
-        assert!(err.contains("store.key") && err.contains("64 hex digits"), "{err}");
+        assert!(
+            err.contains("store.key") && err.contains("64 hex digits"),
+            "{err}"
+        );
         std::fs::write(&path, "zz".repeat(32)).expect("write");
         let err = StoreKey::load(&path).expect_err("not hex").to_string();
         assert!(err.contains("not hexadecimal"), "{err}");
@@ -403,7 +431,10 @@ mod tests {
         std::fs::create_dir_all(&plain).expect("mkdir");
         std::fs::write(plain.join("version"), b"x").expect("marker");
         assert!(!prepare(&plain, None).expect("plain").is_sealed());
-        let err = prepare(&plain, Some(&key)).err().expect("plain store").to_string();
+        let err = prepare(&plain, Some(&key))
+            .err()
+            .expect("plain store")
+            .to_string();
         assert!(err.contains("not encrypted"), "{err}");
         assert!(!plain.join(KEY_CHECK_FILE).exists());
     }

@@ -182,7 +182,12 @@ mod tests {
             key: "k.pem".into(),
             ..TlsConfig::default()
         };
-        assert!(c.validate().expect_err("files, no listener").0.contains("--mqtts"));
+        assert!(
+            c.validate()
+                .expect_err("files, no listener")
+                .0
+                .contains("--mqtts")
+        );
         let c = TlsConfig {
             https: "127.0.0.1:1".into(),
             cert: "c.pem".into(),
@@ -190,7 +195,12 @@ mod tests {
             client_ca: "ca.pem".into(),
             ..TlsConfig::default()
         };
-        assert!(c.validate().expect_err("client CA, no mqtts").0.contains("--mqtts"));
+        assert!(
+            c.validate()
+                .expect_err("client CA, no mqtts")
+                .0
+                .contains("--mqtts")
+        );
         let c = TlsConfig {
             mqtts: "nope".into(),
             ..TlsConfig::default()

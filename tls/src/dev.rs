@@ -77,7 +77,13 @@ fn validity(params: &mut CertificateParams, days: u32) {
 fn file_stem(device: &str) -> String {
     device
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -117,7 +123,11 @@ pub fn make(
         Issuer::from_ca_cert_pem(&read(&ca_pem)?, key)?
     };
 
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     names.extend(hosts.iter().cloned());
     let mut params = CertificateParams::new(names)?;
     params
@@ -135,14 +145,19 @@ pub fn make(
     let mut made = Vec::new();
     for device in devices {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, device.as_str());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, device.as_str());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, days);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &issuer)?;
         let stem = format!("device-{}", file_stem(device));
-        let (pem, key_path) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
+        let (pem, key_path) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
         write(&pem, &cert.pem(), false)?;
         write(&key_path, &key.serialize_pem(), true)?;
         made.push((device.clone(), pem, key_path));

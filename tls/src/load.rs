@@ -91,7 +91,10 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(path, format!("not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
-        return Err(invalid(path, "no PEM certificate (BEGIN CERTIFICATE) in it"));
+        return Err(invalid(
+            path,
+            "no PEM certificate (BEGIN CERTIFICATE) in it",
+        ));
     }
     Ok(certs)
 }
@@ -103,11 +106,17 @@ fn info(path: &Path, leaf: &CertificateDer<'_>) -> Result<CertificateInfo, TlsEr
     let now = x509_parser::time::ASN1Time::now();
     let not_after = validity.not_after.to_rfc2822().unwrap_or_default();
     if now > validity.not_after {
-        return Err(invalid(path, format!("the certificate expired on {not_after}")));
+        return Err(invalid(
+            path,
+            format!("the certificate expired on {not_after}"),
+        ));
     }
     if now < validity.not_before {
         let from = validity.not_before.to_rfc2822().unwrap_or_default();
-        return Err(invalid(path, format!("the certificate is not valid before {from}")));
+        return Err(invalid(
+            path,
+            format!("the certificate is not valid before {from}"),
+        ));
     }
     Ok(CertificateInfo {
         serial: cert.raw_serial_as_string().replace(':', "").to_uppercase(),
@@ -129,7 +138,12 @@ pub(crate) fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
             .with_protocol_versions(rustls::ALL_VERSIONS)
             .map_err(|e| invalid(&files.cert, format!("TLS configuration: {e}")))
     };
-    let mismatch = |e: rustls::Error| invalid(&files.key, format!("unusable with {}: {e}", files.cert.display()));
+    let mismatch = |e: rustls::Error| {
+        invalid(
+            &files.key,
+            format!("unusable with {}: {e}", files.cert.display()),
+        )
+    };
 
     let mut http = builder()?
         .with_no_client_auth()
@@ -151,10 +165,11 @@ pub(crate) fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
             }
             // Optional: devices without a certificate still log in with a
             // password; a certificate that is sent must verify.
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| invalid(ca, format!("cannot verify clients with it: {e}")))?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| invalid(ca, format!("cannot verify clients with it: {e}")))?;
             builder()?
                 .with_client_cert_verifier(verifier)
                 .with_single_cert(chain, key)

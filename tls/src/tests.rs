@@ -78,7 +78,10 @@ async fn device_certificates_name_the_device_and_other_cas_are_refused() {
     let (device, _) = connect(&tls.mqtt_acceptor(), connector(&made.ca, Some((cert, key))))
         .await
         .expect("device handshake");
-    assert_eq!(device.expect("a certificate").common_name.as_deref(), Some("truck-1"));
+    assert_eq!(
+        device.expect("a certificate").common_name.as_deref(),
+        Some("truck-1")
+    );
 
     // Without a certificate: still a TLS session (a password login follows).
     let (device, _) = connect(&tls.mqtt_acceptor(), connector(&made.ca, None))
@@ -125,7 +128,9 @@ async fn a_reload_takes_new_files_and_a_bad_one_keeps_the_old() {
 #[test]
 fn bad_files_at_start_name_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let err = ServerTls::load(files(dir.path(), false)).expect_err("missing").to_string();
+    let err = ServerTls::load(files(dir.path(), false))
+        .expect_err("missing")
+        .to_string();
     assert!(err.contains("server.pem"), "{err}");
 
     dev::make(dir.path(), &[], &[], 30).expect("certs");
@@ -135,11 +140,15 @@ fn bad_files_at_start_name_the_file() {
         key: other.path().join("server.key"),
         ..files(dir.path(), false)
     };
-    let err = ServerTls::load(mismatched).expect_err("key of another cert").to_string();
+    let err = ServerTls::load(mismatched)
+        .expect_err("key of another cert")
+        .to_string();
     assert!(err.contains("server.key"), "{err}");
 
     std::fs::write(dir.path().join("ca.pem"), "garbage").expect("write");
-    let err = ServerTls::load(files(dir.path(), true)).expect_err("bad CA").to_string();
+    let err = ServerTls::load(files(dir.path(), true))
+        .expect_err("bad CA")
+        .to_string();
     assert!(err.contains("ca.pem"), "{err}");
 
     // An expired certificate.
