@@ -277,9 +277,18 @@ pub fn check(dir: &Path, key_file: Option<&Path>) -> Result<(), StoreError> {
 
 fn prepare_or_check(dir: &Path, key: Option<&StoreKey>, write: bool) -> Result<Sealer, StoreError> {
     let check = dir.join(KEY_CHECK_FILE);
-    let exists = check
-        .try_exists()
-        .map_err(|e| StoreError::Key(format!("cannot read {}: {e}", check.display())))?;
+    let exists = match check.try_exists() {
+        Ok(exists) => exists,
+        // `dir` is a file, or lies under one: it holds no check file, and
+        // the data directory's own check names that problem.
+        Err(_) if !dir.is_dir() => false,
+        Err(e) => {
+            return Err(StoreError::Key(format!(
+                "cannot read {}: {e}",
+                check.display()
+            )));
+        }
+    };
     match (key, exists) {
         (Some(key), true) => {
             let sealer = Sealer::new(key);
@@ -426,6 +435,13 @@ mod tests {
         assert!(err.contains("not the key"), "{err}");
         let err = prepare(&data, None).err().expect("no key").to_string();
         assert!(err.contains("is encrypted"), "{err}");
+
+        // A data directory that is a file is left to the data directory's
+        // own check.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").expect("write");
+        assert!(check(&file.join("d"), None).is_ok());
+        assert!(check(&file, None).is_ok());
 
         let plain = dir.path().join("plain");
         std::fs::create_dir_all(&plain).expect("mkdir");
