@@ -381,7 +381,10 @@ async fn mqtt_over_tls_https_reload_and_device_certificates() {
                 .await
         }
     };
-    assert!(lat_is(61.0004).await.is_some(), "the long session publishes");
+    assert!(
+        lat_is(61.0004).await.is_some(),
+        "the long session publishes"
+    );
 
     dev_certs(&certs, &[]);
     let renewed = serial_of(&std::fs::read(certs.join("server.pem")).expect("pem"));
