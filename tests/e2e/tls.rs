@@ -742,4 +742,60 @@ async fn the_encrypted_store_keeps_no_coordinate_or_secret_in_clear() {
         "fleet/vault-1/pos",
         again.as_bytes(),
     );
+    let mut server = server;
+    assert!(server.interrupt().success());
+
+    // Key rotation: `fleetd rekey` copies the store under a new key; the
+    // copy opens with the new key only, and reads the same data.
+    let (rotated, new_key) = (dir.path().join("rotated"), dir.path().join("new.key"));
+    let made = fleetd()
+        .args(["store-key", "new"])
+        .arg(&new_key)
+        .output()
+        .expect("store-key");
+    assert!(made.status.success());
+    let out = fleetd()
+        .args(["rekey", "--data"])
+        .arg(&data)
+        .arg("--from-key")
+        .arg(&key)
+        .arg("--out")
+        .arg(&rotated)
+        .arg("--to-key")
+        .arg(&new_key)
+        .output()
+        .expect("rekey");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (path, bytes) in files(&rotated) {
+        for (what, needle) in &needles {
+            assert!(
+                !contains(&bytes, needle),
+                "{} holds {what} in clear",
+                path.display()
+            );
+        }
+    }
+    let out = fleetd()
+        .args(["serve", "--data"])
+        .arg(&rotated)
+        .args(["--mqtt", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http", &format!("127.0.0.1:{}", free_port())])
+        .args(["--store-key", &key_arg])
+        .output()
+        .expect("run fleetd");
+    assert!(
+        !out.status.success(),
+        "the old key no longer opens the copy"
+    );
+    let new_arg = new_key.display().to_string();
+    let server = Fleetd::start(&rotated, &["--store-key", &new_arg]).await;
+    let (status, track) = server.get("/v1/vehicles/vault-1/track").await;
+    assert_eq!(status, 200, "{track}");
+    assert_eq!(track["items"].as_array().map(Vec::len), Some(2), "{track}");
+    let (status, _) = server.get("/v1/vehicles/vault-1").await;
+    assert_eq!(status, 200);
 }
