@@ -197,8 +197,18 @@ def ingest_phase(server, tls, prefix, rate, seconds, devices, connections):
             "server_cores": round(cpu / elapsed, 2)}
 
 
-def connects_phase(server, tls, prefix, count, threads_n):
+def in_threads(server, run, threads_n):
+    """Runs run(0..threads_n) in threads; the wall time and server CPU seconds it took."""
     cpu0, started = server.cpu(), time.monotonic()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - started, server.cpu() - cpu0
+
+
+def connects_phase(server, tls, prefix, count, threads_n):
     errors = []
 
     def run(i):
@@ -208,20 +218,13 @@ def connects_phase(server, tls, prefix, count, threads_n):
             except OSError as e:
                 errors.append(str(e))
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(threads_n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - started
-    cpu = server.cpu() - cpu0
+    elapsed, cpu = in_threads(server, run, threads_n)
     ok = count - len(errors)
     return {"connects": ok, "errors": len(errors), "connects_per_s": round(ok / elapsed),
             "cpu_ms_per_1k": round(cpu * 1e6 / max(ok, 1), 1)}
 
 
 def near_phase(server, tls, count, threads_n):
-    cpu0, started = server.cpu(), time.monotonic()
     path = f"/v1/vehicles?near={CENTER_LAT + 0.05},{CENTER_LON + 0.05}&radius_m=1000"
     errors = []
 
@@ -239,13 +242,7 @@ def near_phase(server, tls, count, threads_n):
                 errors.append(r.status)
         conn.close()
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(threads_n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - started
-    cpu = server.cpu() - cpu0
+    elapsed, cpu = in_threads(server, run, threads_n)
     return {"queries": count, "errors": len(errors), "queries_per_s": round(count / elapsed),
             "cpu_ms_per_1k": round(cpu * 1e6 / count, 1)}
 
