@@ -27,6 +27,9 @@ pub struct StoreArgs {
     /// server must be stopped (the embedded store admits one process).
     #[arg(long, env = "FLEETD_DATA")]
     pub data: Option<PathBuf>,
+    /// Key file of an encrypted embedded store (as `serve --store-key`).
+    #[arg(long, env = "FLEETD_STORE_KEY")]
+    pub store_key: Option<PathBuf>,
 }
 
 /// `fleetd credentials`.
@@ -133,6 +136,9 @@ async fn open(args: &StoreArgs) -> anyhow::Result<(Access, PathBuf)> {
     };
     if let Some(data) = &args.data {
         config.store.data.clone_from(data);
+    }
+    if let Some(key) = &args.store_key {
+        config.store.key_file.clone_from(key);
     }
     let backend = config.store.validate()?;
     let store = fleetd_store::open(&backend).await.with_context(|| {

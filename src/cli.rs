@@ -35,6 +35,15 @@ pub enum Command {
     Credentials(crate::access::CredentialsArgs),
     /// Create, list or revoke API tokens; reset the admin token.
     Token(crate::access::TokenArgs),
+    /// Make a key file for encryption at rest (--store-key).
+    StoreKey(crate::store_cmd::StoreKeyArgs),
+    /// Copy a stopped server's embedded store with its values encrypted
+    /// under another key (key rotation), encrypted for the first time, or
+    /// decrypted.
+    Rekey(crate::store_cmd::RekeyArgs),
+    /// Make test certificates (a CA, a server and device certificates) for
+    /// trying TLS locally.
+    Cert(crate::cert::CertArgs),
     /// Print the commented default configuration file.
     GenerateConfig,
 }
@@ -61,6 +70,32 @@ pub struct ServeArgs {
     /// Data directory of the embedded store [default: ./fleetd-data].
     #[arg(long, env = "FLEETD_DATA")]
     pub data: Option<PathBuf>,
+    /// Encrypt the embedded store's values with the key in FILE (64 hex
+    /// digits; `fleetd store-key new FILE`).
+    #[arg(long, env = "FLEETD_STORE_KEY")]
+    pub store_key: Option<PathBuf>,
+    /// MQTT over TLS listen address [default port 8883] (needs --tls-cert, --tls-key).
+    #[arg(long, env = "FLEETD_MQTTS")]
+    pub mqtts: Option<String>,
+    /// HTTPS listen address of the API (needs --tls-cert, --tls-key).
+    #[arg(long, env = "FLEETD_HTTPS")]
+    pub https: Option<String>,
+    /// Server certificate chain (PEM) of the TLS listeners; reloaded on SIGHUP.
+    #[arg(long, env = "FLEETD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert; reloaded on SIGHUP.
+    #[arg(long, env = "FLEETD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) whose device certificates may log in over MQTT TLS (the
+    /// certificate's CN is the device id).
+    #[arg(long, env = "FLEETD_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Close the plain MQTT listener (only --mqtts stays).
+    #[arg(long, env = "FLEETD_NO_PLAIN_MQTT")]
+    pub no_plain_mqtt: bool,
+    /// Close the plain HTTP listener (only --https stays).
+    #[arg(long, env = "FLEETD_NO_PLAIN_HTTP")]
+    pub no_plain_http: bool,
     /// Micro-batch window in milliseconds [default: 1000].
     #[arg(long, env = "FLEETD_WINDOW_MS")]
     pub window_ms: Option<u64>,
@@ -136,6 +171,27 @@ impl ServeArgs {
         if let Some(v) = &self.data {
             config.store.data = v.clone();
         }
+        if let Some(v) = &self.store_key {
+            config.store.key_file = v.clone();
+        }
+        let tls = &mut config.tls;
+        for (flag, key) in [(&self.mqtts, &mut tls.mqtts), (&self.https, &mut tls.https)] {
+            if let Some(v) = flag {
+                key.clone_from(v);
+            }
+        }
+        let files = [
+            (&self.tls_cert, &mut tls.cert),
+            (&self.tls_key, &mut tls.key),
+            (&self.tls_client_ca, &mut tls.client_ca),
+        ];
+        for (flag, key) in files {
+            if let Some(v) = flag {
+                key.clone_from(v);
+            }
+        }
+        tls.plain_mqtt &= !self.no_plain_mqtt;
+        tls.plain_http &= !self.no_plain_http;
         if let Some(v) = self.window_ms {
             config.processor.window_ms = v;
         }
@@ -186,6 +242,9 @@ impl Cli {
             Command::Bench(args) => fleetd_bench::run(args).await,
             Command::Credentials(args) => crate::access::credentials(args).await,
             Command::Token(args) => crate::access::token(args).await,
+            Command::StoreKey(args) => crate::store_cmd::store_key(args),
+            Command::Rekey(args) => crate::store_cmd::rekey(args).await,
+            Command::Cert(args) => crate::cert::run(args),
             Command::GenerateConfig => {
                 print!("{DEFAULT_CONFIG}");
                 Ok(())

@@ -12,6 +12,7 @@ use fleetd_geofence::{GeofenceConfig, GeofenceSettings};
 use fleetd_ingest::{IngestConfig, IngestSettings};
 use fleetd_processor::{ProcessorConfig, ProcessorSettings, VehicleConfig};
 use fleetd_store::{StoreBackend, StoreConfig};
+use fleetd_tls::{TlsConfig, TlsSettings};
 use serde::Deserialize;
 
 /// The commented default configuration, printed by `fleetd generate-config`.
@@ -42,6 +43,8 @@ pub struct FileConfig {
     pub live: LiveConfig,
     /// `[geofences]`
     pub geofences: GeofenceConfig,
+    /// `[tls]`
+    pub tls: TlsConfig,
     /// `[demo]`
     pub demo: DemoConfig,
 }
@@ -85,6 +88,7 @@ pub struct ServeSettings {
     pub api: ApiSettings,
     pub live: LiveApiSettings,
     pub geofences: GeofenceSettings,
+    pub tls: TlsSettings,
     pub demo_vehicles: usize,
     pub demo_rate_hz: f64,
 }
@@ -99,11 +103,23 @@ impl FileConfig {
         let api = self.api.validate()?;
         let live = self.live.validate()?;
         let geofences = self.geofences.validate()?;
+        let tls = self.tls.validate()?;
+        if !matches!(ingest.mode, fleetd_ingest::IngestMode::Embedded)
+            && (tls.mqtts.is_some() || !tls.plain_mqtt)
+        {
+            bail!(
+                "--mqtts and --no-plain-mqtt concern the embedded broker; an external broker \
+                 (--ingest external) has listeners of its own"
+            );
+        }
         if !(self.demo.rate_hz > 0.0 && self.demo.rate_hz <= 100.0) {
             bail!(
                 "demo.rate_hz must be in (0, 100], got {}",
                 self.demo.rate_hz
             );
+        }
+        if self.demo.vehicles > 0 && !tls.plain_mqtt {
+            bail!("the demo fleet (--demo) connects over plain MQTT: drop --no-plain-mqtt");
         }
         if api.request_timeout >= SHUTDOWN_DEADLINE {
             bail!(
@@ -124,6 +140,7 @@ impl FileConfig {
             api,
             live,
             geofences,
+            tls,
             demo_vehicles: self.demo.vehicles,
             demo_rate_hz: self.demo.rate_hz,
         })

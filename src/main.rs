@@ -8,11 +8,13 @@
 #![allow(unreachable_pub)]
 
 mod access;
+mod cert;
 mod cli;
 mod config;
 mod limits;
 mod serve;
 mod simulate;
+mod store_cmd;
 mod telemetry;
 
 use std::process::ExitCode;

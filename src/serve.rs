@@ -16,7 +16,9 @@ use anyhow::{Context, bail};
 use fleetd_api::{ApiState, LiveApi};
 use fleetd_auth::Access;
 use fleetd_geofence::Geofences;
-use fleetd_ingest::{AlertPublisher, Decoder, IngestMode, MqttIngest, Submitter};
+use fleetd_ingest::{
+    AlertPublisher, Decoder, IngestMode, MqttIngest, MqttListeners, MqttTls, Submitter,
+};
 use fleetd_live::LiveHub;
 use fleetd_processor::{Processor, ProcessorPorts};
 use fleetd_schemas::RejectionLog;
@@ -30,16 +32,31 @@ use crate::config::{SHUTDOWN_DEADLINE, ServeSettings};
 /// Runs fleetd until SIGINT/SIGTERM.
 pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
     fit_connection_caps(&mut settings);
+    // A wrong or missing store key stops fleetd before anything in the data
+    // directory is created, probed or opened.
+    if let fleetd_store::StoreBackend::Fjall { dir, key_file } = &settings.store {
+        fleetd_store::seal::check(dir, key_file.as_deref())
+            .with_context(|| format!("cannot open the embedded store in {}", dir.display()))?;
+    }
     check_data_dir(&settings.data_dir)?;
     let starting = Instant::now();
     let metrics = crate::telemetry::install_metrics()?;
+    // Before the store opens: a certificate that does not load stops fleetd
+    // having touched nothing.
+    let server_tls = match &settings.tls.files {
+        Some(files) => Some(
+            fleetd_tls::ServerTls::load(files.clone())
+                .context("cannot load the TLS certificate")?,
+        ),
+        None => None,
+    };
     let root = CancellationToken::new();
     let tasks = TaskTracker::new();
     let store =
         fleetd_store::open(&settings.store)
             .await
             .with_context(|| match &settings.store {
-                fleetd_store::StoreBackend::Fjall(dir) => {
+                fleetd_store::StoreBackend::Fjall { dir, .. } => {
                     format!("cannot open the embedded store in {}", dir.display())
                 }
                 fleetd_store::StoreBackend::Scylla { settings, .. } => format!(
@@ -75,8 +92,21 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
 
     // The API comes up first so /healthz and /readyz answer during start-up.
     let http_addr = settings.api.http;
-    let http = fleetd_ingest::bind_listener(http_addr)
-        .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
+    let http = match settings.tls.plain_http {
+        true => Some(
+            fleetd_ingest::bind_listener(http_addr)
+                .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?,
+        ),
+        false => None,
+    };
+    let https = match (settings.tls.https, &server_tls) {
+        (Some(addr), Some(tls)) => Some((
+            fleetd_ingest::bind_listener(addr)
+                .with_context(|| format!("cannot listen for HTTPS on {addr}"))?,
+            fleetd_api::TlsHandshake::new(Arc::clone(tls), settings.tls.handshake_timeout),
+        )),
+        _ => None,
+    };
     let api_state = ApiState::new(
         Arc::clone(&store),
         Arc::clone(&access),
@@ -96,12 +126,31 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
         &settings.live.map,
     ));
     let api_token = root.child_token();
-    let api = tasks.spawn(fleetd_api::serve(
-        http,
-        api_state,
-        settings.api.limits,
-        api_token.clone(),
-    ));
+    let mut apis = Vec::new();
+    if let Some(http) = http {
+        apis.push(tasks.spawn(fleetd_api::serve(
+            http,
+            api_state.clone(),
+            settings.api.limits,
+            api_token.clone(),
+        )));
+    }
+    if let Some((https, handshake)) = https {
+        apis.push(tasks.spawn(fleetd_api::serve_with(
+            https,
+            handshake,
+            api_state,
+            settings.api.limits,
+            api_token.clone(),
+        )));
+    }
+    let reload_token = root.child_token();
+    if let Some(tls) = &server_tls {
+        tasks.spawn(fleetd_tls::reload_on_sighup(
+            Arc::clone(tls),
+            reload_token.clone(),
+        ));
+    }
 
     let restoring = Instant::now();
     let processor = Processor::start(
@@ -136,10 +185,22 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
     ));
 
     let ingest_token = root.child_token();
+    let listeners = MqttListeners {
+        plain: settings.tls.plain_mqtt,
+        tls: match (settings.tls.mqtts, &server_tls) {
+            (Some(listen), Some(tls)) => Some(MqttTls {
+                listen,
+                tls: Arc::clone(tls),
+                handshake_timeout: settings.tls.handshake_timeout,
+            }),
+            _ => None,
+        },
+    };
     let mut ingest = MqttIngest::start(
         &settings.ingest,
         Arc::clone(&access),
         Arc::clone(&rejections),
+        &listeners,
         queue_tx,
         ingest_token.clone(),
     )
@@ -162,13 +223,17 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
         refresh_token.clone(),
     ));
     if !access.allow_anonymous() {
-        announce_admin_url(&access, &settings, http_addr).await?;
+        announce_admin_url(&access, &settings).await?;
     }
 
     ready.store(true, Ordering::SeqCst);
     tracing::info!(
         mqtt = %settings.ingest.broker.listen,
         http = %http_addr,
+        mqtts = ?settings.tls.mqtts,
+        https = ?settings.tls.https,
+        plain_mqtt = settings.tls.plain_mqtt,
+        plain_http = settings.tls.plain_http,
         restored_devices = processor.restored_devices(),
         "fleetd ready"
     );
@@ -225,9 +290,12 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
     });
     drain.then("api", async move {
         api_token.cancel();
-        if let Err(e) = api.await {
-            tracing::error!(error = %e, "http api task failed");
+        for api in apis {
+            if let Err(e) = api.await {
+                tracing::error!(error = %e, "http api task failed");
+            }
         }
+        reload_token.cancel();
     });
     drain.then("token refresh", async move {
         refresh_token.cancel();
@@ -318,11 +386,7 @@ async fn open_access(
 /// prints the map's URL with it on stdout, as Jupyter prints its login URL.
 /// The token is in the URL's fragment, which browsers never send: it stays
 /// out of access logs. It is not logged.
-async fn announce_admin_url(
-    access: &Access,
-    settings: &ServeSettings,
-    http: std::net::SocketAddr,
-) -> anyhow::Result<()> {
+async fn announce_admin_url(access: &Access, settings: &ServeSettings) -> anyhow::Result<()> {
     let dir = &settings.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let admin = fleetd_auth::admin_token(access, dir)
@@ -331,9 +395,14 @@ async fn announce_admin_url(
     if admin.created {
         tracing::info!(file = %admin.path.display(), "admin token created");
     }
-    let host = dialable(http);
+    // HTTPS when it is on: the token then never crosses the network in
+    // clear.
+    let (scheme, host) = match settings.tls.https {
+        Some(https) => ("https", dialable(https)),
+        None => ("http", dialable(settings.api.http)),
+    };
     println!(
-        "fleetd: open the map at http://{host}/#token={}\n\
+        "fleetd: open the map at {scheme}://{host}/#token={}\n\
          fleetd: the admin token is in {} (fleetd token reset-admin makes a new one)",
         admin.token,
         admin.path.display()

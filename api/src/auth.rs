@@ -182,6 +182,7 @@ fn login_error(err: &LoginError, basic: bool) -> ApiError {
         LoginError::NoCredentials => "no credentials were offered",
         LoginError::Wrong => "wrong credentials",
         LoginError::Expired => "the token has expired",
+        LoginError::BadCertificate => "the client certificate names no device",
         LoginError::Throttled => {
             return ApiError::TooManyLogins {
                 message: "too many failed logins from this address; try again in a minute".into(),

@@ -110,7 +110,7 @@ pub use config::{ApiConfig, ApiSettings, LiveApiSettings, LiveConfig};
 pub use error::ApiError;
 pub use live::StreamSettings;
 pub use routes::map::MapSettings;
-pub use server::{ConnectionLimits, Handshake, PlainTcp};
+pub use server::{ConnectionLimits, Handshake, PlainTcp, TlsHandshake};
 pub use state::{ApiState, LiveApi};
 
 /// Default bound on the time one request may take ([`ApiState::request_timeout`]).

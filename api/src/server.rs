@@ -87,6 +87,36 @@ impl Handshake for PlainTcp {
     }
 }
 
+/// HTTPS: a TLS session (ALPN `http/1.1`) with the certificate in use when
+/// the connection came in; a reload on SIGHUP applies to the next one.
+#[derive(Debug, Clone)]
+pub struct TlsHandshake {
+    tls: Arc<fleetd_tls::ServerTls>,
+    timeout: Duration,
+}
+
+impl TlsHandshake {
+    /// Handshakes with `tls`'s HTTPS configuration, each within `timeout`
+    /// (the header-read timeout bounds it too).
+    pub fn new(tls: Arc<fleetd_tls::ServerTls>, timeout: Duration) -> Self {
+        Self { tls, timeout }
+    }
+}
+
+impl Handshake for TlsHandshake {
+    type Stream = tokio_rustls::server::TlsStream<TcpStream>;
+
+    async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> io::Result<Self::Stream> {
+        let acceptor = self.tls.http_acceptor();
+        fleetd_tls::handshake(&acceptor, tcp, self.timeout, "https")
+            .await
+            .map_err(|e| {
+                tracing::debug!(%peer, error = %e, "HTTPS handshake failed");
+                io::Error::new(io::ErrorKind::ConnectionAborted, e)
+            })
+    }
+}
+
 /// How often at most the accept loop logs the same trouble (the connection
 /// cap reached, out of file descriptors); the counters count every case.
 const LOG_EVERY: Duration = Duration::from_secs(10);

@@ -34,6 +34,10 @@ pub enum LoginError {
     /// Too many failed attempts from this address: try again later.
     #[error("too many failed logins")]
     Throttled,
+    /// A verified client certificate whose subject names no device (no
+    /// CN, or a CN that is not a valid device id).
+    #[error("the client certificate names no device")]
+    BadCertificate,
     /// The store could not be asked: neither yes nor no.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -47,6 +51,7 @@ impl LoginError {
             Self::Wrong => "wrong_credentials",
             Self::Expired => "expired",
             Self::Throttled => "throttled",
+            Self::BadCertificate => "bad_certificate_subject",
             Self::Store(_) => "store_unavailable",
         }
     }

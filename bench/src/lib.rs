@@ -103,6 +103,13 @@ pub struct BenchArgs {
     /// Rows per store write batch (with --store-rows).
     #[arg(long, default_value_t = 10_000)]
     pub store_batch: usize,
+    /// With --store-rows: time the write path with encryption at rest off
+    /// and on, side by side (alternating runs, each on a fresh store).
+    #[arg(long, requires = "store_rows")]
+    pub store_sealed: bool,
+    /// With --store-sealed: runs of each kind.
+    #[arg(long, default_value_t = 3, requires = "store_sealed")]
+    pub store_runs: usize,
     /// With --store-rows: also write the rows as CSV to FILE.
     #[arg(long)]
     pub export_rows: Option<PathBuf>,
@@ -259,12 +266,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .context("export task")??;
         return Ok(());
     }
+    if args.store_rows > 0 && args.store_sealed {
+        return store::store_sealed_side_by_side(
+            args.vehicles,
+            args.store_rows,
+            args.store_batch,
+            args.store_runs.max(1),
+            args.json,
+        )
+        .await;
+    }
     if args.store_rows > 0 {
         let result = store::store_write(
             args.vehicles,
             args.store_rows,
             args.store_batch,
             args.export_rows.as_deref(),
+            false,
         )
         .await?;
         if args.json {

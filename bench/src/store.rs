@@ -49,6 +49,8 @@ pub(crate) fn export_fleet(path: &Path, fleet: &[(String, Vehicle)]) -> anyhow::
 /// The store bench result.
 #[derive(Debug, Serialize)]
 pub(crate) struct StoreWrite {
+    /// Whether values were encrypted at rest.
+    pub sealed: bool,
     /// History rows written.
     pub rows: u64,
     /// Rows per `write_batch`.
@@ -172,6 +174,7 @@ pub(crate) async fn store_write(
     rows: u64,
     batch_rows: usize,
     export: Option<&Path>,
+    sealed: bool,
 ) -> anyhow::Result<StoreWrite> {
     let mut fleet = fleet(vehicles, 20, 1);
     let batches = tokio::task::spawn_blocking(move || batches(&mut fleet, rows, batch_rows.max(1)))
@@ -186,7 +189,9 @@ pub(crate) async fn store_write(
     }
     let dir = tempfile::tempdir().context("temporary store directory")?;
     let path = dir.path().to_owned();
-    let store = tokio::task::spawn_blocking(move || FjallStore::open(&path))
+    // Encryption at rest: a fresh key per run, as `--store-key` would give.
+    let key = sealed.then(fleetd_store::StoreKey::generate);
+    let store = tokio::task::spawn_blocking(move || FjallStore::open_with_key(&path, key.as_ref()))
         .await
         .context("store open task")?
         .context("open the embedded store")?;
@@ -209,6 +214,7 @@ pub(crate) async fn store_write(
     store.flush().await.context("flush")?;
     total += started.elapsed();
     Ok(StoreWrite {
+        sealed,
         rows: written,
         batch_rows,
         batches: n,
@@ -216,4 +222,59 @@ pub(crate) async fn store_write(
         mean_batch_ms: total.as_secs_f64() * 1000.0 / n.max(1) as f64,
         max_batch_ms: max.as_secs_f64() * 1000.0,
     })
+}
+
+/// `--store-rows N --store-sealed`: the write path with encryption at rest
+/// off and on, alternating so both see the same machine noise; prints each
+/// run and the ratio of the medians.
+pub(crate) async fn store_sealed_side_by_side(
+    vehicles: usize,
+    rows: u64,
+    batch_rows: usize,
+    runs: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (mut plain, mut sealed) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        for encrypted in [false, true] {
+            let run = store_write(vehicles, rows, batch_rows, None, encrypted).await?;
+            if !json {
+                println!(
+                    "store write ({}): {} rows in {} batches of {}: {:.0} rows/s (mean {:.1} ms per batch, max {:.1} ms)",
+                    if encrypted { "encrypted" } else { "plain" },
+                    run.rows,
+                    run.batches,
+                    run.batch_rows,
+                    run.rows_per_s,
+                    run.mean_batch_ms,
+                    run.max_batch_ms
+                );
+            }
+            match encrypted {
+                true => sealed.push(run),
+                false => plain.push(run),
+            }
+        }
+    }
+    let median = |runs: &[StoreWrite]| {
+        let mut rates: Vec<f64> = runs.iter().map(|r| r.rows_per_s).collect();
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    };
+    let (p, s) = (median(&plain), median(&sealed));
+    if json {
+        let out = serde_json::json!({
+            "plain": plain, "encrypted": sealed,
+            "plain_median_rows_per_s": p, "encrypted_median_rows_per_s": s,
+            "encrypted_over_plain": s / p,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "median: plain {p:.0} rows/s, encrypted {s:.0} rows/s: encrypted/plain = {:.3} ({:+.1}% time per row)",
+            s / p,
+            (p / s - 1.0) * 100.0
+        );
+    }
+    Ok(())
 }

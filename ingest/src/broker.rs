@@ -4,12 +4,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleetd_tls::{DeviceCertificate, ServerTls};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{
     Broker, Config, ConnectionHooks, ConnectionMeta, ConnectionSettings, RouterConfig,
-    StreamAcceptor,
+    StreamAcceptor, TlsIdentity,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +54,38 @@ impl Default for BrokerSettings {
     }
 }
 
-/// A running embedded broker: the MQTT listener fleetd itself accepts on,
+/// The MQTT listeners of the embedded broker: plain MQTT on
+/// [`BrokerSettings::listen`] (unless turned off) and MQTT over TLS.
+#[derive(Debug, Clone)]
+pub struct MqttListeners {
+    /// Whether the plain listener opens.
+    pub plain: bool,
+    /// MQTT over TLS, if on.
+    pub tls: Option<MqttTls>,
+}
+
+impl Default for MqttListeners {
+    fn default() -> Self {
+        Self {
+            plain: true,
+            tls: None,
+        }
+    }
+}
+
+/// The MQTT over TLS listener.
+#[derive(Debug, Clone)]
+pub struct MqttTls {
+    /// Where MQTT over TLS clients connect.
+    pub listen: SocketAddr,
+    /// The certificates (shared with HTTPS, reloaded on SIGHUP).
+    pub tls: Arc<ServerTls>,
+    /// Time a client has to finish the TLS handshake; the CONNECT timeout
+    /// starts after it.
+    pub handshake_timeout: Duration,
+}
+
+/// A running embedded broker: the MQTT listeners fleetd itself accepts on,
 /// and a link for fleetd's own publishes.
 ///
 /// fleetd binds the listener (so a port in use is a start error, not a log
@@ -69,9 +101,17 @@ pub struct EmbeddedBroker {
     /// A second link, subscribed to nothing, for fleetd's own publishes
     /// (alerts; see [`crate::alerts::spawn_embedded_publisher`]).
     pub alerts_link: (LinkTx, LinkRx),
-    /// The address the listener is bound to (the real port when the
-    /// setting asked for port 0).
-    pub local_addr: SocketAddr,
+    /// The address the plain listener is bound to (the real port when the
+    /// setting asked for port 0); `None` when it is off.
+    pub local_addr: Option<SocketAddr>,
+    /// The address of the MQTT over TLS listener, if on.
+    pub tls_addr: Option<SocketAddr>,
+}
+
+fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), IngestError> {
+    let listener = bind_listener(addr).map_err(|source| IngestError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(IngestError::Io)?;
+    Ok((listener, local))
 }
 
 impl EmbeddedBroker {
@@ -79,14 +119,18 @@ impl EmbeddedBroker {
     /// connections through `gate` until `cancel`.
     pub async fn start(
         settings: &BrokerSettings,
+        listeners: &MqttListeners,
         gate: Arc<dyn ConnectionHooks>,
         cancel: CancellationToken,
     ) -> Result<Self, IngestError> {
-        let listener = bind_listener(settings.listen).map_err(|source| IngestError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
-        let local_addr = listener.local_addr().map_err(IngestError::Io)?;
+        let plain = match listeners.plain {
+            true => Some(bind(settings.listen)?),
+            false => None,
+        };
+        let tls = match &listeners.tls {
+            Some(tls) => Some((bind(tls.listen)?, tls.clone())),
+            None => None,
+        };
         let broker = Broker::new(router_config(settings));
         let alerts_link = broker
             .link("fleetd-alerts")
@@ -94,16 +138,36 @@ impl EmbeddedBroker {
         let acceptor = broker
             .acceptor(connection_settings(settings))
             .with_hooks(gate);
-        tokio::spawn(accept_loop(
-            listener,
-            acceptor,
-            settings.max_connections,
-            cancel,
-        ));
-        tracing::info!(listen = %local_addr, "embedded MQTT broker listening");
+        // One cap over both listeners: it bounds file descriptors.
+        let permits = Arc::new(Semaphore::new(settings.max_connections));
+        let local_addr = plain.map(|(listener, addr)| {
+            tokio::spawn(accept_loop(
+                listener,
+                acceptor.clone(),
+                Arc::clone(&permits),
+                settings.max_connections,
+                None,
+                cancel.clone(),
+            ));
+            tracing::info!(listen = %addr, "embedded MQTT broker listening");
+            addr
+        });
+        let tls_addr = tls.map(|((listener, addr), tls)| {
+            tokio::spawn(accept_loop(
+                listener,
+                acceptor,
+                permits,
+                settings.max_connections,
+                Some(tls),
+                cancel,
+            ));
+            tracing::info!(listen = %addr, "embedded MQTT broker listening for MQTT over TLS");
+            addr
+        });
         Ok(Self {
             alerts_link,
             local_addr,
+            tls_addr,
         })
     }
 }
@@ -161,17 +225,21 @@ fn router_config(settings: &BrokerSettings) -> Config {
     }
 }
 
-/// Accepts MQTT connections until `cancel`, at most `max_connections` at a
-/// time: one over the cap is closed at once (counted), so a flood of idle
-/// sockets cannot take every file descriptor. Accept errors (out of file
-/// descriptors) pause the loop instead of spinning on them.
+/// Accepts MQTT connections until `cancel`, at most as many at a time as
+/// `permits` has: one over the cap is closed at once (counted), so a flood
+/// of idle sockets cannot take every file descriptor. Accept errors (out of
+/// file descriptors) pause the loop instead of spinning on them. With
+/// `tls`, each connection's task runs the TLS handshake first (within its
+/// timeout) and hands the broker the decrypted stream and the device
+/// certificate's subject.
 async fn accept_loop(
     listener: TcpListener,
     acceptor: StreamAcceptor,
+    permits: Arc<Semaphore>,
     max_connections: usize,
+    tls: Option<MqttTls>,
     cancel: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(max_connections));
     let mut last_error_log: Option<Instant> = None;
     let mut last_cap_log: Option<Instant> = None;
     let mut refused_since_log: u64 = 0;
@@ -211,13 +279,22 @@ async fn accept_loop(
         // Acks and small publishes must not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _open = OpenConnection::new();
-            match acceptor
-                .serve(stream, ConnectionMeta::new(Some(peer)))
-                .await
-            {
+            let served = match tls {
+                None => {
+                    acceptor
+                        .serve(stream, ConnectionMeta::new(Some(peer)))
+                        .await
+                }
+                Some(tls) => match tls_handshake(&tls, stream, peer).await {
+                    Some((stream, meta)) => acceptor.serve(stream, meta).await,
+                    None => return,
+                },
+            };
+            match served {
                 Ok(()) => {}
                 Err(e) if e.is_client_side() => {
                     tracing::debug!(%peer, error = ?e, "MQTT connection ended");
@@ -229,6 +306,34 @@ async fn accept_loop(
         });
     }
     tracing::debug!("MQTT accept loop stopped");
+}
+
+/// The server side of the TLS handshake of one MQTT connection, and the
+/// connection's meta data with the device certificate's subject (if the
+/// client sent a certificate, it verified against the client CA).
+async fn tls_handshake(
+    tls: &MqttTls,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, ConnectionMeta)> {
+    let acceptor = tls.tls.mqtt_acceptor();
+    match fleetd_tls::handshake(&acceptor, stream, tls.handshake_timeout, "mqtt").await {
+        Ok(stream) => {
+            let mut meta = ConnectionMeta::new(Some(peer));
+            if let Some(cert) = DeviceCertificate::of(stream.get_ref().1) {
+                meta = meta.with_tls_identity(TlsIdentity::new(
+                    cert.common_name,
+                    cert.dns_names,
+                    cert.uri_names,
+                ));
+            }
+            Some((stream, meta))
+        }
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "MQTT over TLS: handshake failed");
+            None
+        }
+    }
 }
 
 /// Keeps `fleetd_mqtt_connections` (TCP connections open, with or without

@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use fleetd_auth::{Access, Identity, LoginError, acl};
 use fleetd_journal::Journal;
-use fleetd_schemas::{PositionReport, RejectReason, RejectionLog, now_ms};
+use fleetd_schemas::{DeviceId, PositionReport, RejectReason, RejectionLog, now_ms};
 use rumqttd::hooks::BoxFuture;
 use rumqttd::protocol::QoS;
 use rumqttd::{
     AckOutcome, ConnectInfo, ConnectRefusal, ConnectionHooks, DisconnectReason, IncomingPublish,
-    PublishVerdict, SessionHooks,
+    PublishVerdict, SessionHooks, TlsIdentity,
 };
 
 use crate::decode::{Decoder, Outcome};
@@ -98,16 +98,28 @@ impl ConnectionHooks for MqttGate {
     ) -> BoxFuture<'a, Result<Box<dyn SessionHooks>, ConnectRefusal>> {
         Box::pin(async move {
             let peer = info.meta.peer_addr.map(|a| a.ip());
-            let login = self
-                .access
-                .login(info.username.as_deref(), info.password.as_deref(), peer)
-                .await;
+            let login = match &info.meta.tls_identity {
+                // A device certificate, verified against the client CA in
+                // the handshake: its CN is the device, whatever user name
+                // the CONNECT carries.
+                Some(cert) => certificate_login(cert),
+                None => {
+                    self.access
+                        .login(info.username.as_deref(), info.password.as_deref(), peer)
+                        .await
+                }
+            };
             match login {
                 Ok(identity) => {
                     metrics::counter!("fleetd_mqtt_connects_total", "result" => "accepted")
                         .increment(1);
                     metrics::gauge!("fleetd_mqtt_sessions").increment(1.0);
-                    let closed = Some(Box::pin(self.access.watch(&identity)) as BoxFuture<_>);
+                    // A certificate session has no stored credential to
+                    // watch: it ends when the device disconnects.
+                    let closed = match info.meta.tls_identity {
+                        Some(_) => None,
+                        None => Some(Box::pin(self.access.watch(&identity)) as BoxFuture<_>),
+                    };
                     let bucket = match identity {
                         Identity::Device(_) | Identity::User(_) if self.rate.per_s > 0.0 => {
                             Some(TokenBucket::new(self.rate))
@@ -147,6 +159,17 @@ impl ConnectionHooks for MqttGate {
             }
         })
     }
+}
+
+/// The identity of a device certificate: `Identity::Device` of its CN.
+fn certificate_login(cert: &TlsIdentity) -> Result<Identity, LoginError> {
+    let cn = cert
+        .common_name
+        .as_deref()
+        .ok_or(LoginError::BadCertificate)?;
+    DeviceId::parse(cn)
+        .map(Identity::Device)
+        .map_err(|_| LoginError::BadCertificate)
 }
 
 /// One accepted MQTT connection.

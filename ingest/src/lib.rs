@@ -41,7 +41,9 @@ pub mod topic;
 mod validate;
 
 pub use alerts::{AlertPublisher, AlertTarget};
-pub use broker::{BrokerSettings, EmbeddedBroker, LISTEN_BACKLOG, bind_listener};
+pub use broker::{
+    BrokerSettings, EmbeddedBroker, LISTEN_BACKLOG, MqttListeners, MqttTls, bind_listener,
+};
 pub use config::{IngestConfig, IngestMode, IngestModeName, IngestSettings, parse_addr};
 pub use decode::{Decoder, HttpDecoded, HttpFormat, HttpIdentity, Outcome, Reject};
 pub use error::IngestError;

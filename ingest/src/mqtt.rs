@@ -16,7 +16,7 @@ use crate::decode::Decoder;
 use crate::error::IngestError;
 use crate::gate::MqttGate;
 use crate::pipeline::Ingestor;
-use crate::{EmbeddedBroker, run_external};
+use crate::{EmbeddedBroker, MqttListeners, run_external};
 
 /// Running MQTT ingest: positions go into the journal until its token is
 /// cancelled (the embedded broker then stops accepting connections; the
@@ -32,7 +32,8 @@ pub struct MqttIngest {
 impl MqttIngest {
     /// Starts the embedded broker (waiting until it accepts connections) or
     /// connects to the external one, appending positions to `journal`.
-    /// Rejected input goes to `rejections`.
+    /// Rejected input goes to `rejections`. `listeners` says which of the
+    /// embedded broker's listeners open (unused in external mode).
     ///
     /// The embedded broker admits only what `access` verifies (see
     /// [`MqttGate`]); in external mode that broker authenticates devices.
@@ -41,6 +42,7 @@ impl MqttIngest {
         access: Arc<Access>,
         rejections: Arc<RejectionLog>,
         journal: Journal,
+        listeners: &MqttListeners,
         cancel: CancellationToken,
     ) -> Result<Self, IngestError> {
         let decoder = Decoder::new(settings.limits.clone());
@@ -53,7 +55,9 @@ impl MqttIngest {
                     decoder,
                     journal,
                 ));
-                let broker = EmbeddedBroker::start(&settings.broker, gate, cancel).await?;
+                let broker =
+                    EmbeddedBroker::start(&settings.broker, listeners, gate, cancel.child_token())
+                        .await?;
                 let (alerts_tx, alerts_rx) = broker.alerts_link;
                 Self {
                     task: None,

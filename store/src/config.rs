@@ -43,6 +43,8 @@ impl FromStr for StoreBackendName {
 pub struct StoreConfig {
     pub backend: StoreBackendName,
     pub data: PathBuf,
+    /// Key file of encryption at rest for the embedded store; empty: off.
+    pub key_file: PathBuf,
     /// `[store.scylla]`
     pub scylla: ScyllaConfig,
 }
@@ -52,6 +54,7 @@ impl Default for StoreConfig {
         Self {
             backend: StoreBackendName::Fjall,
             data: PathBuf::from("./fleetd-data"),
+            key_file: PathBuf::new(),
             scylla: ScyllaConfig::default(),
         }
     }
@@ -112,7 +115,12 @@ impl Default for ScyllaConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreBackend {
     /// Embedded fjall store in a directory.
-    Fjall(PathBuf),
+    Fjall {
+        /// The data directory.
+        dir: PathBuf,
+        /// The key file of encryption at rest, if on.
+        key_file: Option<PathBuf>,
+    },
     /// ScyllaDB cluster.
     Scylla {
         /// Connection and behaviour.
@@ -134,7 +142,17 @@ impl StoreConfig {
     /// Validates the section into the backend to open.
     pub fn validate(&self) -> Result<StoreBackend, InvalidSetting> {
         Ok(match self.backend {
-            StoreBackendName::Fjall => StoreBackend::Fjall(self.data.clone()),
+            StoreBackendName::Fjall => StoreBackend::Fjall {
+                dir: self.data.clone(),
+                key_file: (!self.key_file.as_os_str().is_empty()).then(|| self.key_file.clone()),
+            },
+            StoreBackendName::Scylla if !self.key_file.as_os_str().is_empty() => {
+                return Err(InvalidSetting(
+                    "store.key_file (--store-key) encrypts the embedded store; ScyllaDB's \
+                     encryption at rest is the cluster's (see README)"
+                        .into(),
+                ));
+            }
             StoreBackendName::Scylla => StoreBackend::Scylla {
                 settings: self.scylla.validate()?,
                 migrate: self.scylla.migrate,
@@ -236,11 +254,13 @@ impl ScyllaConfig {
 /// reads its index from disk), or a connection to the ScyllaDB cluster.
 pub async fn open(backend: &StoreBackend) -> Result<Arc<dyn Store>, StoreError> {
     match backend {
-        StoreBackend::Fjall(dir) => {
+        StoreBackend::Fjall { dir, key_file } => {
+            let key = key_file.as_deref().map(crate::StoreKey::load).transpose()?;
             let dir = dir.clone();
-            let store = tokio::task::spawn_blocking(move || FjallStore::open(&dir))
-                .await
-                .map_err(|e| StoreError::Task(format!("store open: {e}")))??;
+            let store =
+                tokio::task::spawn_blocking(move || FjallStore::open_with_key(&dir, key.as_ref()))
+                    .await
+                    .map_err(|e| StoreError::Task(format!("store open: {e}")))??;
             Ok(Arc::new(store))
         }
         StoreBackend::Scylla { settings, migrate } => Ok(Arc::new(
@@ -257,7 +277,10 @@ mod tests {
     fn backends_and_scylla_settings_are_validated() {
         assert_eq!(
             StoreConfig::default().validate().expect("defaults valid"),
-            StoreBackend::Fjall(PathBuf::from("./fleetd-data"))
+            StoreBackend::Fjall {
+                dir: PathBuf::from("./fleetd-data"),
+                key_file: None,
+            }
         );
         let err = "postgres".parse::<StoreBackendName>().expect_err("unknown");
         assert!(err.0.contains("store.backend"), "{err}");

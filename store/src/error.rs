@@ -23,6 +23,10 @@ pub enum StoreError {
     /// A backend setting is invalid.
     #[error("store configuration: {0}")]
     Config(String),
+    /// The store key is wrong, missing, unreadable or not wanted (see
+    /// [`crate::seal`]); the message names the file.
+    #[error("{0}")]
+    Key(String),
     /// A blocking storage task panicked or was cancelled.
     #[error("storage task failed: {0}")]
     Task(String),

@@ -34,7 +34,8 @@ use fleetd_schemas::{
 };
 
 use crate::area_index::LatestIndex;
-use crate::fjall_tables::{self, Tables};
+use crate::fjall_tables::{self, Tables, table};
+use crate::seal::{self, StoreKey};
 use crate::{
     AlertPage, AlertQuery, AreaQuery, HistoryPage, HistoryQuery, MemberPage, Store, StoreError,
     StoredGeofence, TripPage, TripQuery, WriteBatch, codec, cursor, keys,
@@ -46,54 +47,85 @@ use crate::{
 /// directory at a time (fjall locks it).
 #[derive(Clone)]
 pub struct FjallStore {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// The database and its keyspaces; fjall handles are reference-counted, so
 /// blocking tasks share this behind an `Arc`.
-struct Inner {
+pub(crate) struct Inner {
     path: PathBuf,
-    db: Database,
+    pub(crate) db: Database,
     latest: Keyspace,
     history: Keyspace,
     /// Every latest position, for latest reads and area queries; written
     /// after each batch is committed to `latest`.
     index: LatestIndex,
-    tables: Tables,
+    pub(crate) tables: Tables,
 }
 
 impl FjallStore {
     /// Opens the store in `path`, creating the directory and keyspaces if
-    /// missing and recovering whatever a previous run left.
+    /// missing and recovering whatever a previous run left; values are not
+    /// encrypted (see [`FjallStore::open_with_key`]).
     ///
     /// Blocks on disk I/O (journal recovery); call it at start-up, before the
     /// runtime is busy, or from a blocking task.
     pub fn open(path: &Path) -> Result<FjallStore, StoreError> {
+        FjallStore::open_with_key(path, None)
+    }
+
+    /// Opens the store in `path` with values sealed under `key` (see
+    /// [`crate::seal`]), or in clear with `None`. The key is checked against
+    /// the directory before fjall opens it: a wrong key, a missing key for
+    /// an encrypted store or a key for a store in clear is
+    /// [`StoreError::Key`], and nothing on disk changes.
+    pub fn open_with_key(path: &Path, key: Option<&StoreKey>) -> Result<FjallStore, StoreError> {
+        if path.join(crate::rekey::INCOMPLETE_MARKER).exists() {
+            return Err(StoreError::Key(format!(
+                "{} is an unfinished copy of `fleetd rekey`: delete it and run rekey again",
+                path.display()
+            )));
+        }
+        FjallStore::open_with_key_unchecked_marker(path, key)
+    }
+
+    /// [`FjallStore::open_with_key`] for a copy that `fleetd rekey` is
+    /// writing.
+    pub(crate) fn open_with_key_unchecked_marker(
+        path: &Path,
+        key: Option<&StoreKey>,
+    ) -> Result<FjallStore, StoreError> {
+        let sealer = seal::prepare(path, key)?;
         std::fs::create_dir_all(path).map_err(fjall::Error::from)?;
         // fjall's defaults (64 MiB memtables, 512 MiB of journal) are kept:
         // 16 MiB memtables with a 128 MiB journal made no difference beyond
         // the noise of a shared machine in `fleetd bench --store-rows` over
         // a million distinct devices (write rate and peak RSS).
         let db = Database::builder(path).open()?;
-        let latest = db.keyspace("latest", KeyspaceCreateOptions::default)?;
-        let history = db.keyspace("history", KeyspaceCreateOptions::default)?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let latest = ks(table::LATEST)?;
+        let history = ks(table::HISTORY)?;
         if db.keyspace_exists(LEGACY_AREA_KEYSPACE) {
-            let legacy = db.keyspace(LEGACY_AREA_KEYSPACE, KeyspaceCreateOptions::default)?;
+            let legacy = ks(LEGACY_AREA_KEYSPACE)?;
             db.delete_keyspace(legacy)?;
         }
-        let index = LatestIndex::default();
-        index.restore(latest.iter().map(|guard| codec::decode(&guard.value()?)))?;
         let tables = Tables {
-            state: db.keyspace("state", KeyspaceCreateOptions::default)?,
-            trips: db.keyspace("trips", KeyspaceCreateOptions::default)?,
-            alerts: db.keyspace("alerts", KeyspaceCreateOptions::default)?,
-            alerts_by_device: db.keyspace("alerts_by_device", KeyspaceCreateOptions::default)?,
-            devices: db.keyspace("devices", KeyspaceCreateOptions::default)?,
-            credentials: db.keyspace("credentials", KeyspaceCreateOptions::default)?,
-            tokens: db.keyspace("tokens", KeyspaceCreateOptions::default)?,
-            geofences: db.keyspace("geofences", KeyspaceCreateOptions::default)?,
-            fence_members: db.keyspace("fence_members", KeyspaceCreateOptions::default)?,
+            state: ks(table::STATE)?,
+            trips: ks(table::TRIPS)?,
+            alerts: ks(table::ALERTS)?,
+            alerts_by_device: ks(table::ALERTS_BY_DEVICE)?,
+            devices: ks(table::DEVICES)?,
+            credentials: ks(table::CREDENTIALS)?,
+            tokens: ks(table::TOKENS)?,
+            geofences: ks(table::GEOFENCES)?,
+            fence_members: ks(table::FENCE_MEMBERS)?,
+            sealer,
         };
+        let index = LatestIndex::default();
+        index.restore(latest.iter().map(|guard| {
+            let (key, value) = guard.into_inner()?;
+            codec::decode(&tables.open(table::LATEST, &key, &value)?)
+        }))?;
         Ok(FjallStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -104,6 +136,11 @@ impl FjallStore {
                 tables,
             }),
         })
+    }
+
+    /// Whether values are encrypted at rest.
+    pub fn is_sealed(&self) -> bool {
+        self.inner.tables.sealer.is_sealed()
     }
 
     /// Runs `f` on tokio's blocking pool with the shared handles.
@@ -210,8 +247,11 @@ impl Store for FjallStore {
 
     async fn put_device(&self, device: &DeviceId, info: &DeviceInfo) -> Result<(), StoreError> {
         let (key, value) = (device.as_str().to_owned(), fjall_tables::encode(info));
-        self.blocking(move |inner| Ok(inner.tables.devices.insert(key, value)?))
-            .await
+        self.blocking(move |inner| {
+            let value = inner.tables.seal(table::DEVICES, key.as_bytes(), value);
+            Ok(inner.tables.devices.insert(key, value)?)
+        })
+        .await
     }
 
     async fn device(&self, device: &DeviceId) -> Result<Option<DeviceInfo>, StoreError> {
@@ -240,8 +280,11 @@ impl Store for FjallStore {
             geojson: fence.geojson.clone(),
             updated_ms: fence.updated_ms,
         });
-        self.blocking(move |inner| Ok(inner.tables.geofences.insert(key, value)?))
-            .await
+        self.blocking(move |inner| {
+            let value = inner.tables.seal(table::GEOFENCES, key.as_bytes(), value);
+            Ok(inner.tables.geofences.insert(key, value)?)
+        })
+        .await
     }
 
     async fn geofence(&self, id: &GeofenceId) -> Result<Option<StoredGeofence>, StoreError> {
@@ -293,8 +336,11 @@ impl Store for FjallStore {
 
     async fn put_token(&self, token: &StoredToken) -> Result<(), StoreError> {
         let (key, value) = (token.id.clone(), fjall_tables::encode(token));
-        self.blocking(move |inner| Ok(inner.tables.tokens.insert(key, value)?))
-            .await
+        self.blocking(move |inner| {
+            let value = inner.tables.seal(table::TOKENS, key.as_bytes(), value);
+            Ok(inner.tables.tokens.insert(key, value)?)
+        })
+        .await
     }
 
     async fn all_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
@@ -337,6 +383,24 @@ fn fence_exists(t: &Tables, member_key: &[u8]) -> bool {
 const LEGACY_AREA_KEYSPACE: &str = "area";
 
 impl Inner {
+    /// The keyspace named `name` (one of [`table::ALL`]).
+    pub(crate) fn keyspace(&self, name: &str) -> &Keyspace {
+        let t = &self.tables;
+        match name {
+            table::LATEST => &self.latest,
+            table::HISTORY => &self.history,
+            table::STATE => &t.state,
+            table::TRIPS => &t.trips,
+            table::ALERTS => &t.alerts,
+            table::ALERTS_BY_DEVICE => &t.alerts_by_device,
+            table::DEVICES => &t.devices,
+            table::CREDENTIALS => &t.credentials,
+            table::TOKENS => &t.tokens,
+            table::GEOFENCES => &t.geofences,
+            _ => &t.fence_members,
+        }
+    }
+
     /// Applies one [`WriteBatch`] as one atomic fjall batch; returns the
     /// number of history and latest rows written.
     ///
@@ -348,16 +412,20 @@ impl Inner {
         let mut history: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(batch.history.len());
         for position in &batch.history {
             let key = keys::history_key(&position.report.device_id, position.report.ts_ms);
-            history.insert(key, codec::encode(position));
+            let value = self
+                .tables
+                .seal(table::HISTORY, &key, codec::encode(position));
+            history.insert(key, value);
         }
 
         let mut latest: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(batch.latest.len());
         for update in &batch.latest {
             let position = &update.position;
-            latest.insert(
-                keys::latest_key(&position.report.device_id),
-                codec::encode(position),
-            );
+            let key = keys::latest_key(&position.report.device_id);
+            let value = self
+                .tables
+                .seal(table::LATEST, &key, codec::encode(position));
+            latest.insert(key, value);
         }
 
         let counts = (history.len(), latest.len());
@@ -386,14 +454,18 @@ impl Inner {
             states.insert(device.as_str(), fjall_tables::encode_state(state));
         }
         for (key, value) in states {
+            let value = t.seal(table::STATE, key.as_bytes(), value);
             fjall_batch.insert(&t.state, key, value);
         }
         for trip in &batch.trips {
             let key = keys::device_ts_key(&trip.device_id, trip.trip.start_ts_ms);
-            fjall_batch.insert(&t.trips, key, fjall_tables::encode(&trip.trip));
+            let value = t.seal(table::TRIPS, &key, fjall_tables::encode(&trip.trip));
+            fjall_batch.insert(&t.trips, key, value);
         }
         for alert in &batch.alerts {
-            fjall_batch.insert(&t.alerts, alert.id.as_str(), fjall_tables::encode(alert));
+            let id = alert.id.as_str();
+            let value = t.seal(table::ALERTS, id.as_bytes(), fjall_tables::encode(alert));
+            fjall_batch.insert(&t.alerts, id, value);
             fjall_batch.insert(
                 &t.alerts_by_device,
                 keys::device_alert_key(&alert.device_id, &alert.id),
@@ -411,7 +483,8 @@ impl Inner {
                 // A batch evaluated just before its fence was deleted must
                 // not bring members of the deleted fence back.
                 Some(ms) if fence_exists(t, &key) => {
-                    fjall_batch.insert(&t.fence_members, key, ms.to_be_bytes())
+                    let value = t.seal(table::FENCE_MEMBERS, &key, ms.to_be_bytes().to_vec());
+                    fjall_batch.insert(&t.fence_members, key, value)
                 }
                 Some(_) => {}
                 None => fjall_batch.remove(&t.fence_members, key),
@@ -443,7 +516,9 @@ impl Inner {
                 page.next_cursor = Some(cursor::encode(ts_ms));
                 break;
             }
-            page.items.push(codec::decode(&guard.value()?)?);
+            let (key, value) = guard.into_inner()?;
+            let value = self.tables.open(table::HISTORY, &key, &value)?;
+            page.items.push(codec::decode(&value)?);
         }
         Ok(page)
     }

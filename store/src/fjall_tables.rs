@@ -20,6 +20,8 @@
 //! vehicle on a trip, and cheaper to encode); states that earlier versions
 //! wrote as JSON still read.
 
+use std::borrow::Cow;
+
 use fjall::Keyspace;
 use fleetd_schemas::storage::StoredVehicleState;
 use fleetd_schemas::{
@@ -30,6 +32,7 @@ use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::seal::Sealer;
 use crate::{
     AlertPage, AlertQuery, FenceMember, MemberPage, StoreError, StoredGeofence, TripPage,
     TripQuery, cursor, keys,
@@ -39,6 +42,41 @@ use crate::{
 /// a cursor to continue: a filter that matches rarely must not turn one
 /// request into a scan of every alert ever raised.
 pub const ALERT_SCAN_BUDGET: usize = 100_000;
+
+/// The names of the embedded store's keyspaces, which are also the
+/// associated data of their sealed values (see [`crate::seal`]).
+pub(crate) mod table {
+    pub(crate) const LATEST: &str = "latest";
+    pub(crate) const HISTORY: &str = "history";
+    pub(crate) const STATE: &str = "state";
+    pub(crate) const TRIPS: &str = "trips";
+    pub(crate) const ALERTS: &str = "alerts";
+    pub(crate) const ALERTS_BY_DEVICE: &str = "alerts_by_device";
+    pub(crate) const DEVICES: &str = "devices";
+    pub(crate) const CREDENTIALS: &str = "credentials";
+    pub(crate) const TOKENS: &str = "tokens";
+    pub(crate) const GEOFENCES: &str = "geofences";
+    pub(crate) const FENCE_MEMBERS: &str = "fence_members";
+    /// Every keyspace, in the order `fleetd rekey` copies them.
+    pub(crate) const ALL: [&str; 11] = [
+        LATEST,
+        HISTORY,
+        STATE,
+        TRIPS,
+        ALERTS,
+        ALERTS_BY_DEVICE,
+        DEVICES,
+        CREDENTIALS,
+        TOKENS,
+        GEOFENCES,
+        FENCE_MEMBERS,
+    ];
+    /// Keyspaces whose values are empty (only their keys are read): not
+    /// sealed.
+    pub(crate) fn is_keys_only(name: &str) -> bool {
+        name == ALERTS_BY_DEVICE
+    }
+}
 
 /// The small tables' keyspaces.
 pub(crate) struct Tables {
@@ -51,6 +89,25 @@ pub(crate) struct Tables {
     pub(crate) fence_members: Keyspace,
     pub(crate) credentials: Keyspace,
     pub(crate) tokens: Keyspace,
+    /// Seals values on the way in and opens them on the way out.
+    pub(crate) sealer: Sealer,
+}
+
+impl Tables {
+    /// `plain` sealed for row `key` of keyspace `table`.
+    pub(crate) fn seal(&self, table: &str, key: &[u8], plain: Vec<u8>) -> Vec<u8> {
+        self.sealer.seal(table, key, plain)
+    }
+
+    /// The plain value of row `key` of keyspace `table`.
+    pub(crate) fn open<'a>(
+        &self,
+        table: &str,
+        key: &[u8],
+        stored: &'a [u8],
+    ) -> Result<Cow<'a, [u8]>, StoreError> {
+        self.sealer.open(table, key, stored)
+    }
 }
 
 /// A `geofences` value.
@@ -130,8 +187,9 @@ impl Tables {
         &self,
         device: &DeviceId,
     ) -> Result<Option<VehicleState>, StoreError> {
-        match self.state.get(device.as_str())? {
-            Some(v) => decode_state(&v).map(Some),
+        let key = device.as_str().as_bytes();
+        match self.state.get(key)? {
+            Some(v) => decode_state(&self.open(table::STATE, key, &v)?).map(Some),
             None => Ok(None),
         }
     }
@@ -141,6 +199,7 @@ impl Tables {
             .iter()
             .map(|guard| {
                 let (key, value) = guard.into_inner()?;
+                let value = self.open(table::STATE, &key, &value)?;
                 Ok((device_from_key(&key)?, decode_state(&value)?))
             })
             .collect()
@@ -158,7 +217,8 @@ impl Tables {
         let end = keys::device_ts_key(device, to_ms);
         let mut page = TripPage::default();
         for guard in self.trips.range(start..=end).rev() {
-            let trip: Trip = decode("trip", &guard.value()?)?;
+            let (key, value) = guard.into_inner()?;
+            let trip: Trip = decode("trip", &self.open(table::TRIPS, &key, &value)?)?;
             if page.items.len() == query.limit {
                 page.next_cursor = Some(cursor::encode(trip.start_ts_ms));
                 break;
@@ -173,8 +233,9 @@ impl Tables {
         device: &DeviceId,
         start_ts_ms: i64,
     ) -> Result<Option<Trip>, StoreError> {
-        match self.trips.get(keys::device_ts_key(device, start_ts_ms))? {
-            Some(v) => decode("trip", &v).map(Some),
+        let key = keys::device_ts_key(device, start_ts_ms);
+        match self.trips.get(&key)? {
+            Some(v) => decode("trip", &self.open(table::TRIPS, &key, &v)?).map(Some),
             None => Ok(None),
         }
     }
@@ -207,6 +268,7 @@ impl Tables {
                     let Some(value) = self.alerts.get(id)? else {
                         continue;
                     };
+                    let value = self.open(table::ALERTS, id, &value)?;
                     if !take(decode("alert", &value)?, &mut page) {
                         break;
                     }
@@ -214,7 +276,9 @@ impl Tables {
             }
             None => {
                 for guard in self.alerts.range(lo.as_bytes()..=hi.as_bytes()).rev() {
-                    if !take(decode("alert", &guard.value()?)?, &mut page) {
+                    let (key, value) = guard.into_inner()?;
+                    let value = self.open(table::ALERTS, &key, &value)?;
+                    if !take(decode("alert", &value)?, &mut page) {
                         break;
                     }
                 }
@@ -224,8 +288,9 @@ impl Tables {
     }
 
     pub(crate) fn device(&self, device: &DeviceId) -> Result<Option<DeviceInfo>, StoreError> {
-        match self.devices.get(device.as_str())? {
-            Some(v) => decode("device", &v).map(Some),
+        let key = device.as_str().as_bytes();
+        match self.devices.get(key)? {
+            Some(v) => decode("device", &self.open(table::DEVICES, key, &v)?).map(Some),
             None => Ok(None),
         }
     }
@@ -235,15 +300,17 @@ impl Tables {
             .iter()
             .map(|guard| {
                 let (key, value) = guard.into_inner()?;
+                let value = self.open(table::DEVICES, &key, &value)?;
                 Ok((device_from_key(&key)?, decode("device", &value)?))
             })
             .collect()
     }
 
     pub(crate) fn geofence(&self, id: &GeofenceId) -> Result<Option<StoredGeofence>, StoreError> {
-        match self.geofences.get(id.as_str())? {
+        let key = id.as_str().as_bytes();
+        match self.geofences.get(key)? {
             Some(v) => {
-                let row: GeofenceRow = decode("geofence", &v)?;
+                let row: GeofenceRow = decode("geofence", &self.open(table::GEOFENCES, key, &v)?)?;
                 Ok(Some(StoredGeofence {
                     id: id.clone(),
                     geojson: row.geojson,
@@ -263,6 +330,7 @@ impl Tables {
                     .ok()
                     .and_then(|s| GeofenceId::parse(s).ok())
                     .ok_or_else(|| StoreError::Corrupt("geofence key is not a fence id".into()))?;
+                let value = self.open(table::GEOFENCES, &key, &value)?;
                 let row: GeofenceRow = decode("geofence", &value)?;
                 Ok(StoredGeofence {
                     id,
@@ -317,6 +385,7 @@ impl Tables {
                 page.next_cursor = page.items.last().map(|m| m.device.to_string());
                 break;
             }
+            let value = self.open(table::FENCE_MEMBERS, &key, &value)?;
             let entered: [u8; 8] = value
                 .as_ref()
                 .try_into()
@@ -338,7 +407,9 @@ impl Tables {
     ) -> Result<(), StoreError> {
         let mut batch = db.batch();
         for c in credentials {
-            batch.insert(&self.credentials, c.principal.key(), encode(c));
+            let key = c.principal.key();
+            let value = self.seal(table::CREDENTIALS, key.as_bytes(), encode(c));
+            batch.insert(&self.credentials, key, value);
         }
         Ok(batch.commit()?)
     }
@@ -347,8 +418,13 @@ impl Tables {
         &self,
         principal: &Principal,
     ) -> Result<Option<StoredCredential>, StoreError> {
-        match self.credentials.get(principal.key())? {
-            Some(v) => decode("credential", &v).map(Some),
+        let key = principal.key();
+        match self.credentials.get(&key)? {
+            Some(v) => decode(
+                "credential",
+                &self.open(table::CREDENTIALS, key.as_bytes(), &v)?,
+            )
+            .map(Some),
             None => Ok(None),
         }
     }
@@ -363,7 +439,10 @@ impl Tables {
     pub(crate) fn all_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
         self.tokens
             .iter()
-            .map(|guard| decode("token", &guard.value()?))
+            .map(|guard| {
+                let (key, value) = guard.into_inner()?;
+                decode("token", &self.open(table::TOKENS, &key, &value)?)
+            })
             .collect()
     }
 

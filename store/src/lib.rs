@@ -25,7 +25,9 @@ mod fjall_store;
 mod fjall_tables;
 mod keys;
 mod registry;
+mod rekey;
 pub mod scylla;
+pub mod seal;
 
 use std::sync::Arc;
 
@@ -41,7 +43,9 @@ pub use error::StoreError;
 pub use fjall_store::FjallStore;
 pub use fjall_tables::ALERT_SCAN_BUDGET;
 pub use registry::Registry;
+pub use rekey::{INCOMPLETE_MARKER, RekeyReport, rekey};
 pub use scylla::{ScyllaSettings, ScyllaStore};
+pub use seal::StoreKey;
 
 /// What one micro-batch of one processor partition writes.
 #[derive(Debug, Default, Clone)]

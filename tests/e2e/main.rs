@@ -20,5 +20,6 @@ mod live;
 mod map;
 mod restart;
 mod scylla;
+mod tls;
 mod util;
 mod vehicle;

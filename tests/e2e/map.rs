@@ -19,14 +19,19 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::util::Fleetd;
 
 /// A headless Chromium with a fresh profile; killed on drop.
-struct Browser {
+pub(crate) struct Browser {
     child: Child,
     _profile: tempfile::TempDir,
-    ws_url: String,
+    pub(crate) ws_url: String,
 }
 
 impl Browser {
     fn launch() -> Browser {
+        Browser::launch_with(&[])
+    }
+
+    /// Launches with more command-line switches.
+    pub(crate) fn launch_with(extra: &[&str]) -> Browser {
         let profile = tempfile::tempdir().expect("profile dir");
         let binary = ["chromium", "chromium-browser"]
             .into_iter()
@@ -54,6 +59,7 @@ impl Browser {
                 "--remote-debugging-port=0",
                 "--window-size=1280,800",
             ])
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())
@@ -94,16 +100,16 @@ fn devtools_url(profile: &Path, timeout: Duration) -> Option<String> {
 }
 
 /// A DevTools protocol connection attached to one page (flat sessions).
-struct Cdp {
+pub(crate) struct Cdp {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
-    session: Option<String>,
+    pub(crate) session: Option<String>,
     /// Events received so far (method, params).
     events: Vec<(String, Value)>,
 }
 
 impl Cdp {
-    async fn connect(url: &str) -> Cdp {
+    pub(crate) async fn connect(url: &str) -> Cdp {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("DevTools WebSocket");
@@ -117,7 +123,7 @@ impl Cdp {
 
     /// Sends a command (to the attached page, once there is one) and waits
     /// for its result, recording the events that arrive meanwhile.
-    async fn call(&mut self, method: &str, params: Value) -> Value {
+    pub(crate) async fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
         let mut message = json!({"id": id, "method": method, "params": params});
@@ -148,7 +154,7 @@ impl Cdp {
     }
 
     /// Evaluates a JavaScript expression in the page; returns its value.
-    async fn eval(&mut self, expression: &str) -> Value {
+    pub(crate) async fn eval(&mut self, expression: &str) -> Value {
         let result = self
             .call(
                 "Runtime.evaluate",
@@ -163,7 +169,7 @@ impl Cdp {
     }
 
     /// Polls `expression` until `done` accepts its value.
-    async fn wait_for(
+    pub(crate) async fn wait_for(
         &mut self,
         expression: &str,
         timeout: Duration,
@@ -190,7 +196,7 @@ fn artifacts_dir() -> PathBuf {
     dir
 }
 
-const MARKERS: &str = "document.querySelectorAll('.fleetd-vehicle').length";
+pub(crate) const MARKERS: &str = "document.querySelectorAll('.fleetd-vehicle').length";
 const POSITIONS: &str = "JSON.stringify(Array.from(document.querySelectorAll('.fleetd-vehicle'))\
     .map(e => [e.dataset.device, e.dataset.lat, e.dataset.lon]))";
 
