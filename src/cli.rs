@@ -143,10 +143,24 @@ pub struct ServeArgs {
     /// Also run N simulated vehicles in-process (a moving demo fleet).
     #[arg(long, env = "FLEETD_DEMO")]
     pub demo: Option<usize>,
+    /// What an acknowledgement promises: process (default; survives a
+    /// crash of fleetd), power (synced to disk; survives power loss) or off
+    /// (in memory only).
+    #[arg(long, env = "FLEETD_DURABILITY", value_parser = parse_durability)]
+    pub durability: Option<fleetd_journal::Durability>,
     /// Turn authentication off: anyone may connect over MQTT, publish as
     /// any device and call every HTTP route. For local experiments only.
     #[arg(long, env = "FLEETD_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
+}
+
+fn parse_durability(s: &str) -> Result<fleetd_journal::Durability, String> {
+    match s {
+        "process" => Ok(fleetd_journal::Durability::Process),
+        "power" => Ok(fleetd_journal::Durability::Power),
+        "off" => Ok(fleetd_journal::Durability::Off),
+        _ => Err(format!("expected process, power or off, got {s:?}")),
+    }
 }
 
 impl ServeArgs {
@@ -192,6 +206,9 @@ impl ServeArgs {
         }
         tls.plain_mqtt &= !self.no_plain_mqtt;
         tls.plain_http &= !self.no_plain_http;
+        if let Some(v) = self.durability {
+            config.journal.durability = v;
+        }
         if let Some(v) = self.window_ms {
             config.processor.window_ms = v;
         }

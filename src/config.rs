@@ -10,6 +10,7 @@ use fleetd_api::{ApiConfig, ApiSettings, LiveApiSettings, LiveConfig};
 use fleetd_auth::{AuthConfig, AuthSettings};
 use fleetd_geofence::{GeofenceConfig, GeofenceSettings};
 use fleetd_ingest::{IngestConfig, IngestSettings};
+use fleetd_journal::{JournalConfig, JournalSettings};
 use fleetd_processor::{ProcessorConfig, ProcessorSettings, VehicleConfig};
 use fleetd_store::{StoreBackend, StoreConfig};
 use fleetd_tls::{TlsConfig, TlsSettings};
@@ -31,6 +32,8 @@ pub struct FileConfig {
     pub ingest: IngestConfig,
     /// `[auth]`
     pub auth: AuthConfig,
+    /// `[journal]`
+    pub journal: JournalConfig,
     /// `[processor]`
     pub processor: ProcessorConfig,
     /// `[vehicle]`
@@ -83,6 +86,7 @@ pub struct ServeSettings {
     /// Where `admin.token` is kept (the embedded store's directory, also
     /// with ScyllaDB).
     pub data_dir: std::path::PathBuf,
+    pub journal: JournalSettings,
     pub processor: ProcessorSettings,
     pub store: StoreBackend,
     pub api: ApiSettings,
@@ -98,6 +102,7 @@ impl FileConfig {
     pub fn validate(&self) -> anyhow::Result<ServeSettings> {
         let ingest = self.ingest.validate()?;
         let auth = self.auth.validate()?;
+        let journal = self.journal.validate(self.store.data.join("journal"))?;
         let mut processor = self.processor.validate(&self.vehicle)?;
         let store = self.store.validate()?;
         let api = self.api.validate()?;
@@ -135,6 +140,7 @@ impl FileConfig {
             ingest,
             auth,
             data_dir: self.store.data.clone(),
+            journal,
             processor,
             store,
             api,

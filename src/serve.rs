@@ -80,14 +80,35 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
     // publishing never waits.
     let hub = LiveHub::new(settings.live.hub.clone());
 
-    // Backpressure policy of this queue: MQTT ingest awaits when it is full
-    // (see fleetd_ingest::run_embedded), HTTP ingest answers 503 at once
-    // (fleetd_ingest::Submitter); its size bounds the memory in between.
+    // Ingest → journal → processor. Every position is appended to the
+    // journal, and acknowledged only once it is durable there; the journal
+    // forwards it into this queue (after replaying what a previous run
+    // left). Backpressure: the journal's own bounded queue (MQTT
+    // connections wait, HTTP answers 503).
     let (queue_tx, queue_rx) = mpsc::channel(settings.processor.queue_chunks);
+    let journal_token = root.child_token();
+    let store_to_flush = Arc::clone(&store);
+    let flush_store: fleetd_journal::FlushStore = Arc::new(move || {
+        let store = Arc::clone(&store_to_flush);
+        Box::pin(async move { store.flush().await.map_err(|e| e.to_string()) })
+    });
+    let (journal, journal_tasks) = fleetd_journal::Journal::start(
+        settings.journal.clone(),
+        queue_tx,
+        flush_store,
+        journal_token.clone(),
+    )
+    .await
+    .context("cannot open the ingest journal")?;
+    tracing::info!(
+        dir = %settings.journal.dir.display(),
+        durability = settings.journal.durability.name(),
+        "ingest journal open"
+    );
     let http_ingest = Submitter::new(
         Decoder::new(settings.ingest.limits.clone()),
         Arc::clone(&rejections),
-        queue_tx.clone(),
+        journal.clone(),
     );
 
     // The API comes up first so /healthz and /readyz answer during start-up.
@@ -200,8 +221,8 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
         &settings.ingest,
         Arc::clone(&access),
         Arc::clone(&rejections),
+        journal,
         &listeners,
-        queue_tx,
         ingest_token.clone(),
     )
     .await
@@ -249,7 +270,7 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
     });
 
     shutdown_signal().await;
-    tracing::info!("shutting down: demo, ingest, processor, alerts, store, api");
+    tracing::info!("shutting down: demo, ingest, journal, processor, alerts, store, api");
     ready.store(false, Ordering::SeqCst);
 
     let mut drain = Drain::default();
@@ -270,10 +291,13 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
         if let Err(e) = ingest.join().await {
             tracing::error!(error = %e, "ingest failed");
         }
-        // The processor's input closes when its last sender goes.
-        http_ingest.close();
     });
+    // The journal writer writes and forwards what is queued, then closes the
+    // processor's input; the processor stores it all and stops; the pruner
+    // then deletes the segments that are stored.
+    drain.then("journal", async move { journal_token.cancel() });
     drain.then("processor", processor.join());
+    drain.then("journal segments", journal_tasks.join());
     // Every alert is in the hub now: publish what is left.
     drain.then("alerts", async move {
         alerts_token.cancel();

@@ -12,7 +12,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use fleetd_auth::{Access, LoginError};
 use fleetd_ingest::{Decoder, Limits, Submitter};
-use fleetd_schemas::{PositionReport, RejectionLog, Scope, now_ms};
+use fleetd_schemas::{RejectionLog, Scope, now_ms};
 use fleetd_store::FjallStore;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::{Value, json};
@@ -29,7 +29,8 @@ struct Harness {
     _dir: TempDir,
     state: ApiState,
     access: Arc<Access>,
-    queue: mpsc::Receiver<Vec<PositionReport>>,
+    queue: mpsc::Receiver<fleetd_schemas::Ingested>,
+    _journal: fleetd_journal::JournalTasks,
 }
 
 struct Reply {
@@ -65,9 +66,13 @@ impl Harness {
         let store = Arc::new(FjallStore::open(dir.path()).expect("open store"));
         let access = open_access(store.clone(), allow_anonymous).await;
         let rejections = Arc::new(RejectionLog::new(64));
-        let (tx, queue) = mpsc::channel(16);
-        let submitter =
-            Submitter::new(Decoder::new(Limits::default()), Arc::clone(&rejections), tx);
+        let (journal, journal_tasks, queue, _) =
+            fleetd_journal::test_support::start(&dir.path().join("journal"), 16, 16).await;
+        let submitter = Submitter::new(
+            Decoder::new(Limits::default()),
+            Arc::clone(&rejections),
+            journal,
+        );
         let state = ApiState::new(
             store,
             Arc::clone(&access),
@@ -82,6 +87,7 @@ impl Harness {
             state,
             access,
             queue,
+            _journal: journal_tasks,
         }
     }
 
@@ -597,9 +603,9 @@ async fn positions_take_device_logins_for_their_own_devices_only() {
         .await
         .error(StatusCode::UNAUTHORIZED, "unauthorized");
 
-    let queued: usize = std::iter::from_fn(|| h.queue.try_recv().ok())
-        .map(|c| c.len())
-        .sum();
+    let queued = fleetd_journal::test_support::forwarded(&mut h.queue)
+        .await
+        .len();
     assert_eq!(
         queued, 3,
         "only own positions and the gateway's were queued"

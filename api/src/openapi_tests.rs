@@ -12,8 +12,7 @@ use axum::http::{Method, Request, StatusCode};
 use axum::response::IntoResponse;
 use fleetd_ingest::{Decoder, Limits, Submitter};
 use fleetd_schemas::{
-    Alert, AlertDetail, AlertKind, DeviceTrip, PositionReport, RejectionLog, Trip, VehicleState,
-    now_ms,
+    Alert, AlertDetail, AlertKind, DeviceTrip, Ingested, RejectionLog, Trip, VehicleState, now_ms,
 };
 use fleetd_store::{FjallStore, LatestUpdate, WriteBatch};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -117,12 +116,19 @@ fn validator(doc: &Value, schema: &Value) -> jsonschema::Validator {
         .unwrap_or_else(|e| panic!("schema does not compile: {e}\n{schema}"))
 }
 
-async fn state() -> (TempDir, ApiState, mpsc::Receiver<Vec<PositionReport>>) {
+/// A state whose HTTP ingest appends to a real journal in the directory;
+/// the journal's tasks live as long as the journal handle.
+async fn state() -> (TempDir, ApiState, mpsc::Receiver<Ingested>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(FjallStore::open(dir.path()).expect("open store"));
     let rejections = Arc::new(RejectionLog::new(16));
-    let (tx, rx) = mpsc::channel(16);
-    let submitter = Submitter::new(Decoder::new(Limits::default()), Arc::clone(&rejections), tx);
+    let (journal, _tasks, rx, _) =
+        fleetd_journal::test_support::start(&dir.path().join("journal"), 16, 16).await;
+    let submitter = Submitter::new(
+        Decoder::new(Limits::default()),
+        Arc::clone(&rejections),
+        journal,
+    );
     let state = ApiState::new(
         store.clone(),
         crate::router_tests::open_access(store, true).await,
@@ -833,8 +839,13 @@ async fn every_operation_answers_401_and_403_as_its_security_says() {
     let store = Arc::new(FjallStore::open(dir.path()).expect("open store"));
     let access = crate::router_tests::open_access(store.clone(), false).await;
     let rejections = Arc::new(RejectionLog::new(16));
-    let (tx, _rx) = mpsc::channel(16);
-    let submitter = Submitter::new(Decoder::new(Limits::default()), Arc::clone(&rejections), tx);
+    let (journal, _tasks, _rx, _) =
+        fleetd_journal::test_support::start(&dir.path().join("journal"), 16, 16).await;
+    let submitter = Submitter::new(
+        Decoder::new(Limits::default()),
+        Arc::clone(&rejections),
+        journal,
+    );
     let state = ApiState::new(
         store,
         Arc::clone(&access),

@@ -9,12 +9,13 @@ use axum::body::Body;
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use fleetd_ingest::{Decoder, Limits, Submitter};
-use fleetd_schemas::{PositionReport, RejectionLog, now_ms};
+use fleetd_schemas::{Ingested, PositionReport, RejectionLog, now_ms};
 use fleetd_store::FjallStore;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::{ApiState, router};
@@ -23,8 +24,9 @@ use crate::{ApiState, router};
 struct Harness {
     _dir: TempDir,
     state: ApiState,
-    submitter: Submitter,
-    queue: mpsc::Receiver<Vec<PositionReport>>,
+    queue: mpsc::Receiver<Ingested>,
+    journal_cancel: CancellationToken,
+    journal_tasks: Option<fleetd_journal::JournalTasks>,
 }
 
 impl Harness {
@@ -32,9 +34,14 @@ impl Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(FjallStore::open(dir.path()).expect("open store"));
         let rejections = Arc::new(RejectionLog::new(64));
-        let (tx, queue) = mpsc::channel(queue_chunks);
-        let submitter =
-            Submitter::new(Decoder::new(Limits::default()), Arc::clone(&rejections), tx);
+        let (journal, journal_tasks, queue, journal_cancel) =
+            fleetd_journal::test_support::start(&dir.path().join("journal"), queue_chunks, 64)
+                .await;
+        let submitter = Submitter::new(
+            Decoder::new(Limits::default()),
+            Arc::clone(&rejections),
+            journal,
+        );
         let state = ApiState::new(
             store.clone(),
             crate::router_tests::open_access(store, true).await,
@@ -42,12 +49,13 @@ impl Harness {
             PrometheusBuilder::new().build_recorder().handle(),
             Arc::new(AtomicBool::new(true)),
         )
-        .with_ingest(submitter.clone());
+        .with_ingest(submitter);
         Self {
             _dir: dir,
             state,
-            submitter,
             queue,
+            journal_cancel,
+            journal_tasks: Some(journal_tasks),
         }
     }
 
@@ -69,12 +77,17 @@ impl Harness {
     }
 
     /// Everything queued so far, in order.
-    fn queued(&mut self) -> Vec<PositionReport> {
-        let mut all = Vec::new();
-        while let Ok(chunk) = self.queue.try_recv() {
-            all.extend(chunk);
+    /// What the journal forwarded to the processor's queue so far.
+    async fn queued(&mut self) -> Vec<PositionReport> {
+        fleetd_journal::test_support::forwarded(&mut self.queue).await
+    }
+
+    /// Stops the journal, as fleetd's shutdown does.
+    async fn close_journal(&mut self) {
+        self.journal_cancel.cancel();
+        if let Some(tasks) = self.journal_tasks.take() {
+            tasks.join().await;
         }
-        all
     }
 }
 
@@ -142,7 +155,7 @@ async fn owntracks_http_mode_queues_user_slash_device() {
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body, json!([]), "the apps expect a JSON array");
-    let queued = h.queued();
+    let queued = h.queued().await;
     assert_eq!(queued.len(), 1);
     let p = &queued[0];
     assert_eq!(p.device_id.as_str(), "alice/phone");
@@ -170,7 +183,12 @@ async fn owntracks_http_mode_queues_user_slash_device() {
         .post("/v1/positions", &[("authorization", &auth)], location(2))
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    let ids: Vec<String> = h.queued().iter().map(|p| p.device_id.to_string()).collect();
+    let ids: Vec<String> = h
+        .queued()
+        .await
+        .iter()
+        .map(|p| p.device_id.to_string())
+        .collect();
     assert_eq!(ids, ["bob/tablet", "bob/watch", "carol/ph"]);
 }
 
@@ -191,7 +209,7 @@ async fn owntracks_non_locations_and_empty_bodies_are_ignored() {
             "{body:?}"
         );
     }
-    assert!(h.queued().is_empty());
+    assert!(h.queued().await.is_empty());
     assert!(h.state.rejections.recent(10).is_empty());
 }
 
@@ -221,7 +239,7 @@ async fn owntracks_without_user_or_device_is_a_bad_device_id() {
     )
     .await
     .error(StatusCode::BAD_REQUEST, "malformed");
-    assert!(h.queued().is_empty());
+    assert!(h.queued().await.is_empty());
     let samples = h.state.rejections.recent(10);
     assert_eq!(samples.len(), 3);
     assert!(samples.iter().all(|s| s.source == "http"));
@@ -257,7 +275,7 @@ async fn json_positions_one_or_many_with_device_ids() {
         json!([{"index": 1, "device_id": "truck-2", "reason": "bad_coordinates",
                 "detail": "lat 95 is not in [-90, 90]"}])
     );
-    let queued = h.queued();
+    let queued = h.queued().await;
     let got: Vec<(&str, i64)> = queued
         .iter()
         .map(|p| (p.device_id.as_str(), p.ts_ms))
@@ -331,7 +349,7 @@ async fn bad_input_is_400_with_the_reason_counted_and_sampled() {
         message,
         "position 0: lon 1000 is not in [-180, 180] (and 1 more rejected)"
     );
-    assert!(h.queued().is_empty());
+    assert!(h.queued().await.is_empty());
 
     let metrics = recorder.handle().render();
     for (reason, n) in [
@@ -383,7 +401,7 @@ async fn bodies_over_the_limit_are_413_oversize() {
     h.post("/v1/positions", &[], stream)
         .await
         .error(StatusCode::PAYLOAD_TOO_LARGE, "oversize");
-    assert!(h.queued().is_empty());
+    assert!(h.queued().await.is_empty());
     let metrics = recorder.handle().render();
     assert!(
         metrics.contains("fleetd_rejected_total{reason=\"oversize\"} 2"),
@@ -412,7 +430,7 @@ async fn a_full_queue_is_503_with_retry_after_and_takes_nothing() {
         )
         .await;
     owntracks.error(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
-    let queued = h.queued();
+    let queued = h.queued().await;
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].ts_ms, now - 2);
     // Room again: accepted again.
@@ -430,12 +448,12 @@ async fn not_ready_closed_or_unwired_ingest_is_503() {
     assert!(reply.headers.contains_key(RETRY_AFTER));
 
     h.state.ready.store(true, Ordering::SeqCst);
-    h.submitter.close();
+    h.close_journal().await;
     let reply = h.post("/v1/positions", &[], body.clone()).await;
     let message = reply.error(StatusCode::SERVICE_UNAVAILABLE, "not_ready");
     assert!(message.contains("shutting down"), "{message}");
     assert!(reply.headers.contains_key(RETRY_AFTER));
-    assert!(h.queued().is_empty());
+    assert!(h.queued().await.is_empty());
 
     h.state.ingest = None;
     h.post(

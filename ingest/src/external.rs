@@ -159,8 +159,14 @@ pub async fn run_external(
                 // the positions read before it: a rejected one with them.
                 publishes.push(publish);
                 if (chunk.len() >= MAX_CHUNK || publishes.len() >= MAX_CHUNK)
-                    && !append(&journal, &unacked_tx, &mut chunk, &mut publishes, &connection)
-                        .await
+                    && !append(
+                        &journal,
+                        &unacked_tx,
+                        &mut chunk,
+                        &mut publishes,
+                        &connection,
+                    )
+                    .await
                 {
                     break;
                 }
@@ -200,7 +206,9 @@ pub async fn run_external(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!("external broker: acknowledgements still pending at shutdown; the broker will redeliver them");
+        tracing::warn!(
+            "external broker: acknowledgements still pending at shutdown; the broker will redeliver them"
+        );
     }
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;

@@ -130,10 +130,7 @@ impl ConnectionHooks for MqttGate {
                         label: identity.label(),
                         identity,
                         rejections: Arc::clone(&self.rejections),
-                        ingestor: Ingestor::new(
-                            self.decoder.clone(),
-                            Arc::clone(&self.rejections),
-                        ),
+                        ingestor: Ingestor::new(self.decoder.clone(), Arc::clone(&self.rejections)),
                         journal: self.journal.clone(),
                         bucket,
                         closed,
@@ -223,9 +220,9 @@ impl SessionHooks for Session {
             return Box::pin(ready(PublishVerdict::Forward));
         }
         let mut positions = Vec::new();
-        let outcome = self
-            .ingestor
-            .handle(publish.topic_bytes(), publish.payload(), &mut positions);
+        let outcome =
+            self.ingestor
+                .handle(publish.topic_bytes(), publish.payload(), &mut positions);
         if positions.is_empty() {
             // Nothing to store: acknowledged at once, so that a device does
             // not resend a rejected message forever. What is not input

@@ -125,6 +125,12 @@ impl Submitter {
         }
     }
 
+    /// Whether the journal's last write succeeded (false while the disk is
+    /// full or failing; `/readyz` then answers 503).
+    pub fn journal_writable(&self) -> bool {
+        self.journal.is_writable()
+    }
+
     /// The limits payloads are held to (the body limit is `max_payload_bytes`).
     pub fn limits(&self) -> &Limits {
         self.decoder.limits()
@@ -355,7 +361,10 @@ mod tests {
         let got = received(&mut f.rx).await;
         assert_eq!(got.len(), 515);
         assert_eq!(got[0].device_id.as_str(), "van-1");
-        assert!(got.windows(2).all(|w| w[0].ts_ms < w[1].ts_ms), "order is kept");
+        assert!(
+            got.windows(2).all(|w| w[0].ts_ms < w[1].ts_ms),
+            "order is kept"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,9 +378,8 @@ mod tests {
         let mut refused = None;
         for _ in 0..10 {
             let (submitter, one, route) = (f.submitter.clone(), one.clone(), route.clone());
-            let task = tokio::spawn(async move {
-                submitter.submit(&route, "http", one.as_bytes()).await
-            });
+            let task =
+                tokio::spawn(async move { submitter.submit(&route, "http", one.as_bytes()).await });
             tokio::time::sleep(Duration::from_millis(50)).await;
             if task.is_finished() {
                 match task.await.expect("task") {
@@ -391,7 +399,10 @@ mod tests {
             let done = tokio::time::timeout(Duration::from_secs(5), task)
                 .await
                 .expect("answered after shutdown");
-            assert!(matches!(done.expect("task"), Ok(_) | Err(SubmitError::Closed)));
+            assert!(matches!(
+                done.expect("task"),
+                Ok(_) | Err(SubmitError::Closed)
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(
@@ -474,9 +485,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rejections_are_recorded_with_source_and_device() {
-        let Fixture {
-            submitter, log, ..
-        } = fixture(4, 4).await;
+        let Fixture { submitter, log, .. } = fixture(4, 4).await;
         let now = now_ms();
         let payload = format!(
             r#"[{{"device_id": "van-1", "ts_ms": {now}, "lat": 95, "lon": 1}},

@@ -103,6 +103,68 @@ impl JournalSettings {
     }
 }
 
+/// `[journal]` in fleetd.toml: what an acknowledgement promises and how
+/// long positions stay in the journal. The directory is `{data_dir}/journal`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalConfig {
+    /// `process` (default), `power` or `off`; see [`Durability`].
+    pub durability: Durability,
+    /// Roll a segment once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// Roll a segment once it is this old (ms) and holds anything.
+    pub segment_age_ms: u64,
+    /// Appends (MQTT publishes, HTTP requests) waiting for the writer.
+    pub queue_appends: usize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        let d = JournalSettings::new(PathBuf::new());
+        Self {
+            durability: d.durability,
+            segment_bytes: d.segment_bytes,
+            segment_age_ms: d.segment_age.as_millis() as u64,
+            queue_appends: d.queue_appends,
+        }
+    }
+}
+
+/// A `[journal]` value out of range.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JournalConfigError(String);
+
+impl JournalConfig {
+    /// Checks the ranges; the journal lives in `dir`.
+    pub fn validate(&self, dir: PathBuf) -> Result<JournalSettings, JournalConfigError> {
+        if self.segment_bytes < 4096 {
+            return Err(JournalConfigError(format!(
+                "journal.segment_bytes must be at least 4096, got {}",
+                self.segment_bytes
+            )));
+        }
+        if !(10..=60_000).contains(&self.segment_age_ms) {
+            return Err(JournalConfigError(format!(
+                "journal.segment_age_ms must be in 10..=60000, got {}",
+                self.segment_age_ms
+            )));
+        }
+        if self.queue_appends == 0 {
+            return Err(JournalConfigError(
+                "journal.queue_appends must be at least 1".into(),
+            ));
+        }
+        Ok(JournalSettings {
+            dir,
+            durability: self.durability,
+            segment_bytes: self.segment_bytes,
+            segment_age: Duration::from_millis(self.segment_age_ms),
+            queue_appends: self.queue_appends,
+        })
+    }
+}
+
 /// Why the journal could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

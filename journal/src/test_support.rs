@@ -21,7 +21,12 @@ pub async fn start(
     dir: &Path,
     queue_appends: usize,
     output: usize,
-) -> (Journal, JournalTasks, mpsc::Receiver<Ingested>, CancellationToken) {
+) -> (
+    Journal,
+    JournalTasks,
+    mpsc::Receiver<Ingested>,
+    CancellationToken,
+) {
     let (tx, rx) = mpsc::channel(output);
     let cancel = CancellationToken::new();
     let settings = JournalSettings {
@@ -32,4 +37,20 @@ pub async fn start(
         .await
         .expect("a journal in the test's directory");
     (journal, tasks, rx, cancel)
+}
+
+/// The positions the journal forwarded into `rx`, waiting until none came
+/// for 200 ms (the writer acknowledges before it forwards, so a test that
+/// just got its acknowledgement may look a moment too early).
+pub async fn forwarded(rx: &mut mpsc::Receiver<Ingested>) -> Vec<fleetd_schemas::PositionReport> {
+    let mut all = Vec::new();
+    while let Ok(Some(item)) =
+        tokio::time::timeout(std::time::Duration::from_millis(200), rx.recv()).await
+    {
+        match item {
+            Ingested::Positions(p) | Ingested::Replayed(p) => all.extend(p),
+            Ingested::Checkpoint(c) => c.done(),
+        }
+    }
+    all
 }

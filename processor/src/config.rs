@@ -104,9 +104,7 @@ impl ProcessorConfig {
             p.window_ms
         );
         ensure_setting!(
-            p.max_batch > 0
-                && p.queue_chunks > 0
-                && p.partition_queue_chunks > 0,
+            p.max_batch > 0 && p.queue_chunks > 0 && p.partition_queue_chunks > 0,
             "processor.max_batch, queue_chunks and partition_queue_chunks must be > 0"
         );
         let detail_res = h3o::Resolution::try_from(p.h3_detail_res).map_err(|_| {

@@ -29,7 +29,11 @@ pub(crate) async fn run(
             Ingested::Replayed(chunk) => (chunk, true),
             Ingested::Checkpoint(checkpoint) => {
                 for (p, part) in checkpoint.split(n).into_iter().enumerate() {
-                    if partitions[p].send(Ingested::Checkpoint(part)).await.is_err() {
+                    if partitions[p]
+                        .send(Ingested::Checkpoint(part))
+                        .await
+                        .is_err()
+                    {
                         tracing::error!(partition = p, "partition worker gone; dispatcher stops");
                         return;
                     }

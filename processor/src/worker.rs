@@ -164,9 +164,8 @@ fn settle(waiting: &mut Vec<Waiting>, stored: u64, state: &PartitionState) {
         return;
     }
     let oldest_waiting = state.oldest_buffered_received_ms();
-    let (ready, rest): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(waiting)
-        .into_iter()
-        .partition(|w| {
+    let (ready, rest): (Vec<Waiting>, Vec<Waiting>) =
+        std::mem::take(waiting).into_iter().partition(|w| {
             w.batch <= stored
                 && oldest_waiting.is_none_or(|oldest| oldest > w.checkpoint.max_received_ms())
         });

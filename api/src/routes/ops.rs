@@ -38,6 +38,13 @@ pub(crate) async fn readyz(State(state): State<ApiState>) -> Result<Json<Status>
         tracing::warn!(error = %err, "store is not ready");
         not_ready.push("store is not ready");
     }
+    if state
+        .ingest
+        .as_ref()
+        .is_some_and(|ingest| !ingest.journal_writable())
+    {
+        not_ready.push("the ingest journal cannot write (disk full or failing)");
+    }
     if not_ready.is_empty() {
         Ok(Json(Status { status: "ready" }))
     } else {

@@ -78,8 +78,9 @@ struct Rejected {
 ///   `fleetd_rejected_total{reason}` and sampled in `GET /v1/rejections`.
 /// * Positions of a device the caller does not own: 403 `not_authorized`,
 ///   counted and sampled (reason `not_authorized`); nothing was queued.
-/// * Queue full: 503 `overloaded`, not ready or shutting down: 503
-///   `not_ready`, both with `Retry-After`; nothing was queued.
+/// * 202 only once the journal holds the positions (see the journal's
+///   durability level). Journal full or unable to write: 503 `overloaded`;
+///   not ready or shutting down: 503 `not_ready`, both with `Retry-After`.
 pub(crate) async fn post(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
@@ -97,12 +98,21 @@ pub(crate) async fn post(
     }
     let body = read_body(&ingest, &headers, body).await?;
     let caller = caller(&identity);
-    let submitted = match ingest.submit_as(&identity_of(&headers, params), &caller, SOURCE, &body) {
+    let submitted = match ingest
+        .submit_as(&identity_of(&headers, params), &caller, SOURCE, &body)
+        .await
+    {
         Ok(submitted) => submitted,
         Err(SubmitError::NotAuthorized(reject)) => return Err(rejected(reject, 0)),
         Err(SubmitError::QueueFull) => {
             return Err(ApiError::Overloaded {
                 message: "the processor is behind; nothing was queued, retry later".into(),
+                retry_after: RETRY_AFTER_DELAY,
+            });
+        }
+        Err(SubmitError::Unavailable) => {
+            return Err(ApiError::Overloaded {
+                message: "fleetd cannot write its ingest journal (disk full or failing); nothing was acknowledged, retry later".into(),
                 retry_after: RETRY_AFTER_DELAY,
             });
         }
