@@ -39,6 +39,11 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open the embedded store in {}", dir.display()))?;
     }
     check_data_dir(&settings.data_dir)?;
+    if let IngestMode::External(external) = &mut settings.ingest.mode
+        && external.client_id.is_empty()
+    {
+        external.client_id = stable_client_id(&settings.data_dir)?;
+    }
     let starting = Instant::now();
     let metrics = crate::telemetry::install_metrics()?;
     // Before the store opens: a certificate that does not load stops fleetd
@@ -387,6 +392,31 @@ fn check_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("data directory {shown} is not writable"))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+/// The external broker client id kept in `{data}/external-client-id`,
+/// made on the first start: the broker keeps the persistent session (and
+/// what fleetd had not acknowledged) under it, so it must survive restarts,
+/// and two fleetd instances with their own data directories never share it.
+fn stable_client_id(dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = dir.join("external-client-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let id = format!(
+        "fleetd-{:016x}",
+        nanos ^ (u64::from(std::process::id()) << 40)
+    );
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(client_id = %id, file = %path.display(), "external broker client id created");
+    Ok(id)
 }
 
 /// Opens the access service over the store; anonymous mode is a warning.

@@ -163,13 +163,10 @@ impl IngestConfig {
                             c.broker
                         ))
                     })?;
-                let client_id = if c.client_id.is_empty() {
-                    // Unique per process: two instances with one id would
-                    // keep disconnecting each other.
-                    format!("fleetd-{}", std::process::id())
-                } else {
-                    c.client_id.clone()
-                };
+                // Empty: serve takes the id kept in the data directory
+                // (`stable_client_id`), so a restarted fleetd resumes its
+                // persistent session and gets what it had not acknowledged.
+                let client_id = c.client_id.clone();
                 IngestMode::External(ExternalBrokerSettings {
                     host: host.to_owned(),
                     port,

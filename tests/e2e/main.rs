@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod cli;
 mod demo;
+mod durability;
 mod external;
 mod fleet;
 mod formats;

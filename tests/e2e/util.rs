@@ -137,12 +137,27 @@ impl Fleetd {
 
     /// Sends SIGINT and waits (up to 30 s) for a clean exit.
     pub fn interrupt(&mut self) -> ExitStatus {
+        self.signal_and_wait("-INT")
+    }
+
+    /// Sends SIGTERM (what service managers send) and waits (up to 30 s)
+    /// for a clean exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_and_wait("-TERM")
+    }
+
+    /// `kill -9`: the process gets no chance to write anything more.
+    pub fn crash(&mut self) {
+        self.kill();
+    }
+
+    fn signal_and_wait(&mut self, signal: &str) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let status = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
+            .args([signal, &child.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -INT failed");
+        assert!(status.success(), "kill {signal} failed");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -151,7 +166,7 @@ impl Fleetd {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 panic!(
-                    "fleetd did not stop within 30 s of SIGINT; log:\n{}",
+                    "fleetd did not stop within 30 s of kill {signal}; log:\n{}",
                     self.log()
                 );
             }
@@ -392,4 +407,162 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as i64
+}
+
+/// A device that publishes QoS 1 positions one at a time and waits for each
+/// PUBACK before the next, as the OwnTracks apps and Traccar Client do (they
+/// delete a fix once it is acknowledged): what it records as acknowledged is
+/// exactly what fleetd promised to keep. It stops at its first unanswered
+/// publish (20 s), lost connection, after `count` positions, or on
+/// [`AckedDevice::stop`]; it never reconnects.
+pub struct AckedDevice {
+    /// The device id (topic `fleet/{id}/pos`).
+    pub id: String,
+    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<i64>>,
+}
+
+impl AckedDevice {
+    /// Starts publishing positions of `id` with `ts_ms` = `first_ts`,
+    /// `first_ts + 1000`, ... to `port`, logged in with `login`.
+    pub fn start(
+        port: u16,
+        login: Option<(String, String)>,
+        id: &str,
+        first_ts: i64,
+        count: usize,
+    ) -> AckedDevice {
+        use std::sync::atomic::Ordering;
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut options =
+            rumqttc::MqttOptions::new(format!("{id}-{}", now_ms()), "127.0.0.1", port);
+        if let Some((username, password)) = login {
+            options.set_credentials(username, password);
+        }
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+        let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(ack))) => {
+                        if ack_tx.send(ack.pkid).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    // No reconnect: what was not acknowledged stays so.
+                    Err(_) => break,
+                }
+            }
+        });
+        let topic = format!("fleet/{id}/pos");
+        let (counter, stopped) = (std::sync::Arc::clone(&acked), std::sync::Arc::clone(&stop));
+        let task = tokio::spawn(async move {
+            let mut done = Vec::new();
+            for i in 0..count {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let ts = first_ts + i as i64 * 1000;
+                let payload = format!(
+                    "{{\"ts_ms\": {ts}, \"lat\": {:.6}, \"lon\": 13.4132}}",
+                    52.5 + (i % 1000) as f64 * 1e-5
+                );
+                if client
+                    .publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                match tokio::time::timeout(Duration::from_secs(20), ack_rx.recv()).await {
+                    Ok(Some(_)) => {
+                        done.push(ts);
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => break,
+                }
+            }
+            let _ = client.disconnect().await;
+            done
+        });
+        AckedDevice {
+            id: id.to_owned(),
+            acked,
+            stop,
+            task,
+        }
+    }
+
+    /// Positions acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops after the publish in flight; the `ts_ms` of every
+    /// acknowledged position.
+    pub async fn stop(self) -> Vec<i64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.finish().await
+    }
+
+    /// Waits until the device stops by itself (see [`AckedDevice`]).
+    pub async fn finish(self) -> Vec<i64> {
+        self.task.await.expect("device task")
+    }
+}
+
+/// The `ts_ms` of every stored position of `id` from `from_ms` on (the
+/// track, page by page).
+pub async fn stored_ts(server: &Fleetd, id: &str, from_ms: i64) -> std::collections::BTreeSet<i64> {
+    let mut got = std::collections::BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/vehicles/{id}/track?from={from_ms}&limit=10000");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, body) = server.get(&path).await;
+        if status != 200 {
+            return got;
+        }
+        for item in body["items"].as_array().into_iter().flatten() {
+            if let Some(ts) = item["ts_ms"].as_i64() {
+                got.insert(ts);
+            }
+        }
+        match body["next_cursor"].as_str() {
+            Some(c) if !c.is_empty() => cursor = Some(c.to_owned()),
+            _ => return got,
+        }
+    }
+}
+
+/// Waits (up to `timeout`) until every position in `acked` of device `id`
+/// is stored; the acknowledged ones still missing then.
+pub async fn missing_after(
+    server: &Fleetd,
+    id: &str,
+    acked: &[i64],
+    timeout: Duration,
+) -> Vec<i64> {
+    let Some(&from) = acked.iter().min() else {
+        return Vec::new();
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let stored = stored_ts(server, id, from).await;
+        let missing: Vec<i64> = acked
+            .iter()
+            .copied()
+            .filter(|ts| !stored.contains(ts))
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            return missing;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
