@@ -101,6 +101,7 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
         settings.journal.clone(),
         queue_tx,
         flush_store,
+        journal_seal(&settings.store)?,
         journal_token.clone(),
     )
     .await
@@ -392,6 +393,41 @@ fn check_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("data directory {shown} is not writable"))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+/// With a store key, the journal's frames are sealed with it: positions
+/// are at rest in the journal until stored, and must not be readable there
+/// when the store is not.
+fn journal_seal(
+    store: &fleetd_store::StoreBackend,
+) -> anyhow::Result<Option<Arc<dyn fleetd_journal::FrameSeal>>> {
+    let fleetd_store::StoreBackend::Fjall {
+        key_file: Some(file),
+        ..
+    } = store
+    else {
+        return Ok(None);
+    };
+    let key = fleetd_store::StoreKey::load(file)
+        .with_context(|| format!("cannot read the store key {}", file.display()))?;
+    Ok(Some(Arc::new(JournalSeal(fleetd_store::Sealer::new(&key)))))
+}
+
+/// The store's AEAD over journal frames; the associated data is the
+/// segment id, so a frame copied into another segment does not open.
+struct JournalSeal(fleetd_store::Sealer);
+
+impl fleetd_journal::FrameSeal for JournalSeal {
+    fn seal(&self, segment: u64, plain: Vec<u8>) -> Vec<u8> {
+        self.0.seal("#journal", &segment.to_be_bytes(), plain)
+    }
+
+    fn open(&self, segment: u64, sealed: &[u8]) -> Option<Vec<u8>> {
+        self.0
+            .open("#journal", &segment.to_be_bytes(), sealed)
+            .ok()
+            .map(std::borrow::Cow::into_owned)
+    }
 }
 
 /// The external broker client id kept in `{data}/external-client-id`,

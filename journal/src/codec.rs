@@ -10,27 +10,52 @@
 //! the present f32s in that order | seq u64
 //! ```
 //!
-//! all little-endian. Fixed-width and schema-free on purpose: it is written
+//! all little-endian. In a sealed segment (`SEALED_MAGIC`, fleetd with a
+//! store key) each body is sealed by the [`FrameSeal`] (the checksum covers
+//! the sealed bytes, so a torn write is still told from a wrong key).
+//! Fixed-width and schema-free on purpose: it is written
 //! for every position on the hot path and read only after a crash, and a
 //! frame is either whole (its checksum matches) or the torn end of the last
 //! write, which was never acknowledged.
 
 use fleetd_schemas::{DeviceId, PositionReport};
 
+use crate::FrameSeal;
+
 /// First bytes of every segment file (format version 1).
 pub(crate) const MAGIC: &[u8; 8] = b"FLTDJRN1";
+/// First bytes of a segment whose frame bodies are sealed.
+pub(crate) const SEALED_MAGIC: &[u8; 8] = b"FLTDJRS1";
+
+/// The header of a segment written with `seal` (or without).
+pub(crate) fn magic(seal: Option<&dyn FrameSeal>) -> &'static [u8; 8] {
+    match seal {
+        Some(_) => SEALED_MAGIC,
+        None => MAGIC,
+    }
+}
 
 /// Bytes before a frame's body.
 const FRAME_HEADER: usize = 8;
 
-/// Appends one frame holding `positions` to `buf`; returns its size.
-pub(crate) fn encode_frame(positions: &[PositionReport], buf: &mut Vec<u8>) -> usize {
+/// Appends one frame holding `positions` to `buf`, its body sealed by
+/// `seal` for segment `segment` when there is one; returns its size.
+pub(crate) fn encode_frame(
+    positions: &[PositionReport],
+    seal: Option<&dyn FrameSeal>,
+    segment: u64,
+    buf: &mut Vec<u8>,
+) -> usize {
     let start = buf.len();
     buf.extend_from_slice(&[0; FRAME_HEADER]);
     let body = buf.len();
     buf.extend_from_slice(&(positions.len() as u32).to_le_bytes());
     for p in positions {
         encode_position(p, buf);
+    }
+    if let Some(seal) = seal {
+        let plain = buf.split_off(body);
+        buf.extend_from_slice(&seal.seal(segment, plain));
     }
     let len = (buf.len() - body) as u32;
     let crc = crc32fast::hash(&buf[body..]);
@@ -76,8 +101,16 @@ fn encode_position(p: &PositionReport, buf: &mut Vec<u8>) {
 /// Why reading a segment stopped before its end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Damage {
-    /// The file does not start with [`MAGIC`].
+    /// The file does not start with [`MAGIC`] or [`SEALED_MAGIC`].
     NotAJournal,
+    /// The segment is sealed and fleetd has no store key.
+    SealedWithoutKey,
+    /// A whole frame (its checksum matches) does not open with the store
+    /// key: another key, or a frame moved from another segment.
+    WrongKey {
+        /// Offset of the frame in the file.
+        at: usize,
+    },
     /// A frame is cut short or its checksum does not match (a write torn
     /// by a crash, or later corruption), at this byte offset.
     BadFrame {
@@ -98,20 +131,36 @@ pub(crate) struct Decoded {
     pub(crate) trailing_bytes: usize,
 }
 
-/// Decodes a whole segment file.
-pub(crate) fn decode_segment(bytes: &[u8]) -> Decoded {
+/// Decodes a whole segment file (segment `segment`); a sealed one is
+/// opened with `seal`.
+pub(crate) fn decode_segment(bytes: &[u8], seal: Option<&dyn FrameSeal>, segment: u64) -> Decoded {
     let mut out = Decoded::default();
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        out.damage = Some(Damage::NotAJournal);
-        out.trailing_bytes = bytes.len();
-        return out;
-    }
+    let header = bytes.get(..MAGIC.len());
+    let seal = match header {
+        Some(h) if h == MAGIC => None,
+        Some(h) if h == SEALED_MAGIC => match seal {
+            Some(seal) => Some(seal),
+            None => {
+                out.damage = Some(Damage::SealedWithoutKey);
+                out.trailing_bytes = bytes.len();
+                return out;
+            }
+        },
+        _ => {
+            out.damage = Some(Damage::NotAJournal);
+            out.trailing_bytes = bytes.len();
+            return out;
+        }
+    };
     let mut at = MAGIC.len();
     while at < bytes.len() {
-        match decode_frame(&bytes[at..], &mut out.positions) {
-            Some(size) => at += size,
-            None => {
-                out.damage = Some(Damage::BadFrame { at });
+        match decode_frame(&bytes[at..], seal, segment, &mut out.positions) {
+            Ok(size) => at += size,
+            Err(wrong_key) => {
+                out.damage = Some(match wrong_key {
+                    true => Damage::WrongKey { at },
+                    false => Damage::BadFrame { at },
+                });
                 out.trailing_bytes = bytes.len() - at;
                 break;
             }
@@ -120,15 +169,39 @@ pub(crate) fn decode_segment(bytes: &[u8]) -> Decoded {
     out
 }
 
-/// Decodes the frame at the start of `bytes` into `out`; its size, or
-/// `None` when it is not a whole, intact frame (then `out` is unchanged).
-fn decode_frame(bytes: &[u8], out: &mut Vec<PositionReport>) -> Option<usize> {
+/// Decodes the frame at the start of `bytes` into `out`; its size, or an
+/// error when it is not a whole, intact frame (`false`) or does not open
+/// (`true`); `out` is then unchanged.
+fn decode_frame(
+    bytes: &[u8],
+    seal: Option<&dyn FrameSeal>,
+    segment: u64,
+    out: &mut Vec<PositionReport>,
+) -> Result<usize, bool> {
+    let (len, body) = checked_body(bytes).ok_or(false)?;
+    let opened;
+    let body = match seal {
+        Some(seal) => {
+            opened = seal.open(segment, body).ok_or(true)?;
+            &opened[..]
+        }
+        None => body,
+    };
+    decode_body(body, out).ok_or(false)?;
+    Ok(FRAME_HEADER + len)
+}
+
+/// The body of the frame at the start of `bytes` if it is whole and its
+/// checksum matches, with its length.
+fn checked_body(bytes: &[u8]) -> Option<(usize, &[u8])> {
     let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
     let body = bytes.get(FRAME_HEADER..FRAME_HEADER.checked_add(len)?)?;
-    if crc32fast::hash(body) != crc {
-        return None;
-    }
+    (crc32fast::hash(body) == crc).then_some((len, body))
+}
+
+/// Decodes a frame's (plain) body into `out`, or nothing.
+fn decode_body(body: &[u8], out: &mut Vec<PositionReport>) -> Option<()> {
     let mut r = Reader(body);
     let count = r.u32()? as usize;
     let before = out.len();
@@ -144,7 +217,7 @@ fn decode_frame(bytes: &[u8], out: &mut Vec<PositionReport>) -> Option<usize> {
             }
         }
     }
-    Some(FRAME_HEADER + len)
+    Some(())
 }
 
 fn decode_position(r: &mut Reader<'_>) -> Option<PositionReport> {
@@ -252,7 +325,7 @@ mod tests {
     fn segment(frames: &[&[PositionReport]]) -> Vec<u8> {
         let mut buf = MAGIC.to_vec();
         for f in frames {
-            encode_frame(f, &mut buf);
+            encode_frame(f, None, 7, &mut buf);
         }
         buf
     }
@@ -261,7 +334,7 @@ mod tests {
     fn frames_round_trip_every_field() {
         let positions = sample();
         let bytes = segment(&[&positions, &positions[..1]]);
-        let decoded = decode_segment(&bytes);
+        let decoded = decode_segment(&bytes, None, 7);
         assert_eq!(decoded.damage, None);
         assert_eq!(decoded.positions.len(), 3);
         assert_eq!(decoded.positions[..2], positions[..]);
@@ -274,7 +347,7 @@ mod tests {
         let whole = segment(&[&positions]);
         let full = segment(&[&positions, &positions]);
         for cut in whole.len()..full.len() {
-            let decoded = decode_segment(&full[..cut]);
+            let decoded = decode_segment(&full[..cut], None, 7);
             assert_eq!(decoded.positions, positions, "cut at {cut}");
             if cut > whole.len() {
                 assert_eq!(
@@ -294,15 +367,63 @@ mod tests {
         let mut bytes = segment(&[&positions, &positions]);
         let last = bytes.len() - 3;
         bytes[last] ^= 0x10;
-        let decoded = decode_segment(&bytes);
+        let decoded = decode_segment(&bytes, None, 7);
         assert_eq!(decoded.positions, positions);
         assert_eq!(decoded.damage, Some(Damage::BadFrame { at: whole.len() }));
     }
 
     #[test]
     fn a_file_that_is_not_a_journal_yields_nothing() {
-        let decoded = decode_segment(b"hello world, not a journal");
+        let decoded = decode_segment(b"hello world, not a journal", None, 7);
         assert!(decoded.positions.is_empty());
         assert_eq!(decoded.damage, Some(Damage::NotAJournal));
+    }
+
+    /// A stand-in cipher that binds a body to its segment, enough to test
+    /// the framing (fleetd seals with XChaCha20-Poly1305, see the store).
+    struct XorSeal;
+
+    impl FrameSeal for XorSeal {
+        fn seal(&self, segment: u64, mut plain: Vec<u8>) -> Vec<u8> {
+            plain.iter_mut().for_each(|b| *b ^= 0x5a);
+            plain.extend_from_slice(&segment.to_le_bytes());
+            plain
+        }
+
+        fn open(&self, segment: u64, sealed: &[u8]) -> Option<Vec<u8>> {
+            let (body, tag) = sealed.split_at(sealed.len().checked_sub(8)?);
+            (tag == segment.to_le_bytes()).then(|| body.iter().map(|b| b ^ 0x5a).collect())
+        }
+    }
+
+    fn sealed_segment(frames: &[&[PositionReport]], id: u64) -> Vec<u8> {
+        let mut buf = SEALED_MAGIC.to_vec();
+        for f in frames {
+            encode_frame(f, Some(&XorSeal), id, &mut buf);
+        }
+        buf
+    }
+
+    #[test]
+    fn sealed_frames_open_only_with_the_seal_and_in_their_segment() {
+        let positions = sample();
+        let bytes = sealed_segment(&[&positions], 3);
+        let id = positions[0].device_id.as_str().as_bytes();
+        assert!(!bytes.windows(id.len()).any(|w| w == id), "no id in clear");
+        let decoded = decode_segment(&bytes, Some(&XorSeal), 3);
+        assert_eq!((decoded.damage, decoded.positions), (None, positions));
+        let without = decode_segment(&bytes, None, 3);
+        assert_eq!(without.damage, Some(Damage::SealedWithoutKey));
+        assert!(without.positions.is_empty());
+        let moved = decode_segment(&bytes, Some(&XorSeal), 4);
+        assert_eq!(
+            moved.damage,
+            Some(Damage::WrongKey {
+                at: SEALED_MAGIC.len()
+            })
+        );
+        // A plain segment still reads with a seal (written before the key).
+        let plain = decode_segment(&segment(&[&sample()]), Some(&XorSeal), 7);
+        assert_eq!(plain.damage, None);
     }
 }

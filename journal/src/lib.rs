@@ -191,6 +191,17 @@ pub enum AppendError {
     Closed,
 }
 
+/// Seals journal frames at rest (fleetd with `--store-key`: the same key
+/// and cipher as the embedded store). A segment is bound to its id, so a
+/// frame copied into another segment does not open.
+pub trait FrameSeal: Send + Sync {
+    /// Seals the body of a frame of segment `segment`.
+    fn seal(&self, segment: u64, plain: Vec<u8>) -> Vec<u8>;
+    /// Opens a sealed body of segment `segment`; `None` if it does not
+    /// open (another key, another segment, damaged).
+    fn open(&self, segment: u64, sealed: &[u8]) -> Option<Vec<u8>>;
+}
+
 /// Makes everything the processor stored durable in the store; called
 /// before segments are deleted, since a store may buffer its own writes.
 pub type FlushStore =
@@ -245,7 +256,8 @@ impl Journal {
     /// Opens the journal in `settings.dir` (created if missing), replays
     /// what a previous run left into `output` (the processor's queue), then
     /// takes appends until `cancel`. `flush_store` runs before segments are
-    /// deleted.
+    /// deleted; `seal`, when given, seals what is written and opens sealed
+    /// segments found.
     ///
     /// When the writer stops it drops `output`: the processor then flushes
     /// and stops.
@@ -253,6 +265,7 @@ impl Journal {
         settings: JournalSettings,
         output: mpsc::Sender<Ingested>,
         flush_store: FlushStore,
+        seal: Option<Arc<dyn FrameSeal>>,
         cancel: CancellationToken,
     ) -> Result<(Self, JournalTasks), JournalError> {
         let dir = settings.dir.clone();
@@ -277,6 +290,7 @@ impl Journal {
             output,
             settled_tx,
             Arc::clone(&writable),
+            seal,
             cancel,
         ));
         Ok((Self { tx, writable }, JournalTasks { writer, pruner }))

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::codec::MAGIC;
 use crate::{FlushStore, JournalError};
 
 /// Segments a previous run left, oldest first, and the id the next one gets.
@@ -59,15 +58,20 @@ pub(crate) fn open_dir(dir: &Path) -> Result<Found, JournalError> {
     Ok(Found { segments, next_id })
 }
 
-/// Creates segment `id` with its header; with `sync`, the file and the
-/// directory entry are synced too (power-loss durability).
-pub(crate) fn create(dir: &Path, id: u64, sync: bool) -> std::io::Result<File> {
+/// Creates segment `id` with its header `magic`; with `sync`, the file and
+/// the directory entry are synced too (power-loss durability).
+pub(crate) fn create(
+    dir: &Path,
+    id: u64,
+    sync: bool,
+    magic: &'static [u8; 8],
+) -> std::io::Result<File> {
     let path = path(dir, id);
     let mut file = OpenOptions::new()
         .create_new(true)
         .append(true)
         .open(&path)?;
-    let written = file.write_all(MAGIC).and_then(|()| {
+    let written = file.write_all(magic).and_then(|()| {
         if sync {
             file.sync_data()?;
             File::open(dir)?.sync_all()?;
@@ -140,7 +144,7 @@ mod tests {
     fn listing_finds_segments_in_order_and_ignores_other_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         for id in [3, 1, 20] {
-            create(dir.path(), id, false).expect("segment");
+            create(dir.path(), id, false, crate::codec::MAGIC).expect("segment");
         }
         fs::write(dir.path().join("notes.txt"), "x").expect("file");
         let found = open_dir(dir.path()).expect("open");

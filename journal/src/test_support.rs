@@ -33,7 +33,7 @@ pub async fn start(
         queue_appends,
         ..JournalSettings::new(dir.to_path_buf())
     };
-    let (journal, tasks) = Journal::start(settings, tx, no_flush(), cancel.clone())
+    let (journal, tasks) = Journal::start(settings, tx, no_flush(), None, cancel.clone())
         .await
         .expect("a journal in the test's directory");
     (journal, tasks, rx, cancel)

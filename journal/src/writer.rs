@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{self, Damage};
 use crate::segments::{self, Found};
-use crate::{Append, AppendError, Durability, JournalSettings, checkpoint};
+use crate::{Append, AppendError, Durability, FrameSeal, JournalSettings, checkpoint};
 
 /// Positions per chunk handed to the processor (its queue's memory bound
 /// assumes chunks of about this size).
@@ -41,9 +41,15 @@ pub(crate) async fn run(
     output: mpsc::Sender<Ingested>,
     settled: mpsc::UnboundedSender<u64>,
     writable: Arc<AtomicBool>,
+    seal: Option<Arc<dyn FrameSeal>>,
     cancel: CancellationToken,
 ) {
-    if replay(&settings, &found, &output, &settled).await.is_err() {
+    let seal = seal.as_deref();
+    let magic = codec::magic(seal);
+    if replay(&settings, &found, &output, &settled, seal)
+        .await
+        .is_err()
+    {
         tracing::warn!("processor gone during journal replay");
         return;
     }
@@ -52,7 +58,7 @@ pub(crate) async fn run(
     let mut next_id = found.next_id;
     let mut open = None;
     if durable {
-        open = open_segment(&settings, &mut next_id, sync, &cancel, &writable).await;
+        open = open_segment(&settings, &mut next_id, sync, magic, &cancel, &writable).await;
     }
     let mut buf = Vec::new();
     let mut group: Vec<Append> = Vec::new();
@@ -76,7 +82,7 @@ pub(crate) async fn run(
                 None => break,
             },
             _ = sleep_until(roll_at) => {
-                roll(&settings, &mut open, &mut next_id, sync, &output, &settled).await;
+                roll(&settings, &mut open, &mut next_id, sync, magic, &output, &settled).await;
                 continue;
             }
         };
@@ -94,7 +100,7 @@ pub(crate) async fn run(
         if let Some(o) = open.as_mut() {
             buf.clear();
             for append in &group {
-                codec::encode_frame(&append.positions, &mut buf);
+                codec::encode_frame(&append.positions, seal, o.id, &mut buf);
                 for p in &append.positions {
                     o.max_received_ms = o.max_received_ms.max(p.received_ms);
                 }
@@ -129,7 +135,16 @@ pub(crate) async fn run(
             .as_ref()
             .is_some_and(|o| o.bytes >= settings.segment_bytes)
         {
-            roll(&settings, &mut open, &mut next_id, sync, &output, &settled).await;
+            roll(
+                &settings,
+                &mut open,
+                &mut next_id,
+                sync,
+                magic,
+                &output,
+                &settled,
+            )
+            .await;
         }
     }
     // The last segment gets its checkpoint too: once the processor has
@@ -149,9 +164,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     }
 }
 
-async fn create(dir: &Path, id: u64, sync: bool) -> std::io::Result<Arc<File>> {
+async fn create(
+    dir: &Path,
+    id: u64,
+    sync: bool,
+    magic: &'static [u8; 8],
+) -> std::io::Result<Arc<File>> {
     let dir = dir.to_path_buf();
-    blocking(move || segments::create(&dir, id, sync).map(Arc::new)).await
+    blocking(move || segments::create(&dir, id, sync, magic).map(Arc::new)).await
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -251,13 +271,14 @@ async fn open_segment(
     settings: &JournalSettings,
     next_id: &mut u64,
     sync: bool,
+    magic: &'static [u8; 8],
     cancel: &CancellationToken,
     writable: &AtomicBool,
 ) -> Option<Open> {
     let mut logged = false;
     loop {
         let id = *next_id;
-        match create(&settings.dir, id, sync).await {
+        match create(&settings.dir, id, sync, magic).await {
             Ok(file) => {
                 *next_id += 1;
                 if logged {
@@ -296,11 +317,12 @@ async fn roll(
     open: &mut Option<Open>,
     next_id: &mut u64,
     sync: bool,
+    magic: &'static [u8; 8],
     output: &mpsc::Sender<Ingested>,
     settled: &mpsc::UnboundedSender<u64>,
 ) {
     let id = *next_id;
-    let file = match create(&settings.dir, id, sync).await {
+    let file = match create(&settings.dir, id, sync, magic).await {
         Ok(file) => file,
         Err(e) => {
             metrics::counter!("fleetd_journal_write_errors_total").increment(1);
@@ -327,7 +349,7 @@ async fn roll(
     }
 }
 
-/// Sends a sealed segment's checkpoint behind its positions.
+/// Sends a closed segment's checkpoint behind its positions.
 async fn finish(o: Open, output: &mpsc::Sender<Ingested>, settled: &mpsc::UnboundedSender<u64>) {
     let cp = checkpoint(o.id, o.max_received_ms, settled);
     // Processor gone (shutdown): the segment is replayed next time.
@@ -342,6 +364,7 @@ async fn replay(
     found: &Found,
     output: &mpsc::Sender<Ingested>,
     settled: &mpsc::UnboundedSender<u64>,
+    seal: Option<&dyn FrameSeal>,
 ) -> Result<(), ()> {
     if found.segments.is_empty() {
         return Ok(());
@@ -367,12 +390,24 @@ async fn replay(
                 continue;
             }
         };
-        let decoded = codec::decode_segment(&bytes);
+        let decoded = codec::decode_segment(&bytes, seal, id);
         match decoded.damage {
             None => {}
             Some(Damage::NotAJournal) => {
                 tracing::warn!(file = %path.display(), "not a journal segment; left alone");
                 continue;
+            }
+            Some(Damage::SealedWithoutKey) => {
+                tracing::error!(file = %path.display(), "journal segment sealed with a store key and fleetd has none; kept, not replayed");
+                continue;
+            }
+            Some(Damage::WrongKey { at }) => {
+                tracing::error!(
+                    file = %path.display(),
+                    at,
+                    "journal segment does not open with the store key from this frame on; \
+                     what opened is replayed, the file is kept"
+                );
             }
             Some(Damage::BadFrame { at }) => {
                 metrics::counter!("fleetd_journal_torn_bytes_total")
@@ -401,10 +436,15 @@ async fn replay(
                 .await
                 .map_err(|_| ())?;
         }
-        output
-            .send(checkpoint(id, max_received_ms, settled))
-            .await
-            .map_err(|_| ())?;
+        // A segment that did not open whole is never settled, so never
+        // deleted: what it holds beyond the damage is the operator's to
+        // recover (with the right key).
+        if !matches!(decoded.damage, Some(Damage::WrongKey { .. })) {
+            output
+                .send(checkpoint(id, max_received_ms, settled))
+                .await
+                .map_err(|_| ())?;
+        }
     }
     metrics::counter!("fleetd_journal_replayed_positions_total").increment(total as u64);
     tracing::info!(

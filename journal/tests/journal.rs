@@ -68,6 +68,7 @@ async fn unsettled_positions_are_replayed_and_settled_ones_deleted() {
         settings(dir.path(), Durability::Process),
         tx,
         Arc::clone(&flush),
+        None,
         cancel.clone(),
     )
     .await
@@ -113,6 +114,7 @@ async fn unsettled_positions_are_replayed_and_settled_ones_deleted() {
         settings(dir.path(), Durability::Process),
         tx,
         flush,
+        None,
         CancellationToken::new(),
     )
     .await
@@ -137,9 +139,15 @@ async fn a_torn_last_write_is_skipped_and_the_rest_replayed() {
     let cancel = CancellationToken::new();
     let mut settings = settings(dir.path(), Durability::Power);
     settings.segment_age = Duration::from_secs(3600);
-    let (journal, tasks) = Journal::start(settings.clone(), tx, Arc::clone(&flush), cancel.clone())
-        .await
-        .expect("start");
+    let (journal, tasks) = Journal::start(
+        settings.clone(),
+        tx,
+        Arc::clone(&flush),
+        None,
+        cancel.clone(),
+    )
+    .await
+    .expect("start");
     for device in ["a", "b"] {
         journal
             .append(positions(device, 2))
@@ -172,7 +180,7 @@ async fn a_torn_last_write_is_skipped_and_the_rest_replayed() {
         .expect("truncate");
 
     let (tx, mut rx) = mpsc::channel(64);
-    let (_journal, _tasks) = Journal::start(settings, tx, flush, CancellationToken::new())
+    let (_journal, _tasks) = Journal::start(settings, tx, flush, None, CancellationToken::new())
         .await
         .expect("restart");
     let Ingested::Replayed(replayed) = next(&mut rx).await else {
@@ -192,7 +200,7 @@ async fn a_full_journal_refuses_try_append_and_closing_refuses_everything() {
     let cancel = CancellationToken::new();
     let mut settings = settings(dir.path(), Durability::Process);
     settings.queue_appends = 1;
-    let (journal, tasks) = Journal::start(settings, tx, flush, cancel.clone())
+    let (journal, tasks) = Journal::start(settings, tx, flush, None, cancel.clone())
         .await
         .expect("start");
     let mut acks = Vec::new();

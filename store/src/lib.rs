@@ -45,7 +45,7 @@ pub use fjall_tables::ALERT_SCAN_BUDGET;
 pub use registry::Registry;
 pub use rekey::{INCOMPLETE_MARKER, RekeyReport, rekey};
 pub use scylla::{ScyllaSettings, ScyllaStore};
-pub use seal::StoreKey;
+pub use seal::{Sealer, StoreKey};
 
 /// What one micro-batch of one processor partition writes.
 #[derive(Debug, Default, Clone)]

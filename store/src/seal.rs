@@ -149,8 +149,9 @@ impl StoreKey {
 }
 
 /// Seals and opens the values of one open store (or passes them through
-/// when the store is not encrypted).
-pub(crate) struct Sealer {
+/// when the store is not encrypted); the ingest journal seals its frames
+/// with one too.
+pub struct Sealer {
     cipher: Option<XChaCha20Poly1305>,
     prefix: [u8; 16],
     counter: AtomicU64,
@@ -166,7 +167,8 @@ impl Sealer {
         }
     }
 
-    pub(crate) fn new(key: &StoreKey) -> Sealer {
+    /// A sealer under `key`, with a fresh random nonce prefix.
+    pub fn new(key: &StoreKey) -> Sealer {
         let mut prefix = [0u8; 16];
         OsRng.fill_bytes(&mut prefix);
         Sealer {
@@ -182,7 +184,7 @@ impl Sealer {
     }
 
     /// Seals the value of row `key` of keyspace `table`.
-    pub(crate) fn seal(&self, table: &str, key: &[u8], plain: Vec<u8>) -> Vec<u8> {
+    pub fn seal(&self, table: &str, key: &[u8], plain: Vec<u8>) -> Vec<u8> {
         let Some(cipher) = &self.cipher else {
             return plain;
         };
@@ -208,7 +210,7 @@ impl Sealer {
 
     /// Opens the value of row `key` of keyspace `table`; a value that does
     /// not open (another key, another row, damaged) is corrupt.
-    pub(crate) fn open<'a>(
+    pub fn open<'a>(
         &self,
         table: &str,
         key: &[u8],

@@ -648,7 +648,9 @@ async fn the_encrypted_store_keeps_no_coordinate_or_secret_in_clear() {
     }
     let key_arg = key.display().to_string();
     let (lat, lon): (f64, f64) = (48.137_154_3, 11.576_124_9);
-    let server = Fleetd::start(&data, &["--store-key", &key_arg]).await;
+    // A long window keeps the position in the processor's batch: when
+    // fleetd is killed it is only in the journal, which must be sealed too.
+    let server = Fleetd::start(&data, &["--store-key", &key_arg, "--window-ms", "30000"]).await;
     let (status, issued) = {
         let r = server
             .client
@@ -671,6 +673,42 @@ async fn the_encrypted_store_keeps_no_coordinate_or_secret_in_clear() {
         "fleet/vault-1/pos",
         message.as_bytes(),
     );
+    let journaled = server
+        .wait_for(Duration::from_secs(10), || async {
+            let n = server.metric("fleetd_journal_positions_total").await;
+            (n >= 1.0).then_some(n)
+        })
+        .await;
+    assert!(journaled.is_some(), "log:\n{}", server.log());
+    let mut server = server;
+    server.crash();
+    let journal: Vec<(PathBuf, Vec<u8>)> = files(&data.join("journal"));
+    assert!(
+        journal.iter().any(|(_, bytes)| bytes.len() > 8),
+        "the journal holds the position: {:?}",
+        journal.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    for (path, bytes) in &journal {
+        assert!(
+            bytes.starts_with(b"FLTDJRS1"),
+            "{} is sealed",
+            path.display()
+        );
+        for needle in [lat.to_le_bytes(), lon.to_le_bytes()] {
+            assert!(
+                !contains(bytes, &needle),
+                "{} holds a coordinate in clear",
+                path.display()
+            );
+        }
+        assert!(
+            !contains(bytes, b"vault-1"),
+            "{} holds the device id in clear",
+            path.display()
+        );
+    }
+    // The restart opens the sealed journal and stores what it held.
+    let server = Fleetd::start(&data, &["--store-key", &key_arg]).await;
     let stored = wait_latest(&server, "vault-1").await.expect("stored");
     assert_eq!(stored["lat"], lat);
     let mut server = server;
