@@ -284,13 +284,15 @@ impl Journal {
             flush_store,
         ));
         let writer = tokio::spawn(writer::run(
-            settings,
-            found,
+            writer::Start {
+                settings,
+                found,
+                seal,
+            },
             rx,
             output,
             settled_tx,
             Arc::clone(&writable),
-            seal,
             cancel,
         ));
         Ok((Self { tx, writable }, JournalTasks { writer, pruner }))

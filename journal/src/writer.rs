@@ -34,16 +34,27 @@ struct Open {
     max_received_ms: i64,
 }
 
+/// What the writer starts from: its settings, the segments a previous run
+/// left and the seal of encryption at rest.
+pub(crate) struct Start {
+    pub(crate) settings: JournalSettings,
+    pub(crate) found: Found,
+    pub(crate) seal: Option<Arc<dyn FrameSeal>>,
+}
+
 pub(crate) async fn run(
-    settings: JournalSettings,
-    found: Found,
+    start: Start,
     mut rx: mpsc::Receiver<Append>,
     output: mpsc::Sender<Ingested>,
     settled: mpsc::UnboundedSender<u64>,
     writable: Arc<AtomicBool>,
-    seal: Option<Arc<dyn FrameSeal>>,
     cancel: CancellationToken,
 ) {
+    let Start {
+        settings,
+        found,
+        seal,
+    } = start;
     let seal = seal.as_deref();
     let magic = codec::magic(seal);
     if replay(&settings, &found, &output, &settled, seal)
