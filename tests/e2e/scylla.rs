@@ -206,7 +206,6 @@ async fn store_outage_holds_acknowledgements_back_and_loses_nothing_acknowledged
         );
     }
     assert!(acked_total >= held, "{acked_total} < {held}");
-    assert_eq!(server.metric("fleetd_broker_dropped_total").await, 0.0);
     let mut server = server;
     let status = server.interrupt();
     assert!(status.success(), "clean exit; log:\n{}", server.log());
