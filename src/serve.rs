@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use fleetd_api::{ApiState, LiveApi};
@@ -275,7 +275,27 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
         tasks.spawn(fleetd_simulator::run(config, demo_token.clone()))
     });
 
-    shutdown_signal().await;
+    let store_stopped = tokio::select! {
+        () = shutdown_signal() => None,
+        why = store_stopped(Arc::clone(&store)) => Some(why),
+    };
+    if let Some(why) = store_stopped {
+        // Draining would wait on batches that cannot be stored any more.
+        // Everything acknowledged is in the journal, which a restart
+        // replays; so stop at once, and let the supervisor restart fleetd.
+        ready.store(false, Ordering::SeqCst);
+        root.cancel();
+        tracing::error!(
+            error = %why,
+            "the embedded store stopped taking writes; fleetd stops so that a restart reopens it \
+             (nothing acknowledged is lost: the journal keeps it)"
+        );
+        bail!(
+            "{why}; restart fleetd once the disk has room: the positions it acknowledged are \
+             replayed from {}",
+            settings.journal.dir.display()
+        );
+    }
     tracing::info!("shutting down: demo, ingest, journal, processor, alerts, store, api");
     ready.store(false, Ordering::SeqCst);
 
@@ -599,6 +619,17 @@ impl Drain {
             );
         }
         Ok(())
+    }
+}
+
+/// Resolves when the store reports that it stopped for good (the embedded
+/// store after a failed write), with why.
+async fn store_stopped(store: Arc<dyn fleetd_store::Store>) -> String {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Err(e @ fleetd_store::StoreError::Stopped(_)) = store.ready().await {
+            return e.to_string();
+        }
     }
 }
 

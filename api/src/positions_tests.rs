@@ -30,12 +30,18 @@ struct Harness {
 }
 
 impl Harness {
-    async fn new(queue_chunks: usize) -> Self {
+    /// A journal with room for `queue_appends` appends, forwarding into a
+    /// processor queue of 64.
+    async fn new(queue_appends: usize) -> Self {
+        Self::with_output(queue_appends, 64).await
+    }
+
+    async fn with_output(queue_appends: usize, output: usize) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(FjallStore::open(dir.path()).expect("open store"));
         let rejections = Arc::new(RejectionLog::new(64));
         let (journal, journal_tasks, queue, journal_cancel) =
-            fleetd_journal::test_support::start(&dir.path().join("journal"), queue_chunks, 64)
+            fleetd_journal::test_support::start(&dir.path().join("journal"), queue_appends, output)
                 .await;
         let submitter = Submitter::new(
             Decoder::new(Limits::default()),
@@ -60,12 +66,7 @@ impl Harness {
     }
 
     async fn post(&self, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Reply {
-        let mut request = Request::builder().method(Method::POST).uri(uri);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(body.into()).expect("request");
-        send(&self.state, request).await
+        send(&self.state, post_request(uri, headers, body)).await
     }
 
     async fn get(&self, uri: &str) -> Reply {
@@ -82,13 +83,35 @@ impl Harness {
         fleetd_journal::test_support::forwarded(&mut self.queue).await
     }
 
-    /// Stops the journal, as fleetd's shutdown does.
+    /// Stops the journal, as fleetd's shutdown does; the queue is read
+    /// meanwhile, as the processor does (the journal's last checkpoint
+    /// waits there, and the pruner stops only once it is gone).
     async fn close_journal(&mut self) {
         self.journal_cancel.cancel();
-        if let Some(tasks) = self.journal_tasks.take() {
-            tasks.join().await;
+        let Some(tasks) = self.journal_tasks.take() else {
+            return;
+        };
+        let join = tasks.join();
+        tokio::pin!(join);
+        loop {
+            tokio::select! {
+                () = &mut join => return,
+                item = self.queue.recv() => match item {
+                    Some(Ingested::Checkpoint(c)) => c.done(),
+                    Some(_) => {}
+                    None => return join.await,
+                },
+            }
         }
     }
+}
+
+fn post_request(uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Request<Body> {
+    let mut request = Request::builder().method(Method::POST).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(body.into()).expect("request")
 }
 
 struct Reply {
@@ -411,11 +434,23 @@ async fn bodies_over_the_limit_are_413_oversize() {
 
 #[tokio::test]
 async fn a_full_queue_is_503_with_retry_after_and_takes_nothing() {
-    let mut h = Harness::new(1).await;
+    // Nobody reads the processor queue (room for one chunk) at first: the
+    // journal writer writes and acknowledges the second request, then
+    // waits to forward it; the third waits in the journal's queue (room
+    // for one), and the fourth finds it full.
+    let mut h = Harness::with_output(1, 1).await;
     let body = |ts: i64| json!({"device_id": "t", "ts_ms": ts, "lat": 1, "lon": 1}).to_string();
     let now = now_ms();
-    let reply = h.post("/v1/positions", &[], body(now - 2)).await;
-    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    for ts in [now - 4, now - 3] {
+        let reply = h.post("/v1/positions", &[], body(ts)).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED);
+    }
+    let third = send(&h.state, post_request("/v1/positions", &[], body(now - 2)));
+    tokio::pin!(third);
+    tokio::select! {
+        reply = &mut third => panic!("answered before it was durable: {}", reply.status),
+        () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+    }
     let reply = h.post("/v1/positions", &[], body(now - 1)).await;
     reply.error(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
     assert_eq!(
@@ -430,9 +465,13 @@ async fn a_full_queue_is_503_with_retry_after_and_takes_nothing() {
         )
         .await;
     owntracks.error(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
-    let queued = h.queued().await;
-    assert_eq!(queued.len(), 1);
-    assert_eq!(queued[0].ts_ms, now - 2);
+    // The processor reads again: the waiting request is written and
+    // answered, and nothing of the refused ones was queued.
+    let (reply, queued) =
+        tokio::join!(third, fleetd_journal::test_support::forwarded(&mut h.queue));
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    let ts: Vec<i64> = queued.iter().map(|p| p.ts_ms).collect();
+    assert_eq!(ts, [now - 4, now - 3, now - 2]);
     // Room again: accepted again.
     let reply = h.post("/v1/positions", &[], body(now)).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED);

@@ -394,6 +394,10 @@ mod tests {
         }
         assert_eq!(refused, Some(SubmitError::QueueFull));
         f.cancel.cancel();
+        // The processor goes on reading during shutdown, as fleetd's drain
+        // has it: the writer then forwards what it wrote and answers the rest.
+        let mut rx = f.rx;
+        let reader = tokio::spawn(async move { while rx.recv().await.is_some() {} });
         for task in waiting {
             // Written and acknowledged, or refused as closed: never hung.
             let done = tokio::time::timeout(Duration::from_secs(5), task)
@@ -409,14 +413,21 @@ mod tests {
             f.submitter.submit(&route, "http", one.as_bytes()).await,
             Err(SubmitError::Closed)
         );
+        tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the writer closed the processor queue")
+            .expect("reader");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn callers_submit_only_their_own_devices() {
+        // The directory stays: without it the journal cannot write, and
+        // nothing would be acknowledged.
         let Fixture {
             submitter,
             mut rx,
             log,
+            _dir,
             ..
         } = fixture(4, 4).await;
         let van = DeviceId::parse("van-1").expect("id");
@@ -485,7 +496,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rejections_are_recorded_with_source_and_device() {
-        let Fixture { submitter, log, .. } = fixture(4, 4).await;
+        let Fixture {
+            submitter,
+            log,
+            rx: _rx,
+            _dir,
+            ..
+        } = fixture(4, 4).await;
         let now = now_ms();
         let payload = format!(
             r#"[{{"device_id": "van-1", "ts_ms": {now}, "lat": 95, "lon": 1}},

@@ -13,6 +13,11 @@ pub enum StoreError {
     /// A query parameter is invalid (e.g. a malformed cursor).
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// The embedded store stopped taking writes after one failed (fjall
+    /// is poisoned: a full disk or an I/O error); only reopening it (a
+    /// restart of fleetd) recovers.
+    #[error("embedded store stopped after a failed write: {0}")]
+    Stopped(String),
     /// The backend is not reachable or not ready.
     #[error("store unavailable: {0}")]
     Unavailable(String),

@@ -366,7 +366,10 @@ impl Store for FjallStore {
             inner
                 .db
                 .persist(PersistMode::Buffer)
-                .map_err(|err| StoreError::Unavailable(format!("embedded store: {err}")))
+                .map_err(|err| match err {
+                    fjall::Error::Poisoned => StoreError::Stopped(err.to_string()),
+                    err => StoreError::Unavailable(format!("embedded store: {err}")),
+                })
         })
         .await
     }

@@ -175,3 +175,181 @@ async fn http_202_survives_kill_9() {
         server.log()
     );
 }
+
+/// A tmpfs of `mb` MiB mounted on `{tempdir}/data`, unmounted on drop;
+/// `None` where this process may not mount (no CAP_SYS_ADMIN). The test
+/// helpers write fleetd's log beside the data directory, so it stays off
+/// the full disk.
+struct SmallDisk {
+    _dir: tempfile::TempDir,
+    mount: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(mb: u32) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mount = dir.path().join("data");
+        std::fs::create_dir(&mount).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(&mount)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { _dir: dir, mount })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.mount
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount)
+            .status();
+    }
+}
+
+/// Fills the file system of `dir` until a write fails; returns the file.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).expect("filler");
+    let block = vec![0u8; 256 * 1024];
+    while file.write_all(&block).and_then(|()| file.flush()).is_ok() {}
+    // Whatever is left is smaller than a block: take it too.
+    while file.write_all(&block[..4096]).is_ok() {}
+    path
+}
+
+// A full disk under QoS 1 load: nothing is acknowledged that is not in the
+// journal, and fjall stops for good after a failed write, so fleetd exits
+// with an error naming the cause. Restarted (as its supervisor does) once
+// space is freed, it stores every position it ever acknowledged. (A full
+// journal alone, with the store still writing, answers 503 and waits:
+// ingest's and the API's unit tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_acknowledgements_and_a_restart_loses_nothing_acknowledged() {
+    let Some(disk) = SmallDisk::mount(64) else {
+        eprintln!(
+            "SKIPPED: mounting a 64 MiB tmpfs needs CAP_SYS_ADMIN (run scripts/test as root)"
+        );
+        return;
+    };
+    let data = disk.path().to_path_buf();
+    let server = Fleetd::start(&data, &["--window-ms", "200"]).await;
+    let first_ts = now_ms() - 3_600_000;
+    let devices = start_devices(&server, "full", first_ts);
+    wait_acked(&server, &devices, 400).await;
+
+    let filler = fill(disk.path());
+    let mut server = server;
+    let status = server.wait_exit(Duration::from_secs(60));
+    let log = server.log();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "fleetd kept running on a stopped store ({status:?}); log:\n{log}"
+    );
+    assert!(
+        log.contains("restart fleetd once the disk has room"),
+        "{log}"
+    );
+    let mut acked = Vec::new();
+    for device in devices {
+        let id = device.id.clone();
+        acked.push((id, device.finish().await));
+    }
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let server = Fleetd::start(&data, &["--window-ms", "200"]).await;
+    let total = assert_all_stored(&server, &acked, "after the disk was full").await;
+    assert!(total >= 400);
+    assert!(
+        server
+            .metric("fleetd_journal_replayed_positions_total")
+            .await
+            > 0.0
+    );
+    let mut server = server;
+    assert!(
+        server.interrupt().success(),
+        "clean exit; log:\n{}",
+        server.log()
+    );
+}
+
+// A QoS 0 flood from one gateway connection beside a QoS 1 device: the
+// flood is pushed back (its connection is read only as fast as the journal
+// takes it), the device keeps getting acknowledgements, and nothing of
+// either is lost (the broker used to drop the device's acknowledged
+// positions with the flood).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos0_flood_neither_starves_nor_loses_a_qos1_device() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Fleetd::start(&data, &["--window-ms", "200"]).await;
+    let first_ts = now_ms() - 3_600_000;
+    let flooder = server.mqtt_client("e2e-flood").await;
+    const FLOOD_DEVICES: i64 = 50;
+    const PER_DEVICE: i64 = 400;
+    let flood = tokio::spawn(async move {
+        for i in 0..PER_DEVICE {
+            for d in 0..FLOOD_DEVICES {
+                let payload = format!(
+                    "{{\"ts_ms\": {}, \"lat\": 48.1, \"lon\": {:.5}}}",
+                    first_ts + i * 1000,
+                    11.5 + d as f64 * 1e-3
+                );
+                flooder
+                    .publish(
+                        format!("fleet/flood-{d}/pos"),
+                        rumqttc::QoS::AtMostOnce,
+                        false,
+                        payload,
+                    )
+                    .await
+                    .expect("queue the flood");
+            }
+        }
+        flooder
+            .disconnect()
+            .await
+            .expect("disconnect after the flood");
+    });
+    let device = AckedDevice::start(
+        server.mqtt_port,
+        server.mqtt_login(),
+        "steady-1",
+        first_ts,
+        100_000,
+    );
+    flood.await.expect("flood task");
+    let flood_total = (FLOOD_DEVICES * PER_DEVICE) as f64;
+    let stored = server
+        .wait_for(Duration::from_secs(60), || async {
+            let n = server.metric("fleetd_positions_stored_total").await;
+            (n >= flood_total).then_some(n)
+        })
+        .await;
+    let acked_during = device.acked();
+    let acked = device.stop().await;
+    assert!(
+        acked_during >= 20,
+        "the QoS 1 device got only {acked_during} acknowledgements during the flood"
+    );
+    let missing = missing_after(&server, "steady-1", &acked, Duration::from_secs(30)).await;
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged positions lost",
+        missing.len()
+    );
+    assert!(
+        stored.is_some(),
+        "the flood was not stored whole: {} of {flood_total}; log:\n{}",
+        server.metric("fleetd_positions_stored_total").await,
+        server.log()
+    );
+}

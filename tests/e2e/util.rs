@@ -146,6 +146,20 @@ impl Fleetd {
         self.signal_and_wait("-TERM")
     }
 
+    /// Waits (up to `timeout`) for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// `kill -9`: the process gets no chance to write anything more.
     pub fn crash(&mut self) {
         self.kill();
