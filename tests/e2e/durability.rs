@@ -42,6 +42,16 @@ async fn wait_acked(server: &Fleetd, devices: &[AckedDevice], at_least: usize) {
     );
 }
 
+/// Waits until each device stops by itself; (id, acknowledged `ts_ms`).
+async fn finish_all(devices: Vec<AckedDevice>) -> Vec<(String, Vec<i64>)> {
+    let mut acked = Vec::new();
+    for device in devices {
+        let id = device.id.clone();
+        acked.push((id, device.finish().await));
+    }
+    acked
+}
+
 /// Every acknowledged position of every device is stored after the
 /// restart; returns how many there were.
 async fn assert_all_stored(server: &Fleetd, acked: &[(String, Vec<i64>)], what: &str) -> usize {
@@ -79,10 +89,7 @@ async fn kill_9_under_qos1_load_loses_no_acknowledged_position() {
         let devices = start_devices(&server, &format!("crash{round}"), first_ts);
         wait_acked(&server, &devices, 1500).await;
         server.crash();
-        for device in devices {
-            let id = device.id.clone();
-            acked_all.push((id, device.finish().await));
-        }
+        acked_all.extend(finish_all(devices).await);
     }
     let server = Fleetd::start(&data, &["--window-ms", "1000"]).await;
     let total = assert_all_stored(&server, &acked_all, "after the last crash").await;
@@ -112,11 +119,7 @@ async fn sigterm_under_qos1_load_loses_no_acknowledged_position() {
     wait_acked(&server, &devices, 1500).await;
     let status = server.terminate();
     assert!(status.success(), "clean exit; log:\n{}", server.log());
-    let mut acked = Vec::new();
-    for device in devices {
-        let id = device.id.clone();
-        acked.push((id, device.finish().await));
-    }
+    let acked = finish_all(devices).await;
     let server = Fleetd::start(&data, &["--window-ms", "1000"]).await;
     let total = assert_all_stored(&server, &acked, "after SIGTERM").await;
     assert!(total >= 1500, "{total} positions acknowledged");
@@ -257,11 +260,7 @@ async fn a_full_disk_stops_acknowledgements_and_a_restart_loses_nothing_acknowle
         log.contains("restart fleetd once the disk has room"),
         "{log}"
     );
-    let mut acked = Vec::new();
-    for device in devices {
-        let id = device.id.clone();
-        acked.push((id, device.finish().await));
-    }
+    let acked = finish_all(devices).await;
 
     std::fs::remove_file(&filler).expect("free the space");
     let server = Fleetd::start(&data, &["--window-ms", "200"]).await;
