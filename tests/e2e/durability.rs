@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::util::{AckedDevice, Fleetd, missing_after, now_ms};
+use crate::util::{AckedDevice, Fleetd, assert_odometer_is_track_length, missing_after, now_ms};
 
 /// Devices publishing at once in the crash tests.
 const DEVICES: usize = 8;
@@ -94,6 +94,13 @@ async fn kill_9_under_qos1_load_loses_no_acknowledged_position() {
     let server = Fleetd::start(&data, &["--window-ms", "1000"]).await;
     let total = assert_all_stored(&server, &acked_all, "after the last crash").await;
     assert!(total >= 4500, "{total} positions acknowledged in all");
+    // None processed twice: what a restart replays and was already stored
+    // moves no odometer (a device's first acknowledged fix is its first).
+    for (id, ts) in &acked_all {
+        if let Some(&first) = ts.first() {
+            assert_odometer_is_track_length(&server, id, first).await;
+        }
+    }
     // They came back through the journal: the load never paused, so the
     // last segment always held positions when the process died.
     assert!(
@@ -351,4 +358,226 @@ async fn a_qos0_flood_neither_starves_nor_loses_a_qos1_device() {
         server.metric("fleetd_positions_stored_total").await,
         server.log()
     );
+}
+
+/// One gateway connection flooding QoS 1 positions of `devices` devices
+/// (`{prefix}-0`...) with up to 100 publishes in flight, for `seconds`;
+/// the (device, `ts_ms`) of every publish fleetd acknowledged. A PUBACK
+/// is matched to its publish by packet id: rumqttc sends requests in
+/// order and reports each publish's id as it goes out.
+async fn qos1_flood(
+    port: u16,
+    login: Option<(String, String)>,
+    prefix: String,
+    devices: usize,
+    first_ts: i64,
+    seconds: u64,
+) -> Vec<(String, i64)> {
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::{Arc, Mutex};
+    let mut options =
+        rumqttc::MqttOptions::new(format!("{prefix}-{}", now_ms()), "127.0.0.1", port);
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password);
+    }
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_inflight(100);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
+    let sent: Arc<Mutex<VecDeque<(String, i64)>>> = Arc::default();
+    let queue = Arc::clone(&sent);
+    let acks = tokio::spawn(async move {
+        let (mut in_flight, mut acked) = (HashMap::new(), Vec::new());
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
+                    if let Some(item) = queue.lock().expect("queue").pop_front() {
+                        in_flight.insert(pkid, item);
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(ack))) => {
+                    if let Some(item) = in_flight.remove(&ack.pkid) {
+                        acked.push(item);
+                    }
+                }
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        acked
+    });
+    let until = std::time::Instant::now() + Duration::from_secs(seconds);
+    // Device times stay in the past: a fix from the future is refused
+    // (`future_timestamp`), which is not what this measures.
+    let last_i = (now_ms() - 60_000 - first_ts) / 1000;
+    'flood: for i in 0..=last_i {
+        for d in 0..devices {
+            if std::time::Instant::now() >= until {
+                break 'flood;
+            }
+            let (id, ts) = (format!("{prefix}-{d}"), first_ts + i * 1000);
+            let payload = format!(
+                "{{\"ts_ms\": {ts}, \"lat\": {:.6}, \"lon\": {:.5}}}",
+                AckedDevice::lat(i),
+                11.5 + d as f64 * 1e-3
+            );
+            let topic = format!("fleet/{id}/pos");
+            sent.lock().expect("queue").push_back((id, ts));
+            if client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .await
+                .is_err()
+            {
+                break 'flood;
+            }
+        }
+    }
+    // Acknowledgements of what is still in flight, then goodbye.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = client.disconnect().await;
+    tokio::time::timeout(Duration::from_secs(10), acks)
+        .await
+        .expect("the flood's event loop ends after the disconnect")
+        .expect("acks task")
+}
+
+/// The largest resident set of process `pid` seen until `stop`, in bytes.
+fn sample_rss(
+    pid: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut max = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let kb = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            max = max.max(kb * 1024);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        max
+    })
+}
+
+/// Resident set fleetd must stay under during the overload test: the
+/// journal and processor queues are bounded (README "Memory bounds"), so
+/// an overload costs waiting publishers, not memory.
+const OVERLOAD_RSS_BOUND: u64 = 512 << 20;
+
+// Four gateway connections flood QoS 1 positions as fast as they are
+// acknowledged, into small queues, so the journal is full most of the
+// time and publishers wait; beside them a light device publishes a fix a
+// second. Every acknowledged position is stored, the light device's fixes
+// are queryable within three windows of their publish, and fleetd's
+// memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overload_loses_nothing_acknowledged_starves_no_light_device_and_stays_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("overload.toml");
+    std::fs::write(
+        &config,
+        "[journal]\nqueue_appends = 64\n[processor]\nqueue_chunks = 8\npartition_queue_chunks = 4\n",
+    )
+    .expect("write config");
+    let config = config.to_str().expect("utf-8 path").to_owned();
+    let data = dir.path().join("data");
+    let window_ms = 1000;
+    let server = Fleetd::start(&data, &["--config", &config, "--window-ms", "1000"]).await;
+    let stop_rss = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rss = sample_rss(server.pid(), std::sync::Arc::clone(&stop_rss));
+    // Room for 43,200 fixes a device before reaching the present.
+    let first_ts = now_ms() - 12 * 3_600_000;
+    let floods: Vec<_> = (0..4)
+        .map(|c| {
+            tokio::spawn(qos1_flood(
+                server.mqtt_port,
+                server.mqtt_login(),
+                format!("storm{c}"),
+                50,
+                first_ts,
+                12,
+            ))
+        })
+        .collect();
+
+    // The light device: publish, wait for the PUBACK, then for the fix to
+    // be queryable as its latest position; one fix a second.
+    let light = server.mqtt_client("e2e-light").await;
+    let mut delays = Vec::new();
+    for i in 0..10 {
+        let ts = first_ts + i * 1000;
+        let published = std::time::Instant::now();
+        let payload = format!(
+            "{{\"ts_ms\": {ts}, \"lat\": {:.6}, \"lon\": 13.4}}",
+            AckedDevice::lat(i)
+        );
+        light
+            .publish(
+                "fleet/light-1/pos",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .expect("publish");
+        let seen = server
+            .wait_for(Duration::from_secs(10), || async {
+                let (_, v) = server.get("/v1/vehicles/light-1").await;
+                (v["ts_ms"].as_i64() >= Some(ts)).then_some(())
+            })
+            .await;
+        let delay = published.elapsed();
+        assert!(
+            seen.is_some(),
+            "light fix {i} not queryable in 10 s; log:\n{}",
+            server.log()
+        );
+        delays.push(delay);
+        tokio::time::sleep(Duration::from_secs(1).saturating_sub(delay)).await;
+    }
+    let mut acked = Vec::new();
+    for flood in floods {
+        acked.extend(flood.await.expect("flood task"));
+    }
+    stop_rss.store(true, std::sync::atomic::Ordering::Relaxed);
+    let max_rss = rss.join().expect("rss sampler");
+
+    let blocked = server.metric("fleetd_ingest_blocked_seconds_count").await;
+    let slowest = delays.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "overload: {} flood positions acknowledged, publishers blocked {blocked} times, \
+         light device delays {delays:?}, max RSS {} MiB",
+        acked.len(),
+        max_rss >> 20
+    );
+    assert!(
+        blocked > 0.0,
+        "the flood never filled the journal: not an overload"
+    );
+    assert!(
+        slowest <= Duration::from_millis(3 * window_ms),
+        "a light fix took {slowest:?} to be queryable (more than three windows): {delays:?}"
+    );
+    assert!(
+        max_rss > 0 && max_rss < OVERLOAD_RSS_BOUND,
+        "fleetd's RSS reached {} MiB",
+        max_rss >> 20
+    );
+    let mut by_device: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for (id, ts) in acked {
+        by_device.entry(id).or_default().push(ts);
+    }
+    for (id, ts) in &by_device {
+        let missing = missing_after(&server, id, ts, Duration::from_secs(30)).await;
+        assert!(
+            missing.is_empty(),
+            "{} of {id}'s {} acknowledged positions lost (first {:?}); log:\n{}",
+            missing.len(),
+            ts.len(),
+            missing.first(),
+            server.log()
+        );
+    }
 }

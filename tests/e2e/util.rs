@@ -439,13 +439,38 @@ pub struct AckedDevice {
 
 impl AckedDevice {
     /// Starts publishing positions of `id` with `ts_ms` = `first_ts`,
-    /// `first_ts + 1000`, ... to `port`, logged in with `login`.
+    /// `first_ts + 1000`, ... to `port`, logged in with `login`; the
+    /// device drives north along a meridian at a constant speed (see
+    /// [`AckedDevice::lat`]).
     pub fn start(
         port: u16,
         login: Option<(String, String)>,
         id: &str,
         first_ts: i64,
         count: usize,
+    ) -> AckedDevice {
+        AckedDevice::start_paced(port, login, id, first_ts, count, Duration::ZERO)
+    }
+
+    /// Longitude of every fix.
+    pub const LON: f64 = 13.4132;
+    /// Latitude of fix `i` (`ts_ms = first_ts + i * 1000`): about 11 m a
+    /// fix, 40 km/h at one fix a second, clearly moving and well below any
+    /// speed filter.
+    pub fn lat(i: i64) -> f64 {
+        52.5 + i as f64 * 1e-4
+    }
+
+    /// As [`AckedDevice::start`], waiting `pace` after each acknowledgement
+    /// (a broker that acknowledges in microseconds would otherwise take a
+    /// device's whole `count` in a blink).
+    pub fn start_paced(
+        port: u16,
+        login: Option<(String, String)>,
+        id: &str,
+        first_ts: i64,
+        count: usize,
+        pace: Duration,
     ) -> AckedDevice {
         use std::sync::atomic::Ordering;
         let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -482,8 +507,9 @@ impl AckedDevice {
                 }
                 let ts = first_ts + i as i64 * 1000;
                 let payload = format!(
-                    "{{\"ts_ms\": {ts}, \"lat\": {:.6}, \"lon\": 13.4132}}",
-                    52.5 + (i % 1000) as f64 * 1e-5
+                    "{{\"ts_ms\": {ts}, \"lat\": {:.6}, \"lon\": {}}}",
+                    AckedDevice::lat(i as i64),
+                    AckedDevice::LON
                 );
                 if client
                     .publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, payload)
@@ -498,6 +524,9 @@ impl AckedDevice {
                         counter.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => break,
+                }
+                if !pace.is_zero() {
+                    tokio::time::sleep(pace).await;
                 }
             }
             let _ = client.disconnect().await;
@@ -579,4 +608,46 @@ pub async fn missing_after(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The odometer of an [`AckedDevice`] `id` whose first fix was `first_ts`
+/// equals the geodesic length of its stored track: each stored fix counted
+/// once, even those stored twice over (a journal replay, a broker's
+/// redelivery). Waits (up to 30 s) for the vehicle state to reach the last
+/// stored fix; returns the odometer.
+pub async fn assert_odometer_is_track_length(server: &Fleetd, id: &str, first_ts: i64) -> f64 {
+    let stored = stored_ts(server, id, first_ts).await;
+    let (Some(&first), Some(&last)) = (stored.first(), stored.last()) else {
+        panic!("nothing stored for {id}");
+    };
+    let fix = |ts: i64| (ts - first_ts) / 1000;
+    // Along a meridian (a geodesic) the length of the track is the
+    // distance between its ends, whatever fixes are missing between them.
+    let length = fleetd_processor::kinematics::geodesic_m(
+        AckedDevice::lat(fix(first)),
+        AckedDevice::LON,
+        AckedDevice::lat(fix(last)),
+        AckedDevice::LON,
+    );
+    let state = server
+        .wait_for(Duration::from_secs(30), || async {
+            let (_, v) = server.get(&format!("/v1/vehicles/{id}")).await;
+            (v["state_ts_ms"] == last).then_some(v)
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "{id}: vehicle state never reached its last stored fix {last}; log:\n{}",
+                server.log()
+            )
+        });
+    let odometer = state["odometer_m"].as_f64().expect("odometer_m");
+    // The API rounds to 0.1 m; summing per-fix geodesics drifts by far less
+    // than a metre over thousands of fixes.
+    assert!(
+        (odometer - length).abs() <= 1.0,
+        "{id}: odometer {odometer} m, but the {} stored fixes span {length:.1} m",
+        stored.len()
+    );
+    odometer
 }
