@@ -42,6 +42,7 @@ def run(binary, level, args):
         "stored_per_s": phase["stored_rate"],
         "published_per_s": phase["publish_rate"],
         "lost": phase["lost"],
+        "queryable_p50_ms": latency.get("p50"),
         "queryable_p99_ms": latency.get("p99"),
         "server_cores": phase.get("server_cpu_cores"),
     }
@@ -63,7 +64,7 @@ def main():
             m = run(args.binary, level, args)
             samples[level].append(m)
             print(f"round {r + 1} {level:8} stored {m['stored_per_s']:9.0f}/s  "
-                  f"p99 {m['queryable_p99_ms']} ms  cores {m['server_cores']}  lost {m['lost']}",
+                  f"p50 {m['queryable_p50_ms']} ms  p99 {m['queryable_p99_ms']} ms  cores {m['server_cores']}  lost {m['lost']}",
                   flush=True)
 
     def median(level, key):
@@ -76,7 +77,7 @@ def main():
     base = summary["off"]
     print(f"\nQoS 1 at {args.rate}/s target, {args.vehicles} vehicles, "
           f"{args.connections} connections, {args.seconds} s, median of {args.rounds}:")
-    print(f"{'durability':10} {'stored/s':>10} {'vs off':>7} {'p99 ms':>8} {'vs off':>7} "
+    print(f"{'durability':10} {'stored/s':>10} {'vs off':>7} {'p50 ms':>7} {'p99 ms':>8} {'vs off':>7} "
           f"{'cores':>6} {'cores/100k/s':>13}")
     for level in LEVELS:
         s = summary[level]
@@ -88,7 +89,7 @@ def main():
                      if s["queryable_p99_ms"] and base["queryable_p99_ms"] else None)
         fmt = lambda v, f: format(v, f) if v is not None else "-"
         print(f"{level:10} {fmt(s['stored_per_s'], '10.0f')} {fmt(ratio, '7.2f')} "
-              f"{fmt(s['queryable_p99_ms'], '8.0f')} {fmt(p99_ratio, '7.2f')} "
+              f"{fmt(s['queryable_p50_ms'], '7.0f')} {fmt(s['queryable_p99_ms'], '8.0f')} {fmt(p99_ratio, '7.2f')} "
               f"{fmt(s['server_cores'], '6.2f')} {fmt(per_100k, '13.2f')}")
     results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results")
     os.makedirs(results, exist_ok=True)
