@@ -46,6 +46,7 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
     }
     let starting = Instant::now();
     let metrics = crate::telemetry::install_metrics()?;
+    crate::telemetry::register_series();
     // Before the store opens: a certificate that does not load stops fleetd
     // having touched nothing.
     let server_tls = match &settings.tls.files {

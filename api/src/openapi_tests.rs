@@ -723,6 +723,8 @@ async fn real_responses_match_the_documented_schemas() {
     c.check(get.clone(), "/readyz", "/readyz", None).await;
     c.check(get.clone(), "/metrics", "/metrics", None).await;
     c.check(get.clone(), "/", "/", None).await;
+    c.check(get.clone(), "/?id=dev1&lat=52.5&lon=13.4", "/", None)
+        .await;
     c.check(get.clone(), "/assets/map.js", "/assets/{name}", None)
         .await;
     c.check(get.clone(), "/assets/nothing.js", "/assets/{name}", None)

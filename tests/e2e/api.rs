@@ -64,3 +64,96 @@ async fn http_errors_are_json_with_the_right_status() {
         );
     }
 }
+
+/// Metric names (`fleetd_…`) in `text`, with a histogram's `_bucket`,
+/// `_sum` and `_count` kept as written.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("fleetd_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+// Every series the README's Observability section and the Grafana
+// dashboard name is in the very first scrape of a fresh node, with its
+// HELP text: a healthy node shows 0, never "No data".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_scrape_has_every_documented_and_dashboard_series() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let start = readme
+        .find("## Observability")
+        .expect("an Observability section");
+    let end = start + readme[start..].find("\n## ").expect("a next section");
+    let documented = metric_names(&readme[start..end]);
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/dashboards/fleetd.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let mut queried = std::collections::BTreeSet::new();
+    fn exprs(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v.as_str()) {
+                        ("expr", Some(expr)) => out.extend(metric_names(expr)),
+                        _ => exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+    exprs(&dashboard, &mut queried);
+    assert!(
+        documented.len() > 30 && queried.len() > 10,
+        "{documented:?} {queried:?}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Fleetd::start(&dir.path().join("data"), &[]).await;
+    let scrape = server.get_text("/metrics").await;
+    let has_series = |name: &str| {
+        scrape.lines().any(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with([' ', '{']))
+        })
+    };
+    let base = |name: &str| {
+        ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name)
+            .to_owned()
+    };
+    // Exists only while a certificate is served (0 would read as expired).
+    let tls_only = ["fleetd_tls_certificate_not_after_seconds"];
+    let mut missing = Vec::new();
+    for name in documented.iter().chain(&queried) {
+        if tls_only.contains(&name.as_str()) {
+            continue;
+        }
+        let help = format!("# HELP {} ", base(name));
+        let series = match name.as_str() {
+            // The README names histograms by their base name.
+            n if documented.contains(n) && scrape.contains(&format!("{n}_bucket")) => true,
+            n => has_series(n),
+        };
+        if !series || !scrape.contains(&help) {
+            missing.push(name.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in the first scrape (or without HELP): {missing:?}\n{scrape}"
+    );
+}

@@ -211,3 +211,67 @@ async fn owntracks_http_mode_and_json_positions_are_stored() {
     let (status, last) = server.get("/v1/vehicles/last-1").await;
     assert_eq!(status, 200, "{last}");
 }
+
+// A tracker pointed at the API port with the OsmAnd / Traccar Client
+// protocol (the requests those apps send: GET with the fix in the query,
+// or POST with it in the query and no body) must not get a 200 and the
+// map page, or it drops a fix it believes delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracker_protocol_request_on_the_api_port_is_refused_not_swallowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Fleetd::start(&dir.path().join("data"), &[]).await;
+    let ts = now_ms() / 1000;
+    let plain = reqwest::Client::new();
+    let query = format!(
+        "/?id=tracker-1&timestamp={ts}&lat=52.5&lon=13.4&speed=0&bearing=0&altitude=34&accuracy=5&batt=80"
+    );
+    let response = plain
+        .get(format!("{}{query}", server.http))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("stored nothing")),
+        "{body}"
+    );
+    let post = plain
+        .post(format!("{}{query}", server.http))
+        .send()
+        .await
+        .expect("POST");
+    assert_ne!(post.status(), 200, "POST / is not a success");
+    assert!(
+        !post
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/html")),
+        "POST / answered with HTML"
+    );
+    // The page itself, and its links, still open.
+    let page = plain
+        .get(format!("{}/?token=abc", server.http))
+        .send()
+        .await
+        .expect("GET /");
+    assert_eq!(page.status(), 200);
+    let metrics = server.get_text("/metrics").await;
+    let refused: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("fleetd_ingest_refused_total{")
+                && l.contains("reason=\"tracker_protocol_on_api_port\"")
+        })
+        .collect();
+    assert!(
+        refused.len() == 1 && refused[0].ends_with(" 1"),
+        "counted once: {refused:?}"
+    );
+    let (status, _) = server.get("/v1/vehicles/tracker-1").await;
+    assert_eq!(status, 404, "nothing stored");
+}

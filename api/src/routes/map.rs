@@ -2,7 +2,7 @@
 //! that the page works offline: Leaflet (vendored from npm, BSD-2-Clause)
 //! and fleetd's own script and style.
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderValue;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
@@ -61,8 +61,30 @@ pub(crate) fn render_index(settings: &MapSettings) -> String {
 }
 
 /// `GET /`: the live map page.
-pub(crate) async fn index(State(state): State<ApiState>) -> Response {
-    (
+///
+/// A query that carries a position in the OsmAnd / Traccar Client protocol
+/// (`?id=…&lat=…&lon=…`) is refused with 400: a tracker pointed at this
+/// port would otherwise get the page's 200 and drop a fix it believes
+/// delivered.
+pub(crate) async fn index(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    if query.as_deref().is_some_and(is_tracker_position) {
+        metrics::counter!(
+            "fleetd_ingest_refused_total",
+            "transport" => "http",
+            "reason" => "tracker_protocol_on_api_port"
+        )
+        .increment(1);
+        return Err(ApiError::BadRequest(
+            "this is fleetd's API port, and the request looks like an OsmAnd / Traccar Client \
+             position (id, lat, lon in the query): fleetd does not take that protocol here and \
+             stored nothing; send positions over MQTT or POST /v1/positions"
+                .into(),
+        ));
+    }
+    Ok((
         [
             (
                 CONTENT_TYPE,
@@ -72,7 +94,20 @@ pub(crate) async fn index(State(state): State<ApiState>) -> Response {
         ],
         state.live.index_html.to_string(),
     )
-        .into_response()
+        .into_response())
+}
+
+/// Whether a query string names a device and a position as the OsmAnd
+/// protocol does: `id` or `deviceid`, and `lat` with `lon` or `location`.
+fn is_tracker_position(query: &str) -> bool {
+    let has = |name: &str| {
+        query.split('&').any(|pair| {
+            pair.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case(name))
+        })
+    };
+    (has("id") || has("deviceid")) && ((has("lat") && has("lon")) || has("location"))
 }
 
 /// `GET /assets/{name}`: one embedded asset, 404 for any other name.
@@ -94,4 +129,24 @@ pub(crate) async fn asset(Path(name): Path<String>) -> Result<Response, ApiError
         *body,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_tracker_position;
+
+    #[test]
+    fn tracker_positions_are_told_from_map_links() {
+        // As Traccar Client and OsmAnd send them.
+        assert!(is_tracker_position(
+            "id=123456&timestamp=1700000000&lat=52.5&lon=13.4&speed=0&bearing=0&altitude=34&accuracy=5&batt=80"
+        ));
+        assert!(is_tracker_position("deviceid=dev1&location=52.5,13.4"));
+        assert!(is_tracker_position("ID=dev1&LAT=1&LON=2"));
+        // The map's own links and bookmarks.
+        assert!(!is_tracker_position("token=abc"));
+        assert!(!is_tracker_position("lat=52.5&lon=13.4"));
+        assert!(!is_tracker_position("id=dev1"));
+        assert!(!is_tracker_position(""));
+    }
 }
