@@ -80,6 +80,14 @@ pub struct ServeArgs {
     /// HTTPS listen address of the API (needs --tls-cert, --tls-key).
     #[arg(long, env = "FLEETD_HTTPS")]
     pub https: Option<String>,
+    /// OsmAnd / Traccar Client protocol over TLS listen address (needs
+    /// --tls-cert, --tls-key).
+    #[arg(long, env = "FLEETD_OSMANDS")]
+    pub osmands: Option<String>,
+    /// OsmAnd / Traccar Client protocol listen address (Traccar's port is
+    /// 5055); off unless set.
+    #[arg(long, env = "FLEETD_OSMAND")]
+    pub osmand: Option<String>,
     /// Server certificate chain (PEM) of the TLS listeners; reloaded on SIGHUP.
     #[arg(long, env = "FLEETD_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -185,11 +193,19 @@ impl ServeArgs {
         if let Some(v) = &self.data {
             config.store.data = v.clone();
         }
+        if let Some(v) = &self.osmand {
+            config.osmand.listen = v.clone();
+        }
         if let Some(v) = &self.store_key {
             config.store.key_file = v.clone();
         }
         let tls = &mut config.tls;
-        for (flag, key) in [(&self.mqtts, &mut tls.mqtts), (&self.https, &mut tls.https)] {
+        let listeners = [
+            (&self.mqtts, &mut tls.mqtts),
+            (&self.https, &mut tls.https),
+            (&self.osmands, &mut tls.osmands),
+        ];
+        for (flag, key) in listeners {
             if let Some(v) = flag {
                 key.clone_from(v);
             }

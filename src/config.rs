@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use fleetd_api::{ApiConfig, ApiSettings, LiveApiSettings, LiveConfig};
 use fleetd_auth::{AuthConfig, AuthSettings};
 use fleetd_geofence::{GeofenceConfig, GeofenceSettings};
-use fleetd_ingest::{IngestConfig, IngestSettings};
+use fleetd_ingest::{IngestConfig, IngestSettings, OsmandConfig, OsmandSettings};
 use fleetd_journal::{JournalConfig, JournalSettings};
 use fleetd_processor::{ProcessorConfig, ProcessorSettings, VehicleConfig};
 use fleetd_store::{StoreBackend, StoreConfig};
@@ -48,6 +48,8 @@ pub struct FileConfig {
     pub geofences: GeofenceConfig,
     /// `[tls]`
     pub tls: TlsConfig,
+    /// `[osmand]`
+    pub osmand: OsmandConfig,
     /// `[demo]`
     pub demo: DemoConfig,
 }
@@ -93,6 +95,7 @@ pub struct ServeSettings {
     pub live: LiveApiSettings,
     pub geofences: GeofenceSettings,
     pub tls: TlsSettings,
+    pub osmand: OsmandSettings,
     pub demo_vehicles: usize,
     pub demo_rate_hz: f64,
 }
@@ -109,6 +112,7 @@ impl FileConfig {
         let live = self.live.validate()?;
         let geofences = self.geofences.validate()?;
         let tls = self.tls.validate()?;
+        let osmand = self.osmand.validate()?;
         if !matches!(ingest.mode, fleetd_ingest::IngestMode::Embedded)
             && (tls.mqtts.is_some() || !tls.plain_mqtt)
         {
@@ -147,6 +151,7 @@ impl FileConfig {
             live,
             geofences,
             tls,
+            osmand,
             demo_vehicles: self.demo.vehicles,
             demo_rate_hz: self.demo.rate_hz,
         })

@@ -135,6 +135,21 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
         )),
         _ => None,
     };
+    let osmand = match settings.osmand.listen {
+        Some(addr) => Some(
+            fleetd_ingest::bind_listener(addr)
+                .with_context(|| format!("cannot listen for OsmAnd on {addr}"))?,
+        ),
+        None => None,
+    };
+    let osmands = match (settings.tls.osmands, &server_tls) {
+        (Some(addr), Some(tls)) => Some((
+            fleetd_ingest::bind_listener(addr)
+                .with_context(|| format!("cannot listen for OsmAnd over TLS on {addr}"))?,
+            fleetd_api::TlsHandshake::new(Arc::clone(tls), settings.tls.handshake_timeout),
+        )),
+        _ => None,
+    };
     let api_state = ApiState::new(
         Arc::clone(&store),
         Arc::clone(&access),
@@ -159,6 +174,26 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
         apis.push(tasks.spawn(fleetd_api::serve(
             http,
             api_state.clone(),
+            settings.api.limits,
+            api_token.clone(),
+        )));
+    }
+    if let Some(osmand) = osmand {
+        apis.push(tasks.spawn(fleetd_api::serve_osmand(
+            osmand,
+            fleetd_api::PlainTcp,
+            api_state.clone(),
+            settings.osmand.speed_unit,
+            settings.api.limits,
+            api_token.clone(),
+        )));
+    }
+    if let Some((osmands, handshake)) = osmands {
+        apis.push(tasks.spawn(fleetd_api::serve_osmand(
+            osmands,
+            handshake,
+            api_state.clone(),
+            settings.osmand.speed_unit,
             settings.api.limits,
             api_token.clone(),
         )));
@@ -259,6 +294,8 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
         mqtt = %settings.ingest.broker.listen,
         http = %http_addr,
         mqtts = ?settings.tls.mqtts,
+        osmand = ?settings.osmand.listen,
+        osmands = ?settings.tls.osmands,
         https = ?settings.tls.https,
         plain_mqtt = settings.tls.plain_mqtt,
         plain_http = settings.tls.plain_http,

@@ -162,7 +162,7 @@ async fn ingest_identity(
     }
 }
 
-async fn login(
+pub(crate) async fn login(
     state: &ApiState,
     user: &str,
     password: &str,

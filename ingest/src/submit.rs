@@ -1,5 +1,5 @@
 //! Ingest for request/response transports (the HTTP API's
-//! `POST /v1/positions`): one payload in, an answer out, through the same
+//! `POST /v1/positions`, the OsmAnd listener): one payload in, an answer out, through the same
 //! decoder, limits and rejection log as MQTT, into the same journal.
 
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use fleetd_schemas::{DeviceId, PositionReport, RejectReason, RejectionLog, now_m
 
 use crate::decode::{Decoder, HttpFormat, HttpIdentity, Outcome, Reject};
 use crate::pipeline::{count_outcome, count_received, record_reject};
-use crate::validate::Limits;
+use crate::validate::{Limits, RawPosition};
 
 /// Decodes payloads that arrive without a topic and appends their positions
 /// to the journal; answers once they are durable. Cheap to clone.
@@ -234,6 +234,70 @@ impl Submitter {
                 Outcome::Decoded => None,
             },
         })
+    }
+
+    /// Validates one fix of a protocol that names its device per request
+    /// (OsmAnd), for `caller`, counts a rejection under `source` (with
+    /// `payload` as its sample), and appends the position to the journal.
+    /// `Ok(Err(reject))`: the fix was refused, counted and sampled.
+    pub async fn submit_fix(
+        &self,
+        caller: &Caller,
+        source: &str,
+        device: &str,
+        raw: RawPosition,
+        payload: &[u8],
+    ) -> Result<Result<(), Reject>, SubmitError> {
+        if !self.journal.is_writable() {
+            return Err(SubmitError::Unavailable);
+        }
+        if !self.journal.has_room() {
+            return Err(SubmitError::QueueFull);
+        }
+        let received_ms = now_ms();
+        let checked = DeviceId::parse(device)
+            .map_err(|e| Reject::new(RejectReason::BadDeviceId, format!("id: {e}")))
+            .and_then(|id| {
+                if caller.owns.owns(&id) {
+                    Ok(id)
+                } else {
+                    Err(Reject {
+                        device: Some(id.clone()),
+                        ..Reject::new(
+                            RejectReason::NotAuthorized,
+                            format!("{} may not submit positions of device {id}", caller.label),
+                        )
+                    })
+                }
+            })
+            .and_then(|id| {
+                self.limits()
+                    .validate(&id, raw, received_ms)
+                    .map_err(|r| Reject {
+                        device: Some(id),
+                        ..r
+                    })
+            });
+        let report = match checked {
+            Ok(report) => report,
+            Err(reject) => {
+                self.reject(source, reject.clone(), payload);
+                return Ok(Err(reject));
+            }
+        };
+        let pending = self.journal.try_append(vec![report]).map_err(|e| match e {
+            AppendError::Full => SubmitError::QueueFull,
+            _ => SubmitError::Closed,
+        })?;
+        count_received(1);
+        pending.durable().await.map_err(|_| SubmitError::Closed)?;
+        Ok(Ok(()))
+    }
+
+    /// Counts and samples `reject` of a payload under `source` (as
+    /// `GET /v1/rejections` shows it), as every input's rejections are.
+    pub fn reject(&self, source: &str, reject: Reject, payload: &[u8]) {
+        record_reject(&self.rejections, source, None, reject, payload, now_ms());
     }
 
     /// Counts and samples a payload refused before it was read whole

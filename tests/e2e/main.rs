@@ -19,6 +19,7 @@ mod http_ingest;
 mod limits;
 mod live;
 mod map;
+mod osmand;
 mod restart;
 mod scylla;
 mod tls;

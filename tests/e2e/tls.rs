@@ -20,7 +20,7 @@ fn fleetd() -> Command {
 
 /// `fleetd cert dev --out dir --device …`: a CA (kept if `dir` has one), a
 /// server certificate, device certificates.
-fn dev_certs(dir: &Path, devices: &[&str]) {
+pub(crate) fn dev_certs(dir: &Path, devices: &[&str]) {
     let mut command = fleetd();
     command.args(["cert", "dev", "--out"]).arg(dir);
     for d in devices {

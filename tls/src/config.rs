@@ -13,6 +13,9 @@ use crate::TlsFiles;
 pub const DEFAULT_MQTTS_PORT: u16 = 8883;
 /// Port of `--https` when the address has none.
 pub const DEFAULT_HTTPS_PORT: u16 = 8443;
+/// Port of `--osmands` when the address has none (the plain OsmAnd port,
+/// Traccar's 5055, plus one).
+pub const DEFAULT_OSMANDS_PORT: u16 = 5056;
 
 /// `[tls]`: the TLS listeners, the certificate files, and which plain
 /// listeners stay open.
@@ -22,6 +25,7 @@ pub const DEFAULT_HTTPS_PORT: u16 = 8443;
 pub struct TlsConfig {
     pub mqtts: String,
     pub https: String,
+    pub osmands: String,
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
@@ -35,6 +39,7 @@ impl Default for TlsConfig {
         Self {
             mqtts: String::new(),
             https: String::new(),
+            osmands: String::new(),
             cert: PathBuf::new(),
             key: PathBuf::new(),
             client_ca: PathBuf::new(),
@@ -54,6 +59,8 @@ pub struct TlsSettings {
     pub mqtts: Option<SocketAddr>,
     /// HTTPS listen address.
     pub https: Option<SocketAddr>,
+    /// OsmAnd protocol over TLS listen address.
+    pub osmands: Option<SocketAddr>,
     /// Whether the plain MQTT listener is open.
     pub plain_mqtt: bool,
     /// Whether the plain HTTP listener is open.
@@ -90,8 +97,17 @@ impl TlsConfig {
         let https = (!self.https.is_empty())
             .then(|| listen_addr("tls.https (--https)", &self.https, DEFAULT_HTTPS_PORT))
             .transpose()?;
+        let osmands = (!self.osmands.is_empty())
+            .then(|| {
+                listen_addr(
+                    "tls.osmands (--osmands)",
+                    &self.osmands,
+                    DEFAULT_OSMANDS_PORT,
+                )
+            })
+            .transpose()?;
         let (cert, key, client_ca) = (path(&self.cert), path(&self.key), path(&self.client_ca));
-        let listening = mqtts.is_some() || https.is_some();
+        let listening = mqtts.is_some() || https.is_some() || osmands.is_some();
         let files = match (cert, key) {
             (Some(cert), Some(key)) if listening => Some(TlsFiles {
                 cert,
@@ -101,7 +117,7 @@ impl TlsConfig {
             (Some(_), Some(_)) => {
                 return Err(InvalidSetting(
                     "tls.cert and tls.key (--tls-cert, --tls-key) are set but no TLS listener \
-                     is: add --mqtts ADDR and/or --https ADDR"
+                     is: add --mqtts ADDR, --https ADDR and/or --osmands ADDR"
                         .into(),
                 ));
             }
@@ -142,6 +158,7 @@ impl TlsConfig {
             files,
             mqtts,
             https,
+            osmands,
             plain_mqtt: self.plain_mqtt,
             plain_http: self.plain_http,
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),

@@ -32,7 +32,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{DEFAULT_HTTPS_PORT, DEFAULT_MQTTS_PORT, TlsConfig, TlsSettings};
+pub use config::{
+    DEFAULT_HTTPS_PORT, DEFAULT_MQTTS_PORT, DEFAULT_OSMANDS_PORT, TlsConfig, TlsSettings,
+};
 pub use load::{CertificateInfo, DeviceCertificate};
 
 /// Why certificates could not be loaded. Each names the file.

@@ -79,8 +79,8 @@ pub(crate) async fn index(
         .increment(1);
         return Err(ApiError::BadRequest(
             "this is fleetd's API port, and the request looks like an OsmAnd / Traccar Client \
-             position (id, lat, lon in the query): fleetd does not take that protocol here and \
-             stored nothing; send positions over MQTT or POST /v1/positions"
+             position (id, lat, lon in the query): fleetd takes that protocol on its OsmAnd \
+             listener (--osmand, Traccar's port 5055), not here, and stored nothing"
                 .into(),
         ));
     }

@@ -36,7 +36,7 @@ const SOURCE: &str = "http";
 /// How long a client is asked to wait (`Retry-After`) when the queue is full
 /// or fleetd is not ready: about one processing window, after which the
 /// processor has taken a batch.
-const RETRY_AFTER_DELAY: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_AFTER_DELAY: Duration = Duration::from_secs(1);
 
 /// Query parameters: the OwnTracks Recorder's way of naming user and device.
 #[derive(Debug, Default, Deserialize)]
@@ -96,7 +96,7 @@ pub(crate) async fn post(
             "not ready: fleetd is starting or shutting down; nothing was queued".into(),
         )));
     }
-    let body = read_body(&ingest, &headers, body).await?;
+    let body = read_body(&ingest, SOURCE, &headers, body).await?;
     let caller = caller(&identity);
     let submitted = match ingest
         .submit_as(&identity_of(&headers, params), &caller, SOURCE, &body)
@@ -130,18 +130,23 @@ pub(crate) async fn post(
 
 /// Reads the body up to the payload limit; a larger one is `oversize`
 /// (413), counted like an oversize MQTT payload.
-async fn read_body(ingest: &Submitter, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    ingest: &Submitter,
+    source: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     let limit = ingest.limits().max_payload_bytes;
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(rejected(ingest.reject_oversize(SOURCE, declared), 0));
+        return Err(rejected(ingest.reject_oversize(source, declared), 0));
     }
     match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => Ok(bytes),
-        Err(err) if over_limit(&err) => Err(rejected(ingest.reject_oversize(SOURCE, None), 0)),
+        Err(err) if over_limit(&err) => Err(rejected(ingest.reject_oversize(source, None), 0)),
         Err(err) => Err(ApiError::BadRequest(format!(
             "cannot read the request body: {err}"
         ))),
@@ -161,11 +166,12 @@ fn over_limit(err: &axum::Error) -> bool {
 }
 
 /// Whose positions a verified identity may post.
-fn caller(identity: &Identity) -> Caller {
+pub(crate) fn caller(identity: &Identity) -> Caller {
     let owns = match identity {
         Identity::Device(id) => Owns::Device(id.clone()),
         Identity::User(user) => Owns::User(user.clone()),
-        // The middleware let only `write` tokens through: trusted gateways.
+        // Only `write` tokens get here (the access middleware, the OsmAnd
+        // listener's login): trusted gateways.
         Identity::Service { .. } | Identity::Anonymous => Owns::Any,
     };
     Caller {
@@ -235,7 +241,7 @@ fn json_answer(submitted: Submitted) -> Result<Response, ApiError> {
 
 /// The error of a request none of whose input was usable: its first
 /// rejection, and how many more there were.
-fn rejected(first: Reject, more: usize) -> ApiError {
+pub(crate) fn rejected(first: Reject, more: usize) -> ApiError {
     let mut message = match first.index {
         Some(i) => format!("position {i}: {}", first.detail),
         None => first.detail,
@@ -250,7 +256,7 @@ fn rejected(first: Reject, more: usize) -> ApiError {
 }
 
 /// `err` with a `Retry-After` header.
-fn retry_later(err: ApiError) -> Response {
+pub(crate) fn retry_later(err: ApiError) -> Response {
     let mut response = err.into_response();
     response
         .headers_mut()
