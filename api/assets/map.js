@@ -110,6 +110,9 @@
       el('vehicle-count').textContent = vehicles.size;
     } else {
       if (entry.data.ts_ms > v.ts_ms) return; // never step back in time
+      // An area query's bare position of the same fix keeps the state and
+      // registry fields a stream event brought.
+      if (entry.data.ts_ms === v.ts_ms) v = Object.assign({}, entry.data, v);
       entry.data = v;
       entry.marker.setLatLng([v.lat, v.lon]);
     }
@@ -196,7 +199,13 @@
   });
 
   // --- alerts -------------------------------------------------------------
-  function showAlert(a) {
+  var alertIds = new Set(); // shown already (stored ones, then live ones)
+
+  function showAlert(a, stored) {
+    if (a.id != null) {
+      if (alertIds.has(a.id)) return;
+      alertIds.add(a.id);
+    }
     var li = document.createElement('li');
     li.className = 'fleetd-alert ' + a.kind;
     li.dataset.alertId = a.id;
@@ -217,7 +226,7 @@
     while (list.children.length > MAX_ALERTS) list.removeChild(list.lastChild);
     alertsShown += 1;
     el('alert-count').textContent = alertsShown;
-    var entry = vehicles.get(a.device_id);
+    var entry = !stored && vehicles.get(a.device_id);
     var node = entry && entry.marker.getElement();
     if (node) {
       node.classList.remove('alerting');
@@ -403,6 +412,17 @@
   }
 
   window.fleetd = { vehicles: vehicles, map: map, inspect: inspect };
-  loadVehicles().then(connect);
+  // The most recent stored alerts, oldest first so the newest ends on top;
+  // live ones follow (an alert seen in both is shown once).
+  function loadAlerts() {
+    return api('/v1/alerts?limit=' + MAX_ALERTS)
+      .then(function (r) { return r.ok ? r.json() : { alerts: [] }; })
+      .then(function (body) {
+        (body.alerts || []).slice().reverse().forEach(function (a) { showAlert(a, true); });
+      })
+      .catch(function () {});
+  }
+
+  Promise.all([loadVehicles(), loadAlerts()]).then(connect);
   loadGeofences();
 })();

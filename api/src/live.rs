@@ -19,6 +19,7 @@ use axum::body::Bytes;
 use fleetd_live::{EventKind, Follower, Gap, KindSet, LiveEvent, LiveHub, SeqEvent};
 use fleetd_schemas::BBox;
 use fleetd_schemas::{DeviceId, GeofenceId};
+use fleetd_store::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::dto::Vehicle;
 use crate::error::ApiError;
 use crate::params::{bad, echo, parse_bbox};
+use crate::records::VehicleDetail;
 
 /// Most ids in a `devices` or `geofence` filter.
 pub(crate) const MAX_FILTER_IDS: usize = 1000;
@@ -225,21 +227,34 @@ impl Transport {
     }
 }
 
-/// A stream position event: the vehicle JSON plus when it was published.
+/// A stream position event: the vehicle JSON of `GET /v1/vehicles/{id}`
+/// (position, state, registry fields) plus when it was published.
 #[derive(Serialize)]
 struct StreamPosition<'a> {
     #[serde(flatten)]
-    vehicle: Vehicle<'a>,
+    vehicle: VehicleDetail<'a>,
     published_ms: i64,
 }
 
-/// The JSON of an event's payload, shared by both transports.
-fn event_json(e: &SeqEvent) -> String {
+/// The JSON of an event's payload, shared by both transports; registry
+/// fields as `registry` holds them when the event is first encoded.
+fn event_json(e: &SeqEvent, registry: &Registry) -> String {
     let json = match &e.event {
-        LiveEvent::Position(p) => serde_json::to_string(&StreamPosition {
-            vehicle: Vehicle::new(p),
-            published_ms: e.published_ms,
-        }),
+        LiveEvent::Position(p) => {
+            let device = &p.position.report.device_id;
+            let info = registry.get(device);
+            let limit = registry.speed_limit_kmh(info.as_ref());
+            serde_json::to_string(&StreamPosition {
+                vehicle: VehicleDetail::new(
+                    Vehicle::new(&p.position),
+                    device.as_str(),
+                    p.vehicle.as_ref(),
+                    info.as_ref(),
+                    limit,
+                ),
+                published_ms: e.published_ms,
+            })
+        }
         LiveEvent::Alert(a) => serde_json::to_string(a),
     };
     // Serializing plain data cannot fail; an empty object keeps the stream
@@ -279,8 +294,8 @@ fn gap_json(gap: &Gap) -> String {
 }
 
 /// Encodes one event for `transport`.
-fn encode_event(transport: Transport, e: &SeqEvent) -> Bytes {
-    let json = e.encoded(event_json);
+fn encode_event(transport: Transport, e: &SeqEvent, registry: &Registry) -> Bytes {
+    let json = e.encoded(|e| event_json(e, registry));
     let name = e.event.kind().name();
     Bytes::from(match transport {
         Transport::Sse => format!("id: {}\nevent: {name}\ndata: {json}\n\n", e.seq),
@@ -378,6 +393,8 @@ pub(crate) struct Pump {
     /// close its connection.
     pub(crate) kill: CancellationToken,
     pub(crate) peer: String,
+    /// Names, classes and tags for position events.
+    pub(crate) registry: Arc<Registry>,
 }
 
 /// Subscribes and starts a pump task; returns the client's queue.
@@ -515,7 +532,7 @@ async fn pump_loop(
 
 fn add_event(pump: &Pump, frame: &mut Frame, e: &Arc<SeqEvent>) {
     if pump.filter.matches(&e.event) {
-        frame.push(encode_event(pump.transport, e));
+        frame.push(encode_event(pump.transport, e, &pump.registry));
         frame.events += 1;
         frame.published_at = Some(e.published_at);
     }

@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use fleetd_live::{LiveHub, LiveSettings};
-use fleetd_schemas::{
-    Alert, AlertDetail, AlertKind, DeviceId, EnrichedPosition, GeofenceId, RejectionLog,
-};
+use fleetd_live::{LiveHub, LivePosition, LiveSettings};
+use fleetd_schemas::{Alert, AlertDetail, AlertKind, DeviceId, GeofenceId, RejectionLog};
 use fleetd_store::FjallStore;
 use futures::StreamExt;
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -78,10 +76,10 @@ struct Stream {
 }
 
 /// A stream test's position: moving at 4 m/s.
-fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> EnrichedPosition {
+fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> LivePosition {
     let mut p = fleetd_schemas::test_support::position(device, ts_ms, lat, lon);
     p.report.speed_mps = Some(4.0);
-    p
+    p.into()
 }
 
 #[derive(Debug)]

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use fleetd_schemas::{Alert, EnrichedPosition, now_ms};
+use fleetd_schemas::{Alert, EnrichedPosition, VehicleState, now_ms};
 use tokio::sync::broadcast;
 
 use cells::CellCounts;
@@ -109,11 +109,31 @@ impl KindSet {
     }
 }
 
+/// A device's new latest position with the vehicle state it brought the
+/// device to, so a stream carries what `GET /v1/vehicles/{id}` answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LivePosition {
+    /// The position.
+    pub position: EnrichedPosition,
+    /// The device's state after it (motion, odometer, trip); `None` when
+    /// the batch did not change the state.
+    pub vehicle: Option<VehicleState>,
+}
+
+impl From<EnrichedPosition> for LivePosition {
+    fn from(position: EnrichedPosition) -> Self {
+        Self {
+            position,
+            vehicle: None,
+        }
+    }
+}
+
 /// The payload of one live event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LiveEvent {
     /// A device's new latest position (at most one per device per batch).
-    Position(EnrichedPosition),
+    Position(Box<LivePosition>),
     /// An alert raised while processing the batch.
     Alert(Alert),
 }
@@ -130,7 +150,7 @@ impl LiveEvent {
     /// Where it happened, `(lat, lon)`.
     pub fn lat_lon(&self) -> (f64, f64) {
         match self {
-            Self::Position(p) => (p.report.lat, p.report.lon),
+            Self::Position(p) => (p.position.report.lat, p.position.report.lon),
             Self::Alert(a) => (a.lat, a.lon),
         }
     }
@@ -138,7 +158,7 @@ impl LiveEvent {
     /// Which device.
     pub fn device_id(&self) -> &str {
         match self {
-            Self::Position(p) => p.report.device_id.as_str(),
+            Self::Position(p) => p.position.report.device_id.as_str(),
             Self::Alert(a) => a.device_id.as_str(),
         }
     }
@@ -304,7 +324,7 @@ impl LiveHub {
     /// Publishes one stored batch: its latest positions (one per device) and
     /// its alerts, in that order, taking them over (the worker has no more
     /// use for them). Never blocks on, or waits for, a consumer.
-    pub fn publish(&self, positions: Vec<EnrichedPosition>, alerts: Vec<Alert>) {
+    pub fn publish(&self, positions: Vec<LivePosition>, alerts: Vec<Alert>) {
         if positions.is_empty() && alerts.is_empty() {
             return;
         }
@@ -312,7 +332,7 @@ impl LiveHub {
         {
             let mut cells = lock(&self.inner.cells);
             for p in &positions {
-                cells.update(p, now);
+                cells.update(&p.position, now);
             }
             cells.sweep_if_due(now);
         }
@@ -320,7 +340,7 @@ impl LiveHub {
         let (n_positions_in, n_alerts_in) = (positions.len(), alerts.len());
         let payloads = positions
             .into_iter()
-            .map(LiveEvent::Position)
+            .map(|p| LiveEvent::Position(Box::new(p)))
             .chain(alerts.into_iter().map(LiveEvent::Alert));
         let mut state = lock(&self.inner.state);
         let mut events = Vec::with_capacity(n_positions_in + n_alerts_in);

@@ -4,12 +4,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fleetd_schemas::test_support::position;
 use fleetd_schemas::{Alert, AlertDetail, AlertKind, BBox, DeviceId};
 use h3o::{LatLng, Resolution};
 use tokio::sync::broadcast::error::TryRecvError;
 
 use super::*;
+
+/// A published position (without vehicle state).
+fn position(device: &str, ts_ms: i64, lat: f64, lon: f64) -> LivePosition {
+    fleetd_schemas::test_support::position(device, ts_ms, lat, lon).into()
+}
 
 fn alert(device: &str, ts_ms: i64) -> Alert {
     Alert::new(
@@ -273,7 +277,7 @@ fn silent_devices_leave_the_counts_and_seeded_ones_count() {
         cells_max_age: Duration::from_millis(40),
         ..LiveSettings::default()
     });
-    hub.seed(&[position("old", 1, 52.52, 13.40)]);
+    hub.seed(&[position("old", 1, 52.52, 13.40).position]);
     assert_eq!(lock(&hub.inner.cells).devices(), 1);
     std::thread::sleep(Duration::from_millis(80));
     hub.publish(vec![position("new", 2, 52.52, 13.40)], vec![]);

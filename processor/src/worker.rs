@@ -6,7 +6,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetd_schemas::{Checkpoint, Ingested, PositionReport, RejectReason, RejectionLog, now_ms};
+use fleetd_schemas::{
+    Checkpoint, DeviceId, Ingested, PositionReport, RejectReason, RejectionLog, VehicleState,
+    now_ms,
+};
 use fleetd_store::{Store, WriteBatch};
 use tokio::sync::mpsc;
 
@@ -14,7 +17,7 @@ use crate::batch::{BatchContext, BatchOutcome, process_batch};
 use crate::settings::ProcessorSettings;
 use crate::state::PartitionState;
 use fleetd_geofence::Geofences;
-use fleetd_live::LiveHub;
+use fleetd_live::{LiveHub, LivePosition};
 use fleetd_store::Registry;
 
 /// What every partition worker shares: where to write and what to join.
@@ -245,6 +248,7 @@ async fn flush(
         write,
         filtered,
         samples,
+        live_states,
     } = outcome;
     for (reason, n) in &filtered {
         metrics::counter!(reason.metric(), "reason" => reason.code()).increment(*n);
@@ -269,7 +273,7 @@ async fn flush(
         // The store has let go of its reference: the batch moves on to
         // the live streams without a copy.
         let write = Arc::try_unwrap(write).unwrap_or_else(|shared| (*shared).clone());
-        publish_live(&ports.live, write);
+        publish_live(&ports.live, write, live_states);
     }
     metrics::histogram!("fleetd_batch_process_seconds").record(processed_at.as_secs_f64());
     metrics::histogram!("fleetd_batch_duration_seconds").record(started.elapsed().as_secs_f64());
@@ -309,8 +313,19 @@ fn record_lag(write: &WriteBatch) {
 /// Hands the stored batch to live streams: its latest positions (one per
 /// device) and its alerts. Only stored batches are published, so a stream
 /// never shows what a query cannot find. Never blocks on a consumer.
-fn publish_live(live: &LiveHub, write: WriteBatch) {
-    let latest = write.latest.into_iter().map(|u| u.position).collect();
+fn publish_live(live: &LiveHub, write: WriteBatch, unchanged: Vec<(DeviceId, VehicleState)>) {
+    // Each event carries the device's state after the batch, as
+    // `GET /v1/vehicles/{id}` shows it: changed (and stored) or as it was.
+    let mut states: std::collections::HashMap<_, _> =
+        write.states.into_iter().chain(unchanged).collect();
+    let latest = write
+        .latest
+        .into_iter()
+        .map(|u| LivePosition {
+            vehicle: states.remove(&u.position.report.device_id),
+            position: u.position,
+        })
+        .collect();
     live.publish(latest, write.alerts);
 }
 

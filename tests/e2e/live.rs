@@ -142,6 +142,15 @@ async fn sse_bbox_filter_and_resume_with_last_event_id() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Fleetd::start(&dir.path().join("data"), &["--window-ms", "100"]).await;
     let mqtt = server.mqtt_client("live-sse-pub").await;
+    // Registry fields travel in the stream, as in GET /v1/vehicles/{id}.
+    let r = server
+        .client
+        .put(format!("{}/v1/devices/berlin-1", server.http))
+        .json(&json!({"name": "Truck 7", "class": "truck", "tags": {"depot": "north"}}))
+        .send()
+        .await
+        .expect("PUT device");
+    assert!(r.status().is_success(), "{}", r.status());
     let path = format!("/v1/stream?bbox={BERLIN_BBOX}&kinds=positions");
     let mut sse = SseClient::connect(&server, &path, None).await;
     let t0 = now_ms() - 60_000;
@@ -164,6 +173,14 @@ async fn sse_bbox_filter_and_resume_with_last_event_id() {
         assert_eq!(v["device_id"], "berlin-1", "bbox filter let through {v}");
         assert!(v["published_ms"].as_i64() > Some(0), "{v}");
         assert!(v["h3"]["7"].is_string(), "{v}");
+        // The vehicle JSON, registry fields included (its state comes once
+        // the first fixes are past the reorder allowance, below).
+        assert_eq!(
+            (&v["name"], &v["class"]),
+            (&json!("Truck 7"), &json!("truck")),
+            "{v}"
+        );
+        assert_eq!(v["tags"]["depot"], "north", "{v}");
         seen.push(v["ts_ms"].as_i64().expect("ts"));
         last_id = e.id.clone();
         if v["ts_ms"].as_i64() == Some(t0 + 1000) {
@@ -204,6 +221,32 @@ async fn sse_bbox_filter_and_resume_with_last_event_id() {
     );
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     assert!(ids[0] > last_id.parse::<u64>().expect("numeric"));
+
+    // Past the reorder allowance (2 s) the state has moved on: the next
+    // event carries it as GET /v1/vehicles/{id} has it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut sse = SseClient::connect(&server, &path, None).await;
+    publish(&mqtt, "berlin-1", t0 + 5000, BERLIN.0, BERLIN.1 + 5e-5).await;
+    let v = sse
+        .next(Duration::from_secs(10))
+        .await
+        .expect("an event for the next fix")
+        .json();
+    assert_eq!(v["ts_ms"], t0 + 5000, "{v}");
+    assert!(v["motion"].is_string(), "motion: {v}");
+    let odometer = v["odometer_m"].as_f64().expect("odometer_m");
+    assert!(
+        v["state_ts_ms"].as_i64() >= Some(t0 + 4000),
+        "state after the waited fixes: {v}"
+    );
+    let (_, detail) = server.get("/v1/vehicles/berlin-1").await;
+    assert_eq!(
+        detail["odometer_m"].as_f64(),
+        Some(odometer),
+        "{detail} vs {v}"
+    );
+    assert_eq!(detail["motion"], v["motion"], "{detail} vs {v}");
+    drop(sse);
 
     // A stream that is open does not hold up shutdown.
     let status = server.interrupt();

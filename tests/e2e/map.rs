@@ -321,6 +321,73 @@ async fn map_page_shows_the_demo_fleet_moving_in_headless_chromium() {
     )
     .await;
 
+    // The panel shows the vehicle's state, and keeps it through the live
+    // updates that follow (stream events carry the vehicle JSON).
+    let state_rows = "(() => { const dts = Array.from(document.querySelectorAll('#inspect-fields dt')).map(d => d.textContent); \
+         return dts.includes('motion') && dts.includes('odometer_m'); })()";
+    cdp.wait_for(state_rows, Duration::from_secs(10), |v| {
+        v.as_bool() == Some(true)
+    })
+    .await;
+    let updated_at = cdp
+        .eval("document.querySelector('.fleetd-vehicle.selected').dataset.ts")
+        .await;
+    cdp.wait_for(
+        &format!("document.querySelector('.fleetd-vehicle.selected').dataset.ts !== {updated_at}"),
+        Duration::from_secs(10),
+        |v| v.as_bool() == Some(true),
+    )
+    .await;
+    assert_eq!(
+        cdp.eval(state_rows).await.as_bool(),
+        Some(true),
+        "motion and odometer stay in the panel after a live update"
+    );
+
+    // Alerts: a geofence over the whole city makes every vehicle enter it;
+    // after a reload the list holds the stored ones (the vehicles stay
+    // inside, so none comes live).
+    let fence = json!({
+        "type": "Feature",
+        "properties": {"name": "city"},
+        "geometry": {"type": "Polygon", "coordinates": [[
+            [13.0, 52.2], [13.8, 52.2], [13.8, 52.8], [13.0, 52.8], [13.0, 52.2]
+        ]]}
+    });
+    let r = server
+        .client
+        .put(format!("{}/v1/geofences/city", server.http))
+        .json(&fence)
+        .send()
+        .await
+        .expect("PUT geofence");
+    assert!(r.status().is_success(), "{}", r.status());
+    let stored = server
+        .wait_for(Duration::from_secs(20), || async {
+            let (_, body) = server.get("/v1/alerts?limit=200").await;
+            let n = body["alerts"].as_array().map_or(0, Vec::len);
+            (n >= vehicles as usize).then_some(n)
+        })
+        .await
+        .expect("every vehicle entered the fence");
+    cdp.call("Page.reload", json!({})).await;
+    let shown = cdp
+        .wait_for(
+            "document.querySelectorAll('#alerts li').length",
+            Duration::from_secs(20),
+            |v| v.as_u64() >= Some(stored as u64),
+        )
+        .await;
+    let shown = shown.as_u64().unwrap_or(0);
+    assert!(
+        shown >= stored as u64,
+        "{shown} of {stored} stored alerts after a reload"
+    );
+    let count = cdp
+        .eval("document.getElementById('alert-count').textContent")
+        .await;
+    assert_eq!(count.as_str(), Some(shown.to_string().as_str()));
+
     let shot = cdp
         .call("Page.captureScreenshot", json!({"format": "png"}))
         .await;

@@ -11,6 +11,8 @@
 //! caller's token (or credential) is revoked, and the client's reconnect
 //! then meets the check again.
 
+use std::sync::Arc;
+
 use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -149,6 +151,7 @@ fn start(
         tasks: state.live.tasks.clone(),
         kill,
         peer,
+        registry: Arc::clone(&state.registry),
     };
     live::start(pump, request.since, preamble)
 }
