@@ -17,6 +17,10 @@ pub struct Cli {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log lines as text (coloured only on a terminal) or as JSON, one
+    /// object per line, for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "FLEETD_LOG_FORMAT", global = true)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -46,6 +50,26 @@ pub enum Command {
     Cert(crate::cert::CertArgs),
     /// Print the commented default configuration file.
     GenerateConfig,
+    /// Exit 0 when a fleetd answers `/readyz` with 200, 1 otherwise (a
+    /// container's HEALTHCHECK).
+    Healthcheck(HealthcheckArgs),
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `fleetd healthcheck`.
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The fleetd HTTP address to ask (its `--http`; 0.0.0.0 means this host).
+    #[arg(long, env = "FLEETD_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: String,
 }
 
 /// Flags of `fleetd serve`. Each overrides the config file; each also reads a
@@ -282,6 +306,7 @@ impl Cli {
                 print!("{DEFAULT_CONFIG}");
                 Ok(())
             }
+            Command::Healthcheck(args) => crate::serve::healthcheck(&args.http).await,
         }
     }
 }

@@ -288,6 +288,7 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
     if !access.allow_anonymous() {
         announce_admin_url(&access, &settings).await?;
     }
+    print_urls(&settings, access.allow_anonymous());
 
     ready.store(true, Ordering::SeqCst);
     tracing::info!(
@@ -555,6 +556,69 @@ async fn announce_admin_url(access: &Access, settings: &ServeSettings) -> anyhow
         admin.token,
         admin.path.display()
     );
+    Ok(())
+}
+
+/// Prints where to point a browser, an API client, Prometheus and the
+/// devices (the map's URL with its token is printed by
+/// [`announce_admin_url`] when authentication is on).
+fn print_urls(settings: &ServeSettings, anonymous: bool) {
+    let http = match settings.tls.https {
+        Some(https) => format!("https://{}", dialable(https)),
+        None => format!("http://{}", dialable(settings.api.http)),
+    };
+    if anonymous {
+        println!("fleetd: open the map at {http}/");
+    }
+    println!("fleetd: API {http}/v1 (described at {http}/openapi.json), metrics {http}/metrics");
+    let mut devices = Vec::new();
+    if let IngestMode::Embedded = settings.ingest.mode {
+        if settings.tls.plain_mqtt {
+            devices.push(format!(
+                "mqtt://{}",
+                dialable(settings.ingest.broker.listen)
+            ));
+        }
+        if let Some(mqtts) = settings.tls.mqtts {
+            devices.push(format!("mqtts://{}", dialable(mqtts)));
+        }
+    }
+    if let Some(osmand) = settings.osmand.listen {
+        devices.push(format!("OsmAnd http://{}/", dialable(osmand)));
+    }
+    if let Some(osmands) = settings.tls.osmands {
+        devices.push(format!("OsmAnd https://{}/", dialable(osmands)));
+    }
+    devices.push(format!("HTTP {http}/v1/positions"));
+    println!("fleetd: devices publish to {}", devices.join(", "));
+}
+
+/// `fleetd healthcheck`: asks the fleetd at `http` (its plain HTTP
+/// address) for `/readyz` and succeeds on 200.
+pub async fn healthcheck(http: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr: std::net::SocketAddr = http
+        .parse()
+        .with_context(|| format!("{http:?} is not an address like 127.0.0.1:8080"))?;
+    let addr = dialable(addr);
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: fleetd\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut head = vec![0u8; 64];
+        let n = stream.read(&mut head).await?;
+        head.truncate(n);
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head).into_owned())
+    };
+    let head = tokio::time::timeout(std::time::Duration::from_secs(5), ask)
+        .await
+        .with_context(|| format!("no answer from {addr} in 5 s"))?
+        .with_context(|| format!("cannot ask {addr}"))?;
+    let status = head.split_whitespace().nth(1).unwrap_or("none");
+    if status != "200" {
+        bail!("fleetd at {addr} is not ready (/readyz answered {status})");
+    }
     Ok(())
 }
 

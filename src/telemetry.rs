@@ -1,5 +1,6 @@
 //! Logging and the Prometheus metrics recorder.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,8 +11,9 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
 
-/// Logs to stderr; `RUST_LOG` overrides the level chosen by `-v`.
-pub fn init_logging(verbose: u8) {
+/// Logs to stderr, as text (coloured only when stderr is a terminal) or
+/// JSON lines; `RUST_LOG` overrides the level chosen by `-v`.
+pub fn init_logging(verbose: u8, format: crate::cli::LogFormat) {
     let default = match verbose {
         // The store engine reports its flushes and compactions at INFO.
         0 => "info,rumqttd=warn,lsm_tree=warn,fjall=warn",
@@ -24,13 +26,15 @@ pub fn init_logging(verbose: u8) {
     // which cost ~15% of the server's CPU under load. Its events still log.
     let no_broker_spans =
         filter_fn(|meta| !(meta.is_span() && meta.target().starts_with("rumqttd")));
+    let layer = match format {
+        crate::cli::LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .boxed(),
+        crate::cli::LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    };
     tracing_subscriber::registry()
-        .with(
-            fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter)
-                .with_filter(no_broker_spans),
-        )
+        .with(layer.with_filter(filter).with_filter(no_broker_spans))
         .init();
 }
 

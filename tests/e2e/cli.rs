@@ -181,3 +181,50 @@ fn an_unusable_data_dir_is_a_start_error() {
         assert!(!stderr.contains("fleetd ready") && !stdout.contains("open the map"));
     }
 }
+
+// What an operator sees: the URLs to open printed at start, log files
+// without colour codes (or JSON lines on request), and `fleetd
+// healthcheck` telling a ready node from one that is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_get_urls_plain_or_json_logs_and_a_healthcheck() {
+    use crate::util::{Fleetd, free_port};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let osmand = format!("127.0.0.1:{}", free_port());
+    let mut server = Fleetd::start(&dir.path().join("a"), &["--osmand", &osmand]).await;
+    let out = server.printed();
+    let http = &server.http;
+    for expected in [
+        format!("fleetd: open the map at {http}/#token="),
+        format!("fleetd: API {http}/v1 (described at {http}/openapi.json), metrics {http}/metrics"),
+        format!("mqtt://127.0.0.1:{}", server.mqtt_port),
+        format!("OsmAnd http://{osmand}/"),
+        format!("HTTP {http}/v1/positions"),
+    ] {
+        assert!(out.contains(&expected), "{expected:?} not printed:\n{out}");
+    }
+    let log = server.log();
+    assert!(log.contains("fleetd ready"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
+
+    let addr = http.trim_start_matches("http://").to_owned();
+    let (ok, _, stderr) = fleetd(&["healthcheck", "--http", &addr]);
+    assert!(ok, "healthcheck of a ready node: {stderr}");
+    server.crash();
+    let (ok, _, stderr) = fleetd(&["healthcheck", "--http", &addr]);
+    assert!(!ok, "healthcheck of a stopped node succeeded");
+    assert!(stderr.contains(&addr), "names the address: {stderr}");
+
+    let server = Fleetd::start(&dir.path().join("b"), &["--log-format", "json"]).await;
+    let log = server.log();
+    let mut lines = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+        lines += 1;
+    }
+    assert!(lines > 3 && log.contains("\"fleetd ready\""), "{log}");
+}

@@ -117,12 +117,17 @@ impl Fleetd {
     /// The map URL with the admin token that `fleetd serve` printed on
     /// stdout.
     pub fn printed_map_url(&self) -> String {
-        let out = std::fs::read_to_string(self.log.with_extension("out")).unwrap_or_default();
+        let out = self.printed();
         out.lines()
             .find_map(|l| l.strip_prefix("fleetd: open the map at "))
             .unwrap_or_else(|| panic!("fleetd printed no map URL; stdout:\n{out}"))
             .trim()
             .to_owned()
+    }
+
+    /// What `fleetd serve` printed on stdout so far.
+    pub fn printed(&self) -> String {
+        std::fs::read_to_string(self.log.with_extension("out")).unwrap_or_default()
     }
 
     /// The process id (for signals).
