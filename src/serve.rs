@@ -46,7 +46,7 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
     }
     let starting = Instant::now();
     let metrics = crate::telemetry::install_metrics()?;
-    crate::telemetry::register_series();
+    let process_metrics = crate::telemetry::register_series();
     // Before the store opens: a certificate that does not load stops fleetd
     // having touched nothing.
     let server_tls = match &settings.tls.files {
@@ -244,6 +244,7 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
     let upkeep_token = root.child_token();
     let upkeep = tasks.spawn(crate::telemetry::metrics_upkeep(
         metrics,
+        process_metrics,
         upkeep_token.clone(),
     ));
 

@@ -243,6 +243,18 @@ const SERIES: &[(&str, Kind, Start, &str)] = &[
         "Trips closed.",
     ),
     (
+        "fleetd_alerts_total",
+        Kind::Counter,
+        Start::Zero,
+        "Alerts raised (enter, exit, dwell, overspeed), by kind.",
+    ),
+    (
+        "fleetd_geofences",
+        Kind::Gauge,
+        Start::Described,
+        "Geofences loaded now.",
+    ),
+    (
         "fleetd_store_write_retries_total",
         Kind::Counter,
         Start::Zero,
@@ -393,8 +405,10 @@ const SERIES: &[(&str, Kind, Start, &str)] = &[
 ];
 
 /// Describes every series of [`SERIES`] and creates the ones that start at
-/// zero. Call once, right after [`install_metrics`].
-pub fn register_series() {
+/// zero, and takes the first reading of the standard `process_*` series
+/// (CPU, memory, file descriptors, threads), whose collector it returns for
+/// [`metrics_upkeep`]. Call once, right after [`install_metrics`].
+pub fn register_series() -> metrics_process::Collector {
     for &(name, kind, start, help) in SERIES {
         let zero = matches!(start, Start::Zero);
         match kind {
@@ -419,6 +433,10 @@ pub fn register_series() {
             }
         }
     }
+    let process = metrics_process::Collector::default();
+    process.describe();
+    process.collect();
+    process
 }
 
 /// How often histogram samples are folded into their buckets.
@@ -429,13 +447,23 @@ const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// or a scrape of `/metrics`; the pipeline records two per position, so a
 /// fleetd that nobody scrapes would otherwise grow by ~1 MB/s at 50k
 /// positions/s (`install_recorder` leaves this to the caller).
-pub async fn metrics_upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
+///
+/// Each round also reads the `process_*` series again (`process`).
+pub async fn metrics_upkeep(
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(METRICS_UPKEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => handle.run_upkeep(),
+            _ = tick.tick() => {
+                handle.run_upkeep();
+                // A few reads of /proc/self: cheap enough every 5 s.
+                process.collect();
+            }
         }
     }
 }

@@ -65,18 +65,25 @@ async fn http_errors_are_json_with_the_right_status() {
     }
 }
 
-/// Metric names (`fleetd_…`) in `text`, with a histogram's `_bucket`,
-/// `_sum` and `_count` kept as written.
+/// Metric names (`fleetd_…`, `process_…`) in `text`, with a histogram's
+/// `_bucket`, `_sum` and `_count` kept as written.
 fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     let mut names = std::collections::BTreeSet::new();
     let mut rest = text;
-    while let Some(at) = rest.find("fleetd_") {
+    while let Some(at) = ["fleetd_", "process_"]
+        .iter()
+        .filter_map(|p| rest.find(p))
+        .min()
+    {
         let name: String = rest[at..]
             .chars()
             .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
             .collect();
         rest = &rest[at + name.len()..];
-        names.insert(name);
+        // A bare prefix ("process_*" in prose) names no series.
+        if !name.ends_with('_') {
+            names.insert(name);
+        }
     }
     names
 }
