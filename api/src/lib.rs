@@ -77,6 +77,7 @@ mod config;
 mod conn;
 mod dto;
 mod error;
+mod export;
 mod extract;
 mod live;
 mod middleware;

@@ -109,11 +109,20 @@ pub(crate) struct TrackParams {
     filtered: Option<String>,
 }
 
+/// How a track is answered: a page (JSON, GeoJSON) or a whole-range export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TrackFormat {
+    /// One page of `limit` fixes, with a cursor for the next.
+    Page(Format),
+    /// Every fix of the range, streamed (see `export`).
+    Export(crate::export::Export),
+}
+
 /// A validated track query.
 #[derive(Debug, Clone)]
 pub(crate) struct TrackRequest {
     pub(crate) query: HistoryQuery,
-    pub(crate) format: Format,
+    pub(crate) format: TrackFormat,
     /// Whether fixes flagged by a data-quality filter are included
     /// (`filtered=true`, the default) or left out (`filtered=false`).
     pub(crate) include_filtered: bool,
@@ -135,7 +144,7 @@ impl TrackParams {
                 limit: parse_limit(self.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?,
                 cursor: self.cursor.filter(|c| !c.is_empty()),
             },
-            format: parse_format(self.format.as_deref())?,
+            format: parse_track_format(self.format.as_deref())?,
             include_filtered: match self.filtered.as_deref() {
                 None | Some("true") => true,
                 Some("false") => false,
@@ -288,6 +297,23 @@ pub(crate) fn parse_format(raw: Option<&str>) -> Result<Format, ApiError> {
             echo(other)
         ))),
     }
+}
+
+/// `format=` of a track: json, geojson, or an export (gpx, csv, kml).
+fn parse_track_format(raw: Option<&str>) -> Result<TrackFormat, ApiError> {
+    use crate::export::Export;
+    Ok(match raw {
+        Some("gpx") => TrackFormat::Export(Export::Gpx),
+        Some("csv") => TrackFormat::Export(Export::Csv),
+        Some("kml") => TrackFormat::Export(Export::Kml),
+        None | Some("json") | Some("geojson") => TrackFormat::Page(parse_format(raw)?),
+        Some(other) => {
+            return Err(bad(format!(
+                "format must be json, geojson, gpx, csv or kml, got {}",
+                echo(other)
+            )));
+        }
+    })
 }
 
 /// An offending value for an error message: quoted, and cut short so that a
@@ -655,7 +681,7 @@ mod tests {
             (5, 9, 3)
         );
         assert_eq!(req.query.cursor.as_deref(), Some("abc"));
-        assert_eq!(req.format, Format::GeoJson);
+        assert_eq!(req.format, TrackFormat::Page(Format::GeoJson));
         assert_eq!(track("cursor=").expect("valid").query.cursor, None);
 
         for (q, expected) in [
@@ -663,10 +689,25 @@ mod tests {
             ("to=1.5", "to must be an integer"),
             ("from=10&to=9", "from (10) must not be after to (9)"),
             ("limit=0", "limit must be an integer in [1, 10000]"),
-            ("format=gpx", "format must be json or geojson"),
+            (
+                "format=shp",
+                "format must be json, geojson, gpx, csv or kml",
+            ),
         ] {
             let err = track(q).expect_err(q);
             assert!(err.contains(expected), "{q}: {err:?} lacks {expected:?}");
+        }
+        use crate::export::Export;
+        for (q, export) in [
+            ("format=gpx", Export::Gpx),
+            ("format=csv", Export::Csv),
+            ("format=kml", Export::Kml),
+        ] {
+            assert_eq!(
+                track(q).expect(q).format,
+                TrackFormat::Export(export),
+                "{q}"
+            );
         }
     }
 

@@ -345,7 +345,7 @@ async fn track_and_rejection_parameter_errors() {
         ("from=10&to=9", "from"),
         ("limit=0", "limit"),
         ("limit=10001", "limit"),
-        ("format=gpx", "format"),
+        ("format=shp", "format"),
         ("cursor=%00garbage", "cursor"),
     ];
     for (query, param) in cases {

@@ -10,6 +10,7 @@ mod auth;
 mod cli;
 mod demo;
 mod durability;
+mod exports;
 mod external;
 mod fleet;
 mod formats;

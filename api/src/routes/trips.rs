@@ -1,5 +1,7 @@
 //! Trips: `GET /v1/vehicles/{id}/trips`, one trip, and a trip's track.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -12,7 +14,7 @@ use super::vehicles::unknown;
 use crate::dto::{FeatureCollection, Track, TrackMembers};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
-use crate::params::{Format, TrackParams, TripsParams, parse_device_id};
+use crate::params::{Format, TrackFormat, TrackParams, TripsParams, parse_device_id};
 use crate::records::TripJson;
 use crate::state::ApiState;
 
@@ -79,6 +81,23 @@ pub(crate) async fn track(
         to_ms: trip.end_ts_ms.unwrap_or(trip.last_ts_ms),
         ..request.query
     };
+    let format = match request.format {
+        TrackFormat::Page(format) => format,
+        TrackFormat::Export(export) => {
+            let range = crate::export::Range {
+                from_ms: query.from_ms,
+                to_ms: query.to_ms,
+                include_filtered: request.include_filtered,
+                name: format!("{}-trip-{}", device.as_str(), trip.start_ts_ms),
+            };
+            return Ok(crate::export::stream(
+                Arc::clone(&state.store),
+                device,
+                range,
+                export,
+            ));
+        }
+    };
     let page = state
         .store
         .history(&device, &query)
@@ -94,7 +113,7 @@ pub(crate) async fn track(
         items.retain(|p| p.flag.is_none());
     }
     let cursor = page.next_cursor.as_deref();
-    Ok(match request.format {
+    Ok(match format {
         Format::Json => Json(Track::new(device.as_str(), &items, cursor)).into_response(),
         Format::GeoJson => geojson(FeatureCollection::new(
             &items,

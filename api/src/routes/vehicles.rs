@@ -1,5 +1,7 @@
 //! Vehicle routes: latest position, vehicles in an area, and history.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -10,7 +12,7 @@ use super::geojson;
 use crate::dto::{AreaMembers, FeatureCollection, Track, TrackMembers, Vehicle, VehicleList};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
-use crate::params::{AreaParams, Format, TrackParams, parse_device_id};
+use crate::params::{AreaParams, Format, TrackFormat, TrackParams, parse_device_id};
 use crate::records::VehicleDetail;
 use crate::state::ApiState;
 
@@ -90,6 +92,23 @@ pub(crate) async fn track(
     if state.store.latest(&device).await?.is_none() {
         return Err(unknown(&device));
     }
+    let format = match request.format {
+        TrackFormat::Page(format) => format,
+        TrackFormat::Export(export) => {
+            let range = crate::export::Range {
+                from_ms: request.query.from_ms,
+                to_ms: request.query.to_ms,
+                include_filtered: request.include_filtered,
+                name: device.as_str().to_owned(),
+            };
+            return Ok(crate::export::stream(
+                Arc::clone(&state.store),
+                device,
+                range,
+                export,
+            ));
+        }
+    };
     let has_cursor = request.query.cursor.is_some();
     let page = match state.store.history(&device, &request.query).await {
         Ok(page) => page,
@@ -108,7 +127,7 @@ pub(crate) async fn track(
         next_cursor: page.next_cursor,
     };
     let cursor = page.next_cursor.as_deref();
-    Ok(match request.format {
+    Ok(match format {
         Format::Json => Json(Track::new(device.as_str(), &page.items, cursor)).into_response(),
         Format::GeoJson => {
             let members = TrackMembers {
