@@ -11,6 +11,10 @@
 //!   device did not send.
 //! * KML 2.2: one `Placemark` per segment (split as for GPX), a
 //!   `LineString` of `lon,lat[,alt]`.
+//! * GeoJSON lines (`format=geojson-lines`): a `FeatureCollection` of one
+//!   `LineString` Feature per segment (split as for GPX), its properties
+//!   the device, first and last `ts_ms` and the number of fixes; the
+//!   paged `format=geojson` stays the points form.
 //!
 //! A store error mid-stream ends the body early (the client sees a broken
 //! transfer, not a well-formed short file); it is logged.
@@ -38,6 +42,7 @@ pub(crate) enum Export {
     Gpx,
     Csv,
     Kml,
+    GeoJsonLines,
 }
 
 impl Export {
@@ -46,6 +51,7 @@ impl Export {
             Self::Gpx => "application/gpx+xml",
             Self::Csv => "text/csv; charset=utf-8",
             Self::Kml => "application/vnd.google-earth.kml+xml",
+            Self::GeoJsonLines => "application/geo+json",
         }
     }
 
@@ -54,6 +60,7 @@ impl Export {
             Self::Gpx => "gpx",
             Self::Csv => "csv",
             Self::Kml => "kml",
+            Self::GeoJsonLines => "geojson",
         }
     }
 }
@@ -88,6 +95,7 @@ pub(crate) fn stream(
         cursor: None,
         started: false,
         last_ts: None,
+        segment: Segment::default(),
         done: false,
     });
     let body = futures::stream::unfold(state, |state| async move {
@@ -130,7 +138,16 @@ struct Writer {
     started: bool,
     /// The previous fix's time, to split segments.
     last_ts: Option<i64>,
+    /// The open segment (for the GeoJSON lines' properties).
+    segment: Segment,
     done: bool,
+}
+
+/// What a GeoJSON line's properties say of its segment.
+#[derive(Default)]
+struct Segment {
+    start_ts: i64,
+    points: usize,
 }
 
 impl Writer {
@@ -197,7 +214,21 @@ impl Writer {
                      <kml xmlns=\"http://www.opengis.net/kml/2.2\"><Document><name>{name}</name>\n"
                 );
             }
+            Export::GeoJsonLines => out.push_str("{\"type\":\"FeatureCollection\",\"features\":["),
         }
+    }
+
+    /// Closes the open GeoJSON line: its properties come last, once its
+    /// last fix is known.
+    fn close_line(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            "]}},\"properties\":{{\"device_id\":{},\"start_ts_ms\":{},\"end_ts_ms\":{},\"points\":{}}}}}",
+            serde_json::Value::from(self.device.as_str()),
+            self.segment.start_ts,
+            self.last_ts.unwrap_or_default(),
+            self.segment.points
+        );
     }
 
     fn fix(&mut self, out: &mut String, p: &EnrichedPosition) {
@@ -206,6 +237,25 @@ impl Writer {
             .last_ts
             .is_none_or(|last| r.ts_ms - last > SEGMENT_GAP_MS);
         let first = self.last_ts.is_none();
+        if let Export::GeoJsonLines = self.format {
+            // Before `last_ts` moves on: a closing line ends at the previous fix.
+            if new_segment && !first {
+                self.close_line(out);
+                out.push(',');
+            }
+            if new_segment {
+                self.segment = Segment {
+                    start_ts: r.ts_ms,
+                    points: 0,
+                };
+                out.push_str(
+                    "\n{\"type\":\"Feature\",\"geometry\":{\"type\":\"LineString\",\"coordinates\":[",
+                );
+            } else {
+                out.push(',');
+            }
+            self.segment.points += 1;
+        }
         self.last_ts = Some(r.ts_ms);
         match self.format {
             Export::Gpx => {
@@ -275,6 +325,12 @@ impl Writer {
                     }
                 }
             }
+            Export::GeoJsonLines => {
+                let _ = match r.altitude_m {
+                    Some(alt) => write!(out, "[{},{},{}]", r.lon, r.lat, alt),
+                    None => write!(out, "[{},{}]", r.lon, r.lat),
+                };
+            }
         }
     }
 
@@ -293,6 +349,12 @@ impl Writer {
                     out.push_str("\n</coordinates></LineString></Placemark>\n");
                 }
                 out.push_str("</Document></kml>\n");
+            }
+            Export::GeoJsonLines => {
+                if any {
+                    self.close_line(out);
+                }
+                out.push_str("\n]}\n");
             }
         }
     }

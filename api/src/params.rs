@@ -299,17 +299,19 @@ pub(crate) fn parse_format(raw: Option<&str>) -> Result<Format, ApiError> {
     }
 }
 
-/// `format=` of a track: json, geojson, or an export (gpx, csv, kml).
+/// `format=` of a track: json, geojson, or an export (gpx, csv, kml,
+/// geojson-lines).
 fn parse_track_format(raw: Option<&str>) -> Result<TrackFormat, ApiError> {
     use crate::export::Export;
     Ok(match raw {
         Some("gpx") => TrackFormat::Export(Export::Gpx),
         Some("csv") => TrackFormat::Export(Export::Csv),
         Some("kml") => TrackFormat::Export(Export::Kml),
+        Some("geojson-lines") => TrackFormat::Export(Export::GeoJsonLines),
         None | Some("json") | Some("geojson") => TrackFormat::Page(parse_format(raw)?),
         Some(other) => {
             return Err(bad(format!(
-                "format must be json, geojson, gpx, csv or kml, got {}",
+                "format must be json, geojson, geojson-lines, gpx, csv or kml, got {}",
                 echo(other)
             )));
         }
@@ -691,7 +693,7 @@ mod tests {
             ("limit=0", "limit must be an integer in [1, 10000]"),
             (
                 "format=shp",
-                "format must be json, geojson, gpx, csv or kml",
+                "format must be json, geojson, geojson-lines, gpx, csv or kml",
             ),
         ] {
             let err = track(q).expect_err(q);
@@ -702,6 +704,7 @@ mod tests {
             ("format=gpx", Export::Gpx),
             ("format=csv", Export::Csv),
             ("format=kml", Export::Kml),
+            ("format=geojson-lines", Export::GeoJsonLines),
         ] {
             assert_eq!(
                 track(q).expect(q).format,

@@ -191,6 +191,36 @@ print(json.dumps({
     );
     assert_eq!(coordinates.split_whitespace().next(), Some("13.4,52.5,30"));
 
+    // GeoJSON, a LineString per segment.
+    let (status, media, lines) = download(
+        &server,
+        &format!("/v1/vehicles/exp-1/track?format=geojson-lines&{range}"),
+    )
+    .await;
+    assert_eq!((status, media.as_str()), (200, "application/geo+json"));
+    let lines: Value = serde_json::from_str(&lines).expect("GeoJSON");
+    let features = lines["features"].as_array().expect("features");
+    assert_eq!(features.len(), 2, "{lines:.300}");
+    for (k, f) in features.iter().enumerate() {
+        assert_eq!(f["geometry"]["type"], "LineString");
+        assert_eq!(
+            f["geometry"]["coordinates"].as_array().map(Vec::len),
+            Some(150)
+        );
+        assert_eq!(f["properties"]["points"], 150);
+        assert_eq!(f["properties"]["device_id"], "exp-1");
+        let first = (k * 150) as i64;
+        assert_eq!(f["properties"]["start_ts_ms"], ts(first));
+        assert_eq!(f["properties"]["end_ts_ms"], ts(first + 149));
+    }
+    let first: Vec<f64> = features[0]["geometry"]["coordinates"][0]
+        .as_array()
+        .expect("a position")
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    assert_eq!(first, [13.4, 52.5, 30.0]);
+
     // One trip's export.
     let (_, trips) = server.get("/v1/vehicles/exp-1/trips").await;
     let trip = trips["trips"][0]["trip_id"]
