@@ -130,10 +130,7 @@ impl From<ScopeArg> for Scope {
 
 /// Opens the store the flags name and the access service over it.
 async fn open(args: &StoreArgs) -> anyhow::Result<(Access, PathBuf)> {
-    let mut config = match &args.config {
-        Some(path) => FileConfig::load(path)?,
-        None => FileConfig::default(),
-    };
+    let mut config = FileConfig::load_layers(args.config.as_deref(), std::env::vars())?;
     if let Some(data) = &args.data {
         config.store.data.clone_from(data);
     }

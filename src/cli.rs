@@ -198,10 +198,7 @@ fn parse_durability(s: &str) -> Result<fleetd_journal::Durability, String> {
 impl ServeArgs {
     /// The config file (if any) with these flags applied on top.
     pub fn resolve(&self) -> anyhow::Result<FileConfig> {
-        let mut config = match &self.config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
-        };
+        let mut config = FileConfig::load_layers(self.config.as_deref(), std::env::vars())?;
         if let Some(v) = self.ingest {
             config.ingest.mode = v;
         }

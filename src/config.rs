@@ -71,13 +71,100 @@ impl Default for DemoConfig {
     }
 }
 
+/// Prefix of the environment variables that set a config key:
+/// `FLEETD_{SECTION}__{KEY}`, one `__` per level (`FLEETD_PROCESSOR__WINDOW_MS`,
+/// `FLEETD_STORE__SCYLLA__URI`). Variables without `__` are the flags' own
+/// (`FLEETD_HTTP` is `--http`).
+pub const ENV_PREFIX: &str = "FLEETD_";
+
 impl FileConfig {
-    /// Reads and parses a config file.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    /// The defaults, under the config file at `path` (if any), under the
+    /// `FLEETD_{SECTION}__{KEY}` variables among `env`. A variable's value
+    /// is taken as the key's type in the shipped defaults: text for a text
+    /// key, else a TOML value (`500`, `true`, `["a", "b"]`). An unknown key
+    /// or a value of the wrong type is an error that names the variable.
+    pub fn load_layers(
+        path: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults: toml::Table = DEFAULT_CONFIG
+            .parse()
+            .context("the shipped fleetd.toml does not parse")?;
+        let mut from_env = Vec::new();
+        for (name, raw) in env {
+            let Some(keys) = name.strip_prefix(ENV_PREFIX).filter(|k| k.contains("__")) else {
+                continue;
+            };
+            let keys: Vec<String> = keys.split("__").map(str::to_ascii_lowercase).collect();
+            let value = env_value(&defaults, &keys, &raw);
+            set_key(&mut table, &keys, value)
+                .with_context(|| format!("environment variable {name}"))?;
+            from_env.push(name);
+        }
+        let config: Result<FileConfig, _> = table.try_into();
+        match (config, path) {
+            (Ok(config), _) => Ok(config),
+            (Err(e), _) if !from_env.is_empty() => Err(anyhow::anyhow!(e)).with_context(|| {
+                format!(
+                    "invalid configuration (file {}, environment {})",
+                    path.map_or("none".into(), |p| p.display().to_string()),
+                    from_env.join(", ")
+                )
+            }),
+            (Err(e), Some(path)) => Err(anyhow::anyhow!(e))
+                .with_context(|| format!("invalid config file {}", path.display())),
+            (Err(e), None) => Err(anyhow::anyhow!(e)),
+        }
     }
+}
+
+/// `raw` as the type of `keys` in the shipped defaults: text stays text (a
+/// device id of digits, an address), anything else is read as TOML and
+/// falls back to text.
+fn env_value(defaults: &toml::Table, keys: &[String], raw: &str) -> toml::Value {
+    let mut at = defaults;
+    let mut default = None;
+    for (i, key) in keys.iter().enumerate() {
+        match at.get(key) {
+            Some(toml::Value::Table(t)) if i + 1 < keys.len() => at = t,
+            Some(v) if i + 1 == keys.len() => default = Some(v),
+            _ => break,
+        }
+    }
+    if let Some(toml::Value::String(_)) = default {
+        return toml::Value::String(raw.to_owned());
+    }
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+/// Sets `keys` (a path of tables) in `table` to `value`.
+fn set_key(table: &mut toml::Table, keys: &[String], value: toml::Value) -> anyhow::Result<()> {
+    let (last, parents) = keys.split_last().context("no key")?;
+    let mut at = table;
+    for key in parents {
+        let entry = at
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!("{key} is a value, not a section"),
+        };
+    }
+    at.insert(last.clone(), value);
+    Ok(())
 }
 
 /// Validated settings for `fleetd serve`, one part per stage.
@@ -161,6 +248,66 @@ impl FileConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn environment_variables_set_keys_over_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("fleetd.toml");
+        std::fs::write(&file, "[processor]\nwindow_ms = 300\nmax_batch = 7\n").expect("write");
+        let c = FileConfig::load_layers(
+            Some(&file),
+            env(&[
+                ("FLEETD_PROCESSOR__WINDOW_MS", "500"),
+                ("FLEETD_INGEST__CLIENT_ID", "12345"),
+                ("FLEETD_STORE__SCYLLA__URI", "10.0.0.1:9042"),
+                ("FLEETD_AUTH__ALLOW_ANONYMOUS", "true"),
+                // A flag's own variable and others are not config keys.
+                ("FLEETD_HTTP", "127.0.0.1:1"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.processor.window_ms, 500, "the environment over the file");
+        assert_eq!(c.processor.max_batch, 7, "the file over the defaults");
+        assert_eq!(
+            c.ingest.client_id, "12345",
+            "digits for a text key stay text"
+        );
+        assert_eq!(c.store.scylla.uri, "10.0.0.1:9042");
+        assert!(c.auth.allow_anonymous);
+        assert_eq!(c.api, FileConfig::default().api);
+    }
+
+    #[test]
+    fn a_bad_environment_variable_is_named() {
+        let err = FileConfig::load_layers(None, env(&[("FLEETD_API__HTPP", "x")]))
+            .expect_err("unknown key");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("FLEETD_API__HTPP") && msg.contains("htpp"),
+            "{msg}"
+        );
+        let err = FileConfig::load_layers(None, env(&[("FLEETD_PROCESSOR__WINDOW_MS", "soon")]))
+            .expect_err("wrong type");
+        assert!(
+            format!("{err:#}").contains("FLEETD_PROCESSOR__WINDOW_MS"),
+            "{err:#}"
+        );
+        let err = FileConfig::load_layers(None, env(&[("FLEETD_DEMO__VEHICLES__X", "1")]))
+            .expect_err("a value is not a section");
+        assert!(
+            format!("{err:#}").contains("FLEETD_DEMO__VEHICLES__X"),
+            "{err:#}"
+        );
+    }
 
     #[test]
     fn shipped_config_states_the_defaults() {

@@ -91,12 +91,18 @@ fn an_mqtt_port_in_use_is_a_start_error_not_a_log_line() {
 /// Runs `fleetd serve` with `args` and waits at most 5 s for it to exit:
 /// (exited non-zero in time, stdout, stderr).
 fn serve_must_fail(args: &[&str]) -> (bool, String, String) {
+    serve_must_fail_with_env(args, &[])
+}
+
+/// [`serve_must_fail`] with `env` set for fleetd.
+fn serve_must_fail_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let stdout = dir.path().join("out");
     let stderr = dir.path().join("err");
     let mut child = Command::new(env!("CARGO_BIN_EXE_fleetd"))
         .arg("serve")
         .args(args)
+        .envs(env.iter().copied())
         .stdout(std::fs::File::create(&stdout).expect("stdout file"))
         .stderr(std::fs::File::create(&stderr).expect("stderr file"))
         .spawn()
@@ -227,4 +233,37 @@ async fn operators_get_urls_plain_or_json_logs_and_a_healthcheck() {
         lines += 1;
     }
     assert!(lines > 3 && log.contains("\"fleetd ready\""), "{log}");
+}
+
+// Every config key has an environment variable, FLEETD_{SECTION}__{KEY}:
+// it reaches the stage that validates it, and an unknown one stops the
+// start naming the variable.
+#[test]
+fn config_keys_can_be_set_from_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    let (mqtt, http) = (
+        format!("127.0.0.1:{}", crate::util::free_port()),
+        format!("127.0.0.1:{}", crate::util::free_port()),
+    );
+    let base = ["--data", data, "--mqtt", &mqtt, "--http", &http];
+    let (failed, _, stderr) =
+        serve_must_fail_with_env(&base, &[("FLEETD_PROCESSOR__WINDOW_MS", "5")]);
+    assert!(failed, "a window of 5 ms is refused");
+    assert!(
+        stderr.contains("processor.window_ms") && stderr.contains("got 5"),
+        "{stderr}"
+    );
+    let (failed, _, stderr) = serve_must_fail_with_env(&base, &[("FLEETD_API__HTPP", "x")]);
+    assert!(failed, "an unknown key is refused");
+    assert!(
+        stderr.contains("FLEETD_API__HTPP"),
+        "names the variable: {stderr}"
+    );
+    // A good one takes effect (fleetd runs until the helper stops it).
+    let (failed, _, stderr) =
+        serve_must_fail_with_env(&base, &[("FLEETD_PROCESSOR__WINDOW_MS", "700")]);
+    assert!(!failed, "{stderr}");
+    assert!(stderr.contains("window_ms=700"), "{stderr}");
 }
