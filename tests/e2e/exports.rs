@@ -1,6 +1,7 @@
-//! Track exports through the real binary: GPX read back by gpxpy (PyPI,
-//! installed by scripts/test) and checked well-formed by xmllint, CSV and
-//! KML parsed, a trip's export, a bad format refused; a day at 1 Hz
+//! Track exports through the real binary: GPX validated against the GPX
+//! 1.1 schema and KML against OGC KML 2.2 (xmllint; the schemas as Debian
+//! ships them, fetched by scripts/test), GPX read back by gpxpy (PyPI),
+//! CSV and GeoJSON parsed, a trip's export, a bad format refused; a day at 1 Hz
 //! streams (its first bytes come long before its last) without the
 //! server holding it.
 
@@ -11,6 +12,11 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::util::{Fleetd, now_ms, stored_ts};
+
+/// The GPX 1.1 schema (TopoGrafix), as Debian's pytrainer ships it.
+const GPX_XSD: &str = "Topografix_gpx11.xsd";
+/// The OGC KML 2.2 schema, from the same package.
+const KML_XSD: &str = "ogckml22.xsd";
 
 /// The Python with gpxpy that scripts/test makes.
 fn python() -> String {
@@ -61,18 +67,24 @@ async fn download(server: &Fleetd, path: &str) -> (u16, String, String) {
     (status, media, r.text().await.expect("body"))
 }
 
-/// `xmllint --noout` of `text`, or its complaint.
-fn well_formed(text: &str, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+/// Writes `text` to `dir/name` and validates it with `xmllint` against
+/// `schema` (a file of the schemas scripts/test fetches: GPX 1.1, KML 2.2).
+fn valid(text: &str, dir: &std::path::Path, name: &str, schema: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write export");
+    let schemas = std::env::var("FLEETD_TEST_SCHEMAS").unwrap_or_else(|_| {
+        panic!("FLEETD_TEST_SCHEMAS is not set: run scripts/test, which fetches the GPX and KML schemas")
+    });
     let out = Command::new("xmllint")
         .arg("--noout")
+        .arg("--schema")
+        .arg(std::path::Path::new(&schemas).join(schema))
         .arg(&path)
         .output()
         .expect("xmllint is installed (scripts/test installs libxml2-utils)");
     assert!(
         out.status.success(),
-        "{name} is not well-formed: {}",
+        "{name} does not validate against {schema}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     path
@@ -106,7 +118,7 @@ async fn gpx_csv_and_kml_exports_read_back_with_third_party_parsers() {
         (200, "application/gpx+xml"),
         "{gpx}"
     );
-    let file = well_formed(&gpx, dir.path(), "exp-1.gpx");
+    let file = valid(&gpx, dir.path(), "exp-1.gpx", GPX_XSD);
     let script = r#"
 import json, sys, gpxpy
 g = gpxpy.parse(open(sys.argv[1]))
@@ -169,7 +181,7 @@ print(json.dumps({
     )
     .await;
     assert_eq!(status, 200);
-    let file = well_formed(&kml, dir.path(), "exp-1.kml");
+    let file = valid(&kml, dir.path(), "exp-1.kml", KML_XSD);
     let count = |xpath: &str| {
         let out = Command::new("xmllint")
             .args(["--xpath", xpath])
@@ -233,7 +245,7 @@ print(json.dumps({
     )
     .await;
     assert_eq!(status, 200);
-    well_formed(&trip_gpx, dir.path(), "trip.gpx");
+    valid(&trip_gpx, dir.path(), "trip.gpx", GPX_XSD);
     assert!(trip_gpx.contains("<trkpt "), "{trip_gpx:.300}");
 
     let (status, body) = server.get("/v1/vehicles/exp-1/track?format=shp").await;
