@@ -483,13 +483,7 @@ fn sample_rss(
     std::thread::spawn(move || {
         let mut max = 0;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let kb = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            max = max.max(kb * 1024);
+            max = max.max(crate::util::rss_bytes(pid));
             std::thread::sleep(Duration::from_millis(100));
         }
         max

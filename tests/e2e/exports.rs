@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::util::{Fleetd, now_ms, stored_ts};
+use crate::util::{Fleetd, now_ms, rss_bytes, stored_ts};
 
 /// The GPX 1.1 schema (TopoGrafix), as Debian's pytrainer ships it.
 const GPX_XSD: &str = "Topografix_gpx11.xsd";
@@ -258,17 +258,6 @@ print(json.dumps({
     );
 }
 
-/// Resident set of `pid`, bytes.
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
-}
-
 // A day at 1 Hz: the export arrives as a stream (first bytes long before
 // the last), every fix once, and the server does not hold the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +278,7 @@ async fn a_day_long_gpx_export_streams() {
         .await;
     assert!(stored.is_some(), "a day stored; log:\n{}", server.log());
 
-    let before = rss(server.pid());
+    let before = rss_bytes(server.pid());
     let started = Instant::now();
     let r = server
         .client
@@ -315,7 +304,7 @@ async fn a_day_long_gpx_export_streams() {
         points += text.matches("<trkpt ").count();
         let keep = tail.len().saturating_sub(6);
         tail.drain(..keep);
-        peak = peak.max(rss(server.pid()));
+        peak = peak.max(rss_bytes(server.pid()));
     }
     let total = started.elapsed();
     let first = first_at.expect("some bytes");

@@ -467,15 +467,12 @@ fn rss_kib(http: &str) -> u64 {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("serve") && cmdline.contains(needle) && cmdline.contains("fleetd") {
-            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-            if let Some(kib) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            {
-                return kib;
-            }
+        if cmdline.contains("serve")
+            && cmdline.contains(needle)
+            && cmdline.contains("fleetd")
+            && let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok())
+        {
+            return crate::util::rss_bytes(pid) / 1024;
         }
     }
     panic!("no fleetd process serving {http}");

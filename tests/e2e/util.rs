@@ -656,3 +656,14 @@ pub async fn assert_odometer_is_track_length(server: &Fleetd, id: &str, first_ts
     );
     odometer
 }
+
+/// Resident set of process `pid`, in bytes (`VmRSS`; 0 once it is gone).
+pub fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
