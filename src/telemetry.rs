@@ -243,6 +243,12 @@ const SERIES: &[(&str, Kind, Start, &str)] = &[
         "Trips closed.",
     ),
     (
+        "fleetd_store_disk_bytes",
+        Kind::Gauge,
+        Start::Described,
+        "Bytes on disk of each embedded-store keyspace's tables (not yet compacted data included), by keyspace.",
+    ),
+    (
         "fleetd_alerts_total",
         Kind::Counter,
         Start::Zero,

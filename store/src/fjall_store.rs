@@ -126,15 +126,17 @@ impl FjallStore {
             let (key, value) = guard.into_inner()?;
             codec::decode(&tables.open(table::LATEST, &key, &value)?)
         }))?;
+        let inner = Inner {
+            path: path.to_path_buf(),
+            db,
+            latest,
+            history,
+            index,
+            tables,
+        };
+        inner.report_disk_space();
         Ok(FjallStore {
-            inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                db,
-                latest,
-                history,
-                index,
-                tables,
-            }),
+            inner: Arc::new(inner),
         })
     }
 
@@ -168,7 +170,13 @@ impl fmt::Debug for FjallStore {
 impl Store for FjallStore {
     async fn write_batch(&self, batch: Arc<WriteBatch>) -> Result<(), StoreError> {
         let started = Instant::now();
-        let (history_rows, latest_rows) = self.blocking(move |inner| inner.write(&batch)).await?;
+        let (history_rows, latest_rows) = self
+            .blocking(move |inner| {
+                let written = inner.write(&batch)?;
+                inner.report_disk_space();
+                Ok(written)
+            })
+            .await?;
         metrics::histogram!("fleetd_store_write_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("fleetd_store_rows_written_total", "table" => "history")
             .increment(history_rows as u64);
@@ -386,6 +394,24 @@ fn fence_exists(t: &Tables, member_key: &[u8]) -> bool {
 const LEGACY_AREA_KEYSPACE: &str = "area";
 
 impl Inner {
+    /// Sets `fleetd_store_disk_bytes{keyspace}`: the bytes of each
+    /// keyspace's tables on disk (fjall keeps the sizes in memory, so this
+    /// is a sum over a few tables, not a directory walk).
+    /// `keyspace="wal"` is fjall's own write-ahead log, which holds what
+    /// its memtables have not yet flushed to tables.
+    fn report_disk_space(&self) {
+        let mut tables = 0;
+        for name in table::ALL {
+            let bytes = self.keyspace(name).disk_space();
+            tables += bytes;
+            metrics::gauge!("fleetd_store_disk_bytes", "keyspace" => name).set(bytes as f64);
+        }
+        if let Ok(all) = self.db.disk_space() {
+            metrics::gauge!("fleetd_store_disk_bytes", "keyspace" => "wal")
+                .set(all.saturating_sub(tables) as f64);
+        }
+    }
+
     /// The keyspace named `name` (one of [`table::ALL`]).
     pub(crate) fn keyspace(&self, name: &str) -> &Keyspace {
         let t = &self.tables;

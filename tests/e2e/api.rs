@@ -163,4 +163,7 @@ async fn the_first_scrape_has_every_documented_and_dashboard_series() {
         missing.is_empty(),
         "not in the first scrape (or without HELP): {missing:?}\n{scrape}"
     );
+    // The store's size on disk is there from the start: fjall's log at least.
+    let wal = crate::util::parse_metric(&scrape, "fleetd_store_disk_bytes{keyspace=\"wal\"}");
+    assert!(wal > 0.0, "the embedded store's log takes room: {wal}");
 }
