@@ -141,16 +141,29 @@ async fn ingest_identity(
     if state.access.allow_anonymous() {
         return Ok(Identity::Anonymous);
     }
-    let identity = match basic_part(headers) {
-        Some(encoded) => {
-            let (user, password) = decode_basic(encoded).ok_or_else(|| ApiError::Unauthorized {
-                message: "the Authorization header is not Basic base64(user:password)".into(),
-                basic: true,
-            })?;
-            login(state, &user, &password, peer).await?
-        }
+    let identity = match basic_login(headers)? {
+        Some((user, password)) => login(state, &user, &password, peer).await?,
         None => bearer(state, headers, true)?,
     };
+    may_post_positions(identity)
+}
+
+/// `user:password` of an `Authorization: Basic` header; `None` without
+/// one, 401 for a malformed one.
+pub(crate) fn basic_login(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
+    basic_part(headers)
+        .map(|encoded| {
+            decode_basic(encoded).ok_or_else(|| ApiError::Unauthorized {
+                message: "the Authorization header is not Basic base64(user:password)".into(),
+                basic: true,
+            })
+        })
+        .transpose()
+}
+
+/// Positions come from a device's (or OwnTracks user's) own login or from a
+/// token with `write` scope (a trusted gateway); a lesser token is 403.
+pub(crate) fn may_post_positions(identity: Identity) -> Result<Identity, ApiError> {
     match &identity {
         Identity::Service { .. } if !identity.has_scope(Scope::Write) => {
             Err(ApiError::Forbidden(format!(

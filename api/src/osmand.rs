@@ -20,9 +20,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use fleetd_auth::Identity;
 use fleetd_ingest::{Caller, SpeedUnit, SubmitError, osmand};
-use fleetd_schemas::Scope;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -134,15 +132,7 @@ async fn login(
     if api.access.allow_anonymous() {
         return Ok(Caller::anyone("anonymous"));
     }
-    let basic = crate::auth::basic_part(headers)
-        .map(|encoded| {
-            crate::auth::decode_basic(encoded).ok_or_else(|| ApiError::Unauthorized {
-                message: "the Authorization header is not Basic base64(user:password)".into(),
-                basic: true,
-            })
-        })
-        .transpose()?;
-    let (user, password) = match (basic, &fix.key) {
+    let (user, password) = match (crate::auth::basic_login(headers)?, &fix.key) {
         (Some(login), _) => login,
         (None, Some(key)) => (fix.device.clone(), key.clone()),
         (None, None) => {
@@ -153,13 +143,6 @@ async fn login(
         }
     };
     let identity = crate::auth::login(api, &user, &password, peer).await?;
-    if let Identity::Service { .. } = identity
-        && !identity.has_scope(Scope::Write)
-    {
-        return Err(ApiError::Forbidden(format!(
-            "sending positions needs a device login or a token with `write` scope; {} has less",
-            identity.label()
-        )));
-    }
+    let identity = crate::auth::may_post_positions(identity)?;
     Ok(caller(&identity))
 }

@@ -166,14 +166,7 @@ impl Submitter {
         source: &str,
         payload: &[u8],
     ) -> Result<Submitted, SubmitError> {
-        // Refuse before decoding when there is clearly no room, so that a
-        // client retrying against a busy server is not counted twice.
-        if !self.journal.is_writable() {
-            return Err(SubmitError::Unavailable);
-        }
-        if !self.journal.has_room() {
-            return Err(SubmitError::QueueFull);
-        }
+        self.check_room()?;
         let received_ms = now_ms();
         let mut positions = Vec::new();
         let mut rejects = Vec::new();
@@ -218,12 +211,7 @@ impl Submitter {
         }
         let accepted = positions.len();
         if accepted > 0 {
-            let pending = self.journal.try_append(positions).map_err(|e| match e {
-                AppendError::Full => SubmitError::QueueFull,
-                _ => SubmitError::Closed,
-            })?;
-            count_received(accepted);
-            pending.durable().await.map_err(|_| SubmitError::Closed)?;
+            self.append_durable(positions).await?;
         }
         Ok(Submitted {
             format: decoded.format,
@@ -248,12 +236,7 @@ impl Submitter {
         raw: RawPosition,
         payload: &[u8],
     ) -> Result<Result<(), Reject>, SubmitError> {
-        if !self.journal.is_writable() {
-            return Err(SubmitError::Unavailable);
-        }
-        if !self.journal.has_room() {
-            return Err(SubmitError::QueueFull);
-        }
+        self.check_room()?;
         let received_ms = now_ms();
         let checked = DeviceId::parse(device)
             .map_err(|e| Reject::new(RejectReason::BadDeviceId, format!("id: {e}")))
@@ -285,12 +268,7 @@ impl Submitter {
                 return Ok(Err(reject));
             }
         };
-        let pending = self.journal.try_append(vec![report]).map_err(|e| match e {
-            AppendError::Full => SubmitError::QueueFull,
-            _ => SubmitError::Closed,
-        })?;
-        count_received(1);
-        pending.durable().await.map_err(|_| SubmitError::Closed)?;
+        self.append_durable(vec![report]).await?;
         Ok(Ok(()))
     }
 
@@ -298,6 +276,30 @@ impl Submitter {
     /// `GET /v1/rejections` shows it), as every input's rejections are.
     pub fn reject(&self, source: &str, reject: Reject, payload: &[u8]) {
         record_reject(&self.rejections, source, None, reject, payload, now_ms());
+    }
+
+    /// Refuses, before any decoding, when the journal clearly cannot take
+    /// more (so that a client retrying against a busy server is not
+    /// counted twice).
+    fn check_room(&self) -> Result<(), SubmitError> {
+        if !self.journal.is_writable() {
+            return Err(SubmitError::Unavailable);
+        }
+        if !self.journal.has_room() {
+            return Err(SubmitError::QueueFull);
+        }
+        Ok(())
+    }
+
+    /// Appends `positions` to the journal and waits until they are durable.
+    async fn append_durable(&self, positions: Vec<PositionReport>) -> Result<(), SubmitError> {
+        let n = positions.len();
+        let pending = self.journal.try_append(positions).map_err(|e| match e {
+            AppendError::Full => SubmitError::QueueFull,
+            _ => SubmitError::Closed,
+        })?;
+        count_received(n);
+        pending.durable().await.map_err(|_| SubmitError::Closed)
     }
 
     /// Counts and samples a payload refused before it was read whole

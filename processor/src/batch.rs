@@ -6,7 +6,7 @@
 
 use fleetd_schemas::{
     AlertKind, DeviceId, DeviceTrip, EnrichedPosition, Fix, H3Cells, MembershipChange,
-    PositionReport, RejectReason, Rejection, VehicleState,
+    PositionReport, RejectReason, Rejection,
 };
 use fleetd_store::{LatestUpdate, WriteBatch};
 use h3o::{CellIndex, Resolution};
@@ -64,9 +64,6 @@ pub struct BatchOutcome {
     pub filtered: Vec<(RejectReason, u64)>,
     /// A few of them, for `GET /v1/rejections`.
     pub samples: Vec<Rejection>,
-    /// The current state of devices with a new latest position whose state
-    /// this batch did not change (not written: for the live streams).
-    pub live_states: Vec<(DeviceId, VehicleState)>,
 }
 
 impl BatchOutcome {
@@ -260,25 +257,6 @@ pub fn process_batch(
             push_effects(&mut outcome, &device, ds, effects);
         }
     }
-
-    // A device whose new latest position came without a state change (its
-    // fixes still wait out the reorder allowance) is streamed with the
-    // state it has, as `GET /v1/vehicles/{id}` shows it; one that has no
-    // state yet, without.
-    let changed: std::collections::HashSet<&DeviceId> =
-        outcome.write.states.iter().map(|(d, _)| d).collect();
-    let unchanged: Vec<(DeviceId, VehicleState)> = outcome
-        .write
-        .latest
-        .iter()
-        .map(|u| &u.position.report.device_id)
-        .filter(|d| !changed.contains(d))
-        .filter_map(|d| {
-            let ds = state.devices.get(d)?;
-            (ds.vehicle.ts_ms != 0).then(|| (d.clone(), ds.vehicle.clone()))
-        })
-        .collect();
-    outcome.live_states = unchanged;
 
     if ctx.sweep {
         for (device, ds) in &mut state.devices {

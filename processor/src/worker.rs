@@ -6,10 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetd_schemas::{
-    Checkpoint, DeviceId, Ingested, PositionReport, RejectReason, RejectionLog, VehicleState,
-    now_ms,
-};
+use fleetd_schemas::{Checkpoint, Ingested, PositionReport, RejectReason, RejectionLog, now_ms};
 use fleetd_store::{Store, WriteBatch};
 use tokio::sync::mpsc;
 
@@ -248,7 +245,6 @@ async fn flush(
         write,
         filtered,
         samples,
-        live_states,
     } = outcome;
     for (reason, n) in &filtered {
         metrics::counter!(reason.metric(), "reason" => reason.code()).increment(*n);
@@ -273,7 +269,7 @@ async fn flush(
         // The store has let go of its reference: the batch moves on to
         // the live streams without a copy.
         let write = Arc::try_unwrap(write).unwrap_or_else(|shared| (*shared).clone());
-        publish_live(&ports.live, write, live_states);
+        publish_live(&ports.live, write, &state);
     }
     metrics::histogram!("fleetd_batch_process_seconds").record(processed_at.as_secs_f64());
     metrics::histogram!("fleetd_batch_duration_seconds").record(started.elapsed().as_secs_f64());
@@ -313,17 +309,25 @@ fn record_lag(write: &WriteBatch) {
 /// Hands the stored batch to live streams: its latest positions (one per
 /// device) and its alerts. Only stored batches are published, so a stream
 /// never shows what a query cannot find. Never blocks on a consumer.
-fn publish_live(live: &LiveHub, write: WriteBatch, unchanged: Vec<(DeviceId, VehicleState)>) {
+fn publish_live(live: &LiveHub, write: WriteBatch, state: &PartitionState) {
     // Each event carries the device's state after the batch, as
-    // `GET /v1/vehicles/{id}` shows it: changed (and stored) or as it was.
-    let mut states: std::collections::HashMap<_, _> =
-        write.states.into_iter().chain(unchanged).collect();
+    // `GET /v1/vehicles/{id}` shows it: the one just stored, else (its
+    // fixes still wait out the reorder allowance) the one it has; a device
+    // with no state yet goes without.
+    let mut changed: std::collections::HashMap<_, _> = write.states.into_iter().collect();
     let latest = write
         .latest
         .into_iter()
-        .map(|u| LivePosition {
-            vehicle: states.remove(&u.position.report.device_id),
-            position: u.position,
+        .map(|u| {
+            let device = &u.position.report.device_id;
+            let vehicle = changed.remove(device).or_else(|| {
+                let ds = state.devices.get(device)?;
+                (ds.vehicle.ts_ms != 0).then(|| ds.vehicle.clone())
+            });
+            LivePosition {
+                vehicle,
+                position: u.position,
+            }
         })
         .collect();
     live.publish(latest, write.alerts);
