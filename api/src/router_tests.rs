@@ -678,6 +678,15 @@ impl Store for BrokenStore {
     async fn delete_token(&self, _: &str) -> Result<bool, StoreError> {
         Err(StoreError::Unavailable("down".into()))
     }
+    async fn put_webhook(&self, _: &fleetd_schemas::StoredWebhook) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn all_webhooks(&self) -> Result<Vec<fleetd_schemas::StoredWebhook>, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn delete_webhook(&self, _: &str) -> Result<bool, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@
 //!   stream filters.
 //! * [`Ingested`]: an item of the processor's input queue (positions, replayed
 //!   positions, a journal [`Checkpoint`]).
+//! * [`StoredWebhook`]: where alerts are delivered, and which.
 //! * [`Rejection`] and [`RejectionLog`]: why an input was dropped, counted and
 //!   sampled for `GET /v1/rejections`.
 //!
@@ -35,6 +36,7 @@ mod slots;
 pub mod test_support;
 mod vehicle;
 mod vehicle_storage;
+mod webhook;
 
 pub use access::{Principal, Scope, StoredCredential, StoredToken};
 pub use alert::{Alert, AlertDetail, AlertKind, GeofenceId};
@@ -47,6 +49,7 @@ pub use position::{
 pub use rejection::{RejectReason, Rejection, RejectionLog};
 pub use setting::InvalidSetting;
 pub use slots::DeviceSlots;
+pub use webhook::{StoredWebhook, WebhookFilter};
 pub use vehicle::{
     Anchor, DeviceInfo, DeviceTrip, Fix, Motion, Overspeed, Suspect, Trip, VehicleState,
 };

@@ -30,7 +30,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use fleetd_schemas::{DeviceId, EnrichedPosition};
 
 use fleetd_schemas::{
-    DeviceInfo, GeofenceId, Principal, StoredCredential, StoredToken, Trip, VehicleState,
+    DeviceInfo, GeofenceId, Principal, StoredCredential, StoredToken, StoredWebhook, Trip, VehicleState,
 };
 
 use crate::area_index::LatestIndex;
@@ -117,6 +117,7 @@ impl FjallStore {
             devices: ks(table::DEVICES)?,
             credentials: ks(table::CREDENTIALS)?,
             tokens: ks(table::TOKENS)?,
+            webhooks: ks(table::WEBHOOKS)?,
             geofences: ks(table::GEOFENCES)?,
             fence_members: ks(table::FENCE_MEMBERS)?,
             sealer,
@@ -361,6 +362,25 @@ impl Store for FjallStore {
             .await
     }
 
+    async fn put_webhook(&self, hook: &StoredWebhook) -> Result<(), StoreError> {
+        let (key, value) = (hook.id.clone(), fjall_tables::encode(hook));
+        self.blocking(move |inner| {
+            let value = inner.tables.seal(table::WEBHOOKS, key.as_bytes(), value);
+            Ok(inner.tables.webhooks.insert(key, value)?)
+        })
+        .await
+    }
+
+    async fn all_webhooks(&self) -> Result<Vec<StoredWebhook>, StoreError> {
+        self.blocking(|inner| inner.tables.all_webhooks()).await
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |inner| inner.tables.delete_webhook(&id))
+            .await
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         self.blocking(|inner| Ok(inner.db.persist(PersistMode::SyncAll)?))
             .await
@@ -425,6 +445,7 @@ impl Inner {
             table::DEVICES => &t.devices,
             table::CREDENTIALS => &t.credentials,
             table::TOKENS => &t.tokens,
+            table::WEBHOOKS => &t.webhooks,
             table::GEOFENCES => &t.geofences,
             _ => &t.fence_members,
         }

@@ -12,6 +12,7 @@
 //! | `fence_members`    | `geofence_id 0x00 device_id`      | entered ms (i64 BE) |
 //! | `credentials`      | `device:{id}` / `user:{name}`     | `StoredCredential` |
 //! | `tokens`           | token id                          | `StoredToken`  |
+//! | `webhooks`         | webhook id                        | `StoredWebhook` |
 //!
 //! Values are JSON: these rows are few and small next to history, and JSON
 //! with serde defaults keeps old data readable when fields are added. The
@@ -25,7 +26,7 @@ use std::borrow::Cow;
 use fjall::Keyspace;
 use fleetd_schemas::storage::StoredVehicleState;
 use fleetd_schemas::{
-    Alert, DeviceId, DeviceInfo, GeofenceId, Principal, StoredCredential, StoredToken, Trip,
+    Alert, DeviceId, DeviceInfo, GeofenceId, Principal, StoredCredential, StoredToken, StoredWebhook, Trip,
     VehicleState,
 };
 use prost::Message;
@@ -57,8 +58,9 @@ pub(crate) mod table {
     pub(crate) const TOKENS: &str = "tokens";
     pub(crate) const GEOFENCES: &str = "geofences";
     pub(crate) const FENCE_MEMBERS: &str = "fence_members";
+    pub(crate) const WEBHOOKS: &str = "webhooks";
     /// Every keyspace, in the order `fleetd rekey` copies them.
-    pub(crate) const ALL: [&str; 11] = [
+    pub(crate) const ALL: [&str; 12] = [
         LATEST,
         HISTORY,
         STATE,
@@ -70,6 +72,7 @@ pub(crate) mod table {
         TOKENS,
         GEOFENCES,
         FENCE_MEMBERS,
+        WEBHOOKS,
     ];
     /// Keyspaces whose values are empty (only their keys are read): not
     /// sealed.
@@ -89,6 +92,7 @@ pub(crate) struct Tables {
     pub(crate) fence_members: Keyspace,
     pub(crate) credentials: Keyspace,
     pub(crate) tokens: Keyspace,
+    pub(crate) webhooks: Keyspace,
     /// Seals values on the way in and opens them on the way out.
     pub(crate) sealer: Sealer,
 }
@@ -449,6 +453,22 @@ impl Tables {
     pub(crate) fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
         let existed = self.tokens.contains_key(id)?;
         self.tokens.remove(id)?;
+        Ok(existed)
+    }
+
+    pub(crate) fn all_webhooks(&self) -> Result<Vec<StoredWebhook>, StoreError> {
+        self.webhooks
+            .iter()
+            .map(|guard| {
+                let (key, value) = guard.into_inner()?;
+                decode("webhook", &self.open(table::WEBHOOKS, &key, &value)?)
+            })
+            .collect()
+    }
+
+    pub(crate) fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        let existed = self.webhooks.contains_key(id)?;
+        self.webhooks.remove(id)?;
         Ok(existed)
     }
 }

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use fleetd_schemas::{
     Alert, AlertKind, DeviceId, DeviceInfo, DeviceTrip, EnrichedPosition, GeofenceId,
-    MembershipChange, Principal, StoredCredential, StoredToken, Trip, VehicleState,
+    MembershipChange, Principal, StoredCredential, StoredToken, StoredWebhook, Trip, VehicleState,
 };
 
 pub use area::{AreaQuery, BBox};
@@ -381,6 +381,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a token; `true` if it existed.
     async fn delete_token(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Creates or replaces a webhook.
+    async fn put_webhook(&self, hook: &StoredWebhook) -> Result<(), StoreError>;
+
+    /// Every webhook (a handful: read whole).
+    async fn all_webhooks(&self) -> Result<Vec<StoredWebhook>, StoreError>;
+
+    /// Deletes a webhook; `false` if there was none.
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Makes every completed `write_batch` durable (called at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;

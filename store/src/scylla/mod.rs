@@ -45,7 +45,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use fleetd_schemas::{
     DeviceId, DeviceInfo, EnrichedPosition, GeofenceId, H3Cells, Principal, StoredCredential,
-    StoredToken, Trip, VehicleState,
+    StoredToken, StoredWebhook, Trip, VehicleState,
 };
 use futures::{StreamExt, TryStreamExt, stream};
 use scylla::client::execution_profile::ExecutionProfile;
@@ -580,6 +580,18 @@ impl Store for ScyllaStore {
 
     async fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
         self.remove_token(id).await
+    }
+
+    async fn put_webhook(&self, hook: &StoredWebhook) -> Result<(), StoreError> {
+        self.write_webhook(hook).await
+    }
+
+    async fn all_webhooks(&self) -> Result<Vec<StoredWebhook>, StoreError> {
+        self.read_webhooks().await
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        self.remove_webhook(id).await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -27,6 +27,11 @@ pub const SCHEMA_FILES: &[(i32, &str, &str)] = &[
         "004_access",
         include_str!("../../../schemas/cql/004_access.cql"),
     ),
+    (
+        5,
+        "005_webhooks",
+        include_str!("../../../schemas/cql/005_webhooks.cql"),
+    ),
 ];
 
 /// The statements of a schema file: `--` comment lines dropped, split at

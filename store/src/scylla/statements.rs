@@ -61,6 +61,9 @@ pub(crate) struct Statements {
     pub(crate) insert_token: Stmt,
     pub(crate) select_tokens: Stmt,
     pub(crate) delete_token: Stmt,
+    pub(crate) insert_webhook: Stmt,
+    pub(crate) select_webhooks: Stmt,
+    pub(crate) delete_webhook: Stmt,
     pub(crate) ready: Stmt,
 }
 
@@ -295,6 +298,22 @@ pub fn cql(ks: &str) -> Vec<(&'static str, String)> {
             format!("DELETE FROM {ks}.api_tokens WHERE bucket = :bucket AND token_id = :token_id"),
         ),
         (
+            "insert_webhook",
+            format!(
+                "INSERT INTO {ks}.webhooks (bucket, webhook_id, doc) VALUES (:bucket, :webhook_id, :doc)"
+            ),
+        ),
+        (
+            "select_webhooks",
+            format!("SELECT doc FROM {ks}.webhooks WHERE bucket = :bucket"),
+        ),
+        (
+            "delete_webhook",
+            format!(
+                "DELETE FROM {ks}.webhooks WHERE bucket = :bucket AND webhook_id = :webhook_id"
+            ),
+        ),
+        (
             // One partition read of a key no device can have (`#` is not a
             // device id character): proves the table exists and enough
             // replicas answer, without scanning.
@@ -344,6 +363,9 @@ const IDEMPOTENT: &[&str] = &[
     "insert_token",
     "select_tokens",
     "delete_token",
+    "insert_webhook",
+    "select_webhooks",
+    "delete_webhook",
     "ready",
 ];
 
@@ -408,6 +430,9 @@ impl Statements {
             insert_token: take("insert_token")?,
             select_tokens: take("select_tokens")?,
             delete_token: take("delete_token")?,
+            insert_webhook: take("insert_webhook")?,
+            select_webhooks: take("select_webhooks")?,
+            delete_webhook: take("delete_webhook")?,
             ready: take("ready")?,
         })
     }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use fleetd_schemas::{
     Alert, DeviceId, DeviceInfo, DeviceTrip, GeofenceId, MembershipChange, Principal,
-    StoredCredential, StoredToken, Trip, VehicleState,
+    StoredCredential, StoredToken, StoredWebhook, Trip, VehicleState,
 };
 use futures::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
@@ -560,6 +560,38 @@ impl ScyllaStore {
         rows.into_iter()
             .map(|row| from_json("token", row.doc.as_deref()))
             .collect()
+    }
+
+    pub(super) async fn write_webhook(&self, hook: &StoredWebhook) -> Result<(), StoreError> {
+        let doc = to_json(hook);
+        let bind = Bind {
+            webhook_id: Some(&hook.id),
+            doc: Some(&doc),
+            ..Bind::default()
+        };
+        self.run(&self.inner.statements.insert_webhook, bind)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn read_webhooks(&self) -> Result<Vec<StoredWebhook>, StoreError> {
+        let rows: Vec<DocRow> = self
+            .rows(&self.inner.statements.select_webhooks, Bind::default())
+            .await?;
+        rows.into_iter()
+            .map(|row| from_json("webhook", row.doc.as_deref()))
+            .collect()
+    }
+
+    pub(super) async fn remove_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        let existed = self.read_webhooks().await?.iter().any(|h| h.id == id);
+        let bind = Bind {
+            webhook_id: Some(id),
+            ..Bind::default()
+        };
+        self.run(&self.inner.statements.delete_webhook, bind)
+            .await?;
+        Ok(existed)
     }
 
     pub(super) async fn remove_token(&self, id: &str) -> Result<bool, StoreError> {

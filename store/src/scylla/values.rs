@@ -78,6 +78,8 @@ pub(crate) struct Bind<'a> {
     pub(crate) principal: Option<&'a str>,
     /// `token_id`: an API token's id (its partition `bucket` is always 0).
     pub(crate) token_id: Option<&'a str>,
+    /// `webhook_id`: a webhook's id (its partition `bucket` is always 0).
+    pub(crate) webhook_id: Option<&'a str>,
     /// `doc`: a credential's or token's JSON.
     pub(crate) doc: Option<&'a str>,
 }
@@ -133,6 +135,7 @@ impl SerializeRow for Bind<'_> {
                 "shard" => self.shard.ok_or_else(missing)?.serialize(typ, cell)?,
                 "principal" => self.principal.ok_or_else(missing)?.serialize(typ, cell)?,
                 "token_id" => self.token_id.ok_or_else(missing)?.serialize(typ, cell)?,
+                "webhook_id" => self.webhook_id.ok_or_else(missing)?.serialize(typ, cell)?,
                 "doc" => self.doc.ok_or_else(missing)?.serialize(typ, cell)?,
                 // Every token lives in one small partition.
                 "bucket" => 0i32.serialize(typ, cell)?,
@@ -327,7 +330,7 @@ pub(crate) struct GeofenceRow {
     pub(crate) updated_at: Option<CqlTimestamp>,
 }
 
-/// A `credentials` or `api_tokens` row: the JSON document.
+/// A `credentials`, `api_tokens` or `webhooks` row: the JSON document.
 #[derive(Debug, DeserializeRow)]
 pub(crate) struct DocRow {
     pub(crate) doc: Option<String>,
