@@ -1,6 +1,8 @@
 //! A webhook subscription as stored: where alerts are delivered, which
 //! ones, and the secret their signatures are made with.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{Alert, AlertKind, DeviceId, GeofenceId};
@@ -19,14 +21,15 @@ pub struct WebhookFilter {
     /// Devices.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceId>,
-    /// Registry tags: the device must carry at least one of them.
+    /// Registry tags, each `key` (any value) or `key=value`: the device
+    /// must carry at least one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
 }
 
 impl WebhookFilter {
-    /// Whether `alert`, of a device tagged `tags`, passes.
-    pub fn matches(&self, alert: &Alert, tags: &[String]) -> bool {
+    /// Whether `alert`, of a device with registry tags `tags`, passes.
+    pub fn matches(&self, alert: &Alert, tags: Option<&BTreeMap<String, String>>) -> bool {
         (self.kinds.is_empty() || self.kinds.contains(&alert.kind))
             && (self.devices.is_empty() || self.devices.contains(&alert.device_id))
             && (self.geofences.is_empty()
@@ -34,7 +37,16 @@ impl WebhookFilter {
                     .geofence_id
                     .as_ref()
                     .is_some_and(|g| self.geofences.contains(g)))
-            && (self.tags.is_empty() || self.tags.iter().any(|t| tags.contains(t)))
+            && (self.tags.is_empty() || self.tags.iter().any(|t| has_tag(tags, t)))
+    }
+}
+
+/// Whether `tags` holds `wanted` (`key`, or `key=value`).
+fn has_tag(tags: Option<&BTreeMap<String, String>>, wanted: &str) -> bool {
+    let Some(tags) = tags else { return false };
+    match wanted.split_once('=') {
+        Some((key, value)) => tags.get(key).is_some_and(|v| v == value),
+        None => tags.contains_key(wanted),
     }
 }
 
