@@ -50,6 +50,8 @@ pub struct FileConfig {
     pub tls: TlsConfig,
     /// `[osmand]`
     pub osmand: OsmandConfig,
+    /// `[webhooks]`
+    pub webhooks: fleetd_webhooks::WebhookConfig,
     /// `[demo]`
     pub demo: DemoConfig,
 }
@@ -183,6 +185,8 @@ pub struct ServeSettings {
     pub geofences: GeofenceSettings,
     pub tls: TlsSettings,
     pub osmand: OsmandSettings,
+    /// `None`: webhooks are off.
+    pub webhooks: Option<fleetd_webhooks::WebhookSettings>,
     pub demo_vehicles: usize,
     pub demo_rate_hz: f64,
 }
@@ -200,6 +204,10 @@ impl FileConfig {
         let geofences = self.geofences.validate()?;
         let tls = self.tls.validate()?;
         let osmand = self.osmand.validate()?;
+        let webhooks = self.webhooks.validate(
+            self.store.data.join("webhooks"),
+            journal.durability == fleetd_journal::Durability::Power,
+        )?;
         if !matches!(ingest.mode, fleetd_ingest::IngestMode::Embedded)
             && (tls.mqtts.is_some() || !tls.plain_mqtt)
         {
@@ -239,6 +247,7 @@ impl FileConfig {
             geofences,
             tls,
             osmand,
+            webhooks,
             demo_vehicles: self.demo.vehicles,
             demo_rate_hz: self.demo.rate_hz,
         })

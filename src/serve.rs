@@ -150,6 +150,23 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
         )),
         _ => None,
     };
+    // Before the processor: every alert it raises goes to the outbox first.
+    let webhooks_token = root.child_token();
+    let (webhooks, outbox) = match &settings.webhooks {
+        Some(ws) => {
+            let (hooks, outbox) = fleetd_webhooks::Webhooks::start(
+                ws.clone(),
+                Arc::clone(&store),
+                Arc::clone(&registry),
+                store_sealer(&settings.store)?,
+                webhooks_token.clone(),
+            )
+            .await
+            .with_context(|| format!("cannot open the webhook queue in {}", ws.dir.display()))?;
+            (Some(hooks), Some(outbox))
+        }
+        None => (None, None),
+    };
     let api_state = ApiState::new(
         Arc::clone(&store),
         Arc::clone(&access),
@@ -163,6 +180,7 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
     .with_cors_origins(settings.api.cors_origins.clone())
     .with_metrics_open(settings.api.metrics_open)
     .with_ingest(http_ingest.clone())
+    .with_webhooks(webhooks.clone())
     .with_live(LiveApi::new(
         hub.clone(),
         settings.live.streams.clone(),
@@ -224,6 +242,7 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
             geofences,
             rejections: Arc::clone(&rejections),
             live: hub.clone(),
+            webhooks: outbox,
         },
         queue_rx,
     )
@@ -336,7 +355,7 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
             settings.journal.dir.display()
         );
     }
-    tracing::info!("shutting down: demo, ingest, journal, processor, alerts, store, api");
+    tracing::info!("shutting down: demo, ingest, journal, processor, alerts, webhooks, store, api");
     ready.store(false, Ordering::SeqCst);
 
     let mut drain = Drain::default();
@@ -369,6 +388,14 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
         alerts_token.cancel();
         if let Some(alerts) = alerts {
             alerts.join().await;
+        }
+    });
+    // Deliveries in flight are abandoned; they stay queued for the next
+    // start.
+    drain.then("webhooks", async move {
+        webhooks_token.cancel();
+        if let Some(hooks) = webhooks {
+            hooks.join().await;
         }
     });
     let flushed = Arc::clone(&store);
@@ -461,6 +488,17 @@ fn check_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 fn journal_seal(
     store: &fleetd_store::StoreBackend,
 ) -> anyhow::Result<Option<Arc<dyn fleetd_journal::FrameSeal>>> {
+    Ok(
+        store_sealer(store)?
+            .map(|s| Arc::new(JournalSeal(s)) as Arc<dyn fleetd_journal::FrameSeal>),
+    )
+}
+
+/// A sealer under the store key (`--store-key`), for what fleetd keeps
+/// beside the store: the journal and the webhook queue.
+fn store_sealer(
+    store: &fleetd_store::StoreBackend,
+) -> anyhow::Result<Option<Arc<fleetd_store::Sealer>>> {
     let fleetd_store::StoreBackend::Fjall {
         key_file: Some(file),
         ..
@@ -470,12 +508,12 @@ fn journal_seal(
     };
     let key = fleetd_store::StoreKey::load(file)
         .with_context(|| format!("cannot read the store key {}", file.display()))?;
-    Ok(Some(Arc::new(JournalSeal(fleetd_store::Sealer::new(&key)))))
+    Ok(Some(Arc::new(fleetd_store::Sealer::new(&key))))
 }
 
 /// The store's AEAD over journal frames; the associated data is the
 /// segment id, so a frame copied into another segment does not open.
-struct JournalSeal(fleetd_store::Sealer);
+struct JournalSeal(Arc<fleetd_store::Sealer>);
 
 impl fleetd_journal::FrameSeal for JournalSeal {
     fn seal(&self, segment: u64, plain: Vec<u8>) -> Vec<u8> {

@@ -163,6 +163,17 @@ pub(crate) const ROUTE_ACCESS: &[(Method, &str, auth::Need)] = {
         (Method::POST, "/v1/tokens", ADMIN),
         (Method::GET, "/v1/tokens", ADMIN),
         (Method::DELETE, "/v1/tokens/{id}", ADMIN),
+        (Method::GET, "/v1/webhooks", ADMIN),
+        (Method::PUT, "/v1/webhooks/{id}", ADMIN),
+        (Method::GET, "/v1/webhooks/{id}", ADMIN),
+        (Method::DELETE, "/v1/webhooks/{id}", ADMIN),
+        (Method::GET, "/v1/webhooks/{id}/dead-letters", ADMIN),
+        (Method::DELETE, "/v1/webhooks/{id}/dead-letters", ADMIN),
+        (
+            Method::POST,
+            "/v1/webhooks/{id}/dead-letters/redeliver",
+            ADMIN,
+        ),
         (Method::GET, "/", Open),
         (Method::GET, "/assets/{name}", Open),
         (Method::GET, "/healthz", Open),
@@ -246,6 +257,21 @@ pub fn router(state: ApiState) -> Router {
             post(routes::access::create_token).get(routes::access::list_tokens),
         )
         .route("/v1/tokens/{id}", delete(routes::access::revoke_token))
+        .route("/v1/webhooks", get(routes::webhooks::list))
+        .route(
+            "/v1/webhooks/{id}",
+            put(routes::webhooks::put)
+                .get(routes::webhooks::get)
+                .delete(routes::webhooks::delete),
+        )
+        .route(
+            "/v1/webhooks/{id}/dead-letters",
+            get(routes::webhooks::dead_letters).delete(routes::webhooks::clear_dead_letters),
+        )
+        .route(
+            "/v1/webhooks/{id}/dead-letters/redeliver",
+            post(routes::webhooks::redeliver),
+        )
         .route("/", get(routes::map::index))
         .route("/assets/{name}", get(routes::map::asset))
         .route("/v1/stream", get(routes::stream::sse))

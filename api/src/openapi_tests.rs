@@ -399,8 +399,23 @@ impl Checker {
 
 #[tokio::test]
 async fn real_responses_match_the_documented_schemas() {
-    let (_dir, state, _rx) = state().await;
+    let (dir, state, _rx) = state().await;
     let store = Arc::clone(&state.store);
+    // Deliveries to a port nobody listens on, given up after one attempt:
+    // dead letters to list.
+    let mut settings = fleetd_webhooks::WebhookSettings::new(dir.path().join("webhooks"));
+    settings.max_attempts = 1;
+    settings.timeout = std::time::Duration::from_secs(2);
+    let (hooks, outbox) = fleetd_webhooks::Webhooks::start(
+        settings,
+        Arc::clone(&store),
+        Arc::new(fleetd_store::Registry::default()),
+        None,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("webhooks");
+    let state = state.with_webhooks(Some(hooks.clone()));
     let now = now_ms();
     let p = position("car-1", now - 60_000, 52.52, 13.405);
     let earlier = position("car-1", now - 120_000, 52.51, 13.40);
@@ -454,7 +469,7 @@ async fn real_responses_match_the_documented_schemas() {
                     device_id: p.report.device_id.clone(),
                     trip: trip.clone(),
                 }],
-                alerts: vec![alert],
+                alerts: vec![alert.clone()],
                 ..WriteBatch::default()
             }
             .into(),
@@ -802,6 +817,84 @@ async fn real_responses_match_the_documented_schemas() {
     let one = format!("/v1/tokens/{id}");
     c.check(delete.clone(), &one, "/v1/tokens/{id}", None).await;
     c.check(delete.clone(), &one, "/v1/tokens/{id}", None).await;
+
+    let hook = "/v1/webhooks/{id}";
+    let saved = c
+        .check(
+            Method::PUT,
+            "/v1/webhooks/ops",
+            hook,
+            Some(json!({"url": "http://127.0.0.1:1/alerts", "filter": {"kinds": ["overspeed"]}})),
+        )
+        .await;
+    assert!(
+        saved["secret"]
+            .as_str()
+            .expect("secret")
+            .starts_with("whsec_")
+    );
+    c.check(
+        Method::PUT,
+        "/v1/webhooks/ops",
+        hook,
+        Some(json!({"url": "http://127.0.0.1:1/alerts"})),
+    )
+    .await;
+    c.check(
+        Method::PUT,
+        "/v1/webhooks/ops",
+        hook,
+        Some(json!({"url": "ftp://example.com/"})),
+    )
+    .await;
+    c.check(get.clone(), "/v1/webhooks", "/v1/webhooks", None)
+        .await;
+    let one = c.check(get.clone(), "/v1/webhooks/ops", hook, None).await;
+    assert!(one.get("secret").is_none(), "{one}");
+    c.check(get.clone(), "/v1/webhooks/none", hook, None).await;
+    outbox.append(std::slice::from_ref(&alert)).expect("outbox");
+    let dead_letters = "/v1/webhooks/{id}/dead-letters";
+    let mut page = Value::Null;
+    for _ in 0..100 {
+        page = c
+            .check(
+                get.clone(),
+                "/v1/webhooks/ops/dead-letters?limit=1",
+                dead_letters,
+                None,
+            )
+            .await;
+        if page["count"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(page["dead_letters"][0]["reason"], "failed", "{page}");
+    c.check(
+        get.clone(),
+        "/v1/webhooks/ops/dead-letters?cursor=x",
+        dead_letters,
+        None,
+    )
+    .await;
+    c.check(
+        post.clone(),
+        "/v1/webhooks/ops/dead-letters/redeliver",
+        "/v1/webhooks/{id}/dead-letters/redeliver",
+        None,
+    )
+    .await;
+    c.check(
+        delete.clone(),
+        "/v1/webhooks/ops/dead-letters",
+        dead_letters,
+        None,
+    )
+    .await;
+    c.check(delete.clone(), "/v1/webhooks/ops", hook, None)
+        .await;
+    c.check(delete.clone(), "/v1/webhooks/ops", hook, None)
+        .await;
 
     // Every operation but the two live streams (covered by stream_tests)
     // was exercised.

@@ -57,6 +57,9 @@ pub struct ApiState {
     /// queues into the processor's input. `None` until the binary wires it;
     /// the route then answers 503.
     pub ingest: Option<Submitter>,
+    /// Webhooks (`/v1/webhooks`); `None` when they are off (the routes
+    /// answer 404 saying so).
+    pub webhooks: Option<fleetd_webhooks::Webhooks>,
 }
 
 /// What the live routes share: the hub, per-client limits, the shutdown
@@ -121,7 +124,15 @@ impl ApiState {
                 &MapSettings::default(),
             ),
             ingest: None,
+            webhooks: None,
         }
+    }
+
+    /// Serves `/v1/webhooks` through `webhooks`.
+    #[must_use]
+    pub fn with_webhooks(mut self, webhooks: Option<fleetd_webhooks::Webhooks>) -> Self {
+        self.webhooks = webhooks;
+        self
     }
 
     /// Takes HTTP ingest through `submitter` (sharing the processor's queue).

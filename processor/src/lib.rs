@@ -71,6 +71,9 @@ pub struct ProcessorPorts {
     pub rejections: Arc<RejectionLog>,
     /// Where stored batches are published for live streams.
     pub live: fleetd_live::LiveHub,
+    /// Where each batch's alerts are queued for webhooks (before the batch
+    /// is stored); `None`: no webhooks.
+    pub webhooks: Option<fleetd_webhooks::Outbox>,
 }
 
 /// A running processor.
@@ -104,6 +107,7 @@ impl Processor {
             geofences,
             rejections,
             live,
+            webhooks,
         } = ports;
         caches::load_registry(&*store, &registry).await?;
         let fences = caches::load_geofences(&*store, &geofences).await?;
@@ -167,6 +171,7 @@ impl Processor {
             geofences,
             rejections,
             live,
+            webhooks,
         };
         tracing::info!(
             devices,

@@ -27,6 +27,8 @@ pub(crate) struct Ports {
     pub(crate) rejections: Arc<RejectionLog>,
     /// Where stored batches are published for live streams.
     pub(crate) live: LiveHub,
+    /// Where a batch's alerts go for webhooks, before the batch is stored.
+    pub(crate) webhooks: Option<fleetd_webhooks::Outbox>,
 }
 
 type Flush = Pin<Box<dyn Future<Output = Flushed> + Send>>;
@@ -263,6 +265,11 @@ async fn flush(
     let stored = !write.is_empty();
     if stored {
         let write = Arc::new(write);
+        if let Some(outbox) = &ports.webhooks
+            && !write.alerts.is_empty()
+        {
+            queue_for_webhooks(partition, outbox, &write).await;
+        }
         write_until_stored(partition, &*ports.store, &write).await;
         record_lag(&write);
         metrics::counter!("fleetd_positions_stored_total").increment(n_history as u64);
@@ -331,6 +338,37 @@ fn publish_live(live: &LiveHub, write: WriteBatch, state: &PartitionState) {
         })
         .collect();
     live.publish(latest, write.alerts);
+}
+
+/// Appends the batch's alerts to the webhook outbox, retrying until it
+/// takes them: it must hold them before the store does, or a crash after
+/// the store write would lose their deliveries (the replay finds the batch
+/// stored and raises nothing again).
+async fn queue_for_webhooks(
+    partition: usize,
+    outbox: &fleetd_webhooks::Outbox,
+    batch: &Arc<WriteBatch>,
+) {
+    let mut delay = Duration::from_millis(100);
+    let mut failures = 0u64;
+    loop {
+        let (outbox, batch) = (outbox.clone(), Arc::clone(batch));
+        let appended = tokio::task::spawn_blocking(move || outbox.append(&batch.alerts))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match appended {
+            Ok(()) => return,
+            Err(error) => {
+                failures += 1;
+                if failures == 1 || failures % 60 == 0 {
+                    tracing::warn!(partition, failures, %error, "webhook outbox append failed; retrying");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// Writes a batch, retrying with exponential backoff until the store takes

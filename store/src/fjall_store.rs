@@ -30,7 +30,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use fleetd_schemas::{DeviceId, EnrichedPosition};
 
 use fleetd_schemas::{
-    DeviceInfo, GeofenceId, Principal, StoredCredential, StoredToken, StoredWebhook, Trip, VehicleState,
+    DeviceInfo, GeofenceId, Principal, StoredCredential, StoredToken, StoredWebhook, Trip,
+    VehicleState,
 };
 
 use crate::area_index::LatestIndex;

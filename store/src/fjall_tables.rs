@@ -26,8 +26,8 @@ use std::borrow::Cow;
 use fjall::Keyspace;
 use fleetd_schemas::storage::StoredVehicleState;
 use fleetd_schemas::{
-    Alert, DeviceId, DeviceInfo, GeofenceId, Principal, StoredCredential, StoredToken, StoredWebhook, Trip,
-    VehicleState,
+    Alert, DeviceId, DeviceInfo, GeofenceId, Principal, StoredCredential, StoredToken,
+    StoredWebhook, Trip, VehicleState,
 };
 use prost::Message;
 use serde::de::DeserializeOwned;

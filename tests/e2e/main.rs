@@ -26,3 +26,4 @@ mod scylla;
 mod tls;
 mod util;
 mod vehicle;
+mod webhooks;

@@ -185,7 +185,11 @@ fn check_filter(filter: &WebhookFilter) -> Result<(), WebhookError> {
             )));
         }
     }
-    if filter.tags.iter().any(|t| t.is_empty() || t.starts_with('=')) {
+    if filter
+        .tags
+        .iter()
+        .any(|t| t.is_empty() || t.starts_with('='))
+    {
         return Err(WebhookError::Invalid(
             "filter.tags entries are `key` or `key=value`".into(),
         ));
@@ -283,9 +287,15 @@ impl Webhooks {
         let hooks = Webhooks { inner };
         hooks.reload().await?;
         let me = hooks.clone();
-        hooks.inner.tasks.spawn(async move { me.fan_out_loop().await });
+        hooks
+            .inner
+            .tasks
+            .spawn(async move { me.fan_out_loop().await });
         let me = hooks.clone();
-        hooks.inner.tasks.spawn(async move { me.refresh_loop().await });
+        hooks
+            .inner
+            .tasks
+            .spawn(async move { me.refresh_loop().await });
         tracing::info!(
             hooks = hooks.running_ids().len(),
             dir = %hooks.inner.settings.dir.display(),
@@ -755,3 +765,84 @@ fn describe(e: &reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// `[webhooks]` of fleetd.toml, as written.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Deliver alerts to webhooks (and serve `/v1/webhooks`).
+    pub enabled: bool,
+    /// See [`WebhookSettings::max_pending`].
+    pub max_pending: usize,
+    /// See [`WebhookSettings::max_attempts`].
+    pub max_attempts: u32,
+    /// See [`WebhookSettings::backoff_initial`].
+    pub backoff_initial_ms: u64,
+    /// See [`WebhookSettings::backoff_max`].
+    pub backoff_max_ms: u64,
+    /// See [`WebhookSettings::timeout`].
+    pub timeout_ms: u64,
+    /// See [`WebhookSettings::refresh`].
+    pub refresh_ms: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        let d = WebhookSettings::new(PathBuf::new());
+        Self {
+            enabled: true,
+            max_pending: d.max_pending,
+            max_attempts: d.max_attempts,
+            backoff_initial_ms: d.backoff_initial.as_millis() as u64,
+            backoff_max_ms: d.backoff_max.as_millis() as u64,
+            timeout_ms: d.timeout.as_millis() as u64,
+            refresh_ms: d.refresh.as_millis() as u64,
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// Checks the section; `None` when webhooks are off. The queue goes to
+    /// `dir`; `sync` as [`WebhookSettings::sync`].
+    pub fn validate(
+        &self,
+        dir: PathBuf,
+        sync: bool,
+    ) -> Result<Option<WebhookSettings>, fleetd_schemas::InvalidSetting> {
+        use fleetd_schemas::InvalidSetting;
+        if !self.enabled {
+            return Ok(None);
+        }
+        let positive = |key: &'static str, v: u64| {
+            if v == 0 {
+                Err(InvalidSetting::new(format!(
+                    "webhooks.{key} must be at least 1"
+                )))
+            } else {
+                Ok(Duration::from_millis(v))
+            }
+        };
+        if self.max_pending == 0 || self.max_attempts == 0 {
+            return Err(InvalidSetting::new(
+                "webhooks.max_pending and webhooks.max_attempts must be at least 1",
+            ));
+        }
+        let backoff_initial = positive("backoff_initial_ms", self.backoff_initial_ms)?;
+        let backoff_max = positive("backoff_max_ms", self.backoff_max_ms)?;
+        if backoff_max < backoff_initial {
+            return Err(InvalidSetting::new(
+                "webhooks.backoff_max_ms must be at least webhooks.backoff_initial_ms",
+            ));
+        }
+        Ok(Some(WebhookSettings {
+            dir,
+            max_pending: self.max_pending,
+            max_attempts: self.max_attempts,
+            backoff_initial,
+            backoff_max,
+            timeout: positive("timeout_ms", self.timeout_ms)?,
+            refresh: positive("refresh_ms", self.refresh_ms)?,
+            sync,
+        }))
+    }
+}

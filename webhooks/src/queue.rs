@@ -129,7 +129,11 @@ fn hook_of(key: &[u8]) -> Option<&str> {
 
 impl Queue {
     /// Opens (or creates) the queue in `dir`, values sealed with `sealer`.
-    pub fn open(dir: &Path, sealer: Option<Arc<Sealer>>, sync: bool) -> Result<Queue, WebhookError> {
+    pub fn open(
+        dir: &Path,
+        sealer: Option<Arc<Sealer>>,
+        sync: bool,
+    ) -> Result<Queue, WebhookError> {
         std::fs::create_dir_all(dir).map_err(fjall::Error::from)?;
         let db = Database::builder(dir).open()?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
@@ -167,9 +171,11 @@ impl Queue {
         })
     }
 
+    // The sealer's associated data names the table as `#webhooks.{table}`,
+    // so no value opens as one of the store's or the journal's.
     fn seal(&self, table: &str, key: &[u8], plain: Vec<u8>) -> Vec<u8> {
         match &self.sealer {
-            Some(s) => s.seal(table, key, plain),
+            Some(s) => s.seal(&format!("#webhooks.{table}"), key, plain),
             None => plain,
         }
     }
@@ -181,7 +187,7 @@ impl Queue {
         value: &[u8],
     ) -> Result<T, WebhookError> {
         let plain = match &self.sealer {
-            Some(s) => s.open(table, key, value)?,
+            Some(s) => s.open(&format!("#webhooks.{table}"), key, value)?,
             None => std::borrow::Cow::Borrowed(value),
         };
         serde_json::from_slice(&plain).map_err(|e| WebhookError::Corrupt(format!("{table}: {e}")))
@@ -290,7 +296,10 @@ impl Queue {
             return Ok(None);
         };
         let (key, value) = guard.into_inner()?;
-        Ok(Some((seq_of(&key)?, self.decode(table::PENDING, &key, &value)?)))
+        Ok(Some((
+            seq_of(&key)?,
+            self.decode(table::PENDING, &key, &value)?,
+        )))
     }
 
     /// Removes a delivered entry.

@@ -31,9 +31,9 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, WebhookError> {
     let encoded = secret.strip_prefix(SECRET_PREFIX).ok_or_else(|| {
         WebhookError::Invalid(format!("secret must start with {SECRET_PREFIX:?}"))
     })?;
-    let key = STANDARD
-        .decode(encoded)
-        .map_err(|e| WebhookError::Invalid(format!("secret is not base64 after the prefix: {e}")))?;
+    let key = STANDARD.decode(encoded).map_err(|e| {
+        WebhookError::Invalid(format!("secret is not base64 after the prefix: {e}"))
+    })?;
     if !(MIN_KEY..=MAX_KEY).contains(&key.len()) {
         return Err(WebhookError::Invalid(format!(
             "secret must carry {MIN_KEY} to {MAX_KEY} bytes, got {}",

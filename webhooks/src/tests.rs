@@ -91,12 +91,17 @@ fn sealed_queue_keeps_no_coordinate_in_clear_and_needs_its_key() {
         let q = Queue::open(dir.path(), Some(Arc::clone(&sealer)), true).expect("open");
         q.append(std::slice::from_ref(&marker), 1).expect("append");
         let entries = q.outbox(10).expect("outbox");
-        q.fan_out(&entries, &[hooks(&["a"])], 10, 2).expect("fan out");
+        q.fan_out(&entries, &[hooks(&["a"])], 10, 2)
+            .expect("fan out");
     }
     for entry in walk(dir.path()) {
         let bytes = std::fs::read(&entry).expect("read");
         let text = String::from_utf8_lossy(&bytes);
-        assert!(!text.contains("secret-truck-77"), "{} holds the device id", entry.display());
+        assert!(
+            !text.contains("secret-truck-77"),
+            "{} holds the device id",
+            entry.display()
+        );
     }
     let q = Queue::open(dir.path(), Some(Arc::new(Sealer::new(&key))), true).expect("reopen");
     let (_, got) = q.first_pending("a").expect("read").expect("pending");

@@ -14,6 +14,7 @@ pub(crate) mod rejections;
 pub(crate) mod stream;
 pub(crate) mod trips;
 pub(crate) mod vehicles;
+pub(crate) mod webhooks;
 
 use axum::Json;
 use axum::http::HeaderValue;
