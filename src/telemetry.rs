@@ -408,6 +408,37 @@ const SERIES: &[(&str, Kind, Start, &str)] = &[
         Start::Zero,
         "Events in the replay buffer now, by kind.",
     ),
+    // Webhooks: per hook, so label-less totals at zero until a hook exists.
+    (
+        "fleetd_webhook_deliveries_total",
+        Kind::Counter,
+        Start::Zero,
+        "Webhook delivery attempts, by hook and result (delivered, failed).",
+    ),
+    (
+        "fleetd_webhook_dead_letters_total",
+        Kind::Counter,
+        Start::Zero,
+        "Alerts a hook gave up on, by hook and reason (failed: every attempt failed; queue_full: its pending list was full).",
+    ),
+    (
+        "fleetd_webhook_pending",
+        Kind::Gauge,
+        Start::Zero,
+        "Alerts waiting for delivery on this node, by hook.",
+    ),
+    (
+        "fleetd_webhook_delivery_seconds",
+        Kind::Histogram,
+        Start::Zero,
+        "Time from an alert being queued to its delivery (2xx), by hook.",
+    ),
+    (
+        "fleetd_webhook_request_seconds",
+        Kind::Histogram,
+        Start::Zero,
+        "Time one delivery attempt took, by hook.",
+    ),
 ];
 
 /// Describes every series of [`SERIES`] and creates the ones that start at
