@@ -63,7 +63,26 @@ pub async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
     let to_key = args.to_key.as_deref().map(StoreKey::load).transpose()?;
     let (from, to) = (args.data.clone(), args.out.clone());
     let report = tokio::task::spawn_blocking(move || {
-        fleetd_store::rekey(&from, from_key.as_ref(), &to, to_key.as_ref())
+        let report = fleetd_store::rekey(&from, from_key.as_ref(), &to, to_key.as_ref())?;
+        // Deliveries still queued (a receiver down) are sealed too: carry
+        // them over under the new key.
+        let queue = from.join("webhooks");
+        let queued = if queue.is_dir() {
+            let sealer =
+                |k: Option<&StoreKey>| k.map(|k| std::sync::Arc::new(fleetd_store::Sealer::new(k)));
+            fleetd_webhooks::rekey_queue(
+                &queue,
+                sealer(from_key.as_ref()),
+                &to.join("webhooks"),
+                sealer(to_key.as_ref()),
+            )
+            .map_err(|e| {
+                anyhow::anyhow!("cannot copy the webhook queue in {}: {e}", queue.display())
+            })?
+        } else {
+            0
+        };
+        anyhow::Ok((report, queued))
     })
     .await
     .context("rekey task")?
@@ -81,8 +100,9 @@ pub async fn rekey(args: RekeyArgs) -> anyhow::Result<()> {
         std::fs::copy(&admin, &target)
             .with_context(|| format!("cannot copy {} to {}", admin.display(), target.display()))?;
     }
+    let (report, queued) = report;
     eprintln!(
-        "fleetd: copied {} rows into {} ({}); start fleetd on it, then delete {}",
+        "fleetd: copied {} rows and {queued} queued webhook deliveries into {} ({}); start fleetd on it, then delete {}",
         report.rows,
         args.out.display(),
         if report.sealed {

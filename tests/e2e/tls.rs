@@ -651,6 +651,26 @@ async fn the_encrypted_store_keeps_no_coordinate_or_secret_in_clear() {
     // A long window keeps the position in the processor's batch: when
     // fleetd is killed it is only in the journal, which must be sealed too.
     let server = Fleetd::start(&data, &["--store-key", &key_arg, "--window-ms", "30000"]).await;
+    // A fence around the spot and a webhook nobody answers: the enter alert
+    // waits in the webhook queue, which must be sealed too.
+    let fence = json!({"center": [lon, lat], "radius_m": 200.0});
+    let r = server
+        .client
+        .put(format!("{}/v1/geofences/vault", server.http))
+        .json(&fence)
+        .send()
+        .await
+        .expect("fence");
+    assert_eq!(r.status(), 201);
+    let hook_secret = "whsec_c2VhbGVkLWF0LXJlc3Qtd2ViaG9vay1zZWNyZXQ=";
+    let r = server
+        .client
+        .put(format!("{}/v1/webhooks/sink", server.http))
+        .json(&json!({"url": format!("http://127.0.0.1:{}/", free_port()), "secret": hook_secret}))
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(r.status(), 201);
     let (status, issued) = {
         let r = server
             .client
@@ -711,6 +731,18 @@ async fn the_encrypted_store_keeps_no_coordinate_or_secret_in_clear() {
     let server = Fleetd::start(&data, &["--store-key", &key_arg]).await;
     let stored = wait_latest(&server, "vault-1").await.expect("stored");
     assert_eq!(stored["lat"], lat);
+    let queued = server
+        .wait_for(Duration::from_secs(10), || async {
+            let (_, hook) = server.get("/v1/webhooks/sink").await;
+            (hook["pending"].as_u64().unwrap_or(0) + hook["dead_letters"].as_u64().unwrap_or(0)
+                >= 1)
+                .then_some(())
+        })
+        .await;
+    assert!(
+        queued.is_some(),
+        "the enter alert is queued for the webhook"
+    );
     let mut server = server;
     assert!(server.interrupt().success());
 
@@ -719,6 +751,11 @@ async fn the_encrypted_store_keeps_no_coordinate_or_secret_in_clear() {
         ("longitude as f64", lon.to_le_bytes().to_vec()),
         ("latitude as text", lat.to_string().into_bytes()),
         ("the device secret", secret.clone().into_bytes()),
+        ("the webhook secret", hook_secret.as_bytes().to_vec()),
+        (
+            "the webhook secret's key part",
+            b"c2VhbGVkLWF0LXJlc3Qtd2ViaG9vay1zZWNyZXQ".to_vec(),
+        ),
         (
             "the secret's hash",
             fleetd_auth::hash_secret(&secret).into_bytes(),
@@ -836,4 +873,8 @@ async fn the_encrypted_store_keeps_no_coordinate_or_secret_in_clear() {
     assert_eq!(track["items"].as_array().map(Vec::len), Some(2), "{track}");
     let (status, _) = server.get("/v1/vehicles/vault-1").await;
     assert_eq!(status, 200);
+    // The queued delivery came along, under the new key.
+    let (_, hook) = server.get("/v1/webhooks/sink").await;
+    let queued = hook["pending"].as_u64().unwrap_or(0) + hook["dead_letters"].as_u64().unwrap_or(0);
+    assert!(queued >= 1, "{hook}");
 }

@@ -721,6 +721,20 @@ impl Webhooks {
     }
 }
 
+/// Copies the webhook queue in `from` (sealed with `from_key`'s sealer, or
+/// in clear) into `to`, sealed with `to_key`'s (`fleetd rekey`); returns
+/// how many entries. Blocks on disk I/O.
+pub fn rekey_queue(
+    from: &std::path::Path,
+    from_sealer: Option<Arc<Sealer>>,
+    to: &std::path::Path,
+    to_sealer: Option<Arc<Sealer>>,
+) -> Result<usize, WebhookError> {
+    let src = Queue::open(from, from_sealer, false)?;
+    let dst = Queue::open(to, to_sealer, true)?;
+    src.copy_into(&dst)
+}
+
 /// The delivery body: Standard Webhooks' `{type, timestamp, data}` with
 /// the alert JSON of `GET /v1/alerts` as `data`.
 pub fn payload(alert: &Alert) -> Vec<u8> {

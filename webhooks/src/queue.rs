@@ -400,9 +400,33 @@ impl Queue {
         Ok(())
     }
 
-    /// Bytes on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
+    /// Copies every entry into `dst` (`fleetd rekey`: opened with this
+    /// queue's key, sealed with `dst`'s); returns how many.
+    pub fn copy_into(&self, dst: &Queue) -> Result<usize, WebhookError> {
+        let mut n = 0;
+        for (table, src_ks, dst_ks) in [
+            (table::OUTBOX, &self.outbox, &dst.outbox),
+            (table::PENDING, &self.pending, &dst.pending),
+            (table::DEAD, &self.dead, &dst.dead),
+        ] {
+            let mut batch = dst.db.batch();
+            for guard in src_ks.iter() {
+                let (key, value) = guard.into_inner()?;
+                let plain = match &self.sealer {
+                    Some(s) => s
+                        .open(&format!("#webhooks.{table}"), &key, &value)?
+                        .into_owned(),
+                    None => value.to_vec(),
+                };
+                batch.insert(dst_ks, key.to_vec(), dst.seal(table, &key, plain));
+                n += 1;
+            }
+            batch.commit()?;
+        }
+        let next = *self.next_seq.lock().unwrap_or_else(|e| e.into_inner());
+        dst.meta.insert(NEXT_SEQ, next.to_be_bytes())?;
+        dst.db.persist(PersistMode::SyncAll)?;
+        Ok(n)
     }
 }
 
