@@ -10,31 +10,55 @@
 // cannot send headers). Without a token, when the server asks for one (401),
 // the page says how to sign in instead of showing an empty map; a server
 // without authentication answers without one and the page just works.
+//
+// Share links (`#share=…`, made with POST /v1/shares) open the same page on
+// just the shared devices: their position, live updates and recent track;
+// no alerts, heatmap or geofences (the link may not read them).
 (function () {
   'use strict';
 
   var TOKEN_KEY = 'fleetd.token';
+  var SHARE_KEY = 'fleetd.share';
   var token = null;
+  var shareMode = false;
+  function fromFragment(name) {
+    var m = new RegExp('(?:^#|&)' + name + '=([^&]+)').exec(window.location.hash || '');
+    if (!m) return null;
+    try { return decodeURIComponent(m[1]); } catch (e) { return m[1]; }
+  }
+  function remember(key, value) {
+    try { sessionStorage.setItem(key, value); } catch (e) { /* private mode: memory only */ }
+  }
+  function recall(key) {
+    try { return sessionStorage.getItem(key); } catch (e) { return null; }
+  }
+  function forget(key) {
+    try { sessionStorage.removeItem(key); } catch (e) { /* ignore */ }
+  }
   (function takeToken() {
-    var m = /(?:^#|&)token=([^&]+)/.exec(window.location.hash || '');
-    if (m) {
-      try { token = decodeURIComponent(m[1]); } catch (e) { token = m[1]; }
-      try { sessionStorage.setItem(TOKEN_KEY, token); } catch (e) { /* private mode: memory only */ }
-      // Keep the secret out of the address bar, history and bookmarks.
-      history.replaceState(null, '', window.location.pathname + window.location.search);
+    var share = fromFragment('share');
+    var given = fromFragment('token');
+    if (share) {
+      token = share; shareMode = true; remember(SHARE_KEY, share);
+    } else if (given) {
+      token = given; forget(SHARE_KEY); remember(TOKEN_KEY, given);
+    } else if (recall(SHARE_KEY)) {
+      token = recall(SHARE_KEY); shareMode = true;
     } else {
-      try { token = sessionStorage.getItem(TOKEN_KEY); } catch (e) { token = null; }
+      token = recall(TOKEN_KEY);
     }
+    // Keep the secret out of the address bar, history and bookmarks.
+    if (share || given) history.replaceState(null, '', window.location.pathname + window.location.search);
   })();
 
-  // Opening the printed URL in a tab already on the page changes only the
-  // fragment, which does not reload: take the token and start afresh.
+  // Opening the printed URL (or a share link) in a tab already on the page
+  // changes only the fragment, which does not reload: take it and start
+  // afresh.
   window.addEventListener('hashchange', function () {
-    var m = /(?:^#|&)token=([^&]+)/.exec(window.location.hash || '');
-    if (!m) return;
-    var fresh;
-    try { fresh = decodeURIComponent(m[1]); } catch (e) { fresh = m[1]; }
-    try { sessionStorage.setItem(TOKEN_KEY, fresh); } catch (e) { /* memory only */ }
+    var share = fromFragment('share');
+    var given = fromFragment('token');
+    if (!share && !given) return;
+    if (share) { remember(SHARE_KEY, share); } else { forget(SHARE_KEY); remember(TOKEN_KEY, given); }
     history.replaceState(null, '', window.location.pathname + window.location.search);
     window.location.reload();
   });
@@ -58,7 +82,13 @@
   function showSignin() {
     if (signedOut) return;
     signedOut = true;
-    try { sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* ignore */ }
+    if (shareMode) {
+      forget(SHARE_KEY);
+      setStatus('down', 'link ended');
+      el('share-ended').hidden = false;
+      return;
+    }
+    forget(TOKEN_KEY);
     setStatus('down', 'signed out');
     var box = document.getElementById('signin');
     box.hidden = false;
@@ -136,6 +166,29 @@
     fitted = true;
   }
 
+  // A share link: what it shows, then each of its devices.
+  var share = null;
+  function loadShare() {
+    return api('/v1/share')
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (info) {
+        if (!info) return;
+        share = info;
+        el('share-title').textContent = info.name;
+        el('share-until').textContent = info.expires_ms ? new Date(info.expires_ms).toLocaleString() : '';
+        return Promise.all(info.devices.map(function (id) {
+          return api('/v1/vehicles/' + encodeURIComponent(id))
+            .then(function (r) { return r.ok ? r.json() : null; })
+            .then(function (v) { if (v) upsert(v); })
+            .catch(function () {});
+        })).then(function () {
+          fitFleet();
+          if (info.devices.length === 1 && vehicles.has(info.devices[0])) inspect(info.devices[0]);
+        });
+      })
+      .catch(function () {});
+  }
+
   function loadVehicles() {
     return api('/v1/vehicles?bbox=-180,-90,180,90&limit=10000')
       .then(function (r) { return r.ok ? r.json() : { vehicles: [] }; })
@@ -177,7 +230,7 @@
     var path = '/v1/vehicles/' + encodeURIComponent(id);
     api(path).then(function (r) { return r.ok ? r.json() : null; })
       .then(function (v) { if (v && selected === id) { showFields(v); } }).catch(function () {});
-    var from = Date.now() - 3600 * 1000;
+    var from = Date.now() - (share ? share.history_s : 3600) * 1000;
     api(path + '/track?format=geojson&limit=2000&from=' + from)
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (fc) {
@@ -278,7 +331,7 @@
     if (signedOut) return;
     var extra = { 'Accept': 'text/event-stream' };
     if (lastEventId !== null) extra['Last-Event-ID'] = lastEventId;
-    api('/v1/stream', { headers: extra, cache: 'no-store' }).then(function (r) {
+    api(shareMode ? '/v1/stream?kinds=positions' : '/v1/stream', { headers: extra, cache: 'no-store' }).then(function (r) {
       if (!r.ok || !r.body) throw new Error('stream answered ' + r.status);
       setStatus('live', 'live');
       var reader = r.body.getReader();
@@ -423,6 +476,13 @@
       .catch(function () {});
   }
 
-  Promise.all([loadVehicles(), loadAlerts()]).then(connect);
-  loadGeofences();
+  if (shareMode) {
+    document.body.classList.add('share');
+    el('share').hidden = false;
+    ['fleet-tools', 'alerts-section', 'geofence-note'].forEach(function (id) { el(id).hidden = true; });
+    loadShare().then(connect);
+  } else {
+    Promise.all([loadVehicles(), loadAlerts()]).then(connect);
+    loadGeofences();
+  }
 })();

@@ -35,6 +35,10 @@ pub(crate) enum Need {
     Scope(Scope),
     /// `GET /metrics`: open with `[api] metrics_open`, else `read`.
     Metrics,
+    /// A token with `read` scope, or a share link (its handler then shows
+    /// only the link's devices: the latest position, the recent track and
+    /// the live stream).
+    ReadOrShare,
     /// `POST /v1/positions`: a device's or OwnTracks user's HTTP basic
     /// login (its own positions only, which ingest checks on the decoded
     /// body), or a `write` token (any device).
@@ -71,6 +75,13 @@ pub(crate) async fn authorize(
         Need::Metrics if state.metrics_open => return next.run(req).await,
         Need::Metrics => scoped(&state, req.headers(), Scope::Read),
         Need::Scope(scope) => scoped(&state, req.headers(), scope),
+        Need::ReadOrShare => bearer(&state, req.headers(), false).and_then(|identity| {
+            if identity.share().is_some() {
+                Ok(identity)
+            } else {
+                scoped_identity(identity, Scope::Read)
+            }
+        }),
         Need::Ingest => {
             let peer = req
                 .extensions()
@@ -90,7 +101,10 @@ pub(crate) async fn authorize(
 
 /// The bearer token's identity, if its scope is at least `scope`.
 fn scoped(state: &ApiState, headers: &HeaderMap, scope: Scope) -> Result<Identity, ApiError> {
-    let identity = bearer(state, headers, false)?;
+    scoped_identity(bearer(state, headers, false)?, scope)
+}
+
+fn scoped_identity(identity: Identity, scope: Scope) -> Result<Identity, ApiError> {
     if identity.has_scope(scope) {
         Ok(identity)
     } else {
@@ -165,6 +179,9 @@ pub(crate) fn basic_login(headers: &HeaderMap) -> Result<Option<(String, String)
 /// token with `write` scope (a trusted gateway); a lesser token is 403.
 pub(crate) fn may_post_positions(identity: Identity) -> Result<Identity, ApiError> {
     match &identity {
+        Identity::Share { .. } => Err(ApiError::Forbidden(
+            "a share link only reads what it shows".into(),
+        )),
         Identity::Service { .. } if !identity.has_scope(Scope::Write) => {
             Err(ApiError::Forbidden(format!(
                 "posting positions needs a device login or a token with `write` scope; {} has less",

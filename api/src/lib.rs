@@ -128,14 +128,14 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// tests hold the router's methods to the document, and the document to
 /// this table).
 pub(crate) const ROUTE_ACCESS: &[(Method, &str, auth::Need)] = {
-    use auth::Need::{Ingest, Metrics, Open, Scope as S};
+    use auth::Need::{Ingest, Metrics, Open, ReadOrShare, Scope as S};
     const READ: auth::Need = S(Scope::Read);
     const WRITE: auth::Need = S(Scope::Write);
     const ADMIN: auth::Need = S(Scope::Admin);
     &[
         (Method::GET, "/v1/vehicles", READ),
-        (Method::GET, "/v1/vehicles/{id}", READ),
-        (Method::GET, "/v1/vehicles/{id}/track", READ),
+        (Method::GET, "/v1/vehicles/{id}", ReadOrShare),
+        (Method::GET, "/v1/vehicles/{id}/track", ReadOrShare),
         (Method::GET, "/v1/vehicles/{id}/trips", READ),
         (Method::GET, "/v1/vehicles/{id}/trips/{trip}", READ),
         (Method::GET, "/v1/vehicles/{id}/trips/{trip}/track", READ),
@@ -153,8 +153,8 @@ pub(crate) const ROUTE_ACCESS: &[(Method, &str, auth::Need)] = {
         (Method::POST, "/v1/positions", Ingest),
         (Method::GET, "/v1/rejections", READ),
         (Method::GET, "/v1/cells", READ),
-        (Method::GET, "/v1/stream", READ),
-        (Method::GET, "/v1/ws", READ),
+        (Method::GET, "/v1/stream", ReadOrShare),
+        (Method::GET, "/v1/ws", ReadOrShare),
         (Method::POST, "/v1/devices/{id}/credentials", ADMIN),
         (Method::DELETE, "/v1/devices/{id}/credentials", ADMIN),
         (Method::POST, "/v1/users/{user}/credentials", ADMIN),
@@ -163,6 +163,10 @@ pub(crate) const ROUTE_ACCESS: &[(Method, &str, auth::Need)] = {
         (Method::POST, "/v1/tokens", ADMIN),
         (Method::GET, "/v1/tokens", ADMIN),
         (Method::DELETE, "/v1/tokens/{id}", ADMIN),
+        (Method::POST, "/v1/shares", ADMIN),
+        (Method::GET, "/v1/shares", ADMIN),
+        (Method::DELETE, "/v1/shares/{id}", ADMIN),
+        (Method::GET, "/v1/share", ReadOrShare),
         (Method::GET, "/v1/webhooks", ADMIN),
         (Method::PUT, "/v1/webhooks/{id}", ADMIN),
         (Method::GET, "/v1/webhooks/{id}", ADMIN),
@@ -257,6 +261,12 @@ pub fn router(state: ApiState) -> Router {
             post(routes::access::create_token).get(routes::access::list_tokens),
         )
         .route("/v1/tokens/{id}", delete(routes::access::revoke_token))
+        .route(
+            "/v1/shares",
+            post(routes::access::create_share).get(routes::access::list_shares),
+        )
+        .route("/v1/shares/{id}", delete(routes::access::revoke_share))
+        .route("/v1/share", get(routes::access::this_share))
         .route("/v1/webhooks", get(routes::webhooks::list))
         .route(
             "/v1/webhooks/{id}",

@@ -818,6 +818,36 @@ async fn real_responses_match_the_documented_schemas() {
     c.check(delete.clone(), &one, "/v1/tokens/{id}", None).await;
     c.check(delete.clone(), &one, "/v1/tokens/{id}", None).await;
 
+    let share = c
+        .check(
+            post.clone(),
+            "/v1/shares",
+            "/v1/shares",
+            Some(json!({"devices": ["car-1"], "expires_in_s": 600, "name": "delivery"})),
+        )
+        .await;
+    assert!(
+        share["path"]
+            .as_str()
+            .expect("path")
+            .starts_with("/#share=fltd_"),
+        "{share}"
+    );
+    c.check(
+        post.clone(),
+        "/v1/shares",
+        "/v1/shares",
+        Some(json!({"devices": [], "expires_in_s": 600})),
+    )
+    .await;
+    let listed = c.check(get.clone(), "/v1/shares", "/v1/shares", None).await;
+    assert_eq!(listed["shares"][0]["id"], share["id"]);
+    // Anonymous here: not a share link.
+    c.check(get.clone(), "/v1/share", "/v1/share", None).await;
+    let one = format!("/v1/shares/{}", share["id"].as_str().expect("id"));
+    c.check(delete.clone(), &one, "/v1/shares/{id}", None).await;
+    c.check(delete.clone(), &one, "/v1/shares/{id}", None).await;
+
     let hook = "/v1/webhooks/{id}";
     let saved = c
         .check(
@@ -914,6 +944,8 @@ fn scope_name(need: crate::auth::Need) -> &'static str {
     match need {
         Need::Open => "none",
         Need::Scope(scope) => scope.name(),
+        // Read tokens, or a share link for its own devices.
+        Need::ReadOrShare => "read",
         // Protected by default (`[api] metrics_open = false`).
         Need::Metrics => "read",
         // Tokens need `write`; devices log in with basic instead.

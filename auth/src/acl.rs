@@ -19,6 +19,8 @@ pub fn may_publish(identity: &Identity, topic: &str) -> bool {
     match identity {
         Identity::Anonymous => true,
         Identity::Service { scope, .. } => *scope >= Scope::Write,
+        // Share links are for the map page and its HTTP routes only.
+        Identity::Share { .. } => false,
         Identity::Device(_) | Identity::User(_) => owns(identity, topic) && !is_outbound(topic),
     }
 }
@@ -31,6 +33,7 @@ pub fn may_subscribe(identity: &Identity, filter: &str) -> bool {
     match identity {
         Identity::Anonymous => true,
         Identity::Service { scope, .. } => *scope >= Scope::Read,
+        Identity::Share { .. } => false,
         Identity::Device(_) | Identity::User(_) => owns(identity, filter),
     }
 }
@@ -53,7 +56,7 @@ fn owns(identity: &Identity, topic: &str) -> bool {
             // (a topic `owntracks/alice` is nobody's position).
             under(topic, &["owntracks", user]).is_some_and(|rest| !rest.is_empty())
         }
-        Identity::Service { .. } | Identity::Anonymous => false,
+        Identity::Service { .. } | Identity::Share { .. } | Identity::Anonymous => false,
     }
 }
 

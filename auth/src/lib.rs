@@ -32,7 +32,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use fleetd_schemas::{DeviceId, Principal, Scope, StoredCredential, StoredToken, now_ms};
+use fleetd_schemas::{
+    DeviceId, Principal, Scope, ShareGrant, StoredCredential, StoredToken, now_ms,
+};
 use fleetd_store::Store;
 use tokio::sync::watch;
 
@@ -56,6 +58,14 @@ pub enum Identity {
         /// Its highest scope.
         scope: Scope,
     },
+    /// The holder of a share link: read-only, a few devices, recent
+    /// history.
+    Share {
+        /// The link's token id.
+        token_id: String,
+        /// What it may see.
+        grant: Arc<ShareGrant>,
+    },
     /// Nobody checked (`--allow-anonymous`): today's open behaviour.
     Anonymous,
 }
@@ -67,7 +77,15 @@ impl Identity {
         match self {
             Self::Service { scope, .. } => *scope >= needed,
             Self::Anonymous => true,
-            Self::Device(_) | Self::User(_) => false,
+            Self::Device(_) | Self::User(_) | Self::Share { .. } => false,
+        }
+    }
+
+    /// The share grant of a share link's holder; `None` for everybody else.
+    pub fn share(&self) -> Option<&ShareGrant> {
+        match self {
+            Self::Share { grant, .. } => Some(grant),
+            _ => None,
         }
     }
 
@@ -78,6 +96,7 @@ impl Identity {
             Self::Device(id) => format!("device {id}"),
             Self::User(name) => format!("user {name}"),
             Self::Service { token_id, .. } => format!("token {token_id}"),
+            Self::Share { token_id, .. } => format!("share {token_id}"),
             Self::Anonymous => "anonymous".into(),
         }
     }
@@ -87,7 +106,9 @@ impl Identity {
         match self {
             Self::Device(id) => Some(Principal::Device(id.clone()).key()),
             Self::User(name) => Some(Principal::User(name.clone()).key()),
-            Self::Service { token_id, .. } => Some(token_key(token_id)),
+            Self::Service { token_id, .. } | Self::Share { token_id, .. } => {
+                Some(token_key(token_id))
+            }
             Self::Anonymous => None,
         }
     }
@@ -282,7 +303,11 @@ impl Access {
     ) -> Result<Identity, LoginError> {
         let password = password.ok_or(LoginError::NoCredentials)?;
         if password.starts_with(TOKEN_PREFIX) {
-            return self.token(password);
+            // A share link is a bearer token for the map, not a login.
+            return match self.token(password)? {
+                Identity::Share { .. } => Err(LoginError::Wrong),
+                identity => Ok(identity),
+            };
         }
         let username = username.ok_or(LoginError::NoCredentials)?;
         let offered = hash_secret(password);
@@ -326,6 +351,12 @@ impl Access {
         if stored.expires_ms.is_some_and(|at| at <= now_ms()) {
             return Err(LoginError::Expired);
         }
+        if let Some(grant) = &stored.share {
+            return Ok(Identity::Share {
+                token_id: stored.id.clone(),
+                grant: Arc::new(grant.clone()),
+            });
+        }
         let scope = stored.top_scope().ok_or(LoginError::Wrong)?;
         Ok(Identity::Service {
             token_id: stored.id.clone(),
@@ -345,11 +376,38 @@ impl Access {
                 "a token needs at least one scope".into(),
             ));
         }
-        let (id, secret, token) = secret::new_token();
-        let created_ms = now_ms();
         let mut scopes = scopes.to_vec();
         scopes.sort();
         scopes.dedup();
+        self.issue_token(name, scopes, expires_in, None).await
+    }
+
+    /// Creates a share link's token: no scopes, `grant`'s devices only,
+    /// until `expires_in` from now (a share always expires).
+    pub async fn create_share(
+        &self,
+        name: &str,
+        grant: ShareGrant,
+        expires_in: Duration,
+    ) -> Result<IssuedToken, AccessError> {
+        if grant.devices.is_empty() {
+            return Err(AccessError::Invalid(
+                "a share link shows at least one device".into(),
+            ));
+        }
+        self.issue_token(name, Vec::new(), Some(expires_in), Some(grant))
+            .await
+    }
+
+    async fn issue_token(
+        &self,
+        name: &str,
+        scopes: Vec<Scope>,
+        expires_in: Option<Duration>,
+        share: Option<ShareGrant>,
+    ) -> Result<IssuedToken, AccessError> {
+        let (id, secret, token) = secret::new_token();
+        let created_ms = now_ms();
         let record = StoredToken {
             id: id.clone(),
             name: name.to_owned(),
@@ -359,6 +417,7 @@ impl Access {
             expires_ms: expires_in.map(|d| {
                 created_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             }),
+            share,
         };
         self.store.put_token(&record).await?;
         write(&self.tokens).insert(id, record.clone());
@@ -381,9 +440,30 @@ impl Access {
         Ok(existed || cached)
     }
 
-    /// Resolves when `identity`'s credential is rotated or revoked (never,
-    /// for anonymous sessions): open sessions watch it and close.
+    /// Resolves when `identity`'s credential is rotated or revoked, or its
+    /// token expires (never, for anonymous sessions): open sessions watch
+    /// it and close.
     pub fn watch(&self, identity: &Identity) -> impl Future<Output = ()> + Send + 'static {
+        let expires_ms = match identity {
+            Identity::Service { token_id, .. } | Identity::Share { token_id, .. } => {
+                read(&self.tokens).get(token_id).and_then(|t| t.expires_ms)
+            }
+            _ => None,
+        };
+        let changed = self.changed(identity);
+        async move {
+            let Some(at) = expires_ms else {
+                return changed.await;
+            };
+            let left = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+            tokio::select! {
+                () = changed => {}
+                () = tokio::time::sleep(Duration::from_millis(left)) => {}
+            }
+        }
+    }
+
+    fn changed(&self, identity: &Identity) -> impl Future<Output = ()> + Send + 'static {
         let receiver = identity.watch_key().map(|key| {
             let mut watches = lock(&self.watches);
             // Drop the watches nobody holds any more, now and then, so the

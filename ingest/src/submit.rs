@@ -76,6 +76,8 @@ pub enum Owns {
     /// Every OwnTracks device `{user}/…` of this user (the user's
     /// credential, like Mosquitto's `%u` pattern).
     User(String),
+    /// No device (a share link's holder reads, never writes).
+    Nothing,
 }
 
 impl Owns {
@@ -83,6 +85,7 @@ impl Owns {
     pub fn owns(&self, device: &DeviceId) -> bool {
         match self {
             Self::Any => true,
+            Self::Nothing => false,
             Self::Device(id) => id == device,
             Self::User(user) => device
                 .as_str()

@@ -131,6 +131,27 @@ pub struct StoredToken {
     pub created_ms: i64,
     /// When it stops working, Unix ms; `None`: never.
     pub expires_ms: Option<i64>,
+    /// A share link's grant: the token then has no scopes and sees only
+    /// these devices (`POST /v1/shares`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<ShareGrant>,
+}
+
+/// What a share link may see: a few devices' latest position, live
+/// updates and recent track, read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareGrant {
+    /// The devices it shows.
+    pub devices: Vec<DeviceId>,
+    /// How far back their track may be read, seconds before now.
+    pub history_s: u32,
+}
+
+impl ShareGrant {
+    /// Whether it shows `device`.
+    pub fn shows(&self, device: &DeviceId) -> bool {
+        self.devices.contains(device)
+    }
 }
 
 impl StoredToken {

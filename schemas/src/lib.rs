@@ -38,7 +38,7 @@ mod vehicle;
 mod vehicle_storage;
 mod webhook;
 
-pub use access::{Principal, Scope, StoredCredential, StoredToken};
+pub use access::{Principal, Scope, ShareGrant, StoredCredential, StoredToken};
 pub use alert::{Alert, AlertDetail, AlertKind, GeofenceId};
 pub use fences::{DeviceFences, Membership, MembershipChange};
 pub use geodesy::{BBox, EARTH_RADIUS_M, haversine_m};

@@ -903,6 +903,7 @@ async fn credentials_and_tokens_round_trip() {
         );
 
         let token = |id: &str, scopes: Vec<Scope>| StoredToken {
+            share: None,
             id: id.into(),
             name: format!("token {id}"),
             scopes,

@@ -36,7 +36,22 @@ pub struct SseClient {
 
 impl SseClient {
     pub async fn connect(server: &Fleetd, path: &str, last_event_id: Option<&str>) -> SseClient {
-        let mut request = server.client.get(format!("{}{}", server.http, path));
+        Self::connect_as(
+            &server.client,
+            &format!("{}{}", server.http, path),
+            last_event_id,
+        )
+        .await
+    }
+
+    /// [`SseClient::connect`] with `client` (its own token) to `url`.
+    pub async fn connect_as(
+        client: &reqwest::Client,
+        url: &str,
+        last_event_id: Option<&str>,
+    ) -> SseClient {
+        let path = url;
+        let mut request = client.get(url);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
@@ -51,6 +66,19 @@ impl SseClient {
             body: Box::pin(response.bytes_stream()),
             buf: String::new(),
             comments: 0,
+        }
+    }
+
+    /// Whether the server ends the stream within `timeout` (events on the
+    /// way are read and dropped).
+    pub async fn ends_within(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => return false,
+                Ok(None | Some(Err(_))) => return true,
+                Ok(Some(Ok(_))) => {}
+            }
         }
     }
 

@@ -23,6 +23,7 @@ mod map;
 mod osmand;
 mod restart;
 mod scylla;
+mod shares;
 mod tls;
 mod util;
 mod vehicle;

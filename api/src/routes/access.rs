@@ -1,19 +1,20 @@
 //! Credentials and API tokens (`admin` scope): issuing device and OwnTracks
 //! user credentials (one or in bulk; issuing again rotates), revoking them,
-//! and creating, listing and revoking tokens.
+//! creating, listing and revoking tokens, and share links (tokens that show
+//! a few devices read-only, `GET /v1/share` answering what one shows).
 //!
 //! Answers that carry a secret are marked `Cache-Control: no-store`: the
 //! secret is shown once and must not linger in a cache.
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::header::CACHE_CONTROL;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use fleetd_auth::{AccessError, IssuedCredential};
-use fleetd_schemas::{DeviceId, Principal, Scope, StoredToken};
+use axum::{Extension, Json};
+use fleetd_auth::{AccessError, Identity, IssuedCredential};
+use fleetd_schemas::{DeviceId, Principal, Scope, ShareGrant, StoredToken};
 use serde::{Deserialize, Serialize};
 
 use crate::body::JsonBody;
@@ -220,7 +221,11 @@ pub(crate) async fn create_token(
 /// "expires_ms"}, ...]}`, oldest first; never a secret or its hash.
 pub(crate) async fn list_tokens(State(state): State<ApiState>) -> Json<serde_json::Value> {
     let tokens = state.access.tokens();
-    let listed: Vec<TokenJson<'_>> = tokens.iter().map(TokenJson::new).collect();
+    let listed: Vec<TokenJson<'_>> = tokens
+        .iter()
+        .filter(|t| t.share.is_none())
+        .map(TokenJson::new)
+        .collect();
     Json(serde_json::json!({ "tokens": listed }))
 }
 
@@ -236,6 +241,163 @@ pub(crate) async fn revoke_token(
     } else {
         Err(ApiError::NotFound(format!("no token {id:?}")))
     }
+}
+
+/// Most devices one share link shows.
+const MAX_SHARE_DEVICES: usize = 100;
+/// Longest a share link lives, and how far back its track may reach.
+const MAX_SHARE_S: u64 = 30 * 86_400;
+const MAX_SHARE_HISTORY_S: u32 = 7 * 86_400;
+const DEFAULT_SHARE_HISTORY_S: u32 = 3_600;
+
+/// Body of `POST /v1/shares`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ShareBody {
+    devices: Vec<String>,
+    expires_in_s: u64,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    history_s: Option<u32>,
+}
+
+/// A share link as listed (no token).
+#[derive(Debug, Serialize)]
+struct ShareJson<'a> {
+    id: &'a str,
+    name: &'a str,
+    devices: &'a [DeviceId],
+    history_s: u32,
+    created_ms: i64,
+    expires_ms: Option<i64>,
+}
+
+impl<'a> ShareJson<'a> {
+    fn new(token: &'a StoredToken, grant: &'a ShareGrant) -> Self {
+        Self {
+            id: &token.id,
+            name: &token.name,
+            devices: &grant.devices,
+            history_s: grant.history_s,
+            created_ms: token.created_ms,
+            expires_ms: token.expires_ms,
+        }
+    }
+}
+
+/// A share link as created: the token, and the map path that opens it.
+#[derive(Debug, Serialize)]
+struct CreatedShare<'a> {
+    #[serde(flatten)]
+    record: ShareJson<'a>,
+    token: &'a str,
+    path: String,
+}
+
+/// `POST /v1/shares` with `{"devices": [...], "expires_in_s": N, "name"?,
+/// "history_s"?}`: a read-only link to those devices' latest position,
+/// live updates and the last `history_s` (default 1 h) of their track,
+/// until it expires (at most 30 days) or is revoked. Answers 201 with the
+/// token (shown once) and `path`, `/#share=<token>`: the map page on just
+/// those devices.
+pub(crate) async fn create_share(
+    State(state): State<ApiState>,
+    JsonBody(body): JsonBody<ShareBody>,
+) -> Result<Response, ApiError> {
+    if body.devices.is_empty() || body.devices.len() > MAX_SHARE_DEVICES {
+        return Err(ApiError::BadRequest(format!(
+            "devices must list 1 to {MAX_SHARE_DEVICES} device ids"
+        )));
+    }
+    let mut devices = body
+        .devices
+        .iter()
+        .map(|d| device_id(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    devices.sort();
+    devices.dedup();
+    if !(1..=MAX_SHARE_S).contains(&body.expires_in_s) {
+        return Err(ApiError::BadRequest(format!(
+            "expires_in_s must be 1 to {MAX_SHARE_S} (30 days): a share link always expires"
+        )));
+    }
+    let history_s = body.history_s.unwrap_or(DEFAULT_SHARE_HISTORY_S);
+    if history_s > MAX_SHARE_HISTORY_S {
+        return Err(ApiError::BadRequest(format!(
+            "history_s must be at most {MAX_SHARE_HISTORY_S} (7 days)"
+        )));
+    }
+    let name = body.name.as_deref().unwrap_or("share link").trim();
+    if name.is_empty() || name.len() > MAX_TOKEN_NAME || name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "name must be 1 to {MAX_TOKEN_NAME} bytes of printable text"
+        )));
+    }
+    let grant = ShareGrant { devices, history_s };
+    let issued = state
+        .access
+        .create_share(name, grant, Duration::from_secs(body.expires_in_s))
+        .await
+        .map_err(access_error)?;
+    tracing::info!(token_id = %issued.record.id, "share link created");
+    let Some(grant) = &issued.record.share else {
+        return Err(ApiError::Internal("a share token without its grant".into()));
+    };
+    let created = CreatedShare {
+        record: ShareJson::new(&issued.record, grant),
+        token: &issued.token,
+        path: format!("/#share={}", issued.token),
+    };
+    Ok(secret((StatusCode::CREATED, Json(created))))
+}
+
+/// `GET /v1/shares`: every share link (no tokens), oldest first.
+pub(crate) async fn list_shares(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    let tokens = state.access.tokens();
+    let listed: Vec<ShareJson<'_>> = tokens
+        .iter()
+        .filter_map(|t| Some(ShareJson::new(t, t.share.as_ref()?)))
+        .collect();
+    Json(serde_json::json!({ "count": listed.len(), "shares": listed }))
+}
+
+/// `DELETE /v1/shares/{id}`: 204 (the link stops working at once and the
+/// map pages open on it lose their stream), or 404.
+pub(crate) async fn revoke_share(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let is_share = state
+        .access
+        .tokens()
+        .iter()
+        .any(|t| t.id == id && t.share.is_some());
+    if is_share && state.access.revoke_token(&id).await.map_err(access_error)? {
+        tracing::info!(token_id = %id, "share link revoked");
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::NotFound(format!("no share link {id:?}")))
+    }
+}
+
+/// `GET /v1/share`: what the calling share link shows (the map page asks
+/// this first); 404 for any other caller.
+pub(crate) async fn this_share(
+    State(state): State<ApiState>,
+    identity: Option<Extension<Identity>>,
+) -> Result<Response, ApiError> {
+    let not_share = || ApiError::NotFound("this is not a share link's token".into());
+    let Some(Extension(Identity::Share { token_id, .. })) = identity else {
+        return Err(not_share());
+    };
+    let tokens = state.access.tokens();
+    let token = tokens
+        .iter()
+        .find(|t| t.id == token_id)
+        .ok_or_else(not_share)?;
+    let grant = token.share.as_ref().ok_or_else(not_share)?;
+    Ok(Json(ShareJson::new(token, grant)).into_response())
 }
 
 fn device_id(raw: &str) -> Result<DeviceId, ApiError> {

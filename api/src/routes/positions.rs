@@ -173,6 +173,7 @@ pub(crate) fn caller(identity: &Identity) -> Caller {
         // Only `write` tokens get here (the access middleware, the OsmAnd
         // listener's login): trusted gateways.
         Identity::Service { .. } | Identity::Anonymous => Owns::Any,
+        Identity::Share { .. } => Owns::Nothing,
     };
     Caller {
         owns,

@@ -8,9 +8,11 @@
 //! (gaps: `{"type": "gap", "data": {...}}`).
 //!
 //! A stream outlives the request that checked its token: it ends when the
-//! caller's token (or credential) is revoked, and the client's reconnect
-//! then meets the check again.
+//! caller's token (or credential) is revoked or expires, and the client's
+//! reconnect then meets the check again. A share link's stream carries its
+//! devices' positions only.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::Extension;
@@ -22,6 +24,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use fleetd_auth::Identity;
+use fleetd_schemas::DeviceId;
 use futures::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
@@ -50,7 +53,7 @@ pub(crate) async fn sse(
         ),
         None => None,
     };
-    let request = params.validate(last_event_id)?;
+    let request = for_share(params.validate(last_event_id)?, identity.as_ref())?;
     let (peer, kill) = conn_parts(conn);
     let preamble = Bytes::from(format!(
         "retry: {}\n: fleetd live stream\n\n",
@@ -99,7 +102,7 @@ pub(crate) async fn ws(
     Query(params): Query<StreamParams>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let request = params.validate(None)?;
+    let request = for_share(params.validate(None)?, identity.as_ref())?;
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::BadRequest(format!(
             "GET /v1/ws needs a WebSocket upgrade request: {}",
@@ -111,6 +114,31 @@ pub(crate) async fn ws(
         .max_message_size(64 * 1024)
         .on_upgrade(move |socket| ws_session(socket, state, request, peer, identity))
         .into_response())
+}
+
+/// A share link's stream: the positions of its devices only (those asked
+/// for among them, or all of them), no alerts.
+fn for_share(
+    mut request: StreamRequest,
+    identity: Option<&Extension<Identity>>,
+) -> Result<StreamRequest, ApiError> {
+    let Some(grant) = identity.and_then(|Extension(i)| i.share()) else {
+        return Ok(request);
+    };
+    let shown: HashSet<DeviceId> = match request.filter.devices.take() {
+        Some(asked) => asked.into_iter().filter(|d| grant.shows(d)).collect(),
+        None => grant.devices.iter().cloned().collect(),
+    };
+    if shown.is_empty() {
+        return Err(ApiError::NotFound(
+            "this share link shows none of these devices".into(),
+        ));
+    }
+    request.filter.devices = Some(shown);
+    request.filter.geofences = None;
+    request.filter.kinds.alerts = false;
+    request.filter.kinds.positions = true;
+    Ok(request)
 }
 
 /// Resolves when the caller's token or credential is revoked or rotated

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use fleetd_auth::Identity;
 use fleetd_schemas::DeviceId;
 use fleetd_store::{HistoryPage, StoreError};
 
@@ -23,9 +24,11 @@ use crate::state::ApiState;
 /// 400 if `id` is not a valid device id, 404 if the device never reported.
 pub(crate) async fn latest(
     State(state): State<ApiState>,
+    identity: Option<Extension<Identity>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let device = parse_device_id(&id)?;
+    shown_by_share(identity.as_ref(), &device)?;
     let (position, vehicle) = tokio::try_join!(
         state.store.latest(&device),
         state.store.vehicle_state(&device)
@@ -84,11 +87,20 @@ pub(crate) async fn in_area(
 /// parameter or cursor.
 pub(crate) async fn track(
     State(state): State<ApiState>,
+    identity: Option<Extension<Identity>>,
     Path(id): Path<String>,
     Query(params): Query<TrackParams>,
 ) -> Result<Response, ApiError> {
     let device = parse_device_id(&id)?;
-    let request = params.validate(fleetd_schemas::now_ms())?;
+    shown_by_share(identity.as_ref(), &device)?;
+    let now = fleetd_schemas::now_ms();
+    let mut request = params.validate(now)?;
+    // A share link reads only its recent history.
+    if let Some(grant) = identity.as_ref().and_then(|Extension(i)| i.share()) {
+        let earliest = now.saturating_sub(i64::from(grant.history_s) * 1000);
+        request.query.from_ms = request.query.from_ms.max(earliest);
+        request.query.to_ms = request.query.to_ms.max(request.query.from_ms);
+    }
     if state.store.latest(&device).await?.is_none() {
         return Err(unknown(&device));
     }
@@ -137,6 +149,18 @@ pub(crate) async fn track(
             geojson(FeatureCollection::new(&page.items, members))
         }
     })
+}
+
+/// For a share link's holder, the devices it does not show do not exist
+/// (404, as for a device never heard: the link reveals nothing more).
+pub(crate) fn shown_by_share(
+    identity: Option<&Extension<Identity>>,
+    device: &DeviceId,
+) -> Result<(), ApiError> {
+    match identity.and_then(|Extension(i)| i.share()) {
+        Some(grant) if !grant.shows(device) => Err(unknown(device)),
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn unknown(device: &DeviceId) -> ApiError {
