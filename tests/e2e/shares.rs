@@ -381,4 +381,23 @@ async fn the_map_page_on_a_share_link_shows_just_that_vehicle_live() {
         |v| v.as_bool() == Some(true),
     )
     .await;
+
+    // Expired: the same page works until the link's time is up, then says so.
+    let short = create_share(&server, json!({"devices": ["car-1"], "expires_in_s": 4})).await;
+    let link = format!("{}{}", server.http, short["path"].as_str().expect("path"));
+    cdp.call("Page.navigate", json!({"url": link})).await;
+    cdp.wait_for(
+        "document.querySelectorAll('.fleetd-vehicle').length === 1 && document.getElementById('share-ended').hidden && document.getElementById('status').textContent.startsWith('live')",
+        Duration::from_secs(10),
+        |v| v.as_bool() == Some(true),
+    )
+    .await;
+    let ended = cdp
+        .wait_for(
+            "document.getElementById('share-ended').hidden ? '' : document.getElementById('share-ended').innerText",
+            Duration::from_secs(15),
+            |v| v.as_str().is_some_and(|s| !s.is_empty()),
+        )
+        .await;
+    assert!(ended.as_str().unwrap_or_default().contains("expired"), "{ended}");
 }
