@@ -12,15 +12,15 @@ use crate::util::{
 };
 
 /// A Mosquitto broker on a loopback port, killed on drop.
-struct Mosquitto {
+pub(crate) struct Mosquitto {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     _dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
     /// A broker that keeps nothing on disk.
-    fn start() -> Mosquitto {
+    pub(crate) fn start() -> Mosquitto {
         Mosquitto::start_with(|_| "persistence false\n".to_owned())
     }
 

@@ -8,6 +8,7 @@
 mod api;
 mod auth;
 mod cli;
+mod conformance;
 mod demo;
 mod durability;
 mod exports;
