@@ -92,10 +92,15 @@ impl StreamParams {
     /// Validates the parameters; `last_event_id` (the SSE `Last-Event-ID`
     /// header, sent by reconnecting browsers) wins over `since`.
     pub(crate) fn validate(self, last_event_id: Option<&str>) -> Result<StreamRequest, ApiError> {
-        let since = match (last_event_id, self.since.as_deref()) {
-            (Some(raw), _) => Some(parse_seq("Last-Event-ID", raw)?),
-            (None, Some(raw)) if !raw.is_empty() => Some(parse_seq("since", raw)?),
-            _ => None,
+        // A bad `since` is an error even when the header wins over it.
+        let since_param = self
+            .since
+            .as_deref()
+            .map(|raw| parse_seq("since", raw))
+            .transpose()?;
+        let since = match last_event_id {
+            Some(raw) => Some(parse_seq("Last-Event-ID", raw)?),
+            None => since_param,
         };
         let bbox = self.bbox.as_deref().map(parse_bbox).transpose()?;
         let devices = self

@@ -394,7 +394,7 @@ impl AlertsParams {
             .transpose()?;
         let mut kinds = Vec::new();
         if let Some(raw) = self.kind.as_deref() {
-            for code in raw.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            for code in raw.split(',') {
                 let kind = AlertKind::from_code(code).ok_or_else(|| {
                     let all: Vec<&str> = AlertKind::ALL.iter().map(|k| k.code()).collect();
                     bad(format!(
@@ -441,13 +441,37 @@ fn time_range(
     Ok((from_ms, to_ms))
 }
 
+/// An optional whole number of a JSON body, as JSON Schema's `integer`
+/// has it: `5` and `5.0` alike (`5.5`, a negative or a too large number is
+/// an error naming the value).
+pub(crate) fn integral<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+            .map(|f| f as u64)
+    });
+    whole
+        .and_then(|n| T::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
+}
+
 /// Longest registry `name`, in characters.
 const MAX_NAME_CHARS: usize = 200;
 /// Longest registry `class`, in bytes.
 const MAX_CLASS_LEN: usize = 64;
 /// Most registry tags per device.
 const MAX_TAGS: usize = 64;
-/// Longest tag key (bytes) and value (characters).
+/// Longest tag key and value, in characters.
 const MAX_TAG_KEY_LEN: usize = 64;
 const MAX_TAG_VALUE_CHARS: usize = 256;
 
@@ -500,9 +524,9 @@ impl DeviceBody {
             )));
         }
         for (key, value) in &self.tags {
-            if key.is_empty() || key.len() > MAX_TAG_KEY_LEN {
+            if key.is_empty() || key.chars().count() > MAX_TAG_KEY_LEN {
                 return Err(bad(format!(
-                    "tag keys must be 1 to {MAX_TAG_KEY_LEN} bytes, got {}",
+                    "tag keys must be 1 to {MAX_TAG_KEY_LEN} characters, got {}",
                     echo(key)
                 )));
             }

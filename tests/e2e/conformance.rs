@@ -68,7 +68,8 @@ async fn paho_interoperability_suite_passes_everything_mosquitto_passes() {
         if outcome == "pass" {
             let (ours, detail) = &fleetd[test];
             assert_eq!(
-                ours, "pass",
+                ours,
+                "pass",
                 "{test} passes against Mosquitto but not fleetd:\n{detail}\nlog:\n{}",
                 server.log()
             );

@@ -23,6 +23,7 @@ mod live;
 mod map;
 mod osmand;
 mod restart;
+mod schemathesis;
 mod scylla;
 mod shares;
 mod tls;

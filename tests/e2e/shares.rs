@@ -399,5 +399,8 @@ async fn the_map_page_on_a_share_link_shows_just_that_vehicle_live() {
             |v| v.as_str().is_some_and(|s| !s.is_empty()),
         )
         .await;
-    assert!(ended.as_str().unwrap_or_default().contains("expired"), "{ended}");
+    assert!(
+        ended.as_str().unwrap_or_default().contains("expired"),
+        "{ended}"
+    );
 }

@@ -155,11 +155,45 @@ pub struct WebhookView {
     pub dead_letters: usize,
 }
 
+/// The characters a URL may hold (RFC 3986: unreserved, reserved and `%`).
+fn is_url_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&b)
+}
+
+/// Whether `url` has the form the API document gives: `http://` or
+/// `https://`, a host name of letters, digits and `-` in dot-separated
+/// labels, an optional port (1 to 65535), then an optional path (with
+/// query) of URL characters. No user info, no IP literals in brackets:
+/// hooks name their receivers.
+fn well_formed(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let (host, port) = authority.split_once(':').unwrap_or((authority, ""));
+    let label_ok =
+        |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let port_ok = port.is_empty() && !authority.contains(':')
+        || port.bytes().all(|b| b.is_ascii_digit())
+            && !port.starts_with('0')
+            && port.parse::<u16>().is_ok();
+    host.split('.').all(label_ok) && port_ok && path.bytes().all(is_url_char)
+}
+
 fn check_url(url: &str) -> Result<(), WebhookError> {
     if url.len() > MAX_URL_LEN {
         return Err(WebhookError::Invalid(format!(
             "url is longer than {MAX_URL_LEN} characters"
         )));
+    }
+    if !well_formed(url) {
+        return Err(WebhookError::Invalid(
+            "url must be http:// or https://, a host name, an optional port and a path of URL characters"
+                .into(),
+        ));
     }
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| WebhookError::Invalid(format!("url is not an absolute URL: {e}")))?;

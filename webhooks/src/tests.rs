@@ -158,6 +158,34 @@ fn filters_match_kinds_fences_devices_and_tags() {
 }
 
 #[test]
+fn urls_are_http_or_https_to_a_named_host() {
+    for good in [
+        "http://127.0.0.1:8080/hook",
+        "https://ops.example.com/fleetd-alerts?team=night",
+        "https://a-b.c",
+        "http://127.0.0.1:65535/",
+    ] {
+        assert!(well_formed(good), "{good}");
+        assert!(check_url(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "ftp://example.com/",
+        "http://",
+        "http://a..b/",
+        "https://user@host/",
+        "https://h:0/",
+        "https://h:99999/",
+        "https://h:65536/",
+        "https://h:080/",
+        "https://h/<script>",
+        "https://h/a b",
+        "/relative",
+    ] {
+        assert!(check_url(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn backoff_doubles_up_to_the_cap_with_jitter() {
     let mut s = WebhookSettings::new("/nonexistent".into());
     s.backoff_initial = Duration::from_millis(100);

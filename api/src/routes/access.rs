@@ -43,7 +43,7 @@ pub(crate) struct BulkBody {
 pub(crate) struct TokenBody {
     name: String,
     scopes: Vec<Scope>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::params::integral")]
     expires_in_s: Option<u64>,
 }
 
@@ -188,12 +188,7 @@ pub(crate) async fn create_token(
     State(state): State<ApiState>,
     JsonBody(body): JsonBody<TokenBody>,
 ) -> Result<Response, ApiError> {
-    let name = body.name.trim();
-    if name.is_empty() || name.len() > MAX_TOKEN_NAME || name.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(format!(
-            "name must be 1 to {MAX_TOKEN_NAME} bytes of printable text"
-        )));
-    }
+    let name = check_name(&body.name)?;
     if body.expires_in_s == Some(0) {
         return Err(ApiError::BadRequest(
             "expires_in_s must be > 0 (leave it out for a token that does not expire)".into(),
@@ -255,10 +250,11 @@ const DEFAULT_SHARE_HISTORY_S: u32 = 3_600;
 #[serde(deny_unknown_fields)]
 pub(crate) struct ShareBody {
     devices: Vec<String>,
-    expires_in_s: u64,
+    #[serde(deserialize_with = "crate::params::integral")]
+    expires_in_s: Option<u64>,
     #[serde(default)]
     name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::params::integral")]
     history_s: Option<u32>,
 }
 
@@ -317,7 +313,8 @@ pub(crate) async fn create_share(
         .collect::<Result<Vec<_>, _>>()?;
     devices.sort();
     devices.dedup();
-    if !(1..=MAX_SHARE_S).contains(&body.expires_in_s) {
+    let expires_in_s = body.expires_in_s.unwrap_or(0);
+    if !(1..=MAX_SHARE_S).contains(&expires_in_s) {
         return Err(ApiError::BadRequest(format!(
             "expires_in_s must be 1 to {MAX_SHARE_S} (30 days): a share link always expires"
         )));
@@ -328,16 +325,11 @@ pub(crate) async fn create_share(
             "history_s must be at most {MAX_SHARE_HISTORY_S} (7 days)"
         )));
     }
-    let name = body.name.as_deref().unwrap_or("share link").trim();
-    if name.is_empty() || name.len() > MAX_TOKEN_NAME || name.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(format!(
-            "name must be 1 to {MAX_TOKEN_NAME} bytes of printable text"
-        )));
-    }
+    let name = check_name(body.name.as_deref().unwrap_or("share link"))?;
     let grant = ShareGrant { devices, history_s };
     let issued = state
         .access
-        .create_share(name, grant, Duration::from_secs(body.expires_in_s))
+        .create_share(name, grant, Duration::from_secs(expires_in_s))
         .await
         .map_err(access_error)?;
     tracing::info!(token_id = %issued.record.id, "share link created");
@@ -398,6 +390,20 @@ pub(crate) async fn this_share(
         .ok_or_else(not_share)?;
     let grant = token.share.as_ref().ok_or_else(not_share)?;
     Ok(Json(ShareJson::new(token, grant)).into_response())
+}
+
+/// A token's or share link's name: 1 to 200 characters, no control
+/// characters (it is shown in lists and logs).
+fn check_name(name: &str) -> Result<&str, ApiError> {
+    if name.is_empty()
+        || name.chars().count() > MAX_TOKEN_NAME
+        || name.chars().any(char::is_control)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "name must be 1 to {MAX_TOKEN_NAME} characters, none a control character"
+        )));
+    }
+    Ok(name)
 }
 
 fn device_id(raw: &str) -> Result<DeviceId, ApiError> {

@@ -169,9 +169,11 @@ pub(crate) async fn list(
     Query(params): Query<PageParams>,
 ) -> Result<Response, ApiError> {
     let limit = params.limit()?;
+    // An empty cursor is the first page, as on every paged route.
     let after = params
         .cursor
         .as_deref()
+        .filter(|c| !c.is_empty())
         .map(|c| GeofenceId::parse(c).map_err(|_| bad(format!("malformed cursor {}", echo(c)))))
         .transpose()?;
     let (fences, more) = state.geofences.page(after.as_ref(), limit);
@@ -213,9 +215,11 @@ pub(crate) async fn vehicles(
 ) -> Result<Response, ApiError> {
     let id = parse_fence_id(&id)?;
     let limit = params.limit()?;
+    // An empty cursor is the first page, as on every paged route.
     let after = params
         .cursor
         .as_deref()
+        .filter(|c| !c.is_empty())
         .map(|c| DeviceId::parse(c).map_err(|_| bad(format!("malformed cursor {}", echo(c)))))
         .transpose()?;
     if state.store.geofence(&id).await?.is_none() {

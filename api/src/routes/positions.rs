@@ -99,7 +99,7 @@ pub(crate) async fn post(
     let body = read_body(&ingest, SOURCE, &headers, body).await?;
     let caller = caller(&identity);
     let submitted = match ingest
-        .submit_as(&identity_of(&headers, params), &caller, SOURCE, &body)
+        .submit_as(&identity_of(&headers, params)?, &caller, SOURCE, &body)
         .await
     {
         Ok(submitted) => submitted,
@@ -183,17 +183,33 @@ pub(crate) fn caller(identity: &Identity) -> Caller {
 
 /// Who the request says sent it: OwnTracks' user and device (headers, or
 /// the OwnTracks Recorder's `?u=&d=`) and the basic-auth user name.
-fn identity_of(headers: &HeaderMap, params: PositionsParams) -> HttpIdentity {
-    let header = |name: &str| non_empty(headers.get(name).and_then(|v| v.to_str().ok()));
-    HttpIdentity {
-        owntracks_user: header("x-limit-u")
-            .or(non_empty(params.u.as_deref()))
-            .map(str::to_owned),
-        owntracks_device: header("x-limit-d")
-            .or(non_empty(params.d.as_deref()))
-            .map(str::to_owned),
-        login: basic_auth_user(headers),
+fn identity_of(headers: &HeaderMap, params: PositionsParams) -> Result<HttpIdentity, ApiError> {
+    // `?u=` and `?d=` are checked even where the headers win over them: a
+    // malformed parameter is an error, never silently unused.
+    for (name, value) in [("u", &params.u), ("d", &params.d)] {
+        if let Some(v) = value.as_deref()
+            && !v.is_empty()
+            && fleetd_schemas::Principal::user(v).is_err()
+        {
+            return Err(ApiError::BadRequest(format!(
+                "{name} must be 1 to 128 characters of A-Z a-z 0-9 . _ : -, got {}",
+                crate::params::echo(v)
+            )));
+        }
     }
+    // A header that is not ASCII is kept (lossily) rather than dropped, so
+    // it fails as an invalid id instead of letting `?u=` speak for it.
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    Ok(HttpIdentity {
+        owntracks_user: header("x-limit-u").or(non_empty(params.u.as_deref()).map(str::to_owned)),
+        owntracks_device: header("x-limit-d").or(non_empty(params.d.as_deref()).map(str::to_owned)),
+        login: basic_auth_user(headers),
+    })
 }
 
 fn non_empty(value: Option<&str>) -> Option<&str> {
