@@ -361,7 +361,7 @@ async fn queue_for_webhooks(
             Ok(()) => return,
             Err(error) => {
                 failures += 1;
-                if failures == 1 || failures % 60 == 0 {
+                if failures == 1 || failures.is_multiple_of(60) {
                     tracing::warn!(partition, failures, %error, "webhook outbox append failed; retrying");
                 }
                 tokio::time::sleep(delay).await;

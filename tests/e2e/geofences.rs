@@ -89,29 +89,6 @@ impl Drop for Subscriber {
     }
 }
 
-async fn put(server: &Fleetd, path: &str, body: &Value) -> (u16, Value) {
-    let r = server
-        .client
-        .put(format!("{}{}", server.http, path))
-        .json(body)
-        .send()
-        .await
-        .expect("PUT");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn delete(server: &Fleetd, path: &str) -> u16 {
-    server
-        .client
-        .delete(format!("{}{}", server.http, path))
-        .send()
-        .await
-        .expect("DELETE")
-        .status()
-        .as_u16()
-}
-
 /// Alerts matching the query, oldest first, as `(kind, device, fence)`.
 async fn alerts(server: &Fleetd, query: &str) -> Vec<(String, String, String)> {
     let (status, body) = server.get(&format!("/v1/alerts?limit=1000&{query}")).await;
@@ -176,32 +153,28 @@ async fn geofence_alerts_over_rest_mqtt_and_owntracks_and_membership_survives_re
     // Invalid fences are 400 with a precise message; nothing is stored.
     let bowtie =
         json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]});
-    let (status, body) = put(&server, "/v1/geofences/bad", &bowtie).await;
+    let (status, body) = server.put("/v1/geofences/bad", &bowtie).await;
     assert_eq!(status, 400, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("intersects itself"), "{message}");
     let open_ring = json!({"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1]]]});
-    let (status, body) = put(&server, "/v1/geofences/bad", &open_ring).await;
+    let (status, body) = server.put("/v1/geofences/bad", &open_ring).await;
     assert_eq!(status, 400, "{body}");
-    let (status, _) = put(&server, "/v1/geofences/bad%20id", &square("x", 0.01, None)).await;
+    let (status, _) = server
+        .put("/v1/geofences/bad%20id", &square("x", 0.01, None))
+        .await;
     assert_eq!(status, 400);
     assert_eq!(server.get("/v1/geofences/bad").await.0, 404);
 
     // A 1.1 km x 0.7 km depot with a 5 s dwell threshold.
-    let (status, body) = put(
-        &server,
-        "/v1/geofences/depot",
-        &square("Depot", 0.005, Some(5.0)),
-    )
-    .await;
+    let (status, body) = server
+        .put("/v1/geofences/depot", &square("Depot", 0.005, Some(5.0)))
+        .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["properties"]["owner"], "depot-team");
-    let (status, _) = put(
-        &server,
-        "/v1/geofences/depot",
-        &square("Depot", 0.005, Some(5.0)),
-    )
-    .await;
+    let (status, _) = server
+        .put("/v1/geofences/depot", &square("Depot", 0.005, Some(5.0)))
+        .await;
     assert_eq!(status, 200, "a second PUT replaces");
     let (status, list) = server.get("/v1/geofences").await;
     assert_eq!((status, list["count"].clone()), (200, json!(1)), "{list}");
@@ -292,9 +265,7 @@ async fn geofence_alerts_over_rest_mqtt_and_owntracks_and_membership_survives_re
 
     // A fence created around alice: she enters it on her next fix. Deleted:
     // its membership ends without an exit, even when she walks away.
-    let (status, _) = put(
-        &server,
-        "/v1/geofences/kiosk",
+    let (status, _) = server.put("/v1/geofences/kiosk",
         &json!({"center": [LON + 0.0005, LAT], "radius_m": 60.0, "properties": {"name": "Kiosk"}}),
     )
     .await;
@@ -305,8 +276,8 @@ async fn geofence_alerts_over_rest_mqtt_and_owntracks_and_membership_survives_re
         kiosk,
         [("enter".into(), "alice/phone".into(), "kiosk".into())]
     );
-    assert_eq!(delete(&server, "/v1/geofences/kiosk").await, 204);
-    assert_eq!(delete(&server, "/v1/geofences/kiosk").await, 404);
+    assert_eq!(server.delete("/v1/geofences/kiosk").await, 204);
+    assert_eq!(server.delete("/v1/geofences/kiosk").await, 404);
     assert_eq!(server.get("/v1/geofences/kiosk/vehicles").await.0, 404);
     for i in 21..30 {
         server.mosquitto_pub(

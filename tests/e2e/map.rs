@@ -109,6 +109,25 @@ pub(crate) struct Cdp {
 }
 
 impl Cdp {
+    /// Connects to `browser`, opens a blank page and attaches to it with
+    /// the Page and Runtime domains on.
+    pub(crate) async fn new_page(browser: &Browser) -> Cdp {
+        let mut cdp = Cdp::connect(&browser.ws_url).await;
+        let target = cdp
+            .call("Target.createTarget", json!({"url": "about:blank"}))
+            .await;
+        let attached = cdp
+            .call(
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .await;
+        cdp.session = attached["sessionId"].as_str().map(str::to_owned);
+        cdp.call("Page.enable", json!({})).await;
+        cdp.call("Runtime.enable", json!({})).await;
+        cdp
+    }
+
     pub(crate) async fn connect(url: &str) -> Cdp {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
@@ -210,20 +229,8 @@ async fn map_page_shows_the_demo_fleet_moving_in_headless_chromium() {
     )
     .await;
     let browser = Browser::launch();
-    let mut cdp = Cdp::connect(&browser.ws_url).await;
-    let target = cdp
-        .call("Target.createTarget", json!({"url": "about:blank"}))
-        .await;
-    let attached = cdp
-        .call(
-            "Target.attachToTarget",
-            json!({"targetId": target["targetId"], "flatten": true}),
-        )
-        .await;
-    cdp.session = attached["sessionId"].as_str().map(str::to_owned);
+    let mut cdp = Cdp::new_page(&browser).await;
     cdp.call("Network.enable", json!({})).await;
-    cdp.call("Page.enable", json!({})).await;
-    cdp.call("Runtime.enable", json!({})).await;
     cdp.call(
         "Emulation.setDeviceMetricsOverride",
         json!({"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": false}),

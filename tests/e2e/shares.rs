@@ -296,19 +296,7 @@ async fn the_map_page_on_a_share_link_shows_just_that_vehicle_live() {
     .await;
 
     let browser = Browser::launch_with(&[]);
-    let mut cdp = Cdp::connect(&browser.ws_url).await;
-    let target = cdp
-        .call("Target.createTarget", json!({"url": "about:blank"}))
-        .await;
-    let attached = cdp
-        .call(
-            "Target.attachToTarget",
-            json!({"targetId": target["targetId"], "flatten": true}),
-        )
-        .await;
-    cdp.session = attached["sessionId"].as_str().map(str::to_owned);
-    cdp.call("Page.enable", json!({})).await;
-    cdp.call("Runtime.enable", json!({})).await;
+    let mut cdp = Cdp::new_page(&browser).await;
     let link = format!("{}{}", server.http, share["path"].as_str().expect("path"));
     cdp.call("Page.navigate", json!({"url": link})).await;
 

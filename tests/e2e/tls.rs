@@ -566,19 +566,7 @@ async fn map_page_over_https_shows_the_fleet_live() {
     // The test CA is not in Chromium's store: certificate errors are
     // ignored for this browser only.
     let browser = Browser::launch_with(&["--ignore-certificate-errors"]);
-    let mut cdp = Cdp::connect(&browser.ws_url).await;
-    let target = cdp
-        .call("Target.createTarget", json!({"url": "about:blank"}))
-        .await;
-    let attached = cdp
-        .call(
-            "Target.attachToTarget",
-            json!({"targetId": target["targetId"], "flatten": true}),
-        )
-        .await;
-    cdp.session = attached["sessionId"].as_str().map(str::to_owned);
-    cdp.call("Page.enable", json!({})).await;
-    cdp.call("Runtime.enable", json!({})).await;
+    let mut cdp = Cdp::new_page(&browser).await;
     cdp.call("Page.navigate", json!({"url": url})).await;
     let shown = cdp
         .wait_for(MARKERS, Duration::from_secs(45), |v| {

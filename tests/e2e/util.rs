@@ -213,6 +213,30 @@ impl Fleetd {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// PUT `body` as JSON; returns status and JSON answer (Null if none).
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .put(format!("{}{}", self.http, path))
+            .json(body)
+            .send()
+            .await
+            .expect("PUT");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// DELETE a path; returns the status.
+    pub async fn delete(&self, path: &str) -> u16 {
+        self.client
+            .delete(format!("{}{}", self.http, path))
+            .send()
+            .await
+            .expect("DELETE")
+            .status()
+            .as_u16()
+    }
+
     /// GET a text path (e.g. /metrics).
     pub async fn get_text(&self, path: &str) -> String {
         self.client

@@ -115,29 +115,6 @@ impl Drop for Receiver {
     }
 }
 
-async fn put(server: &Fleetd, path: &str, body: &Value) -> (u16, Value) {
-    let r = server
-        .client
-        .put(format!("{}{}", server.http, path))
-        .json(body)
-        .send()
-        .await
-        .expect("PUT");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn delete(server: &Fleetd, path: &str) -> u16 {
-    server
-        .client
-        .delete(format!("{}{}", server.http, path))
-        .send()
-        .await
-        .expect("DELETE")
-        .status()
-        .as_u16()
-}
-
 /// `passes` drives of `device` through the depot, alternating west→east
 /// and east→west at ~20 m/s, one fix a second from `t0`: an enter and an
 /// exit per pass. Returns the time after the last fix.
@@ -259,7 +236,7 @@ async fn alerts_reach_webhooks_signed_in_order_through_failures_and_kill_9() {
     let mut server = Fleetd::start(&data, &patient_args).await;
 
     let fence = json!({"center": [LON, LAT], "radius_m": 300.0, "properties": {"name": "Depot"}});
-    assert_eq!(put(&server, "/v1/geofences/depot", &fence).await.0, 201);
+    assert_eq!(server.put("/v1/geofences/depot", &fence).await.0, 201);
 
     // Bad hooks are 400s naming the problem.
     for (body, needle) in [
@@ -272,19 +249,16 @@ async fn alerts_reach_webhooks_signed_in_order_through_failures_and_kill_9() {
         ),
         (json!({"url": "http://x/", "colour": "red"}), "colour"),
     ] {
-        let (status, reply) = put(&server, "/v1/webhooks/bad", &body).await;
+        let (status, reply) = server.put("/v1/webhooks/bad", &body).await;
         assert_eq!(status, 400, "{body} -> {reply}");
         let message = reply["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(needle), "{body}: {message}");
     }
     assert_eq!(
-        put(
-            &server,
-            "/v1/webhooks/bad%20id",
-            &json!({"url": "http://x/"})
-        )
-        .await
-        .0,
+        server
+            .put("/v1/webhooks/bad%20id", &json!({"url": "http://x/"}))
+            .await
+            .0,
         400
     );
 
@@ -319,12 +293,12 @@ async fn alerts_reach_webhooks_signed_in_order_through_failures_and_kill_9() {
         ),
     ];
     for (id, url, filter) in &hooks {
-        let (status, saved) = put(
-            &server,
-            &format!("/v1/webhooks/{id}"),
-            &json!({"url": url, "filter": filter, "secret": SECRET}),
-        )
-        .await;
+        let (status, saved) = server
+            .put(
+                &format!("/v1/webhooks/{id}"),
+                &json!({"url": url, "filter": filter, "secret": SECRET}),
+            )
+            .await;
         assert_eq!(status, 201, "{saved}");
         assert_eq!(saved["secret"], SECRET);
     }
@@ -412,19 +386,19 @@ async fn alerts_reach_webhooks_signed_in_order_through_failures_and_kill_9() {
 
     // A receiver nobody runs: its alerts become dead letters.
     let dead_port = free_port();
-    let (status, _) = put(
-        &server,
-        "/v1/webhooks/dead",
-        &json!({"url": format!("http://127.0.0.1:{dead_port}/"), "secret": SECRET}),
-    )
-    .await;
+    let (status, _) = server
+        .put(
+            "/v1/webhooks/dead",
+            &json!({"url": format!("http://127.0.0.1:{dead_port}/"), "secret": SECRET}),
+        )
+        .await;
     assert_eq!(status, 201);
 
     // Deleted hooks get nothing more: one more pass of car-2 reaches the
     // hooks still there, not these.
-    assert_eq!(delete(&server, "/v1/webhooks/flaky").await, 204);
-    assert_eq!(delete(&server, "/v1/webhooks/car-2-exits").await, 204);
-    assert_eq!(delete(&server, "/v1/webhooks/flaky").await, 404);
+    assert_eq!(server.delete("/v1/webhooks/flaky").await, 204);
+    assert_eq!(server.delete("/v1/webhooks/car-2-exits").await, 204);
+    assert_eq!(server.delete("/v1/webhooks/flaky").await, 404);
     assert_eq!(server.get("/v1/webhooks/flaky").await.0, 404);
     let before_flaky = receiver
         .seen()

@@ -429,6 +429,12 @@ impl Webhooks {
         Ok(())
     }
 
+    /// Hook `id` as stored (the store holds a cluster's hooks).
+    async fn stored(&self, id: &str) -> Result<Option<StoredWebhook>, WebhookError> {
+        let all = self.inner.store.all_webhooks().await?;
+        Ok(all.into_iter().find(|h| h.id == id))
+    }
+
     /// Creates or replaces hook `id`; answers it (with its secret) and
     /// whether it is new.
     pub async fn put(
@@ -442,13 +448,7 @@ impl Webhooks {
         if let Some(secret) = &request.secret {
             sign::secret_key(secret)?;
         }
-        let existing = self
-            .inner
-            .store
-            .all_webhooks()
-            .await?
-            .into_iter()
-            .find(|h| h.id == id);
+        let existing = self.stored(id).await?;
         let now = now_ms();
         let created = existing.is_none();
         let secret = match (request.secret, &existing) {
@@ -494,13 +494,7 @@ impl Webhooks {
     /// Hook `id`.
     pub async fn get(&self, id: &str) -> Result<Option<WebhookView>, WebhookError> {
         check_id(id)?;
-        let found = self
-            .inner
-            .store
-            .all_webhooks()
-            .await?
-            .into_iter()
-            .find(|h| h.id == id);
+        let found = self.stored(id).await?;
         match found {
             Some(hook) => Ok(Some(self.view(hook).await?)),
             None => Ok(None),
