@@ -162,7 +162,8 @@ fn is_url_char(b: u8) -> bool {
 
 /// Whether `url` has the form the API document gives: `http://` or
 /// `https://`, a host name of letters, digits and `-` in dot-separated
-/// labels, an optional port (1 to 65535), then an optional path (with
+/// labels whose last starts with a letter (or a dotted-quad IPv4 address),
+/// an optional port (1 to 65535), then an optional path (with
 /// query) of URL characters. No user info, no IP literals in brackets:
 /// hooks name their receivers.
 fn well_formed(url: &str) -> bool {
@@ -176,11 +177,28 @@ fn well_formed(url: &str) -> bool {
     let (host, port) = authority.split_once(':').unwrap_or((authority, ""));
     let label_ok =
         |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    // A host whose last label is a number is an IPv4 address to URL
+    // parsers: then it must be a dotted quad without leading zeros; a
+    // name's last label starts with a letter.
+    let octet_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 3
+            && l.bytes().all(|b| b.is_ascii_digit())
+            && (l == "0" || !l.starts_with('0'))
+            && l.parse::<u8>().is_ok()
+    };
+    let labels: Vec<&str> = host.split('.').collect();
+    let host_ok = match labels.last() {
+        Some(last) if last.starts_with(|c: char| c.is_ascii_alphabetic()) => {
+            labels.iter().all(|l| label_ok(l))
+        }
+        _ => labels.len() == 4 && labels.iter().all(|l| octet_ok(l)),
+    };
     let port_ok = port.is_empty() && !authority.contains(':')
         || port.bytes().all(|b| b.is_ascii_digit())
             && !port.starts_with('0')
             && port.parse::<u16>().is_ok();
-    host.split('.').all(label_ok) && port_ok && path.bytes().all(is_url_char)
+    host_ok && port_ok && path.bytes().all(is_url_char)
 }
 
 fn check_url(url: &str) -> Result<(), WebhookError> {

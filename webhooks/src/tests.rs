@@ -164,6 +164,8 @@ fn urls_are_http_or_https_to_a_named_host() {
         "https://ops.example.com/fleetd-alerts?team=night",
         "https://a-b.c",
         "http://127.0.0.1:65535/",
+        "http://10.0.0.255/",
+        "https://1.2.example/",
     ] {
         assert!(well_formed(good), "{good}");
         assert!(check_url(good).is_ok(), "{good}");
@@ -177,6 +179,10 @@ fn urls_are_http_or_https_to_a_named_host() {
         "https://h:99999/",
         "https://h:65536/",
         "https://h:080/",
+        "https://b.7i.S.5/",
+        "http://1.2.3/",
+        "http://1.2.3.256/",
+        "http://01.2.3.4/",
         "https://h/<script>",
         "https://h/a b",
         "/relative",

@@ -114,7 +114,7 @@ mod tests {
             .iter()
             .flat_map(|(_, _, text)| schema_statements(text))
             .collect();
-        assert_eq!(statements.len(), 14, "{statements:#?}");
+        assert_eq!(statements.len(), 15, "{statements:#?}");
         for s in &statements {
             assert!(s.starts_with("CREATE TABLE IF NOT EXISTS "), "{s}");
             assert!(!s.contains("--"), "{s}");
