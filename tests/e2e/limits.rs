@@ -211,7 +211,18 @@ async fn idle_connections_on_both_ports_are_closed_and_starve_no_one() {
         mqtt_took < Duration::from_secs(1),
         "MQTT took {mqtt_took:?}"
     );
-    let metrics = fleetd.get_text("/metrics").await;
+    // On a connection of its own: the pooled one may be at its idle
+    // timeout by now (the floods took up to 3 s), and a request racing the
+    // server's close is reset.
+    let fresh = crate::util::authorized_client(fleetd.admin_token.as_deref().expect("token"));
+    let metrics = fresh
+        .get(format!("{}/metrics", fleetd.http))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
     let held_http = crate::util::parse_metric(&metrics, "fleetd_http_connections");
     let held_mqtt = crate::util::parse_metric(&metrics, "fleetd_mqtt_connections");
     eprintln!("held while serving: {held_http} HTTP, {held_mqtt} MQTT connections");
