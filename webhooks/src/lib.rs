@@ -636,6 +636,7 @@ impl Webhooks {
             }
         }
         let mut woken: Vec<&str> = placed.iter().map(|(h, _)| h.as_str()).collect();
+        woken.sort_unstable();
         woken.dedup();
         for hook in woken {
             if let Some(r) = running.get(hook) {

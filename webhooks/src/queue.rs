@@ -180,16 +180,25 @@ impl Queue {
         }
     }
 
+    fn open_value<'a>(
+        &self,
+        table: &str,
+        key: &[u8],
+        value: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>, WebhookError> {
+        Ok(match &self.sealer {
+            Some(s) => s.open(&format!("#webhooks.{table}"), key, value)?,
+            None => std::borrow::Cow::Borrowed(value),
+        })
+    }
+
     fn decode<T: serde::de::DeserializeOwned>(
         &self,
         table: &str,
         key: &[u8],
         value: &[u8],
     ) -> Result<T, WebhookError> {
-        let plain = match &self.sealer {
-            Some(s) => s.open(&format!("#webhooks.{table}"), key, value)?,
-            None => std::borrow::Cow::Borrowed(value),
-        };
+        let plain = self.open_value(table, key, value)?;
         serde_json::from_slice(&plain).map_err(|e| WebhookError::Corrupt(format!("{table}: {e}")))
     }
 
@@ -412,12 +421,7 @@ impl Queue {
             let mut batch = dst.db.batch();
             for guard in src_ks.iter() {
                 let (key, value) = guard.into_inner()?;
-                let plain = match &self.sealer {
-                    Some(s) => s
-                        .open(&format!("#webhooks.{table}"), &key, &value)?
-                        .into_owned(),
-                    None => value.to_vec(),
-                };
+                let plain = self.open_value(table, &key, &value)?.into_owned();
                 batch.insert(dst_ks, key.to_vec(), dst.seal(table, &key, plain));
                 n += 1;
             }
