@@ -172,7 +172,7 @@ pub(crate) const ROUTE_ACCESS: &[(Method, &str, auth::Need)] = {
         (Method::GET, "/v1/webhooks/{id}", ADMIN),
         (Method::DELETE, "/v1/webhooks/{id}", ADMIN),
         (Method::GET, "/v1/webhooks/{id}/dead-letters", ADMIN),
-        (Method::DELETE, "/v1/webhooks/{id}/dead-letters", ADMIN),
+        (Method::POST, "/v1/webhooks/{id}/dead-letters/clear", ADMIN),
         (
             Method::POST,
             "/v1/webhooks/{id}/dead-letters/redeliver",
@@ -276,7 +276,11 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(
             "/v1/webhooks/{id}/dead-letters",
-            get(routes::webhooks::dead_letters).delete(routes::webhooks::clear_dead_letters),
+            get(routes::webhooks::dead_letters),
+        )
+        .route(
+            "/v1/webhooks/{id}/dead-letters/clear",
+            post(routes::webhooks::clear_dead_letters),
         )
         .route(
             "/v1/webhooks/{id}/dead-letters/redeliver",

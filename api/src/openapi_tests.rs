@@ -928,9 +928,9 @@ async fn real_responses_match_the_documented_schemas() {
     )
     .await;
     c.check(
-        delete.clone(),
-        "/v1/webhooks/ops/dead-letters",
-        dead_letters,
+        post.clone(),
+        "/v1/webhooks/ops/dead-letters/clear",
+        "/v1/webhooks/{id}/dead-letters/clear",
         None,
     )
     .await;

@@ -1,6 +1,7 @@
 //! Webhooks: `PUT/GET/DELETE /v1/webhooks/{id}`, `GET /v1/webhooks`, and a
-//! hook's dead letters: `GET/DELETE /v1/webhooks/{id}/dead-letters`,
-//! `POST /v1/webhooks/{id}/dead-letters/redeliver`. All `admin`: a hook
+//! hook's dead letters: `GET /v1/webhooks/{id}/dead-letters`,
+//! `POST /v1/webhooks/{id}/dead-letters/redeliver` and `…/clear` (actions
+//! on the list, which itself stays: hence POSTs, not a DELETE). All `admin`: a hook
 //! sends alerts (device ids and coordinates) to any URL.
 
 use axum::Json;
@@ -174,7 +175,7 @@ struct Moved {
     count: usize,
 }
 
-/// `DELETE /v1/webhooks/{id}/dead-letters`: forgets them; answers how
+/// `POST /v1/webhooks/{id}/dead-letters/clear`: forgets them; answers how
 /// many there were.
 pub(crate) async fn clear_dead_letters(
     State(state): State<ApiState>,
