@@ -23,6 +23,7 @@ mod cursor;
 mod error;
 mod fjall_store;
 mod fjall_tables;
+mod history_block;
 mod keys;
 mod registry;
 mod rekey;
@@ -42,6 +43,7 @@ pub use config::{ScyllaConfig, StoreBackend, StoreBackendName, StoreConfig, open
 pub use error::StoreError;
 pub use fjall_store::FjallStore;
 pub use fjall_tables::ALERT_SCAN_BUDGET;
+pub use history_block::PRECISION as HISTORY_PRECISION;
 pub use registry::Registry;
 pub use rekey::{INCOMPLETE_MARKER, RekeyReport, rekey};
 pub use scylla::{ScyllaSettings, ScyllaStore};
