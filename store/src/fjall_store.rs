@@ -36,10 +36,11 @@ use fleetd_schemas::{
 
 use crate::area_index::LatestIndex;
 use crate::fjall_tables::{self, Tables, table};
+use crate::history::{History, Maintenance};
 use crate::seal::{self, StoreKey};
 use crate::{
     AlertPage, AlertQuery, AreaQuery, HistoryPage, HistoryQuery, MemberPage, Store, StoreError,
-    StoredGeofence, TripPage, TripQuery, WriteBatch, codec, cursor, keys,
+    StoredGeofence, TripPage, TripQuery, WriteBatch, codec, keys,
 };
 
 /// The embedded [`Store`]: a fjall database in a local directory.
@@ -57,7 +58,8 @@ pub(crate) struct Inner {
     path: PathBuf,
     pub(crate) db: Database,
     latest: Keyspace,
-    history: Keyspace,
+    /// Rows, hot buckets and blocks (see [`crate::history`]).
+    pub(crate) history: History,
     /// Every latest position, for latest reads and area queries; written
     /// after each batch is committed to `latest`.
     index: LatestIndex,
@@ -105,7 +107,7 @@ impl FjallStore {
         let db = Database::builder(path).open()?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
         let latest = ks(table::LATEST)?;
-        let history = ks(table::HISTORY)?;
+        let history = History::open(&db, ks(table::HISTORY)?)?;
         if db.keyspace_exists(LEGACY_AREA_KEYSPACE) {
             let legacy = ks(LEGACY_AREA_KEYSPACE)?;
             db.delete_keyspace(legacy)?;
@@ -140,6 +142,29 @@ impl FjallStore {
         Ok(FjallStore {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Keeps history for `days` (`None`: forever): maintenance drops each
+    /// day of blocks once it ended `days` ago (see [`crate::history`]).
+    pub fn set_history_days(&self, days: Option<u32>) {
+        self.inner.history.set_retention_days(days);
+    }
+
+    /// One maintenance pass on the calling thread, which it blocks on disk
+    /// I/O: closes hot buckets into blocks, merges late rows, applies the
+    /// retention. [`Store::maintain`] runs it on the blocking pool.
+    pub fn maintain_blocking(&self) -> Result<Maintenance, StoreError> {
+        self.inner.maintain()
+    }
+
+    /// Rewrites the history keyspaces' tables at once (fjall's major
+    /// compaction), dropping the tombstones of merged rows that fjall's
+    /// background compaction would drop over time: the disk use history
+    /// settles at. Blocks; for benchmarks and tools, not the serving path.
+    pub fn compact_history_tables(&self) -> Result<(), StoreError> {
+        self.inner.history.major_compact()?;
+        self.inner.report_disk_space();
+        Ok(())
     }
 
     /// Whether values are encrypted at rest.
@@ -382,6 +407,10 @@ impl Store for FjallStore {
             .await
     }
 
+    async fn maintain(&self) -> Result<(), StoreError> {
+        self.blocking(|inner| inner.maintain().map(|_| ())).await
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         self.blocking(|inner| Ok(inner.db.persist(PersistMode::SyncAll)?))
             .await
@@ -411,6 +440,11 @@ fn fence_exists(t: &Tables, member_key: &[u8]) -> bool {
     t.geofences.contains_key(fence).unwrap_or(true)
 }
 
+/// How long one maintenance pass works through late rows at most, so a
+/// data directory of an earlier version (every row late) migrates in
+/// steps rather than in one long pass.
+const MAINTENANCE_LATE_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The keyspace that held the area index on disk before it moved to RAM.
 const LEGACY_AREA_KEYSPACE: &str = "area";
 
@@ -422,8 +456,15 @@ impl Inner {
     /// its memtables have not yet flushed to tables.
     fn report_disk_space(&self) {
         let mut tables = 0;
-        for name in table::ALL {
+        for name in table::ALL
+            .into_iter()
+            .filter(|name| *name != table::HISTORY)
+        {
             let bytes = self.keyspace(name).disk_space();
+            tables += bytes;
+            metrics::gauge!("fleetd_store_disk_bytes", "keyspace" => name).set(bytes as f64);
+        }
+        for (name, bytes) in self.history.disk_space() {
             tables += bytes;
             metrics::gauge!("fleetd_store_disk_bytes", "keyspace" => name).set(bytes as f64);
         }
@@ -433,12 +474,43 @@ impl Inner {
         }
     }
 
+    /// [`FjallStore::maintain_blocking`], with its metrics and log.
+    fn maintain(&self) -> Result<Maintenance, StoreError> {
+        let started = Instant::now();
+        let done = self
+            .history
+            .maintain(&self.tables.sealer, MAINTENANCE_LATE_BUDGET);
+        let took = started.elapsed();
+        metrics::histogram!("fleetd_store_maintenance_seconds").record(took.as_secs_f64());
+        let done = done.inspect_err(|err| {
+            metrics::counter!("fleetd_store_maintenance_errors_total").increment(1);
+            tracing::warn!(error = %err, "history maintenance failed; retried next pass");
+        })?;
+        let counter = |what: &'static str, n: u64| {
+            metrics::counter!("fleetd_store_history_maintained_total", "what" => what).increment(n);
+        };
+        counter("buckets_compacted", done.buckets_compacted);
+        counter("rows_compacted", done.rows_compacted);
+        counter("blocks_written", done.blocks_written);
+        counter("rows_expired", done.rows_expired);
+        counter("days_dropped", done.days_dropped);
+        if done != Maintenance::default() {
+            tracing::debug!(
+                ?done,
+                took_ms = took.as_millis() as u64,
+                "history maintained"
+            );
+        }
+        self.report_disk_space();
+        Ok(done)
+    }
+
     /// The keyspace named `name` (one of [`table::ALL`]).
     pub(crate) fn keyspace(&self, name: &str) -> &Keyspace {
         let t = &self.tables;
         match name {
             table::LATEST => &self.latest,
-            table::HISTORY => &self.history,
+            table::HISTORY => &self.history.late,
             table::STATE => &t.state,
             table::TRIPS => &t.trips,
             table::ALERTS => &t.alerts,
@@ -460,13 +532,11 @@ impl Inner {
     /// batch is therefore collapsed per key first, later entries winning, as
     /// they would if written one after another.
     fn write(&self, batch: &WriteBatch) -> Result<(usize, usize), StoreError> {
-        let mut history: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(batch.history.len());
+        let mut history: HashMap<Vec<u8>, &EnrichedPosition> =
+            HashMap::with_capacity(batch.history.len());
         for position in &batch.history {
             let key = keys::history_key(&position.report.device_id, position.report.ts_ms);
-            let value = self
-                .tables
-                .seal(table::HISTORY, &key, codec::encode(position));
-            history.insert(key, value);
+            history.insert(key, position);
         }
 
         let mut latest: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(batch.latest.len());
@@ -481,14 +551,14 @@ impl Inner {
 
         let counts = (history.len(), latest.len());
         let mut fjall_batch = self.db.batch();
-        for (key, value) in history {
-            fjall_batch.insert(&self.history, key, value);
-        }
         for (key, value) in latest {
             fjall_batch.insert(&self.latest, key, value);
         }
         self.write_tables(&mut fjall_batch, batch);
-        fjall_batch.commit()?;
+        let positions: Vec<&EnrichedPosition> = history.into_values().collect();
+        // Adds the history rows to the batch and commits it.
+        self.history
+            .write(&self.tables.sealer, &positions, fjall_batch)?;
         // Only what is committed becomes visible, and all of it before
         // `write_batch` returns.
         self.index.apply(&batch.latest);
@@ -552,25 +622,7 @@ impl Inner {
         to_ms: i64,
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
-        let start = keys::history_key(device, from_ms);
-        let end = keys::history_key(device, to_ms);
-        let prefix_len = keys::history_prefix_len(device);
-        let mut page = HistoryPage::default();
-        for guard in self.history.range(start..=end) {
-            if page.items.len() == limit {
-                // One row beyond the page: it exists, so there is a next
-                // page, and it starts exactly there.
-                let key = guard.key()?;
-                let ts_ms = keys::history_key_ts(&key, prefix_len).ok_or_else(|| {
-                    StoreError::Corrupt(format!("history key of {device} has no timestamp"))
-                })?;
-                page.next_cursor = Some(cursor::encode(ts_ms));
-                break;
-            }
-            let (key, value) = guard.into_inner()?;
-            let value = self.tables.open(table::HISTORY, &key, &value)?;
-            page.items.push(codec::decode(&value)?);
-        }
-        Ok(page)
+        self.history
+            .page(&self.tables.sealer, device, from_ms, to_ms, limit)
     }
 }

@@ -44,11 +44,6 @@ pub(crate) fn history_key(device: &DeviceId, ts_ms: i64) -> Vec<u8> {
     key
 }
 
-/// Length of the `device_id 0x00` prefix of `device`'s history keys.
-pub(crate) fn history_prefix_len(device: &DeviceId) -> usize {
-    device.as_str().len() + 1
-}
-
 /// Reads the timestamp back from a history key of a device whose prefix is
 /// `prefix_len` bytes long; `None` if the key is not shaped like one.
 pub(crate) fn history_key_ts(key: &[u8], prefix_len: usize) -> Option<i64> {
@@ -156,7 +151,7 @@ mod tests {
         // Every row of `a`, even at the largest time, sorts before `a0`'s.
         assert!(history_key(&a, i64::MAX) < history_key(&a0, i64::MIN));
         let key = history_key(&a, 42);
-        assert_eq!(history_key_ts(&key, history_prefix_len(&a)), Some(42));
+        assert_eq!(history_key_ts(&key, "a".len() + 1), Some(42));
         assert_eq!(history_key_ts(&key[..key.len() - 1], 2), None);
     }
 

@@ -23,6 +23,7 @@ mod cursor;
 mod error;
 mod fjall_store;
 mod fjall_tables;
+mod history;
 mod history_block;
 mod keys;
 mod registry;
@@ -43,6 +44,7 @@ pub use config::{ScyllaConfig, StoreBackend, StoreBackendName, StoreConfig, open
 pub use error::StoreError;
 pub use fjall_store::FjallStore;
 pub use fjall_tables::ALERT_SCAN_BUDGET;
+pub use history::Maintenance;
 pub use history_block::PRECISION as HISTORY_PRECISION;
 pub use registry::Registry;
 pub use rekey::{INCOMPLETE_MARKER, RekeyReport, rekey};
@@ -395,6 +397,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every completed `write_batch` durable (called at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Periodic upkeep, called by the server every
+    /// `store.maintenance_interval_s`: the embedded store compacts closed
+    /// history buckets into blocks and applies `store.history_days`.
+    /// ScyllaDB's tables expire by their TTLs: nothing to do there.
+    async fn maintain(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Whether the backend can serve requests now (for `/readyz`).
     async fn ready(&self) -> Result<(), StoreError>;

@@ -64,8 +64,25 @@ pub fn rekey(
     let target = FjallStore::open_with_key_unchecked_marker(to, to_key)?;
     let (src, dst) = (&source.inner, &target.inner);
     let mut rows = 0u64;
-    for name in table::ALL {
-        let (from_ks, to_ks) = (src.keyspace(name), dst.keyspace(name));
+    // The fixed tables and the history buckets and days made at run time.
+    let mut names: Vec<String> = table::ALL.iter().map(|n| n.to_string()).collect();
+    names.extend(
+        src.db
+            .list_keyspace_names()
+            .iter()
+            .map(|n| n.to_string())
+            .filter(|n| crate::history::is_dynamic_keyspace(n)),
+    );
+    for name in &names {
+        let name = name.as_str();
+        let (from_ks, to_ks) = if table::ALL.contains(&name) {
+            (src.keyspace(name).clone(), dst.keyspace(name).clone())
+        } else {
+            let open =
+                |db: &fjall::Database| db.keyspace(name, fjall::KeyspaceCreateOptions::default);
+            (open(&src.db)?, open(&dst.db)?)
+        };
+        let (from_ks, to_ks) = (&from_ks, &to_ks);
         let mut batch = dst.db.batch();
         let mut in_batch = 0usize;
         for guard in from_ks.iter() {
