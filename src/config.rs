@@ -180,6 +180,8 @@ pub struct ServeSettings {
     pub journal: JournalSettings,
     pub processor: ProcessorSettings,
     pub store: StoreBackend,
+    /// Time between store maintenance passes.
+    pub store_maintenance: std::time::Duration,
     pub api: ApiSettings,
     pub live: LiveApiSettings,
     pub geofences: GeofenceSettings,
@@ -242,6 +244,7 @@ impl FileConfig {
             journal,
             processor,
             store,
+            store_maintenance: std::time::Duration::from_secs(self.store.maintenance_interval_s),
             api,
             live,
             geofences,

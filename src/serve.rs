@@ -34,7 +34,7 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
     fit_connection_caps(&mut settings);
     // A wrong or missing store key stops fleetd before anything in the data
     // directory is created, probed or opened.
-    if let fleetd_store::StoreBackend::Fjall { dir, key_file } = &settings.store {
+    if let fleetd_store::StoreBackend::Fjall { dir, key_file, .. } = &settings.store {
         fleetd_store::seal::check(dir, key_file.as_deref())
             .with_context(|| format!("cannot open the embedded store in {}", dir.display()))?;
     }
@@ -260,6 +260,12 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
         processor_s,
         "restored {restored} devices in {seconds:.2} s (store open {store_open_s:.2} s, vehicle state {processor_s:.2} s)"
     );
+    let maintenance_token = root.child_token();
+    let maintenance = tasks.spawn(store_maintenance(
+        Arc::clone(&store),
+        settings.store_maintenance,
+        maintenance_token.clone(),
+    ));
     let upkeep_token = root.child_token();
     let upkeep = tasks.spawn(crate::telemetry::metrics_upkeep(
         metrics,
@@ -397,6 +403,12 @@ pub async fn run(mut settings: ServeSettings) -> anyhow::Result<()> {
         if let Some(hooks) = webhooks {
             hooks.join().await;
         }
+    });
+    // A pass under way finishes (its blocking work cannot be interrupted);
+    // the next would start on a store about to close.
+    drain.then("store maintenance", async move {
+        maintenance_token.cancel();
+        let _ = maintenance.await;
     });
     let flushed = Arc::clone(&store);
     drain.then("store", async move {
@@ -659,6 +671,26 @@ pub async fn healthcheck(http: &str) -> anyhow::Result<()> {
         bail!("fleetd at {addr} is not ready (/readyz answered {status})");
     }
     Ok(())
+}
+
+/// Runs the store's maintenance (history compaction and retention in the
+/// embedded store) every `every`, first one interval after start.
+async fn store_maintenance(
+    store: Arc<dyn fleetd_store::Store>,
+    every: std::time::Duration,
+    cancel: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        // Errors are counted and logged by the store; the next pass retries.
+        let _ = store.maintain().await;
+    }
 }
 
 /// Reloads the API tokens now and then, so tokens another node created or

@@ -249,6 +249,24 @@ const SERIES: &[(&str, Kind, Start, &str)] = &[
         "Bytes on disk of each embedded-store keyspace's tables (not yet compacted data included), by keyspace.",
     ),
     (
+        "fleetd_store_maintenance_seconds",
+        Kind::Histogram,
+        Start::Zero,
+        "Duration of one embedded-store maintenance pass (history compaction, retention).",
+    ),
+    (
+        "fleetd_store_maintenance_errors_total",
+        Kind::Counter,
+        Start::Zero,
+        "Embedded-store maintenance passes that failed (retried at the next pass).",
+    ),
+    (
+        "fleetd_store_history_maintained_total",
+        Kind::Counter,
+        Start::Described,
+        "History maintenance work: buckets_compacted, rows_compacted, blocks_written, rows_expired, days_dropped.",
+    ),
+    (
         "fleetd_alerts_total",
         Kind::Counter,
         Start::Zero,

@@ -15,6 +15,7 @@
 //! `anyhow` like the binary's.
 
 mod fences;
+mod history;
 mod live;
 mod probe;
 mod scrape;
@@ -110,6 +111,12 @@ pub struct BenchArgs {
     /// With --store-sealed: runs of each kind.
     #[arg(long, default_value_t = 3, requires = "store_sealed")]
     pub store_runs: usize,
+    /// Instead of the end-to-end run: the fleet (--vehicles) drives this
+    /// many hours at 1 Hz straight into a throwaway embedded store; history
+    /// on disk and its read speed are measured as rows, then again after
+    /// maintenance merged them into blocks (side by side, same data).
+    #[arg(long, default_value_t = 0.0)]
+    pub history_hours: f64,
     /// With --store-rows: also write the rows as CSV to FILE.
     #[arg(long)]
     pub export_rows: Option<PathBuf>,
@@ -264,6 +271,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         })
         .await
         .context("export task")??;
+        return Ok(());
+    }
+    if args.history_hours > 0.0 {
+        let run = history::run(args.vehicles, args.history_hours, args.seed).await?;
+        match args.json {
+            true => println!("{}", serde_json::to_string_pretty(&run)?),
+            false => history::print(&run),
+        }
         return Ok(());
     }
     if args.store_rows > 0 && args.store_sealed {

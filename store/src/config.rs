@@ -45,6 +45,10 @@ pub struct StoreConfig {
     pub data: PathBuf,
     /// Key file of encryption at rest for the embedded store; empty: off.
     pub key_file: PathBuf,
+    /// Days of history the embedded store keeps; 0: forever.
+    pub history_days: u32,
+    /// Seconds between maintenance passes (history compaction, retention).
+    pub maintenance_interval_s: u64,
     /// `[store.scylla]`
     pub scylla: ScyllaConfig,
 }
@@ -55,6 +59,8 @@ impl Default for StoreConfig {
             backend: StoreBackendName::Fjall,
             data: PathBuf::from("./fleetd-data"),
             key_file: PathBuf::new(),
+            history_days: 30,
+            maintenance_interval_s: 60,
             scylla: ScyllaConfig::default(),
         }
     }
@@ -120,6 +126,8 @@ pub enum StoreBackend {
         dir: PathBuf,
         /// The key file of encryption at rest, if on.
         key_file: Option<PathBuf>,
+        /// Days of history kept (`None`: forever).
+        history_days: Option<u32>,
     },
     /// ScyllaDB cluster.
     Scylla {
@@ -141,10 +149,17 @@ impl StoreBackend {
 impl StoreConfig {
     /// Validates the section into the backend to open.
     pub fn validate(&self) -> Result<StoreBackend, InvalidSetting> {
+        if !(1..=86_400).contains(&self.maintenance_interval_s) {
+            return Err(InvalidSetting(format!(
+                "store.maintenance_interval_s must be in 1..=86400, got {}",
+                self.maintenance_interval_s
+            )));
+        }
         Ok(match self.backend {
             StoreBackendName::Fjall => StoreBackend::Fjall {
                 dir: self.data.clone(),
                 key_file: (!self.key_file.as_os_str().is_empty()).then(|| self.key_file.clone()),
+                history_days: (self.history_days > 0).then_some(self.history_days),
             },
             StoreBackendName::Scylla if !self.key_file.as_os_str().is_empty() => {
                 return Err(InvalidSetting(
@@ -254,13 +269,18 @@ impl ScyllaConfig {
 /// reads its index from disk), or a connection to the ScyllaDB cluster.
 pub async fn open(backend: &StoreBackend) -> Result<Arc<dyn Store>, StoreError> {
     match backend {
-        StoreBackend::Fjall { dir, key_file } => {
+        StoreBackend::Fjall {
+            dir,
+            key_file,
+            history_days,
+        } => {
             let key = key_file.as_deref().map(crate::StoreKey::load).transpose()?;
             let dir = dir.clone();
             let store =
                 tokio::task::spawn_blocking(move || FjallStore::open_with_key(&dir, key.as_ref()))
                     .await
                     .map_err(|e| StoreError::Task(format!("store open: {e}")))??;
+            store.set_history_days(*history_days);
             Ok(Arc::new(store))
         }
         StoreBackend::Scylla { settings, migrate } => Ok(Arc::new(
@@ -280,6 +300,7 @@ mod tests {
             StoreBackend::Fjall {
                 dir: PathBuf::from("./fleetd-data"),
                 key_file: None,
+                history_days: Some(30),
             }
         );
         let err = "postgres".parse::<StoreBackendName>().expect_err("unknown");

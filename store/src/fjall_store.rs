@@ -162,9 +162,17 @@ impl FjallStore {
     /// background compaction would drop over time: the disk use history
     /// settles at. Blocks; for benchmarks and tools, not the serving path.
     pub fn compact_history_tables(&self) -> Result<(), StoreError> {
+        self.inner.db.persist(PersistMode::SyncAll)?;
         self.inner.history.major_compact()?;
         self.inner.report_disk_space();
         Ok(())
+    }
+
+    /// Bytes on disk of history's tables, every tier (what
+    /// `fleetd_store_disk_bytes` reports for `history`, `history_hot` and
+    /// `history_blocks`); memtables not yet flushed are not counted.
+    pub fn history_disk_bytes(&self) -> u64 {
+        self.inner.history.disk_space().iter().map(|(_, b)| b).sum()
     }
 
     /// Whether values are encrypted at rest.

@@ -202,12 +202,14 @@ impl History {
         self.retention_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// fjall's major compaction of the late tier and every block
-    /// partition.
+    /// fjall's memtable flush and major compaction of every history
+    /// keyspace.
     pub(crate) fn major_compact(&self) -> Result<(), StoreError> {
-        self.late.major_compact()?;
+        let hot: Vec<Keyspace> = read(&self.hot).open.values().cloned().collect();
         let days: Vec<Keyspace> = read(&self.days).values().cloned().collect();
-        for ks in days {
+        for ks in std::iter::once(self.late.clone()).chain(hot).chain(days) {
+            // Memtables first, so that the tables hold everything.
+            ks.rotate_memtable_and_wait()?;
             ks.major_compact()?;
         }
         Ok(())

@@ -17,6 +17,7 @@ mod fleet;
 mod formats;
 mod garbage;
 mod geofences;
+mod history;
 mod http_ingest;
 mod limits;
 mod live;
