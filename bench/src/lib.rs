@@ -117,6 +117,10 @@ pub struct BenchArgs {
     /// maintenance merged them into blocks (side by side, same data).
     #[arg(long, default_value_t = 0.0)]
     pub history_hours: f64,
+    /// With --history-hours: encrypt the store's values at rest (a fresh
+    /// key), as `--store-key` does.
+    #[arg(long)]
+    pub history_sealed: bool,
     /// With --store-rows: also write the rows as CSV to FILE.
     #[arg(long)]
     pub export_rows: Option<PathBuf>,
@@ -274,7 +278,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if args.history_hours > 0.0 {
-        let run = history::run(args.vehicles, args.history_hours, args.seed).await?;
+        let run = history::run(
+            args.vehicles,
+            args.history_hours,
+            args.seed,
+            args.history_sealed,
+        )
+        .await?;
         match args.json {
             true => println!("{}", serde_json::to_string_pretty(&run)?),
             false => history::print(&run),

@@ -4,10 +4,10 @@
 //! | keyspace  | key                                   | value            |
 //! |-----------|---------------------------------------|------------------|
 //! | `latest`  | `device_id`                           | `StoredPosition` |
-//! | `history` | `device_id 0x00 ts_ms` (sortable)     | `StoredPosition` |
 //!
-//! plus the small tables of [`crate::fjall_tables`] (vehicle state, trips,
-//! alerts, device registry). Key layouts are in [`crate::keys`].
+//! plus history's tiers (rows, then blocks; see [`crate::history`]) and the
+//! small tables of [`crate::fjall_tables`] (vehicle state, trips, alerts,
+//! device registry). Key layouts are in [`crate::keys`].
 //!
 //! Latest reads and area queries are answered from [`LatestIndex`], every
 //! device's latest position in RAM bucketed by res-7 cell, rebuilt from
