@@ -147,7 +147,10 @@ pub(crate) async fn run(
             .await
             .context("write_batch")?;
         write_time += started.elapsed();
-        blocks_store.write_batch(batch).await.context("write_batch")?;
+        blocks_store
+            .write_batch(batch)
+            .await
+            .context("write_batch")?;
         progress.inc(1);
     }
     progress.finish_and_clear();
@@ -284,7 +287,8 @@ async fn sample(
                 None => break,
             }
         }
-        into.exports_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        into.exports_ms
+            .push(started.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(())
 }
@@ -324,8 +328,16 @@ fn dir_size(dir: &Path) -> (u64, u64) {
 pub(crate) fn print(run: &HistoryRun) {
     println!(
         "history{}: {} vehicles × {:.1} h at 1 Hz = {} positions (written at {:.0}/s, merged into blocks at {:.0}/s)",
-        if run.sealed { " (encrypted at rest)" } else { "" },
-        run.vehicles, run.hours, run.positions, run.write_rows_per_s, run.compact_rows_per_s
+        if run.sealed {
+            " (encrypted at rest)"
+        } else {
+            ""
+        },
+        run.vehicles,
+        run.hours,
+        run.positions,
+        run.write_rows_per_s,
+        run.compact_rows_per_s
     );
     for (name, f) in [("rows", &run.rows), ("blocks", &run.blocks)] {
         println!(

@@ -563,10 +563,12 @@ impl Inner {
             fjall_batch.insert(&self.latest, key, value);
         }
         self.write_tables(&mut fjall_batch, batch);
-        let positions: Vec<&EnrichedPosition> = history.into_values().collect();
         // Adds the history rows to the batch and commits it.
-        self.history
-            .write(&self.tables.sealer, &positions, fjall_batch)?;
+        self.history.write(
+            &self.tables.sealer,
+            history.into_iter().collect(),
+            fjall_batch,
+        )?;
         // Only what is committed becomes visible, and all of it before
         // `write_batch` returns.
         self.index.apply(&batch.latest);

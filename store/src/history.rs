@@ -82,6 +82,32 @@ struct HotBuckets {
     open: BTreeMap<i64, Keyspace>,
 }
 
+/// The devices that may have rows in the late tier.
+///
+/// A sweep of the late tier (one or more passes, from its first key to its
+/// end) merges every row it finds. A row present when a sweep ends was
+/// therefore written during that sweep (behind its cursor), or later:
+/// `written` collects the devices of rows written since the current sweep
+/// began, `before` those of the previous sweep, and `all` stands for the
+/// rows a previous run left until the first sweep has ended.
+#[derive(Default)]
+struct LateDevices {
+    all: bool,
+    before: std::collections::HashSet<Vec<u8>>,
+    written: std::collections::HashSet<Vec<u8>>,
+}
+
+impl LateDevices {
+    fn may_hold(&self, device: &[u8]) -> bool {
+        self.all || self.written.contains(device) || self.before.contains(device)
+    }
+
+    fn sweep_ended(&mut self) {
+        self.all = false;
+        self.before = std::mem::take(&mut self.written);
+    }
+}
+
 /// What one maintenance pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Maintenance {
@@ -112,6 +138,10 @@ pub(crate) struct History {
     /// Where the next pass resumes in the late tier (rows before it were
     /// merged: skipping their tombstones again is wasted work).
     late_resume: Mutex<Option<Vec<u8>>>,
+    /// Which devices may have late rows: a read skips the late tier for
+    /// the others, whose merged rows' tombstones it would otherwise walk
+    /// until fjall compacts them away.
+    late_devices: Mutex<LateDevices>,
     /// Retention in ms; 0 keeps history forever.
     retention_ms: AtomicI64,
     pub(crate) clock: Clock,
@@ -181,6 +211,8 @@ impl History {
                 days.insert(day, db.keyspace(name, KeyspaceCreateOptions::default)?);
             }
         }
+        // One scan at open, over whatever tombstones are left.
+        let late_left = late.first_key_value().is_some();
         Ok(History {
             db: db.clone(),
             late,
@@ -191,6 +223,10 @@ impl History {
             days: RwLock::new(days),
             late_lock: Mutex::new(()),
             late_resume: Mutex::new(None),
+            late_devices: Mutex::new(LateDevices {
+                all: late_left,
+                ..LateDevices::default()
+            }),
             retention_ms: AtomicI64::new(0),
             clock: Clock::default(),
         })
@@ -230,13 +266,14 @@ impl History {
         ]
     }
 
-    /// Adds `positions` to `batch` as rows of their tier, then commits it:
-    /// the tiers' locks are held until the batch is durable in fjall's
-    /// journal so maintenance never closes a bucket under a writer.
+    /// Adds `rows` (`(history key, position)`, one per key) to `batch` in
+    /// their tier, then commits it: the tiers' locks are held until the
+    /// batch is in fjall's journal, so maintenance never closes a bucket
+    /// under a writer.
     pub(crate) fn write(
         &self,
         sealer: &Sealer,
-        positions: &[&EnrichedPosition],
+        rows: Vec<(Vec<u8>, &EnrichedPosition)>,
         mut batch: OwnedWriteBatch,
     ) -> Result<(), StoreError> {
         let now_bucket = bucket_of(self.clock.now_ms());
@@ -245,9 +282,9 @@ impl History {
             |hot: &HotBuckets, bucket: i64| bucket >= hot.open_from && window.contains(&bucket);
         let missing: Vec<i64> = {
             let hot = read(&self.hot);
-            let mut missing: Vec<i64> = positions
+            let mut missing: Vec<i64> = rows
                 .iter()
-                .map(|p| bucket_of(p.report.ts_ms))
+                .map(|(_, p)| bucket_of(p.report.ts_ms))
                 .filter(|b| wanted(&hot, *b) && !hot.open.contains_key(b))
                 .collect();
             missing.sort_unstable();
@@ -266,24 +303,28 @@ impl History {
             }
         }
         let hot = read(&self.hot);
-        let mut late_rows = false;
+        let mut late_devices: Vec<Vec<u8>> = Vec::new();
         let mut names: BTreeMap<i64, String> = BTreeMap::new();
-        for p in positions {
-            let key = keys::history_key(&p.report.device_id, p.report.ts_ms);
+        for (key, p) in rows {
             let bucket = bucket_of(p.report.ts_ms);
             match hot.open.get(&bucket).filter(|_| wanted(&hot, bucket)) {
                 Some(ks) => {
                     let name = names.entry(bucket).or_insert_with(|| hot_name(bucket));
-                    batch.insert(ks, key.clone(), sealer.seal(name, &key, codec::encode(p)));
+                    let value = sealer.seal(name, &key, codec::encode(p));
+                    batch.insert(ks, key, value);
                 }
                 None => {
-                    late_rows = true;
+                    late_devices.push(p.report.device_id.as_str().as_bytes().to_vec());
                     let value = sealer.seal(table::HISTORY, &key, codec::encode(p));
                     batch.insert(&self.late, key, value);
                 }
             }
         }
-        let _late = late_rows.then(|| lock(&self.late_lock));
+        let _late = (!late_devices.is_empty()).then(|| lock(&self.late_lock));
+        if !late_devices.is_empty() {
+            // Before the commit: a read in between may look for nothing.
+            lock(&self.late_devices).written.extend(late_devices);
+        }
         batch.commit()?;
         Ok(())
     }
@@ -323,29 +364,39 @@ impl History {
             }
         }
         let mut late_rows = Vec::new();
-        rows_in(
-            sealer,
-            table::HISTORY,
-            &self.late,
-            device,
-            from_ms,
-            to_ms,
-            want,
-            &mut late_rows,
-        )?;
+        if lock(&self.late_devices).may_hold(device.as_str().as_bytes()) {
+            rows_in(
+                sealer,
+                table::HISTORY,
+                &self.late,
+                device,
+                from_ms,
+                to_ms,
+                want,
+                &mut late_rows,
+            )?;
+        }
         let blocks = self.blocks_in(sealer, device, from_ms, to_ms, want)?;
         tiers.push(blocks);
         tiers.push(hot_rows);
         tiers.push(late_rows);
 
-        let mut merged: BTreeMap<i64, EnrichedPosition> = BTreeMap::new();
-        for tier in tiers {
-            for p in tier {
-                merged.insert(p.report.ts_ms, p);
+        tiers.retain(|tier| !tier.is_empty());
+        // Mostly one tier holds the range: it is sorted and unique already.
+        let merged: Vec<EnrichedPosition> = match tiers.len() {
+            0 => Vec::new(),
+            1 => tiers.pop().unwrap_or_default(),
+            _ => {
+                let mut merged: BTreeMap<i64, EnrichedPosition> = BTreeMap::new();
+                for p in tiers.into_iter().flatten() {
+                    merged.insert(p.report.ts_ms, p);
+                }
+                merged.into_values().collect()
             }
-        }
+        };
         let mut page = HistoryPage::default();
-        for (ts, p) in merged {
+        for p in merged {
+            let ts = p.report.ts_ms;
             if page.items.len() == limit {
                 page.next_cursor = Some(cursor::encode(ts));
                 break;
@@ -594,6 +645,7 @@ impl History {
             }
             if rows.is_empty() {
                 *resume = None;
+                lock(&self.late_devices).sweep_ended();
                 return Ok(false);
             }
             let mut batch = self.db.batch();
@@ -626,6 +678,7 @@ impl History {
             batch.commit()?;
             *resume = next.clone();
             if next.is_none() {
+                lock(&self.late_devices).sweep_ended();
                 return Ok(false);
             }
             if started.elapsed() >= budget {

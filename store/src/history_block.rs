@@ -29,8 +29,17 @@ use fleetd_schemas::{DeviceId, EnrichedPosition, H3Cells, PositionReport, Reject
 
 use crate::StoreError;
 
-/// First byte of a block: the format version.
+/// First byte of a block: the format. `FORMAT_V1`: the columns follow;
+/// `FORMAT_V1_LZ4`: the length of the columns (varint) and the columns
+/// compressed with LZ4 follow. The zeros of a steady vehicle's columns (a
+/// constant delta of time, sequence or battery, a cell it stays in)
+/// compress away, and a sealed block cannot be compressed by fjall after.
 const FORMAT_V1: u8 = 1;
+const FORMAT_V1_LZ4: u8 = 2;
+
+/// Bytes the columns of a block can take at most (~160 a fix in the worst
+/// case): bounds what decompressing a damaged block allocates.
+const MAX_COLUMN_BYTES: usize = 1 << 20;
 
 /// Fixes a block holds at most; a bucket with more is stored as several
 /// parts (see `crate::history`). Bounds what one decode allocates.
@@ -124,16 +133,41 @@ pub(crate) fn encode(fixes: &[EnrichedPosition]) -> Vec<u8> {
         put_varint(&mut out, code.len() as u64);
         out.extend_from_slice(code);
     }
+    let columns = &out[1..];
+    let packed = lz4_flex::block::compress(columns);
+    if packed.len() + 4 < columns.len() {
+        let mut lz4 = Vec::with_capacity(packed.len() + 4);
+        lz4.push(FORMAT_V1_LZ4);
+        put_varint(&mut lz4, columns.len() as u64);
+        lz4.extend_from_slice(&packed);
+        return lz4;
+    }
     out
 }
 
 /// Decodes a block of `device`'s fixes.
 pub(crate) fn decode(device: &DeviceId, bytes: &[u8]) -> Result<Vec<EnrichedPosition>, StoreError> {
     let mut r = Reader { bytes, at: 0 };
-    let version = r.byte()?;
-    if version != FORMAT_V1 {
-        return Err(corrupt(format!("unknown format {version}")));
+    match r.byte()? {
+        FORMAT_V1 => decode_columns(device, &bytes[1..]),
+        FORMAT_V1_LZ4 => {
+            let len = usize::try_from(r.varint()?).unwrap_or(usize::MAX);
+            if len > MAX_COLUMN_BYTES {
+                return Err(corrupt(format!("{len} bytes of columns")));
+            }
+            let columns = lz4_flex::block::decompress(&bytes[r.at..], len)
+                .map_err(|e| corrupt(format!("lz4: {e}")))?;
+            if columns.len() != len {
+                return Err(corrupt("lz4: wrong length".into()));
+            }
+            decode_columns(device, &columns)
+        }
+        other => Err(corrupt(format!("unknown format {other}"))),
     }
+}
+
+fn decode_columns(device: &DeviceId, bytes: &[u8]) -> Result<Vec<EnrichedPosition>, StoreError> {
+    let mut r = Reader { bytes, at: 0 };
     let n = usize::try_from(r.varint()?).unwrap_or(usize::MAX);
     if n == 0 || n > MAX_FIXES {
         return Err(corrupt(format!("{n} fixes")));

@@ -138,7 +138,12 @@ fn damaged_blocks_are_errors_never_panics() {
     let block = encode(&fixes);
     assert!(decode(&id(), &[]).is_err());
     assert!(decode(&id(), &[FORMAT_V1, 0]).is_err(), "no fixes");
-    assert!(decode(&id(), &[2, 1]).is_err(), "unknown version");
+    assert!(decode(&id(), &[3, 1]).is_err(), "unknown version");
+    assert!(
+        decode(&id(), &[FORMAT_V1_LZ4, 0xFF, 0xFF, 0xFF, 0x7F, 0]).is_err(),
+        "huge length"
+    );
+    assert_eq!(block[0], FORMAT_V1_LZ4, "40 similar fixes compress");
     let mut longer = block.clone();
     longer.push(0);
     assert!(decode(&id(), &longer).is_err(), "trailing bytes");

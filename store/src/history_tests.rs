@@ -150,6 +150,17 @@ async fn fixes_move_from_hot_rows_to_blocks_and_read_the_same_throughout() {
     assert_eq!((done.rows_compacted, done.blocks_written), (2, 1));
     assert!(f.store.inner.history.late.is_empty().expect("late"));
     assert_eq!(all(&f.store, "b", 0, i64::MAX, 100).await, expected);
+    // A sweep later, reads of "b" no longer look at the late tier at all
+    // (its tombstones), and still find everything.
+    f.store.maintain_blocking().expect("maintain");
+    assert!(!lock(&f.store.inner.history.late_devices).may_hold(b"b"));
+    assert_eq!(all(&f.store, "b", 0, i64::MAX, 100).await, expected);
+    write(&f.store, vec![fix("b", bucket + 4500)]).await;
+    assert!(lock(&f.store.inner.history.late_devices).may_hold(b"b"));
+    assert_eq!(
+        all(&f.store, "b", 0, i64::MAX, 100).await.len(),
+        expected.len() + 1
+    );
 }
 
 #[tokio::test]
