@@ -270,3 +270,40 @@ async fn hot_buckets_and_blocks_survive_a_restart_and_a_rekey() {
         assert!(!f.store.inner.history.late.is_empty().expect("late"));
     }
 }
+
+#[tokio::test]
+async fn a_crash_between_writing_blocks_and_dropping_the_hot_bucket_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bucket = bucket_of(T0);
+    let sent: Vec<EnrichedPosition> = (0..8).map(|i| fix("k", bucket + i * 1000)).collect();
+    {
+        let f = open(dir.path(), None);
+        write(&f.store, sent.clone()).await;
+        // The first half of a pass: blocks written and durable, the hot
+        // keyspace not yet dropped; then the process dies.
+        let history = &f.store.inner.history;
+        let ks = read(&history.hot)
+            .open
+            .get(&bucket)
+            .cloned()
+            .expect("hot bucket");
+        let mut done = Maintenance::default();
+        history
+            .compact_hot(&f.store.inner.tables.sealer, bucket, &ks, &mut done)
+            .expect("blocks");
+        history.db.persist(PersistMode::SyncAll).expect("persist");
+        assert_eq!(done.blocks_written, 1);
+    }
+    let f = open(dir.path(), None);
+    assert_eq!(
+        all(&f.store, "k", i64::MIN, i64::MAX, 3).await,
+        sent,
+        "rows and block dedup"
+    );
+    f.now
+        .store(bucket + BUCKET_MS + GRACE_MS, Ordering::Relaxed);
+    let done = f.store.maintain_blocking().expect("maintain");
+    assert_eq!((done.buckets_compacted, done.blocks_written), (1, 1));
+    assert!(names(&f.store, HOT_PREFIX).is_empty());
+    assert_eq!(all(&f.store, "k", i64::MIN, i64::MAX, 3).await, sent);
+}
