@@ -655,20 +655,10 @@ impl History {
                 let (device, ts) = split_row_key(&key)
                     .ok_or_else(|| StoreError::Corrupt("late history row key".into()))?;
                 let of = (device.to_vec(), bucket_of(ts));
-                if group_of.as_ref().is_some_and(|g| *g != of) {
-                    if let Some((d, b)) = group_of.take() {
-                        self.settle_late(
-                            sealer,
-                            cutoff,
-                            &d,
-                            b,
-                            std::mem::take(&mut group),
-                            &mut batch,
-                            done,
-                        )?;
-                    }
+                if let Some((d, b)) = group_of.replace(of.clone()).filter(|g| *g != of) {
+                    let rows = std::mem::take(&mut group);
+                    self.settle_late(sealer, cutoff, &d, b, rows, &mut batch, done)?;
                 }
-                group_of = Some(of);
                 batch.remove(&self.late, key);
                 group.push(position);
             }
