@@ -102,9 +102,10 @@ fn every_field_round_trips_and_full_precision_is_rounded_at_the_stated_limits() 
     for (a, b) in back.iter().zip(&fixes) {
         assert!((a.report.lat - b.report.lat).abs() <= 0.5e-7 + 1e-12);
         assert!((a.report.lon - b.report.lon).abs() <= 0.5e-7 + 1e-12);
-        let speed = (a.report.speed_mps.unwrap() - b.report.speed_mps.unwrap()).abs();
+        let speed = (a.report.speed_mps.expect("speed") - b.report.speed_mps.expect("speed")).abs();
         assert!(speed <= 0.0005 + 1e-5, "{speed}");
-        let heading = (a.report.heading_deg.unwrap() - b.report.heading_deg.unwrap()).abs();
+        let heading =
+            (a.report.heading_deg.expect("heading") - b.report.heading_deg.expect("heading")).abs();
         assert!(heading <= 0.005 + 1e-4, "{heading}");
         assert_eq!(a.report.ts_ms, b.report.ts_ms);
         assert_eq!(a.report.received_ms, b.report.received_ms);
