@@ -139,6 +139,10 @@ impl FjallStore {
             tables,
         };
         inner.report_disk_space();
+        // Every label at 0 from the start, so the first scrape shows them.
+        for (what, _) in maintained(&Maintenance::default()) {
+            metrics::counter!("fleetd_store_history_maintained_total", "what" => what).increment(0);
+        }
         Ok(FjallStore {
             inner: Arc::new(inner),
         })
@@ -448,6 +452,17 @@ fn fence_exists(t: &Tables, member_key: &[u8]) -> bool {
     t.geofences.contains_key(fence).unwrap_or(true)
 }
 
+/// `fleetd_store_history_maintained_total`'s labels with a pass's counts.
+fn maintained(done: &Maintenance) -> [(&'static str, u64); 5] {
+    [
+        ("buckets_compacted", done.buckets_compacted),
+        ("rows_compacted", done.rows_compacted),
+        ("blocks_written", done.blocks_written),
+        ("rows_expired", done.rows_expired),
+        ("days_dropped", done.days_dropped),
+    ]
+}
+
 /// How long one maintenance pass works through late rows at most, so a
 /// data directory of an earlier version (every row late) migrates in
 /// steps rather than in one long pass.
@@ -494,14 +509,9 @@ impl Inner {
             metrics::counter!("fleetd_store_maintenance_errors_total").increment(1);
             tracing::warn!(error = %err, "history maintenance failed; retried next pass");
         })?;
-        let counter = |what: &'static str, n: u64| {
+        for (what, n) in maintained(&done) {
             metrics::counter!("fleetd_store_history_maintained_total", "what" => what).increment(n);
-        };
-        counter("buckets_compacted", done.buckets_compacted);
-        counter("rows_compacted", done.rows_compacted);
-        counter("blocks_written", done.blocks_written);
-        counter("rows_expired", done.rows_expired);
-        counter("days_dropped", done.days_dropped);
+        }
         if done != Maintenance::default() {
             tracing::debug!(
                 ?done,
