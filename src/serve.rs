@@ -673,13 +673,13 @@ pub async fn healthcheck(http: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the store's maintenance (history compaction and retention in the
-/// embedded store) every `every`, first one interval after start.
-async fn store_maintenance(
-    store: Arc<dyn fleetd_store::Store>,
-    every: std::time::Duration,
-    cancel: CancellationToken,
-) {
+/// Runs `job` every `every` (first one interval after start) until
+/// `cancel`; a run under way finishes before the loop returns.
+async fn every<F, Fut>(every: std::time::Duration, cancel: CancellationToken, mut job: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -688,30 +688,37 @@ async fn store_maintenance(
             _ = cancel.cancelled() => return,
             _ = ticks.tick() => {}
         }
+        job().await;
+    }
+}
+
+/// Runs the store's maintenance (history compaction and retention in the
+/// embedded store) every `interval`.
+async fn store_maintenance(
+    store: Arc<dyn fleetd_store::Store>,
+    interval: std::time::Duration,
+    cancel: CancellationToken,
+) {
+    every(interval, cancel, || async {
         // Errors are counted and logged by the store; the next pass retries.
         let _ = store.maintain().await;
-    }
+    })
+    .await;
 }
 
 /// Reloads the API tokens now and then, so tokens another node created or
 /// revoked take effect here.
 async fn refresh_tokens(
     access: Arc<Access>,
-    every: std::time::Duration,
+    interval: std::time::Duration,
     cancel: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    every(interval, cancel, || async {
         if let Err(e) = access.refresh_tokens().await {
             tracing::warn!(error = %e, "cannot reload the API tokens");
         }
-    }
+    })
+    .await;
 }
 
 /// The in-process demo fleet: with authentication on, each vehicle gets a

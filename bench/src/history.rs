@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use fleetd_schemas::{DeviceId, EnrichedPosition, PositionReport};
+use fleetd_schemas::DeviceId;
 use fleetd_store::{FjallStore, HistoryQuery, Store, WriteBatch};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -119,25 +119,9 @@ pub(crate) async fn run(
             // the network adds 50–400 ms.
             let ts_ms = start_ms + second * 1000 + (i as i64 * 37) % 1000;
             let lag = 50 + ((second * 7919 + i as i64 * 104_729) % 350);
-            batch.history.push(EnrichedPosition {
-                report: PositionReport {
-                    device_id: ids[i].clone(),
-                    ts_ms,
-                    lat: fix.lat,
-                    lon: fix.lon,
-                    accuracy_m: Some(fix.accuracy_m),
-                    altitude_m: None,
-                    speed_mps: Some(fix.speed_mps),
-                    heading_deg: Some(fix.heading_deg),
-                    battery_pct: Some(fix.battery_pct),
-                    seq: Some(second as u64),
-                    received_ms: ts_ms + lag,
-                },
-                h3,
-                speed_derived: false,
-                heading_derived: false,
-                flag: None,
-            });
+            let seq = second as u64;
+            let position = crate::store::simulated(&ids[i], ts_ms, &fix, h3, seq, ts_ms + lag);
+            batch.history.push(position);
         }
         positions += batch.history.len() as u64;
         let batch = std::sync::Arc::new(batch);

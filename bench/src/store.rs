@@ -96,25 +96,7 @@ fn batches(
             continue;
         };
         let ts_ms = base_ms + round * 1000 + (i % 1000) as i64;
-        let position = EnrichedPosition {
-            report: PositionReport {
-                device_id: ids[i].clone(),
-                ts_ms,
-                lat: fix.lat,
-                lon: fix.lon,
-                accuracy_m: Some(fix.accuracy_m),
-                altitude_m: None,
-                speed_mps: Some(fix.speed_mps),
-                heading_deg: Some(fix.heading_deg),
-                battery_pct: Some(fix.battery_pct),
-                seq: Some(round as u64),
-                received_ms: ts_ms,
-            },
-            h3,
-            speed_derived: false,
-            heading_derived: false,
-            flag: None,
-        };
+        let position = simulated(&ids[i], ts_ms, &fix, h3, round as u64, ts_ms);
         batch.latest.push(LatestUpdate {
             position: position.clone(),
             previous_area_cell: previous[i].replace(h3.area),
@@ -131,6 +113,37 @@ fn batches(
         out.push(batch);
     }
     Ok(out)
+}
+
+/// A simulator fix as the processor would store it: the fields the
+/// simulator sends, nothing derived or flagged.
+pub(crate) fn simulated(
+    device: &DeviceId,
+    ts_ms: i64,
+    fix: &fleetd_simulator::Fix,
+    h3: fleetd_schemas::H3Cells,
+    seq: u64,
+    received_ms: i64,
+) -> EnrichedPosition {
+    EnrichedPosition {
+        report: PositionReport {
+            device_id: device.clone(),
+            ts_ms,
+            lat: fix.lat,
+            lon: fix.lon,
+            accuracy_m: Some(fix.accuracy_m),
+            altitude_m: None,
+            speed_mps: Some(fix.speed_mps),
+            heading_deg: Some(fix.heading_deg),
+            battery_pct: Some(fix.battery_pct),
+            seq: Some(seq),
+            received_ms,
+        },
+        h3,
+        speed_derived: false,
+        heading_derived: false,
+        flag: None,
+    }
 }
 
 /// Writes the rows to a CSV (`device_id,ts_ms,lat,lon,accuracy_m,speed_mps,
