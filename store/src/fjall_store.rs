@@ -27,6 +27,22 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+/// Largest memtable of a keyspace, in bytes.
+///
+/// fjall's default is 64 MiB per keyspace, and fjall 3.1 has no limit
+/// across keyspaces (`max_write_buffer_size` is not read). With `latest`,
+/// `state`, `devices` and the current hot-history bucket all written by
+/// every batch, the default let memtables hold ~360 MB at the peak of a
+/// 1M-vehicle run (heaptrack, BENCHMARKS.md "1M vehicles within 1 GB").
+/// fjall reads this when it creates a keyspace; keyspaces of an existing
+/// store keep the size they were created with.
+pub(crate) const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The options every keyspace of the embedded store is created with.
+pub(crate) fn keyspace_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+}
 use fleetd_schemas::{DeviceId, EnrichedPosition};
 
 use fleetd_schemas::{
@@ -100,12 +116,8 @@ impl FjallStore {
     ) -> Result<FjallStore, StoreError> {
         let sealer = seal::prepare(path, key)?;
         std::fs::create_dir_all(path).map_err(fjall::Error::from)?;
-        // fjall's defaults (64 MiB memtables, 512 MiB of journal) are kept:
-        // 16 MiB memtables with a 128 MiB journal made no difference beyond
-        // the noise of a shared machine in `fleetd bench --store-rows` over
-        // a million distinct devices (write rate and peak RSS).
         let db = Database::builder(path).open()?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let ks = |name: &str| db.keyspace(name, keyspace_options);
         let latest = ks(table::LATEST)?;
         let history = History::open(&db, ks(table::HISTORY)?)?;
         if db.keyspace_exists(LEGACY_AREA_KEYSPACE) {

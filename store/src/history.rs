@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
 use fleetd_schemas::{DeviceId, EnrichedPosition};
 
 use crate::fjall_tables::table;
@@ -206,9 +206,9 @@ impl History {
         for name in db.list_keyspace_names() {
             let name: &str = &name;
             if let Some(bucket) = keyspace_suffix(name, HOT_PREFIX) {
-                open.insert(bucket, db.keyspace(name, KeyspaceCreateOptions::default)?);
+                open.insert(bucket, db.keyspace(name, crate::fjall_store::keyspace_options)?);
             } else if let Some(day) = keyspace_suffix(name, BLOCKS_PREFIX) {
-                days.insert(day, db.keyspace(name, KeyspaceCreateOptions::default)?);
+                days.insert(day, db.keyspace(name, crate::fjall_store::keyspace_options)?);
             }
         }
         // One scan at open, over whatever tombstones are left.
@@ -297,7 +297,7 @@ impl History {
                 if wanted(&hot, bucket) && !hot.open.contains_key(&bucket) {
                     let ks = self
                         .db
-                        .keyspace(&hot_name(bucket), KeyspaceCreateOptions::default)?;
+                        .keyspace(&hot_name(bucket), crate::fjall_store::keyspace_options)?;
                     hot.open.insert(bucket, ks);
                 }
             }
@@ -517,7 +517,7 @@ impl History {
         }
         let ks = self
             .db
-            .keyspace(&blocks_name(day), KeyspaceCreateOptions::default)?;
+            .keyspace(&blocks_name(day), crate::fjall_store::keyspace_options)?;
         days.insert(day, ks.clone());
         Ok(ks)
     }

@@ -79,7 +79,7 @@ pub fn rekey(
             (src.keyspace(name).clone(), dst.keyspace(name).clone())
         } else {
             let open =
-                |db: &fjall::Database| db.keyspace(name, fjall::KeyspaceCreateOptions::default);
+                |db: &fjall::Database| db.keyspace(name, crate::fjall_store::keyspace_options);
             (open(&src.db)?, open(&dst.db)?)
         };
         let (from_ks, to_ks) = (&from_ks, &to_ks);
