@@ -27,22 +27,6 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-
-/// Largest memtable of a keyspace, in bytes.
-///
-/// fjall's default is 64 MiB per keyspace, and fjall 3.1 has no limit
-/// across keyspaces (`max_write_buffer_size` is not read). With `latest`,
-/// `state`, `devices` and the current hot-history bucket all written by
-/// every batch, the default let memtables hold ~360 MB at the peak of a
-/// 1M-vehicle run (heaptrack, BENCHMARKS.md "1M vehicles within 1 GB").
-/// fjall reads this when it creates a keyspace; keyspaces of an existing
-/// store keep the size they were created with.
-pub(crate) const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
-
-/// The options every keyspace of the embedded store is created with.
-pub(crate) fn keyspace_options() -> KeyspaceCreateOptions {
-    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
-}
 use fleetd_schemas::{DeviceId, EnrichedPosition};
 
 use fleetd_schemas::{
@@ -58,6 +42,22 @@ use crate::{
     AlertPage, AlertQuery, AreaQuery, HistoryPage, HistoryQuery, MemberPage, Store, StoreError,
     StoredGeofence, TripPage, TripQuery, WriteBatch, codec, keys,
 };
+
+/// Largest memtable of a keyspace, in bytes.
+///
+/// fjall's default is 64 MiB per keyspace, and fjall 3.1 has no limit
+/// across keyspaces (`max_write_buffer_size` is not read). With `latest`,
+/// `state`, `devices` and the current hot-history bucket all written by
+/// every batch, the default let memtables hold ~360 MB at the peak of a
+/// 1M-vehicle run (heaptrack, BENCHMARKS.md, "Issue 20 goals 3–7 measured").
+/// fjall reads this when it creates a keyspace; keyspaces of an existing
+/// store keep the size they were created with.
+pub(crate) const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The options every keyspace of the embedded store is created with.
+pub(crate) fn keyspace_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+}
 
 /// The embedded [`Store`]: a fjall database in a local directory.
 ///

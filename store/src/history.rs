@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use fjall::{Database, Keyspace, OwnedWriteBatch, PersistMode};
 use fleetd_schemas::{DeviceId, EnrichedPosition};
 
+use crate::fjall_store::keyspace_options;
 use crate::fjall_tables::table;
 use crate::seal::Sealer;
 use crate::{HistoryPage, StoreError, codec, cursor, history_block, keys};
@@ -206,9 +207,9 @@ impl History {
         for name in db.list_keyspace_names() {
             let name: &str = &name;
             if let Some(bucket) = keyspace_suffix(name, HOT_PREFIX) {
-                open.insert(bucket, db.keyspace(name, crate::fjall_store::keyspace_options)?);
+                open.insert(bucket, db.keyspace(name, keyspace_options)?);
             } else if let Some(day) = keyspace_suffix(name, BLOCKS_PREFIX) {
-                days.insert(day, db.keyspace(name, crate::fjall_store::keyspace_options)?);
+                days.insert(day, db.keyspace(name, keyspace_options)?);
             }
         }
         // One scan at open, over whatever tombstones are left.
@@ -295,9 +296,7 @@ impl History {
             let mut hot = write(&self.hot);
             for bucket in missing {
                 if wanted(&hot, bucket) && !hot.open.contains_key(&bucket) {
-                    let ks = self
-                        .db
-                        .keyspace(&hot_name(bucket), crate::fjall_store::keyspace_options)?;
+                    let ks = self.db.keyspace(&hot_name(bucket), keyspace_options)?;
                     hot.open.insert(bucket, ks);
                 }
             }
@@ -515,9 +514,7 @@ impl History {
         if let Some(ks) = days.get(&day) {
             return Ok(ks.clone());
         }
-        let ks = self
-            .db
-            .keyspace(&blocks_name(day), crate::fjall_store::keyspace_options)?;
+        let ks = self.db.keyspace(&blocks_name(day), keyspace_options)?;
         days.insert(day, ks.clone());
         Ok(ks)
     }
