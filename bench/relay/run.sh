@@ -28,13 +28,9 @@ MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
   echo "relay: needs mosquitto and mosquitto-clients (apt-get install mosquitto mosquitto-clients)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/fleetd-relay.XXXXXX)
-MQ_PID=
+. bench/mosquitto-relay.sh
 cleanup() { [ -n "$MQ_PID" ] && kill "$MQ_PID" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu_s() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
-peak_mb() { awk '/VmHWM/ {print $2/1024}' "/proc/$1/status"; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 RATE_HZ=$(python3 -c "print($RATE / $VEHICLES)")
 
 for qos in $QOS; do
@@ -43,25 +39,8 @@ for qos in $QOS; do
     --connections "$CONNECTIONS" --qos "$qos" --probes 4 --json > "$WORK/fleetd-$qos.json"
 
   echo "relay: QoS $qos, Mosquitto relaying to one subscriber" >&2
-  port=$(free_port)
-  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nlog_dest none\n' \
-    "$port" > "$WORK/mosquitto.conf"
-  "$MOSQUITTO" -c "$WORK/mosquitto.conf" & MQ_PID=$!
-  wait_port "$port"
-  # One character per message delivered; wc counts them when the subscriber ends.
-  ( mosquitto_sub -h 127.0.0.1 -p "$port" -t 'fleet/+/pos' -q "$qos" -F '.' | wc -l > "$WORK/delivered-$qos" ) &
-  sub=$!
-  sleep 1
-  cpu0=$(cpu_s "$MQ_PID")
-  "$binary" simulate --broker "127.0.0.1:$port" --vehicles "$VEHICLES" --connections "$CONNECTIONS" \
-    --rate-hz "$RATE_HZ" --duration "${DURATION}s" --qos "$qos" --id-prefix "mq$qos-" --json > "$WORK/sim-$qos.json"
-  sleep 2
-  cpu1=$(cpu_s "$MQ_PID"); peak=$(peak_mb "$MQ_PID")
-  pkill -INT -P "$sub" mosquitto_sub 2>/dev/null || true
-  wait "$sub" 2>/dev/null || true
-  kill "$MQ_PID"; wait "$MQ_PID" 2>/dev/null || true; MQ_PID=
-  printf '{"cpu_s": %s, "peak_rss_mb": %s, "delivered": %s}\n' \
-    "$(python3 -c "print($cpu1 - $cpu0)")" "$peak" "$(cat "$WORK/delivered-$qos")" > "$WORK/mosquitto-$qos.json"
+  mosquitto_relay "$binary" "$MOSQUITTO" "$WORK" "$qos" "$VEHICLES" "$CONNECTIONS" "$RATE_HZ" "$DURATION" \
+    "mq$qos-" "mosquitto-$qos"
 done
 
 mkdir -p bench/results
@@ -73,7 +52,7 @@ load = lambda name: json.load(open(f"{work}/{name}"))
 report = {"vehicles": int(vehicles), "connections": int(connections), "offered_rate": int(rate),
           "duration_s": int(duration), "qos": {}}
 for q in qoss:
-    f, sim, mq = load(f"fleetd-{q}.json"), load(f"sim-{q}.json"), load(f"mosquitto-{q}.json")
+    f, sim, mq = load(f"fleetd-{q}.json"), load(f"mosquitto-{q}-sim.json"), load(f"mosquitto-{q}.json")
     p = f["phases"][0]
     mq_rate = mq["delivered"] / sim["elapsed_s"]
     ratio = p["stored_rate"] / mq_rate if mq_rate else None

@@ -52,7 +52,7 @@ use crate::{
 /// 1M-vehicle run (heaptrack, BENCHMARKS.md, "Issue 20 goals 3–7 measured").
 /// fjall reads this when it creates a keyspace; keyspaces of an existing
 /// store keep the size they were created with.
-pub(crate) const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The options every keyspace of the embedded store is created with.
 pub(crate) fn keyspace_options() -> KeyspaceCreateOptions {
