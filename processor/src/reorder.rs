@@ -3,6 +3,7 @@
 //! duplicates and fixes that arrive too late.
 
 use fleetd_schemas::EnrichedPosition;
+use thin_vec::ThinVec;
 
 /// Released timestamps remembered for duplicate detection, at most.
 const RECENT_MAX: usize = 64;
@@ -21,8 +22,10 @@ pub(crate) enum Admission {
 /// Fixes of one device waiting for their turn, oldest first.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Reorder {
-    /// Waiting fixes, by ascending `ts_ms`.
-    pending: Vec<EnrichedPosition>,
+    /// Waiting fixes, by ascending `ts_ms`. A `ThinVec`: empty for nearly
+    /// every device between batches, and empty it is one null pointer
+    /// instead of a `Vec`'s 24 bytes (16 MB at a million devices).
+    pending: ThinVec<EnrichedPosition>,
     /// Device times recently released, for duplicate detection (bounded).
     recent: RecentTimes,
     /// Newest device time seen.
@@ -138,7 +141,7 @@ impl Reorder {
         now_ms: i64,
         allowance_ms: i64,
         all: bool,
-    ) -> std::vec::IntoIter<EnrichedPosition> {
+    ) -> thin_vec::IntoIter<EnrichedPosition> {
         let watermark = self.max_ts.saturating_sub(allowance_ms);
         let due = |p: &EnrichedPosition| {
             all || p.report.ts_ms <= watermark

@@ -89,6 +89,6 @@ mod tests {
     #[test]
     fn per_device_state_stays_within_budget() {
         let per_device = std::mem::size_of::<(DeviceId, DeviceState)>();
-        assert!(per_device <= 368, "{per_device} bytes per device");
+        assert!(per_device <= 336, "{per_device} bytes per device");
     }
 }

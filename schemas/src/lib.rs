@@ -49,6 +49,10 @@ pub use position::{
 pub use rejection::{RejectReason, Rejection, RejectionLog};
 pub use setting::InvalidSetting;
 pub use slots::DeviceSlots;
+/// The vector type of per-device lists that are usually empty (one pointer
+/// when empty), re-exported so that users of those fields need no extra
+/// dependency.
+pub use thin_vec::ThinVec;
 pub use vehicle::{
     Anchor, DeviceInfo, DeviceTrip, Fix, Motion, Overspeed, Suspect, Trip, VehicleState,
 };

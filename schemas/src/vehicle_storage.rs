@@ -1,6 +1,8 @@
 //! [`VehicleState`] ⇄ `StoredVehicleState`, the embedded store's encoding
 //! of vehicle state (see `proto/storage.proto`).
 
+use thin_vec::ThinVec;
+
 use crate::storage::{
     StoredAnchor, StoredFix, StoredMembership, StoredOverspeed, StoredPoint, StoredSuspect,
     StoredTrip, StoredVehicleState,
@@ -69,7 +71,7 @@ impl TryFrom<StoredVehicleState> for VehicleState {
                     dwell_fired: m.dwell_fired,
                 })
             })
-            .collect::<Result<Vec<_>, InvalidId>>()?;
+            .collect::<Result<ThinVec<_>, InvalidId>>()?;
         Ok(Self {
             ts_ms: s.ts_ms,
             motion: match s.motion {
@@ -247,7 +249,7 @@ mod tests {
             last_seen_ms: 32,
             fences: DeviceFences {
                 last_ts_ms: Some(33),
-                members: vec![
+                members: thin_vec::thin_vec![
                     Membership {
                         fence: GeofenceId::parse("depot").expect("valid id"),
                         entered_ms: 34,
