@@ -123,6 +123,13 @@ impl Reorder {
     pub(crate) fn insert(&mut self, position: EnrichedPosition) {
         let ts = position.report.ts_ms;
         self.max_ts = self.max_ts.max(ts);
+        // Most buffers hold one fix for the allowance and are then emptied;
+        // the default first allocation (four fixes, ~0.5 kB) would make
+        // every device that published in the last allowance cost four
+        // times that (~60 MB at 50k/s). Growth beyond one doubles as usual.
+        if self.pending.capacity() == 0 {
+            self.pending.reserve_exact(1);
+        }
         let at = self.pending.partition_point(|p| p.report.ts_ms < ts);
         self.pending.insert(at, position);
     }
@@ -242,6 +249,19 @@ mod tests {
         let times: Vec<i64> = r.recent.times().collect();
         assert_eq!(times.first(), Some(&(10_100 - RECENT_MAX as i64)));
         assert_eq!(times.last(), Some(&10_099));
+    }
+
+    #[test]
+    fn a_lone_fix_takes_room_for_one() {
+        let mut r = Reorder::default();
+        r.insert(p(1_000, 0));
+        assert_eq!(r.pending.capacity(), 1);
+        // More than one grows as a vector does.
+        r.insert(p(2_000, 0));
+        r.insert(p(3_000, 0));
+        assert!(r.pending.capacity() >= 3);
+        assert_eq!(r.release(0, 0, true).count(), 3);
+        assert_eq!(r.pending.capacity(), 0);
     }
 
     #[test]

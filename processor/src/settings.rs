@@ -11,13 +11,16 @@ pub struct ProcessorSettings {
     /// Micro-batch window: each partition flushes at this cadence.
     pub window: Duration,
     /// A partition flushes early when it holds this many positions, and
-    /// stops taking input above it until the flush is under way.
+    /// stops taking input above it until the flush is under way. The
+    /// default (20,000) keeps the batches in flight, the largest transient
+    /// memory at a million devices, ~150 MB below 50,000 at the same
+    /// throughput (BENCHMARKS.md, issue 20 goal 3).
     pub max_batch: usize,
     /// Number of partition workers (default: one per core).
     pub partitions: usize,
     /// Capacity, in chunks, of the queue from ingest to the processor. With
-    /// ingest chunks of at most 512 positions (~200 B each) the default 256
-    /// bounds it at ~26 MB.
+    /// ingest chunks of at most 512 positions (~200 B each) the default 64
+    /// bounds it at ~6.5 MB.
     pub queue_chunks: usize,
     /// Capacity, in chunks, of each partition's input queue.
     pub partition_queue_chunks: usize,
@@ -40,9 +43,9 @@ impl Default for ProcessorSettings {
     fn default() -> Self {
         Self {
             window: Duration::from_millis(1000),
-            max_batch: 50_000,
+            max_batch: 20_000,
             partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            queue_chunks: 256,
+            queue_chunks: 64,
             partition_queue_chunks: 64,
             enrich: EnrichSettings::default(),
             sweep_every: Duration::from_secs(30),
