@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use fleetd_schemas::{BBox, DeviceId, EnrichedPosition};
+use fleetd_schemas::{BBox, DeviceId, DeviceSlots, EnrichedPosition};
 use h3o::{CellIndex, LatLng, Resolution};
 
 /// The resolutions `GET /v1/cells` serves.
@@ -38,8 +38,9 @@ pub struct CellsAnswer {
     pub truncated: bool,
 }
 
-/// Kept per device, so kept small (16 bytes; a million devices' table is
-/// ~70 MB instead of ~150 MB with all five cells and an `Instant`).
+/// Kept per device, so kept small (16 bytes; with its id and slot a million
+/// devices cost ~45 MB, against ~150 MB for a `HashMap` of all five cells
+/// and an `Instant`).
 #[derive(Debug)]
 struct DeviceCells {
     /// The device's res-9 cell; its coarser cells are its parents.
@@ -52,7 +53,11 @@ struct DeviceCells {
 /// newest position until it has been silent for `max_age`.
 #[derive(Debug)]
 pub(super) struct CellCounts {
-    devices: HashMap<DeviceId, DeviceCells>,
+    /// Device → index into `devices`: a `HashMap<DeviceId, DeviceCells>`
+    /// would be 32 bytes a bucket, and at ⅞ load at most that is ~70 MB
+    /// for a million devices; 4-byte slots and a packed `Vec` are ~45 MB.
+    slots: DeviceSlots,
+    devices: Vec<(DeviceId, DeviceCells)>,
     counts: [HashMap<CellIndex, u32>; N_RES],
     max_age: Duration,
     last_sweep: Option<Instant>,
@@ -63,7 +68,8 @@ pub(super) struct CellCounts {
 impl CellCounts {
     pub(super) fn new(max_age: Duration) -> Self {
         Self {
-            devices: HashMap::new(),
+            slots: DeviceSlots::default(),
+            devices: Vec::new(),
             counts: Default::default(),
             max_age,
             last_sweep: None,
@@ -80,8 +86,10 @@ impl CellCounts {
         let cells = parents(finest);
         let seen_ms = self.ms_since_epoch(now);
         let device = &p.report.device_id;
-        match self.devices.get_mut(device) {
-            Some(known) => {
+        let devices = &self.devices;
+        match self.slots.get(device, |slot| &devices[slot as usize].0) {
+            Some(slot) => {
+                let known = &mut self.devices[slot as usize].1;
                 let old = parents(known.finest);
                 known.finest = finest;
                 known.seen_ms = seen_ms;
@@ -96,8 +104,14 @@ impl CellCounts {
                 for (i, cell) in cells.into_iter().enumerate() {
                     *self.counts[i].entry(cell).or_insert(0) += 1;
                 }
+                // Past 4 billion devices the slot saturates and the device
+                // is not found again: memory runs out long before.
+                let slot = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
                 self.devices
-                    .insert(device.clone(), DeviceCells { finest, seen_ms });
+                    .push((device.clone(), DeviceCells { finest, seen_ms }));
+                let devices = &self.devices;
+                self.slots
+                    .insert(device, slot, |s| &devices[s as usize].0);
             }
         }
     }
@@ -115,16 +129,28 @@ impl CellCounts {
         self.last_sweep = Some(now);
         let max_age_ms = u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX);
         let now_ms = self.ms_since_epoch(now);
-        let counts = &mut self.counts;
-        self.devices.retain(|_, d| {
-            let keep = now_ms.saturating_sub(d.seen_ms) <= max_age_ms;
-            if !keep {
-                for (i, cell) in parents(d.finest).into_iter().enumerate() {
-                    decrement(&mut counts[i], cell);
-                }
+        let mut i = 0;
+        while i < self.devices.len() {
+            let (id, cells) = &self.devices[i];
+            if now_ms.saturating_sub(cells.seen_ms) <= max_age_ms {
+                i += 1;
+                continue;
             }
-            keep
-        });
+            for (res, cell) in parents(cells.finest).into_iter().enumerate() {
+                decrement(&mut self.counts[res], cell);
+            }
+            let id = id.clone();
+            let devices = &self.devices;
+            self.slots.remove(&id, |s| &devices[s as usize].0);
+            // The last row moves into the hole and is looked at next.
+            let last = self.devices.len() - 1;
+            self.devices.swap_remove(i);
+            if let Some((moved, _)) = self.devices.get(i).filter(|_| i < last) {
+                let from = u32::try_from(last).unwrap_or(u32::MAX);
+                let to = u32::try_from(i).unwrap_or(u32::MAX);
+                self.slots.relocate(moved, from, to);
+            }
+        }
     }
 
     fn ms_since_epoch(&self, now: Instant) -> u64 {
@@ -204,4 +230,47 @@ fn parents(finest: CellIndex) -> [CellIndex; N_RES] {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use fleetd_schemas::test_support::position;
+
+    use super::*;
+
+    fn total(counts: &CellCounts) -> u32 {
+        counts.counts[N_RES - 1].values().sum()
+    }
+
+    /// Silent devices leave from anywhere in the packed rows, and those
+    /// that stay are still found (moved, not counted twice).
+    #[test]
+    fn a_sweep_keeps_the_survivors_findable() {
+        let start = Instant::now();
+        let mut counts = CellCounts::new(Duration::from_secs(10));
+        for i in 0..100 {
+            let lat = 52.0 + f64::from(i) * 0.01;
+            counts.update(&position(&format!("d{i}"), 1, lat, 13.4), start);
+        }
+        // The even devices speak again later; the odd ones fall silent.
+        let later = start + Duration::from_secs(8);
+        for i in (0..100).step_by(2) {
+            let lat = 52.0 + f64::from(i) * 0.01;
+            counts.update(&position(&format!("d{i}"), 2, lat, 13.4), later);
+        }
+        counts.sweep_if_due(start + Duration::from_secs(15));
+        assert_eq!(counts.devices(), 50);
+        assert_eq!(total(&counts), 50);
+        // Each survivor moves: found, so its old cell is given up.
+        let moved = start + Duration::from_secs(16);
+        for i in (0..100).step_by(2) {
+            counts.update(&position(&format!("d{i}"), 3, 10.0, 10.0), moved);
+        }
+        assert_eq!(counts.devices(), 50);
+        assert_eq!(total(&counts), 50);
+        assert_eq!(counts.counts[N_RES - 1].len(), 1, "all in one cell");
+        // A device that left comes back as new.
+        counts.update(&position("d1", 4, 10.0, 10.0), moved);
+        assert_eq!((counts.devices(), total(&counts)), (51, 51));
+    }
 }

@@ -37,6 +37,22 @@ impl DeviceSlots {
             .insert_unique(hash, slot, |&s| hasher.hash_one(id_of(s)));
     }
 
+    /// Forgets `id`'s slot; returns it, or `None` if `id` had none.
+    pub fn remove<'a>(&mut self, id: &DeviceId, id_of: impl Fn(u32) -> &'a DeviceId) -> Option<u32> {
+        let hash = self.hasher.hash_one(id);
+        let entry = self.table.find_entry(hash, |&slot| id_of(slot) == id).ok()?;
+        Some(entry.remove().0)
+    }
+
+    /// Records that `id`, which had slot `from`, now lives in `to` (a row
+    /// moved by a `swap_remove`). Does nothing if `id` was not in `from`.
+    pub fn relocate(&mut self, id: &DeviceId, from: u32, to: u32) {
+        let hash = self.hasher.hash_one(id);
+        if let Some(slot) = self.table.find_mut(hash, |&slot| slot == from) {
+            *slot = to;
+        }
+    }
+
     /// How many devices have a slot.
     pub fn len(&self) -> usize {
         self.table.len()
@@ -69,5 +85,39 @@ mod tests {
         }
         let stranger = DeviceId::parse("dev-x").expect("valid id");
         assert_eq!(slots.get(&stranger, |s| &rows[s as usize]), None);
+    }
+
+    #[test]
+    fn rows_can_be_swap_removed() {
+        let mut rows: Vec<DeviceId> = (0..1_000)
+            .map(|i| DeviceId::parse(&format!("dev-{i}")).expect("valid id"))
+            .collect();
+        let mut slots = DeviceSlots::default();
+        for (i, id) in rows.iter().enumerate() {
+            slots.insert(id, u32::try_from(i).expect("fits"), |s| &rows[s as usize]);
+        }
+        // Remove every third row the way a sweep does: the last row moves
+        // into the hole.
+        let mut i = 0;
+        while i < rows.len() {
+            if rows[i].as_str().ends_with('3') {
+                let gone = rows[i].clone();
+                assert_eq!(slots.remove(&gone, |s| &rows[s as usize]), Some(i as u32));
+                let last = rows.len() - 1;
+                rows.swap_remove(i);
+                if i < last {
+                    slots.relocate(&rows[i], last as u32, i as u32);
+                }
+                assert_eq!(slots.get(&gone, |s| &rows[s as usize]), None);
+            } else {
+                i += 1;
+            }
+        }
+        assert_eq!(slots.len(), rows.len());
+        for (i, id) in rows.iter().enumerate() {
+            assert_eq!(slots.get(id, |s| &rows[s as usize]), Some(i as u32), "{id}");
+        }
+        let stranger = DeviceId::parse("dev-x").expect("valid id");
+        assert_eq!(slots.remove(&stranger, |s| &rows[s as usize]), None);
     }
 }
