@@ -10,7 +10,9 @@
 #   ROUNDS [2]    LIMIT_MB [1024]
 #
 # Figures go to bench/results/memory-<UTC time>.json; each run is printed
-# with its peak against LIMIT_MB.
+# with its peak against LIMIT_MB. The bench's "MB" are MiB (/proc's kB over
+# 1024), so the default limit is 1 GiB; the peak is also printed in 10^9
+# bytes.
 set -euo pipefail
 binary=${1:?usage: bench/memory/run.sh FLEETD_BINARY [VEHICLES] [RATE]}
 vehicles=${2:-1000000}
@@ -36,7 +38,7 @@ for i, run in enumerate(r["runs"], 1):
     p = run["phases"][0]
     peak = run.get("server_peak_rss_mb") or 0
     print(f"run {i}: stored {p['stored']:,} of {p['published']:,} ({p['lost']} lost, {p['broker_dropped']} dropped by the broker), "
-          f"RSS at the end {p['server_rss_mb'] or 0:,.0f} MB, peak {peak:,.0f} MB "
-          f"({peak / r['limit_mb']:.2f}× the {r['limit_mb']} MB limit: {'met' if peak <= r['limit_mb'] else 'not met'})")
+          f"RSS at the end {p['server_rss_mb'] or 0:,.0f} MiB, peak {peak:,.0f} MiB = {peak * 2**20 / 1e9:.3f} GB "
+          f"({peak / r['limit_mb']:.2f}× the {r['limit_mb']} MiB limit: {'met' if peak <= r['limit_mb'] else 'not met'})")
 print(f"figures: {sys.argv[1]}")
 PY
