@@ -110,8 +110,7 @@ impl CellCounts {
                 self.devices
                     .push((device.clone(), DeviceCells { finest, seen_ms }));
                 let devices = &self.devices;
-                self.slots
-                    .insert(device, slot, |s| &devices[s as usize].0);
+                self.slots.insert(device, slot, |s| &devices[s as usize].0);
             }
         }
     }

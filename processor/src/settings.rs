@@ -12,9 +12,10 @@ pub struct ProcessorSettings {
     pub window: Duration,
     /// A partition flushes early when it holds this many positions, and
     /// stops taking input above it until the flush is under way. The
-    /// default (20,000) keeps the batches in flight, the largest transient
-    /// memory at a million devices, ~150 MB below 50,000 at the same
-    /// throughput (BENCHMARKS.md, issue 20 goal 3).
+    /// default (20,000) keeps the peak memory at a million devices
+    /// ~100–150 MB below 50,000; a batch writes each device's state once,
+    /// so with many fixes per device per second larger batches store more
+    /// per core (BENCHMARKS.md, issue 20 goal 3).
     pub max_batch: usize,
     /// Number of partition workers (default: one per core).
     pub partitions: usize,

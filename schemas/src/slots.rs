@@ -38,9 +38,16 @@ impl DeviceSlots {
     }
 
     /// Forgets `id`'s slot; returns it, or `None` if `id` had none.
-    pub fn remove<'a>(&mut self, id: &DeviceId, id_of: impl Fn(u32) -> &'a DeviceId) -> Option<u32> {
+    pub fn remove<'a>(
+        &mut self,
+        id: &DeviceId,
+        id_of: impl Fn(u32) -> &'a DeviceId,
+    ) -> Option<u32> {
         let hash = self.hasher.hash_one(id);
-        let entry = self.table.find_entry(hash, |&slot| id_of(slot) == id).ok()?;
+        let entry = self
+            .table
+            .find_entry(hash, |&slot| id_of(slot) == id)
+            .ok()?;
         Some(entry.remove().0)
     }
 
@@ -96,8 +103,8 @@ mod tests {
         for (i, id) in rows.iter().enumerate() {
             slots.insert(id, u32::try_from(i).expect("fits"), |s| &rows[s as usize]);
         }
-        // Remove every third row the way a sweep does: the last row moves
-        // into the hole.
+        // Remove the rows whose id ends in 3 the way a sweep does: the last
+        // row moves into the hole.
         let mut i = 0;
         while i < rows.len() {
             if rows[i].as_str().ends_with('3') {
