@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use fleetd_schemas::{BBox, DeviceId, DeviceSlots, EnrichedPosition};
+use fleetd_schemas::{BBox, DeviceRows, EnrichedPosition};
 use h3o::{CellIndex, LatLng, Resolution};
 
 /// The resolutions `GET /v1/cells` serves.
@@ -53,11 +53,10 @@ struct DeviceCells {
 /// newest position until it has been silent for `max_age`.
 #[derive(Debug)]
 pub(super) struct CellCounts {
-    /// Device → index into `devices`: a `HashMap<DeviceId, DeviceCells>`
+    /// Packed rows behind 4-byte slots: a `HashMap<DeviceId, DeviceCells>`
     /// would be 32 bytes a bucket, and at ⅞ load at most that is ~70 MB
-    /// for a million devices; 4-byte slots and a packed `Vec` are ~45 MB.
-    slots: DeviceSlots,
-    devices: Vec<(DeviceId, DeviceCells)>,
+    /// for a million devices; the rows and slots are ~45 MB.
+    devices: DeviceRows<DeviceCells>,
     counts: [HashMap<CellIndex, u32>; N_RES],
     max_age: Duration,
     last_sweep: Option<Instant>,
@@ -68,8 +67,7 @@ pub(super) struct CellCounts {
 impl CellCounts {
     pub(super) fn new(max_age: Duration) -> Self {
         Self {
-            slots: DeviceSlots::default(),
-            devices: Vec::new(),
+            devices: DeviceRows::default(),
             counts: Default::default(),
             max_age,
             last_sweep: None,
@@ -86,10 +84,8 @@ impl CellCounts {
         let cells = parents(finest);
         let seen_ms = self.ms_since_epoch(now);
         let device = &p.report.device_id;
-        let devices = &self.devices;
-        match self.slots.get(device, |slot| &devices[slot as usize].0) {
-            Some(slot) => {
-                let known = &mut self.devices[slot as usize].1;
+        match self.devices.get_mut(device) {
+            Some(known) => {
                 let old = parents(known.finest);
                 known.finest = finest;
                 known.seen_ms = seen_ms;
@@ -104,13 +100,8 @@ impl CellCounts {
                 for (i, cell) in cells.into_iter().enumerate() {
                     *self.counts[i].entry(cell).or_insert(0) += 1;
                 }
-                // Past 4 billion devices the slot saturates and the device
-                // is not found again: memory runs out long before.
-                let slot = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
                 self.devices
-                    .push((device.clone(), DeviceCells { finest, seen_ms }));
-                let devices = &self.devices;
-                self.slots.insert(device, slot, |s| &devices[s as usize].0);
+                    .get_or_insert_with(device, || DeviceCells { finest, seen_ms });
             }
         }
     }
@@ -128,28 +119,16 @@ impl CellCounts {
         self.last_sweep = Some(now);
         let max_age_ms = u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX);
         let now_ms = self.ms_since_epoch(now);
-        let mut i = 0;
-        while i < self.devices.len() {
-            let (id, cells) = &self.devices[i];
-            if now_ms.saturating_sub(cells.seen_ms) <= max_age_ms {
-                i += 1;
-                continue;
+        let counts = &mut self.counts;
+        self.devices.retain(|_, d| {
+            let keep = now_ms.saturating_sub(d.seen_ms) <= max_age_ms;
+            if !keep {
+                for (i, cell) in parents(d.finest).into_iter().enumerate() {
+                    decrement(&mut counts[i], cell);
+                }
             }
-            for (res, cell) in parents(cells.finest).into_iter().enumerate() {
-                decrement(&mut self.counts[res], cell);
-            }
-            let id = id.clone();
-            let devices = &self.devices;
-            self.slots.remove(&id, |s| &devices[s as usize].0);
-            // The last row moves into the hole and is looked at next.
-            let last = self.devices.len() - 1;
-            self.devices.swap_remove(i);
-            if let Some((moved, _)) = self.devices.get(i).filter(|_| i < last) {
-                let from = u32::try_from(last).unwrap_or(u32::MAX);
-                let to = u32::try_from(i).unwrap_or(u32::MAX);
-                self.slots.relocate(moved, from, to);
-            }
-        }
+            keep
+        });
     }
 
     fn ms_since_epoch(&self, now: Instant) -> u64 {

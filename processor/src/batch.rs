@@ -259,7 +259,7 @@ pub fn process_batch(
     }
 
     if ctx.sweep {
-        for (device, ds) in &mut state.devices {
+        for (device, ds) in state.devices.iter_mut() {
             let mut effects = Effects::default();
             // A device with fixes still waiting is not silent.
             if ds.reorder.is_empty()

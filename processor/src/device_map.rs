@@ -1,4 +1,5 @@
-//! A partition's devices: a dense vector of states plus an id → slot table.
+//! A partition's devices: their states as [`DeviceRows`], a dense vector
+//! plus an id → slot table.
 //!
 //! A `HashMap<DeviceId, DeviceState>` keeps each ~0.5 kB state inside its
 //! table, and a hash table is between ½ and ⅞ full, so at a million devices
@@ -9,7 +10,7 @@
 
 use std::ops::Index;
 
-use fleetd_schemas::{DeviceId, DeviceSlots};
+use fleetd_schemas::{DeviceId, DeviceRows};
 
 use crate::state::DeviceState;
 
@@ -17,8 +18,7 @@ use crate::state::DeviceState;
 /// never removed (a device's state outlives its silence).
 #[derive(Debug, Default)]
 pub struct DeviceMap {
-    slots: DeviceSlots,
-    devices: Vec<(DeviceId, DeviceState)>,
+    rows: DeviceRows<DeviceState>,
 }
 
 /// A device's place in a [`DeviceMap`], from [`DeviceMap::entry`].
@@ -31,32 +31,22 @@ pub struct DeviceEntry<'a> {
 impl DeviceMap {
     /// How many devices the map holds.
     pub fn len(&self) -> usize {
-        self.devices.len()
+        self.rows.len()
     }
 
     /// Whether the map holds no device.
     pub fn is_empty(&self) -> bool {
-        self.devices.is_empty()
-    }
-
-    /// `id`'s slot in `devices`.
-    fn slot(&self, id: &DeviceId) -> Option<usize> {
-        let devices = &self.devices;
-        self.slots
-            .get(id, |slot| &devices[slot as usize].0)
-            .map(|slot| slot as usize)
+        self.rows.is_empty()
     }
 
     /// `id`'s state.
     pub fn get(&self, id: &DeviceId) -> Option<&DeviceState> {
-        let slot = self.slot(id)?;
-        self.devices.get(slot).map(|(_, s)| s)
+        self.rows.get(id)
     }
 
     /// `id`'s state, mutable.
     pub fn get_mut(&mut self, id: &DeviceId) -> Option<&mut DeviceState> {
-        let slot = self.slot(id)?;
-        self.devices.get_mut(slot).map(|(_, s)| s)
+        self.rows.get_mut(id)
     }
 
     /// Sets `id`'s state, replacing any it had.
@@ -71,12 +61,17 @@ impl DeviceMap {
 
     /// Every device with its state, in the order devices were first seen.
     pub fn iter(&self) -> impl Iterator<Item = (&DeviceId, &DeviceState)> {
-        self.devices.iter().map(|(id, s)| (id, s))
+        self.rows.iter()
     }
 
     /// Every device's state, mutable.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut DeviceState> {
-        self.devices.iter_mut().map(|(_, s)| s)
+        self.rows.iter_mut().map(|(_, s)| s)
+    }
+
+    /// Every device with its state, mutable.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&DeviceId, &mut DeviceState)> {
+        self.rows.iter_mut()
     }
 }
 
@@ -84,36 +79,7 @@ impl<'a> DeviceEntry<'a> {
     /// The device's state, created empty if it had none.
     pub fn or_default(self) -> &'a mut DeviceState {
         let DeviceEntry { map, id } = self;
-        let slot = match map.slot(&id) {
-            Some(slot) => slot,
-            None => {
-                let slot = map.devices.len();
-                // A partition would need 4 billion devices to overflow, far
-                // past memory; saturate rather than panic on the hot path.
-                let DeviceMap { slots, devices } = map;
-                devices.push((id, DeviceState::default()));
-                slots.insert(
-                    &devices[slot].0,
-                    u32::try_from(slot).unwrap_or(u32::MAX),
-                    |s| &devices[s as usize].0,
-                );
-                slot
-            }
-        };
-        let last = map.devices.len() - 1;
-        &mut map.devices[slot.min(last)].1
-    }
-}
-
-impl<'a> IntoIterator for &'a mut DeviceMap {
-    type Item = (&'a DeviceId, &'a mut DeviceState);
-    type IntoIter = std::iter::Map<
-        std::slice::IterMut<'a, (DeviceId, DeviceState)>,
-        fn(&'a mut (DeviceId, DeviceState)) -> (&'a DeviceId, &'a mut DeviceState),
-    >;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.devices.iter_mut().map(|(id, s)| (&*id, s))
+        map.rows.get_or_insert_with(&id, DeviceState::default)
     }
 }
 
@@ -150,7 +116,7 @@ mod tests {
         replaced.vehicle.ts_ms = 9;
         map.insert(id("b"), replaced);
         assert_eq!(map.get(&id("b")).map(|s| s.vehicle.ts_ms), Some(9));
-        for (device, state) in &mut map {
+        for (device, state) in map.iter_mut() {
             state.vehicle.motion_since_ms = device.as_str().len() as i64;
         }
         if let Some(s) = map.get_mut(&id("a")) {

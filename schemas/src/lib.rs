@@ -48,7 +48,7 @@ pub use position::{
 };
 pub use rejection::{RejectReason, Rejection, RejectionLog};
 pub use setting::InvalidSetting;
-pub use slots::DeviceSlots;
+pub use slots::{DeviceRows, DeviceSlots};
 /// The vector type of per-device lists that are usually empty (one pointer
 /// when empty), re-exported so that users of those fields need no extra
 /// dependency.

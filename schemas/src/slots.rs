@@ -6,8 +6,8 @@ use hashbrown::HashTable;
 
 use crate::DeviceId;
 
-/// Finds a device's slot in an array whose rows carry their own id (the
-/// processor's device states, the store's latest index).
+/// Finds a device's slot in an array whose rows carry their own id (see
+/// [`DeviceRows`]; the store's latest index keeps its own rows).
 ///
 /// A `HashMap<DeviceId, u32>` would keep a second copy of every id beside
 /// the slot, 24 bytes per bucket against 4 here: with a million devices
@@ -38,7 +38,7 @@ impl DeviceSlots {
     }
 
     /// Forgets `id`'s slot; returns it, or `None` if `id` had none.
-    pub fn remove<'a>(
+    fn remove<'a>(
         &mut self,
         id: &DeviceId,
         id_of: impl Fn(u32) -> &'a DeviceId,
@@ -53,7 +53,7 @@ impl DeviceSlots {
 
     /// Records that `id`, which had slot `from`, now lives in `to` (a row
     /// moved by a `swap_remove`). Does nothing if `id` was not in `from`.
-    pub fn relocate(&mut self, id: &DeviceId, from: u32, to: u32) {
+    fn relocate(&mut self, id: &DeviceId, from: u32, to: u32) {
         let hash = self.hasher.hash_one(id);
         if let Some(slot) = self.table.find_mut(hash, |&slot| slot == from) {
             *slot = to;
@@ -68,6 +68,110 @@ impl DeviceSlots {
     /// Whether no device has a slot.
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
+    }
+}
+
+/// Per-device values packed in a `Vec`, found through a [`DeviceSlots`]
+/// table: the processor's device states and the live heatmap's cells.
+/// Rows are in the order devices were first seen, until [`Self::retain`]
+/// fills the holes it makes with the last rows.
+#[derive(Debug, Clone)]
+pub struct DeviceRows<T> {
+    slots: DeviceSlots,
+    rows: Vec<(DeviceId, T)>,
+}
+
+impl<T> Default for DeviceRows<T> {
+    fn default() -> Self {
+        Self {
+            slots: DeviceSlots::default(),
+            rows: Vec::new(),
+        }
+    }
+}
+
+impl<T> DeviceRows<T> {
+    /// How many devices have a row.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no device has a row.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn slot(&self, id: &DeviceId) -> Option<usize> {
+        let rows = &self.rows;
+        self.slots
+            .get(id, |slot| &rows[slot as usize].0)
+            .map(|slot| slot as usize)
+    }
+
+    /// `id`'s value.
+    pub fn get(&self, id: &DeviceId) -> Option<&T> {
+        let slot = self.slot(id)?;
+        self.rows.get(slot).map(|(_, v)| v)
+    }
+
+    /// `id`'s value, mutable.
+    pub fn get_mut(&mut self, id: &DeviceId) -> Option<&mut T> {
+        let slot = self.slot(id)?;
+        self.rows.get_mut(slot).map(|(_, v)| v)
+    }
+
+    /// `id`'s value, made by `make` if it had none.
+    pub fn get_or_insert_with(&mut self, id: &DeviceId, make: impl FnOnce() -> T) -> &mut T {
+        let slot = match self.slot(id) {
+            Some(slot) => slot,
+            None => {
+                let slot = self.rows.len();
+                self.rows.push((id.clone(), make()));
+                // Past 4 billion devices the slot saturates and the device
+                // is not found again: memory runs out long before.
+                let rows = &self.rows;
+                self.slots
+                    .insert(id, u32::try_from(slot).unwrap_or(u32::MAX), |s| {
+                        &rows[s as usize].0
+                    });
+                slot
+            }
+        };
+        let last = self.rows.len() - 1;
+        &mut self.rows[slot.min(last)].1
+    }
+
+    /// Every device with its value.
+    pub fn iter(&self) -> impl Iterator<Item = (&DeviceId, &T)> {
+        self.rows.iter().map(|(id, v)| (id, v))
+    }
+
+    /// Every device with its value, mutable.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&DeviceId, &mut T)> {
+        self.rows.iter_mut().map(|(id, v)| (&*id, v))
+    }
+
+    /// Keeps the devices for which `keep` is true; each removed row is
+    /// replaced by the last one, so the order changes.
+    pub fn retain(&mut self, mut keep: impl FnMut(&DeviceId, &T) -> bool) {
+        let mut i = 0;
+        while i < self.rows.len() {
+            let (id, value) = &self.rows[i];
+            if keep(id, value) {
+                i += 1;
+                continue;
+            }
+            let rows = &self.rows;
+            self.slots.remove(id, |s| &rows[s as usize].0);
+            // The last row moves into the hole and is looked at next.
+            let last = self.rows.len() - 1;
+            self.rows.swap_remove(i);
+            if let Some((moved, _)) = self.rows.get(i).filter(|_| i < last) {
+                let from = u32::try_from(last).unwrap_or(u32::MAX);
+                let to = u32::try_from(i).unwrap_or(u32::MAX);
+                self.slots.relocate(moved, from, to);
+            }
+        }
     }
 }
 
