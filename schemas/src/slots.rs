@@ -38,11 +38,7 @@ impl DeviceSlots {
     }
 
     /// Forgets `id`'s slot; returns it, or `None` if `id` had none.
-    fn remove<'a>(
-        &mut self,
-        id: &DeviceId,
-        id_of: impl Fn(u32) -> &'a DeviceId,
-    ) -> Option<u32> {
+    fn remove<'a>(&mut self, id: &DeviceId, id_of: impl Fn(u32) -> &'a DeviceId) -> Option<u32> {
         let hash = self.hasher.hash_one(id);
         let entry = self
             .table
